@@ -1,0 +1,153 @@
+"""Cached baselines: train the unpruned model once per (model, dataset, recipe, seed, subset).
+
+RESULTS_DIR/baselines/<model>-<dataset>-<hash>/ holds model.pt (a state_dict) and meta.json (the spec,
+the metrics, the sha256 of model.pt). A second request returns from the cache; an entry whose file is
+missing or whose hash does not match is reported and rebuilt. The folder appears atomically.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+import models
+
+from .data import ArrayDataset, open_loaders
+from .env import environment
+from .errors import UserError
+from .io import config_hash, load_state_dict, read_json, save_state_dict, sha256_file, write_json
+from .measure import count_flops, count_params
+from .recipe import Recipe
+from .train import autocast_for, evaluate, fit, prepare_model
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+
+
+def results_dir() -> Path:
+    return Path(os.environ.get("RESULTS_DIR", "results")).expanduser()
+
+
+@dataclass(frozen=True)
+class BaselineSpec:
+    """Everything that changes the baseline's weights; its hash is the cache key."""
+    model: str            # resolved timm name
+    dataset: str
+    recipe: Recipe
+    seed: int = 0
+    subset_per_class: int | None = None
+    checkpoint_sha256: str | None = None  # set when the user brings weights
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT_VERSION, "model": self.model, "dataset": self.dataset, "recipe": self.recipe.to_dict(),
+                "seed": self.seed, "subset_per_class": self.subset_per_class, "checkpoint_sha256": self.checkpoint_sha256}
+
+    @property
+    def key(self) -> str:
+        short = self.model.removeprefix("cifar_")
+        return f"{short}-{self.dataset.replace(':', '_').replace('/', '_')}-{config_hash(self.to_dict())}"
+
+
+@dataclass
+class Baseline:
+    spec: BaselineSpec
+    path: Path
+    model: nn.Module          # on CPU, eval mode
+    meta: dict[str, Any]
+    cached: bool
+
+
+def _load_cached(spec: BaselineSpec, folder: Path) -> Baseline | None:
+    """The cached baseline, or None when absent; a broken entry is reported and removed."""
+    if not folder.exists():
+        return None
+    try:
+        meta = read_json(folder / "meta.json")
+        weights = folder / "model.pt"
+        if not weights.is_file() or sha256_file(weights) != meta.get("sha256"):
+            raise UserError("model.pt is missing or its sha256 does not match meta.json")
+        model = models.create(spec.model, num_classes=int(meta["num_classes"]))
+        model.load_state_dict(load_state_dict(weights))
+    except (UserError, RuntimeError, KeyError) as e:
+        log.warning("baseline cache entry %s is corrupt (%s); rebuilding it", folder, str(e).splitlines()[0])
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    return Baseline(spec, folder, model.eval(), meta, cached=True)
+
+
+def _store(spec: BaselineSpec, folder: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Write model.pt and meta.json into a temporary folder, then rename it into place."""
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_state_dict(tmp / "model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
+    meta["sha256"] = sha256_file(tmp / "model.pt")
+    write_json(tmp / "meta.json", meta)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def load_user_checkpoint(model: nn.Module, path: str | Path, model_name: str) -> None:
+    state = load_state_dict(path)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:200]
+        raise UserError(f"checkpoint {str(path)!r} does not fit model {model_name!r} ({detail}): "
+                        "pass weights trained for this architecture and number of classes") from None
+
+
+def get_baseline(model_name: str, dataset: str, recipe: Recipe, *, seed: int = 0, subset_per_class: int | None = None,
+                 checkpoint: str | Path | None = None, device: torch.device = torch.device("cpu"),
+                 channels_last: bool = True, compile: bool = False, root: Path | None = None,
+                 data: ArrayDataset | None = None) -> Baseline:
+    """The trained baseline for this spec: from the cache when present, else trained (or imported) and cached."""
+    name = _resolve(model_name)
+    subset = subset_per_class if subset_per_class is not None else recipe.subset_per_class
+    ckpt_sha = None
+    if checkpoint is not None:
+        if not Path(checkpoint).is_file():
+            raise UserError(f"checkpoint {str(checkpoint)!r} does not exist: check the path")
+        ckpt_sha = sha256_file(checkpoint)
+    spec = BaselineSpec(name, dataset, recipe, seed, subset, ckpt_sha)
+    folder = (results_dir() if root is None else Path(root)) / "baselines" / spec.key
+    cached = _load_cached(spec, folder)
+    if cached is not None:
+        return cached
+
+    loaders = open_loaders(dataset, recipe.batch_size, device, seed=seed, subset_per_class=subset,
+                           channels_last=channels_last, data=data)
+    torch.manual_seed(seed)
+    model = models.create(name, num_classes=loaders.num_classes)
+    history: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    if checkpoint is not None:
+        load_user_checkpoint(model, checkpoint, name)
+        runner = prepare_model(model, device, channels_last)
+    else:
+        runner = prepare_model(model, device, channels_last, compile)
+        history = fit(runner, loaders.train, None, recipe, device, desc=f"baseline {spec.key} ")
+    train_seconds = time.perf_counter() - t0
+    metrics = evaluate(runner, loaders.test, device, autocast_for(device))
+    model = model.cpu().to(memory_format=torch.contiguous_format).eval()
+    meta = {"spec": spec.to_dict(), "key": spec.key, "source": "checkpoint" if checkpoint else "trained",
+            "test": metrics, "train": history[-1] if history else None, "history": history,
+            "train_seconds": train_seconds, "train_images": len(loaders.train) * recipe.batch_size,
+            "params": count_params(model), "flops": count_flops(model, loaders.input_size),
+            "input_size": list(loaders.input_size), "num_classes": loaders.num_classes,
+            "environment": environment(device)}
+    _store(spec, folder, model, meta)
+    return Baseline(spec, folder, model, meta, cached=False)
+
+
+def _resolve(model_name: str) -> str:
+    try:
+        return models.resolve(model_name)
+    except models.UnknownModelError as e:
+        raise UserError(str(e)) from None

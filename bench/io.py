@@ -1,0 +1,93 @@
+"""Atomic files, hashes and safe checkpoint loading: nothing half-written, nothing pickled."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UserError
+
+
+def config_hash(obj: Any, length: int = 12) -> str:
+    """Content hash of a JSON-able object (sorted keys, no timestamps): a cache key."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Call write(tmp_path) on a temporary file beside `path`, fsync it, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    def _write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=str)
+            f.write("\n")
+    return atomic_write(path, _write)
+
+
+def read_json(path: str | Path) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"no such file {str(path)!r}: check the path") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{str(path)!r} is not valid JSON ({e}): delete or fix it") from None
+
+
+def save_state_dict(path: str | Path, state: dict[str, Any]) -> Path:
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a checkpoint with `weights_only=True`; accepts a bare state_dict or common wrappers."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {str(path)!r} does not exist: check the path")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle of modules, random bytes ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"checkpoint {str(path)!r} cannot be loaded safely ({first[:160]}): "
+            "pass a state_dict saved with torch.save(model.state_dict(), path)"
+        ) from None
+    for key in ("state_dict", "model", "model_state_dict", "net"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"checkpoint {str(path)!r} holds no state_dict of tensors: save model.state_dict()")
+    # weights saved from DataParallel / torch.compile carry a prefix
+    for prefix in ("module.", "_orig_mod."):
+        if obj and all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return obj

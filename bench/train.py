@@ -1,0 +1,170 @@
+"""The training engine: one train-epoch and one evaluate function, optimiser and schedule from a Recipe.
+
+Hot-loop rules (airbench, nanoGPT): autocast and compile are chosen once, outside the loop; the step
+never syncs with the host (loss and correct counts accumulate on the device, read once per epoch).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .recipe import Recipe
+
+# step(model, x, y) -> (loss, logits). DECORE swaps in its gated step; the default is plain cross-entropy.
+StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from .errors import UserError
+        raise UserError(f"device {name!r} requested but CUDA is not available here: use --device cpu")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """bf16 autocast on CUDA, nothing on CPU (bf16 on this kind of CPU is slower, not faster)."""
+    if device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def prepare_model(model: nn.Module, device: torch.device, channels_last: bool = True,
+                  compile: bool = False) -> nn.Module:
+    """Move to the device and memory format once; compile last (the returned module may be a wrapper)."""
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return torch.compile(model) if compile else model
+
+
+def build_optimizer(params: Iterable[nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov and recipe.momentum > 0,
+                           weight_decay=recipe.weight_decay)
+
+
+def lr_factor(recipe: Recipe, epoch: float) -> float:
+    """Multiplier of recipe.lr at a (fractional) epoch: linear warm-up, then the schedule."""
+    if recipe.warmup_epochs and epoch < recipe.warmup_epochs:
+        return (epoch + 1e-9) / recipe.warmup_epochs
+    if recipe.schedule == "cosine":
+        span = max(recipe.epochs - recipe.warmup_epochs, 1e-9)
+        return 0.5 * (1 + math.cos(math.pi * min((epoch - recipe.warmup_epochs) / span, 1.0)))
+    if recipe.schedule == "multistep":
+        return recipe.gamma ** sum(epoch >= m for m in recipe.milestones)
+    return 1.0
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Stepped once per iteration."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(recipe, step / steps_per_epoch))
+
+
+def ce_step(loss_fn: nn.Module) -> StepFn:
+    def step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(x)
+        return loss_fn(logits, y), logits
+    return step
+
+
+@dataclass
+class Trainer:
+    """Everything the loop needs, decided once: model, optimiser, schedule, autocast, step function."""
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    device: torch.device
+    step: StepFn
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    after_step: list[Callable[[], None]] = field(default_factory=list)
+
+    def train_epoch(self, loader: Iterable, desc: str = "train") -> dict[str, float]:
+        """One pass over `loader`; returns mean loss and top-1 (%), read from the device once."""
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        for x, y in tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True):
+            with self.autocast():
+                loss, logits = self.step(self.model, x, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            for hook in self.after_step:
+                hook()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+        seen = max(seen, 1)
+        return {"loss": float(loss_sum) / seen, "top1": 100.0 * float(correct) / seen}
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device,
+             autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+             desc: str = "eval") -> dict[str, float]:
+    """Mean cross-entropy, top-1 and top-5 (%) over `loader`, in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros(2, device=device, dtype=torch.long)
+    seen = 0
+    for x, y in tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True):
+        with autocast():
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        correct += topk_correct(logits, y, (1, 5))
+        seen += len(y)
+    model.train(was_training)
+    seen = max(seen, 1)
+    top1, top5 = (100.0 * c / seen for c in correct.tolist())
+    return {"loss": float(loss_sum) / seen, "top1": top1, "top5": top5}
+
+
+def topk_correct(logits: torch.Tensor, y: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> torch.Tensor:
+    """Number of samples whose label is among the top-k logits, for each k (a device tensor)."""
+    k_max = min(max(ks), logits.shape[1])
+    hits = logits.topk(k_max, dim=1).indices.eq(y[:, None])
+    return torch.stack([hits[:, : min(k, k_max)].any(1).sum() for k in ks])
+
+
+def fit(model: nn.Module, train_loader: Iterable, test_loader: Iterable | None, recipe: Recipe,
+        device: torch.device, *, step: StepFn | None = None, extra_params: Iterable[nn.Parameter] = (),
+        on_epoch: Callable[[dict[str, Any]], None] | None = None, desc: str = "") -> list[dict[str, Any]]:
+    """Train `model` (already prepared) for recipe.epochs; evaluate after each epoch when given a test loader.
+
+    Returns one dict per epoch (epoch, lr, train loss/top1, test loss/top1/top5, seconds of training).
+    """
+    steps = len(train_loader)  # type: ignore[arg-type]
+    optimizer = build_optimizer(list(model.parameters()) + list(extra_params), recipe)
+    amp = autocast_for(device)
+    trainer = Trainer(model, optimizer, build_scheduler(optimizer, recipe, steps), device,
+                      step or ce_step(nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)), amp)
+    history = []
+    for epoch in range(int(recipe.epochs)):
+        t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
+        row.update({f"train_{k}": v for k, v in trainer.train_epoch(train_loader, f"{desc}epoch {epoch + 1}").items()})
+        row["train_seconds"] = time.perf_counter() - t0
+        if test_loader is not None:
+            row.update({f"test_{k}": v for k, v in evaluate(model, test_loader, device, amp).items()})
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+    return history

@@ -1,0 +1,32 @@
+"""Shared fixtures. Tests run on CPU, on the generated `synthetic` set unless they say otherwise."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_cifar10() -> Path | None:
+    """The real CIFAR-10 copy beside the repo (or in DATA_DIR), when present."""
+    for root in (Path(os.environ.get("DATA_DIR", "")), SHARED_DATA):
+        if str(root) and (root / "cifar10" / "test.npz").is_file():
+            return root
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test writes results under its own tmp folder; torch is seeded and on few threads."""
+    monkeypatch.setenv("RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    from bench.data import make_synthetic
+    return make_synthetic()
