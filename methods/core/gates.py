@@ -1,0 +1,99 @@
+"""Gates: multiply a group's channels by a keep mask at every gate point, so that 0 == removed.
+
+Masks are per group: shape (units,) for the whole batch or (N, units) per sample. `set()` turns them
+into one vector per gated module (expanding tied units, scattering partial coverage) once per step;
+the forward hooks then do a single multiply each.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn as nn
+
+from .groups import GatePoint, GroupSet
+
+
+def _out_channels(module: nn.Module) -> int:
+    for attr in ("out_channels", "num_features", "out_features"):
+        if hasattr(module, attr):
+            return int(getattr(module, attr))
+    raise TypeError(f"cannot tell the output channels of {type(module).__name__}")
+
+
+class _Point:
+    """A gate point with its index tensors prepared once."""
+
+    def __init__(self, gp: GatePoint, module: nn.Module, units: int) -> None:
+        self.size = _out_channels(module)
+        full = gp.channels == list(range(self.size))
+        self.channels = None if full else torch.tensor(gp.channels)
+        self.units = None if gp.units == list(range(units)) and full else torch.tensor(gp.units)
+        self.dim = gp.channel_dim
+
+    def expand(self, mask: torch.Tensor) -> torch.Tensor:
+        """(…, units) mask -> (…, module channels) vector."""
+        if self.units is not None:
+            mask = mask[..., self.units.to(mask.device)]
+        if self.channels is not None:
+            vec = mask.new_ones(*mask.shape[:-1], self.size)
+            vec[..., self.channels.to(mask.device)] = mask
+            mask = vec
+        return mask
+
+
+class Gates:
+    """Forward hooks that gate every group of `groups` on `model` (initially open: no multiply)."""
+
+    def __init__(self, model: nn.Module, groups: GroupSet) -> None:
+        self.groups = list(groups)
+        modules = dict(model.named_modules())
+        self._points: dict[str, list[tuple[str, _Point]]] = {}
+        for g in self.groups:
+            for gp in g.gate_points:
+                self._points.setdefault(gp.module, []).append((g.id, _Point(gp, modules[gp.module], g.units)))
+        self._vectors: dict[str, torch.Tensor | None] = dict.fromkeys(self._points)
+        self._dims = {name: pts[0][1].dim for name, pts in self._points.items()}
+        self._handles = [modules[name].register_forward_hook(self._hook(name)) for name in self._points]
+
+    def _hook(self, name: str):
+        dim = self._dims[name]
+
+        def hook(module: nn.Module, args, out: torch.Tensor) -> torch.Tensor:
+            vec = self._vectors[name]
+            if vec is None:
+                return out
+            ones = [1] * (out.dim() - 2)
+            if dim == 1:    # (N, C, ...) outputs: (C,) or (N, C) -> broadcast over the spatial dims
+                shape = (*vec.shape, *ones) if vec.dim() == 2 else (vec.shape[0], *ones)
+            else:           # (N, ..., C) outputs
+                shape = (vec.shape[0], *ones, vec.shape[1]) if vec.dim() == 2 else vec.shape
+            return out * vec.to(out.dtype).view(shape)
+        return hook
+
+    def set(self, masks: Mapping[str, torch.Tensor]) -> None:
+        """Set masks by group id; groups not named are open. Values: (units,) or (N, units), 0/1 or soft."""
+        vectors: dict[str, torch.Tensor | None] = dict.fromkeys(self._points)
+        for name, pts in self._points.items():
+            for gid, point in pts:
+                mask = masks.get(gid)
+                if mask is None:
+                    continue
+                vec = point.expand(mask)
+                prev = vectors[name]
+                vectors[name] = vec if prev is None else prev * vec
+        self._vectors = vectors
+
+    def clear(self) -> None:
+        self._vectors = dict.fromkeys(self._points)
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self) -> Gates:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()

@@ -1,0 +1,196 @@
+"""Channel groups from torch-pruning's dependency graph.
+
+A group is a set of coupled channels that are kept or removed together: a block-internal conv's
+outputs, a residual stream shared by all blocks of a stage, a depthwise chain. A group's id is the
+name of its root layer (stable across rebuilds of the same architecture). Every group records its
+*gate points*: the modules whose outputs carry its channels after normalisation, where multiplying
+by 0 is exactly removing the channel (DESIGN.md section 4).
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from .shortcut import CUSTOM_PRUNERS
+
+log = logging.getLogger(__name__)
+SCOPES = ("internal", "all")
+_NORMS = (nn.modules.batchnorm._BatchNorm,)
+_CROSS_CHANNEL_NORMS = (nn.LayerNorm, nn.GroupNorm)
+
+
+class PruningError(RuntimeError):
+    """A model whose graph cannot be traced or pruned."""
+
+
+@dataclass
+class GatePoint:
+    """Multiply `module`'s output channels `channels` by mask units `units` (the rest untouched)."""
+    module: str
+    channels: list[int]
+    units: list[int]
+    channel_dim: int  # 1 for conv/BN outputs (N, C, ...), -1 for linear outputs (N, ..., C)
+
+
+@dataclass
+class ChannelGroup:
+    id: str                   # root layer name
+    name: str                 # what a person reads in a table
+    kind: str                 # "internal" or "stream" (channels that pass through a residual add)
+    channels: int             # channels of the root layer
+    tie: int = 1              # conv groups the mask is repeated over (grouped convolutions)
+    producers: list[str] = field(default_factory=list)   # layers whose output channels are removed
+    gate_points: list[GatePoint] = field(default_factory=list)
+    layers: list[str] = field(default_factory=list)      # every layer the group touches
+
+    @property
+    def units(self) -> int:
+        """Length of the keep mask: one entry per independent channel."""
+        return self.channels // self.tie
+
+
+@dataclass
+class GroupSet:
+    """The channel groups of one model, in graph order, and the ones left out with their reasons."""
+    groups: list[ChannelGroup]
+    excluded: dict[str, str]
+    scope: str
+    graph: tp.DependencyGraph
+
+    def __iter__(self):
+        return iter(self.groups)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, gid: str) -> ChannelGroup:
+        return self.by_id[gid]
+
+    @property
+    def by_id(self) -> dict[str, ChannelGroup]:
+        return {g.id: g for g in self.groups}
+
+
+def build_graph(model: nn.Module, example: torch.Tensor, name: str = "model") -> tp.DependencyGraph:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example,
+                                                         customized_pruners=dict(CUSTOM_PRUNERS))
+    except Exception as e:
+        raise PruningError(f"cannot trace the dependency graph of {name} ({type(e).__name__}: {e}); "
+                           "this model cannot be pruned structurally") from e
+    finally:
+        model.train(was_training)
+
+
+def channel_groups(model: nn.Module, example: torch.Tensor, scope: str = "all", name: str = "model",
+                   graph: tp.DependencyGraph | None = None) -> GroupSet:
+    """The prunable channel groups of `model` at `scope` ("internal": inside blocks; "all": streams too)."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope {scope!r} is unknown: use one of {', '.join(SCOPES)}")
+    dg = graph or build_graph(model, example, name)
+    names = {m: n for n, m in model.named_modules()}
+    classifier = _classifier(model)
+    groups, excluded = [], {}
+    ignored = [classifier] if classifier is not None else []
+    for tp_group in dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
+        root = tp_group[0].dep.target.module
+        g, reason = _describe(dg, tp_group, names, root)
+        if reason:
+            excluded[g.id] = reason
+        elif scope == "all" or g.kind == "internal":
+            groups.append(g)
+    if excluded:
+        listing = "; ".join(f"{gid} ({why})" for gid, why in excluded.items())
+        log.warning("%s: %d channel groups cannot be gated exactly and are left unpruned: %s", name, len(excluded), listing)
+    return GroupSet(groups, excluded, scope, dg)
+
+
+def _classifier(model: nn.Module) -> nn.Module | None:
+    get = getattr(model, "get_classifier", None)
+    head = get() if callable(get) else None
+    if isinstance(head, nn.Module) and not isinstance(head, nn.Identity):
+        linears = [m for m in head.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+        return linears[-1] if linears else head
+    leaves = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return leaves[-1] if leaves else None
+
+
+def _describe(dg: tp.DependencyGraph, tp_group, names: dict, root: nn.Module) -> tuple[ChannelGroup, str]:
+    """Turn a torch-pruning group into a ChannelGroup, or give the reason it cannot be gated exactly."""
+    root_name = names[root]
+    channels = dg.get_pruner_of_module(root).get_out_channels(root)
+    producers: dict[nn.Module, tuple[list[int], list[int]]] = {}
+    layers, reasons, conv_groups, residual = [], [], [], False
+    for item in tp_group:
+        module, handler = item.dep.target.module, item.dep.handler
+        if isinstance(module, tp.ops._ElementWiseOp):
+            residual |= "Add" in str(module._grad_fn)
+        name = names.get(module)
+        if name is None:
+            continue  # graph-only ops and unwrapped parameters (layer scale, tokens) follow their group
+        layers.append(name)
+        if isinstance(module, _CROSS_CHANNEL_NORMS):
+            reasons.insert(0, f"normalised across channels by {type(module).__name__} {name}")
+        elif "attention" in type(module).__name__.lower() or _inside_attention(name, dg.model):
+            reasons.append(f"attention layer {name}")
+        if isinstance(module, nn.Conv2d) and 1 < module.groups < module.out_channels:
+            conv_groups.append(module.groups)
+        if dg.is_out_channel_pruning_fn(handler):
+            idx = [int(i) for i in item.idxs]
+            root_idx = [int(i) for i in getattr(item, "root_idxs", item.idxs)]
+            old = producers.get(module, ([], []))
+            producers[module] = (old[0] + idx, old[1] + root_idx)
+    reason = reasons[0] if reasons else ""
+    tie = max(conv_groups, default=1)
+    if tie > 1 and (any(tie % g for g in conv_groups) or channels % tie):
+        reason = reason or f"grouped convolutions with incompatible group counts {sorted(set(conv_groups))}"
+    # a residual stream: an add that joins the outputs of several layers (a bias add alone does not count)
+    joined = [m for m in producers if not isinstance(m, _NORMS)]
+    kind = "stream" if residual and len(joined) > 1 else "internal"
+    units = channels // tie if tie else channels
+    gate_points = [] if reason else _gate_points(dg, producers, names, units)
+    name = root_name if kind == "internal" else f"{root_name} (stream of {len(producers)} layers)"
+    group = ChannelGroup(root_name, name, kind, channels, tie, [names[m] for m in producers], gate_points, layers)
+    return group, reason
+
+
+def _inside_attention(name: str, model: nn.Module) -> bool:
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        parent = model.get_submodule(".".join(parts[:i]))
+        if "attention" in type(parent).__name__.lower() or isinstance(parent, nn.MultiheadAttention):
+            return True
+    return False
+
+
+def _gate_points(dg, producers: dict, names: dict, units: int) -> list[GatePoint]:
+    """Norm layers gate their own output; a conv/linear is gated where no norm of the group follows it."""
+    norms = {m for m in producers if isinstance(m, _NORMS)}
+    points = []
+    for module, (idx, root_idx) in producers.items():
+        if not isinstance(module, _NORMS):
+            outs = dg.module2node[module].outputs
+            if len(outs) == 1 and outs[0].module in norms:
+                continue  # its normalisation is gated instead
+        dim = -1 if isinstance(module, nn.Linear) else 1
+        points.append(GatePoint(names[module], idx, [r % units for r in root_idx], dim))
+    return points
+
+
+def count_units(groups: GroupSet) -> int:
+    return sum(g.units for g in groups)
+
+
+def describe(groups: GroupSet) -> str:
+    kinds = {k: sum(g.kind == k for g in groups) for k in ("internal", "stream")}
+    return (f"{len(groups)} groups ({kinds['internal']} internal, {kinds['stream']} streams), "
+            f"{count_units(groups)} mask units, {len(groups.excluded)} excluded")
