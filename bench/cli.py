@@ -39,6 +39,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (pays on GPUs)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
 
+    p = sub.add_parser("run", help="one trial: baseline -> method -> removal -> fine-tune -> measure")
+    _common_model_args(p)
+    p.add_argument("--dataset", required=True, help="cifar10, cifar100, synthetic or imagefolder:<path>")
+    p.add_argument("--method", required=True, help="decore, l1 or random")
+    p.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE",
+                   help="a method knob or option, e.g. lambda=2, ratio=0.5, flops_target=0.6, preset=li2017-B")
+    p.add_argument("--scope", default=None, choices=["internal", "all"], help="default: the method's")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--baseline-recipe", default="cifar-standard")
+    p.add_argument("--joint-recipe", default="finetune-cifar", help="DECORE's joint training phase")
+    p.add_argument("--finetune-recipe", default="finetune-cifar", help="the same for every method")
+    p.add_argument("--round-to", type=int, default=1, help="round kept channels up to a multiple (beyond the papers)")
+
+    p = sub.add_parser("groups", help="the channel groups of a model, and what keeping a fraction of each gives")
+    _common_model_args(p)
+    p.add_argument("--scope", default="all", choices=["internal", "all"])
+    p.add_argument("--keep", type=float, default=0.5, help="fraction of every group kept for the check")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--image-size", type=int, default=None, help="default: the model's")
+
     p = sub.add_parser("measure", help="params, FLOPs and latency of an untrained model")
     _common_model_args(p)
     p.add_argument("--num-classes", type=int, default=10)
@@ -74,6 +94,81 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_knobs(pairs: list[str]) -> dict[str, str]:
+    knobs = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name or not value:
+            raise UserError(f"--knob {pair!r} is not NAME=VALUE: write e.g. --knob lambda=2")
+        knobs[name.strip()] = value.strip()
+    return knobs
+
+
+@command
+def cmd_run(args: argparse.Namespace) -> int:
+    from .trial import TrialConfig, run_trial
+    from .train import resolve_device
+
+    cfg = TrialConfig(model=args.model, dataset=args.dataset, method=args.method, knobs=_parse_knobs(args.knob),
+                      scope=args.scope, seed=args.seed, baseline_recipe=args.baseline_recipe,
+                      joint_recipe=args.joint_recipe, finetune_recipe=args.finetune_recipe, round_to=args.round_to)
+    row = run_trial(cfg, resolve_device(args.device))
+    print(f"{row['method']} {row['knobs']} scope={row['scope']}: top-1 {row['top1']:.2f}% "
+          f"(baseline {row['base_top1']:.2f}%, before fine-tune {row['top1_before_finetune']:.2f}%)  "
+          f"params {row['params'] / 1e6:.3f}M (-{row['params_reduction_pct']:.1f}%)  "
+          f"FLOPs {row['flops'] / 1e6:.2f}M (-{row['flops_reduction_pct']:.1f}%)  {row['wall_seconds']:.0f}s")
+    return 0
+
+
+@command
+def cmd_groups(args: argparse.Namespace) -> int:
+    import torch
+
+    import models
+    from methods.core import Gates, channel_groups, describe, prune_model
+    from methods.core.surgery import KeepPlan
+
+    from .measure import count_flops, count_params
+
+    model = _create(args.model, args.num_classes).eval()
+    size = tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
+    if args.image_size:
+        size = (3, args.image_size, args.image_size)
+    x = torch.randn(2, *size)
+    groups = channel_groups(model, x[:1], args.scope, name=models.resolve(args.model))
+    for g in groups:
+        print(f"{g.id:40s} {g.kind:8s} {g.channels:5d} channels  tie {g.tie}  {len(g.producers)} producers")
+    for gid, why in groups.excluded.items():
+        print(f"{gid:40s} excluded: {why}")
+    gen = torch.Generator().manual_seed(0)
+    masks = {}
+    for g in groups:  # a random `keep` fraction of every group
+        masks[g.id] = torch.zeros(g.units, dtype=torch.bool)
+        masks[g.id][torch.randperm(g.units, generator=gen)[: max(1, round(g.units * args.keep))]] = True
+    plan = KeepPlan.from_masks(groups, masks, models.resolve(args.model), model_args={"num_classes": args.num_classes},
+                               input_size=list(size))
+    with Gates(model, groups) as gates, torch.no_grad():
+        gates.set({k: v.float() for k, v in masks.items()})
+        gated = model(x)
+    pruned = prune_model(model, plan)
+    with torch.no_grad():
+        err = float((gated - pruned(x)).norm() / gated.norm())
+    print(f"{describe(groups)}")
+    print(f"keeping {args.keep:.0%} of every group: params {count_params(model) / 1e6:.3f}M -> {count_params(pruned) / 1e6:.3f}M, "
+          f"FLOPs {count_flops(model, size) / 1e6:.2f}M -> {count_flops(pruned, size) / 1e6:.2f}M, "
+          f"gate-vs-removal relative error {err:.1e}")
+    return 0
+
+
+def _create(name: str, num_classes: int):
+    import models
+
+    try:
+        return models.create(name, num_classes=num_classes)
+    except models.UnknownModelError as e:
+        raise UserError(str(e)) from None
+
+
 @command
 def cmd_measure(args: argparse.Namespace) -> int:
     import models
@@ -81,10 +176,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     from .measure import count_flops, count_params, measure_latency
     from .train import resolve_device
 
-    try:
-        model = models.create(args.model, num_classes=args.num_classes)
-    except models.UnknownModelError as e:
-        raise UserError(str(e)) from None
+    model = _create(args.model, args.num_classes)
     input_size = tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
     device = resolve_device(args.device)
     lat = measure_latency(model.to(device).to(memory_format=__import__("torch").channels_last), input_size, args.batch_size)
@@ -108,12 +200,21 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Exceptions that mean bad input, raised below the engine (methods and models do not import bench)."""
+    import models
+    from methods.base import KnobError
+    from methods.core import PruningError
+
+    return UserError, KnobError, PruningError, models.UnknownModelError
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command](args)
-    except UserError as e:
+    except _user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -144,17 +144,20 @@ def topk_correct(logits: torch.Tensor, y: torch.Tensor, ks: tuple[int, ...] = (1
 
 
 def fit(model: nn.Module, train_loader: Iterable, test_loader: Iterable | None, recipe: Recipe,
-        device: torch.device, *, step: StepFn | None = None, extra_params: Iterable[nn.Parameter] = (),
+        device: torch.device, *, step: StepFn | None = None, after_step: Iterable[Callable[[], None]] = (),
         on_epoch: Callable[[dict[str, Any]], None] | None = None, desc: str = "") -> list[dict[str, Any]]:
     """Train `model` (already prepared) for recipe.epochs; evaluate after each epoch when given a test loader.
 
+    `step` replaces the plain cross-entropy step (DECORE's gated step); `after_step` hooks run after
+    every optimiser step (DECORE's agent update). `on_epoch(row)` may add entries to the epoch's row.
     Returns one dict per epoch (epoch, lr, train loss/top1, test loss/top1/top5, seconds of training).
     """
     steps = len(train_loader)  # type: ignore[arg-type]
-    optimizer = build_optimizer(list(model.parameters()) + list(extra_params), recipe)
+    optimizer = build_optimizer(model.parameters(), recipe)
     amp = autocast_for(device)
     trainer = Trainer(model, optimizer, build_scheduler(optimizer, recipe, steps), device,
-                      step or ce_step(nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)), amp)
+                      step or ce_step(nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)), amp,
+                      list(after_step))
     history = []
     for epoch in range(int(recipe.epochs)):
         t0 = time.perf_counter()

@@ -24,20 +24,20 @@ def _out_channels(module: nn.Module) -> int:
 class _Point:
     """A gate point with its index tensors prepared once."""
 
-    def __init__(self, gp: GatePoint, module: nn.Module, units: int) -> None:
+    def __init__(self, gp: GatePoint, module: nn.Module, units: int, device: torch.device) -> None:
         self.size = _out_channels(module)
         full = gp.channels == list(range(self.size))
-        self.channels = None if full else torch.tensor(gp.channels)
-        self.units = None if gp.units == list(range(units)) and full else torch.tensor(gp.units)
+        self.channels = None if full else torch.tensor(gp.channels, device=device)
+        self.units = None if gp.units == list(range(units)) and full else torch.tensor(gp.units, device=device)
         self.dim = gp.channel_dim
 
     def expand(self, mask: torch.Tensor) -> torch.Tensor:
         """(…, units) mask -> (…, module channels) vector."""
         if self.units is not None:
-            mask = mask[..., self.units.to(mask.device)]
+            mask = mask[..., self.units]
         if self.channels is not None:
             vec = mask.new_ones(*mask.shape[:-1], self.size)
-            vec[..., self.channels.to(mask.device)] = mask
+            vec[..., self.channels] = mask
             mask = vec
         return mask
 
@@ -48,10 +48,11 @@ class Gates:
     def __init__(self, model: nn.Module, groups: GroupSet) -> None:
         self.groups = list(groups)
         modules = dict(model.named_modules())
+        device = next(model.parameters()).device
         self._points: dict[str, list[tuple[str, _Point]]] = {}
         for g in self.groups:
             for gp in g.gate_points:
-                self._points.setdefault(gp.module, []).append((g.id, _Point(gp, modules[gp.module], g.units)))
+                self._points.setdefault(gp.module, []).append((g.id, _Point(gp, modules[gp.module], g.units, device)))
         self._vectors: dict[str, torch.Tensor | None] = dict.fromkeys(self._points)
         self._dims = {name: pts[0][1].dim for name, pts in self._points.items()}
         self._handles = [modules[name].register_forward_hook(self._hook(name)) for name in self._points]

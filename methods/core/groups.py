@@ -44,8 +44,8 @@ class ChannelGroup:
     kind: str                 # "internal" or "stream" (channels that pass through a residual add)
     channels: int             # channels of the root layer
     tie: int = 1              # conv groups the mask is repeated over (grouped convolutions)
-    producers: list[str] = field(default_factory=list)   # layers whose output channels are removed
-    gate_points: list[GatePoint] = field(default_factory=list)
+    producers: list[GatePoint] = field(default_factory=list)    # every layer whose output channels are removed
+    gate_points: list[GatePoint] = field(default_factory=list)  # the subset whose outputs are multiplied
     layers: list[str] = field(default_factory=list)      # every layer the group touches
 
     @property
@@ -156,10 +156,12 @@ def _describe(dg: tp.DependencyGraph, tp_group, names: dict, root: nn.Module) ->
     # a residual stream: an add that joins the outputs of several layers (a bias add alone does not count)
     joined = [m for m in producers if not isinstance(m, _NORMS)]
     kind = "stream" if residual and len(joined) > 1 else "internal"
-    units = channels // tie if tie else channels
-    gate_points = [] if reason else _gate_points(dg, producers, names, units)
+    units = channels // tie
+    maps = {m: GatePoint(names[m], idx, [r % units for r in root_idx], -1 if isinstance(m, nn.Linear) else 1)
+            for m, (idx, root_idx) in producers.items()}
+    gate_points = [] if reason else _gate_points(dg, maps)
     name = root_name if kind == "internal" else f"{root_name} (stream of {len(producers)} layers)"
-    group = ChannelGroup(root_name, name, kind, channels, tie, [names[m] for m in producers], gate_points, layers)
+    group = ChannelGroup(root_name, name, kind, channels, tie, list(maps.values()), gate_points, layers)
     return group, reason
 
 
@@ -172,17 +174,16 @@ def _inside_attention(name: str, model: nn.Module) -> bool:
     return False
 
 
-def _gate_points(dg, producers: dict, names: dict, units: int) -> list[GatePoint]:
+def _gate_points(dg, maps: dict[nn.Module, GatePoint]) -> list[GatePoint]:
     """Norm layers gate their own output; a conv/linear is gated where no norm of the group follows it."""
-    norms = {m for m in producers if isinstance(m, _NORMS)}
+    norms = {m for m in maps if isinstance(m, _NORMS)}
     points = []
-    for module, (idx, root_idx) in producers.items():
+    for module, point in maps.items():
         if not isinstance(module, _NORMS):
             outs = dg.module2node[module].outputs
             if len(outs) == 1 and outs[0].module in norms:
                 continue  # its normalisation is gated instead
-        dim = -1 if isinstance(module, nn.Linear) else 1
-        points.append(GatePoint(names[module], idx, [r % units for r in root_idx], dim))
+        points.append(point)
     return points
 
 

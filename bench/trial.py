@@ -1,0 +1,167 @@
+"""One trial: baseline -> method -> physical removal -> fine-tune -> measure -> one result row.
+
+Every method gets the same fine-tuning recipe; a method that trains (DECORE's joint phase) gets its
+own recipe for that phase, recorded in the row. The config is frozen and hashed: the hash names the
+trial folder and makes a finished trial free to ask for again.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+import methods
+from methods.core import KeepPlan, channel_groups, prune_model
+
+from .baseline import Baseline, get_baseline, results_dir
+from .data import ArrayDataset, DeviceLoader, load_dataset, open_loaders
+from .errors import UserError
+from .io import config_hash, read_json, write_json
+from .measure import count_flops, count_params, measure_latency
+from .pruned import save_pruned
+from .recipe import Recipe, load_recipe
+from .train import autocast_for, evaluate, fit, prepare_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    model: str
+    dataset: str
+    method: str
+    knobs: dict[str, Any] = field(default_factory=dict)
+    scope: str | None = None            # None: the method's default
+    seed: int = 0
+    baseline_recipe: str = "cifar-standard"
+    joint_recipe: str = "finetune-cifar"  # the training phase of methods that train (DECORE)
+    finetune_recipe: str = "finetune-cifar"
+    round_to: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def key(self) -> str:
+        return config_hash({**self.to_dict(), "recipes": {r: load_recipe(r).to_dict() for r in self.recipes()}})
+
+    def recipes(self) -> tuple[str, ...]:
+        return (self.baseline_recipe, self.joint_recipe, self.finetune_recipe)
+
+
+def validate(cfg: TrialConfig) -> tuple[methods.Method, dict[str, Any], str]:
+    """Check everything a user typed before any training starts."""
+    try:
+        method = methods.get_method(cfg.method)
+        knobs = method.check_knobs(cfg.knobs)
+    except methods.KnobError as e:
+        raise UserError(str(e)) from None
+    scope = cfg.scope or method.default_scope
+    if scope not in ("internal", "all"):
+        raise UserError(f"scope {scope!r} is unknown: use internal or all")
+    if cfg.round_to < 1:
+        raise UserError(f"round_to={cfg.round_to} must be at least 1")
+    for r in cfg.recipes():
+        load_recipe(r)
+    return method, knobs, scope
+
+
+def _loaders(data: ArrayDataset | None, dataset: str, recipe: Recipe, device: torch.device, seed: int):
+    return open_loaders(dataset, recipe.batch_size, device, seed=seed, subset_per_class=recipe.subset_per_class, data=data)
+
+
+def train_accuracy(model: nn.Module, data: ArrayDataset, recipe: Recipe, device: torch.device) -> float:
+    """Top-1 (fraction) on the training images of a recipe, un-augmented, in eval mode."""
+    split = data.train.subset_per_class(recipe.subset_per_class)
+    loader = DeviceLoader(split, data.mean, data.std, 500, device)
+    return evaluate(model, loader, device, autocast_for(device))["top1"] / 100
+
+
+def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | None = None, root: Path | None = None,
+              log_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run (or fetch, when already finished) one trial; returns its result row."""
+    method, knobs, scope = validate(cfg)
+    folder = (root or results_dir()) / "trials" / f"{cfg.model}-{cfg.dataset}-{cfg.method}-{cfg.key}"
+    if (folder / "result.json").is_file():
+        return read_json(folder / "result.json")
+    data = data if data is not None or cfg.dataset.startswith("imagefolder:") else load_dataset(cfg.dataset)
+    t_start = time.perf_counter()
+    base = get_baseline(cfg.model, cfg.dataset, load_recipe(cfg.baseline_recipe), seed=cfg.seed, device=device,
+                        root=root, data=data)
+    input_size = tuple(base.meta["input_size"])
+    model_args = {"num_classes": base.meta["num_classes"]}
+    joint, finetune = load_recipe(cfg.joint_recipe), load_recipe(cfg.finetune_recipe)
+
+    work = prepare_model(copy.deepcopy(base.model), device)
+    groups = channel_groups(work, torch.randn(1, *input_size, device=device), scope, name=base.spec.model)
+    base_cpu = base.model
+
+    def plan_cost(plan: KeepPlan) -> dict[str, int]:
+        pruned = prune_model(base_cpu, plan)
+        return {"params": count_params(pruned), "flops": count_flops(pruned, input_size)}
+
+    joint_loaders = _loaders(data, cfg.dataset, joint, device, cfg.seed) if method.trains else None
+    ctx = methods.Context(work, groups, base.spec.model, model_args, input_size, device, cfg.seed,
+                          train_loader=joint_loaders.train if joint_loaders else None,
+                          test_loader=joint_loaders.test if joint_loaders else None,
+                          recipe=joint, fit=fit, plan_cost=plan_cost, log=log_row or (lambda row: None),
+                          round_to=cfg.round_to)
+    t0 = time.perf_counter()
+    try:
+        result = method.select(ctx, **knobs)
+    except methods.KnobError as e:
+        raise UserError(str(e)) from None
+    select_seconds = time.perf_counter() - t0
+
+    # the method may have trained `work` (DECORE): prune that network, else the baseline
+    source = work.cpu().to(memory_format=torch.contiguous_format).eval() if method.trains else base_cpu
+    pruned = prune_model(source, result.plan)
+    ft_loaders = _loaders(data, cfg.dataset, finetune, device, cfg.seed)
+    runner = prepare_model(pruned, device)
+    amp = autocast_for(device)
+    before_ft = evaluate(runner, ft_loaders.test, device, amp)
+    t1 = time.perf_counter()
+    ft_history = fit(runner, ft_loaders.train, None, finetune, device, desc=f"fine-tune {cfg.method} ")
+    finetune_seconds = time.perf_counter() - t1
+    after = evaluate(runner, ft_loaders.test, device, amp)
+    pruned = pruned.cpu().to(memory_format=torch.contiguous_format).eval()
+
+    row = _row(cfg, scope, knobs, base, pruned, input_size, before_ft, after, result, joint, finetune,
+               method.trains, select_seconds, finetune_seconds, time.perf_counter() - t_start, ft_history)
+    save_pruned(folder, result.plan, pruned)
+    write_json(folder / "history.json", {"method": result.history, "finetune": ft_history, "info": result.info})
+    write_json(folder / "result.json", row)  # last: its presence marks the trial finished
+    return row
+
+
+def _row(cfg, scope, knobs, base: Baseline, pruned, input_size, before_ft, after, result, joint, finetune,
+         trains, select_seconds, finetune_seconds, wall, ft_history) -> dict[str, Any]:
+    params, flops = count_params(pruned), count_flops(pruned, input_size)
+    lat = measure_latency(pruned, input_size, batch_size=1, repeats=30)["median_ms"]
+    base_lat = measure_latency(base.model, input_size, batch_size=1, repeats=30)["median_ms"]
+    bt = base.meta["test"]
+    return {
+        "model": base.spec.model, "dataset": cfg.dataset, "method": cfg.method, "scope": scope,
+        "knobs": knobs, "seed": cfg.seed, "round_to": cfg.round_to, "config_hash": cfg.key,
+        "baseline_key": base.spec.key, "base_top1": bt["top1"], "base_top5": bt["top5"],
+        "base_params": base.meta["params"], "base_flops": base.meta["flops"],
+        "top1": after["top1"], "top5": after["top5"], "top1_drop": bt["top1"] - after["top1"],
+        "top1_before_finetune": before_ft["top1"],
+        "params": params, "flops": flops,
+        "params_reduction_pct": 100 * (1 - params / base.meta["params"]),
+        "flops_reduction_pct": 100 * (1 - flops / base.meta["flops"]),
+        "latency_cpu_b1_ms": lat, "base_latency_cpu_b1_ms": base_lat,
+        "kept": {gid: len(k) for gid, k in result.plan.keep.items()},
+        "units": result.plan.units,
+        "joint_epochs": joint.epochs if trains else 0, "finetune_epochs": finetune.epochs,
+        "select_seconds": select_seconds, "finetune_seconds": finetune_seconds, "wall_seconds": wall,
+        "finetune_last_train_top1": ft_history[-1]["train_top1"] if ft_history else None,
+        "info": {k: v for k, v in result.info.items() if k != "keep_prob"},
+    }

@@ -1,0 +1,196 @@
+"""DECORE (Alwani, Wang, Madhavan, CVPR 2022), as ../shared/DESIGN.md section 2 specifies.
+
+One agent per channel unit of every group (a residual stream shares one agent per channel), weight
+initialised to 6.9. Per sample, each agent draws a ~ Bernoulli(sigmoid(w)) (1 = keep) and the gate
+multiplies the channel by a. Reward of group i for sample b:
+    R_bi = (channels of group i dropped for sample b) * (+1 if b is classified correctly else -lambda)
+and the agents follow REINFORCE with Adam (lr 0.01):
+    loss_agents = -(1/N) sum_b sum_i R_bi * sum_j log pi(a_bij)
+while the network trains jointly with cross-entropy on the gated forward pass. At the end every
+channel with sigmoid(w) < 0.5 is removed.
+
+Named options beyond the paper (all off by default): `reward_baseline` (subtract each group's batch
+mean reward), `agent_lr`, `agent_init`, `per_batch` (one action per channel per batch, not per sample).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .base import Context, Knob, KnobError, Method, Result, register
+from .core import Gates
+
+AGENT_INIT = 6.9
+AGENT_LR = 0.01
+
+
+def break_even_lambda(train_accuracy: float) -> float:
+    """The lambda at which dropping a channel has zero expected reward: accuracy = lambda / (1 + lambda).
+
+    Below it the agents learn to drop; at it nothing moves; the paper's lambdas (50-500 on CIFAR) follow
+    from near-100% training accuracy. `train_accuracy` is a fraction in (0, 1).
+    """
+    if not 0.0 < train_accuracy < 1.0:
+        raise KnobError(f"training accuracy {train_accuracy} must be a fraction in (0, 1)")
+    return train_accuracy / (1.0 - train_accuracy)
+
+
+def suggest_lambda_range(break_even: float, joint_epochs: int) -> tuple[float, float]:
+    """A log-scale lambda range that spans little to heavy compression for a schedule of this length.
+
+    Short schedules need lambda far below break-even (from init 6.9 a channel is dropped in ~0.1% of
+    samples, so early epochs carry little signal); long ones (the paper's 260 joint epochs) reach
+    compression close to it. Measured at small scale: with 3 joint epochs, break-even/3.4 removed 18%
+    of FLOPs and break-even/6.7 removed 51% (DESIGN.md section 2).
+    """
+    shrink = max(1.0, 20.0 / math.sqrt(max(joint_epochs, 1)))
+    return break_even / (3 * shrink), break_even / max(1.05, shrink / 5)
+
+
+def agent_loss(weights: Sequence[torch.Tensor], actions: Sequence[torch.Tensor], correct: torch.Tensor,
+               lam: float, reward_baseline: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE loss of the agents and the mean reward per group (both device tensors).
+
+    weights[i]: (units_i,) agent weights; actions[i]: (N, units_i) or (1, units_i) in {0, 1};
+    correct: (N,) bool. Implements -(1/N) sum_b sum_i R_bi sum_j log pi(a_bij).
+    """
+    sign = torch.where(correct, 1.0, -float(lam))                     # +1 right, -lambda wrong
+    loss = sign.new_zeros(())
+    rewards = []
+    for w, a in zip(weights, actions):
+        dropped = (1.0 - a).sum(1)                                    # (N,) or (1,)
+        reward = dropped * sign                                       # (N,)
+        if reward_baseline:
+            reward = reward - reward.mean()
+        log_pi = -F.binary_cross_entropy_with_logits(w.expand_as(a), a, reduction="none").sum(1)
+        loss = loss - (reward.detach() * log_pi).mean()
+        rewards.append(reward.detach().mean())
+    return loss, torch.stack(rewards) if rewards else loss.new_zeros(0)
+
+
+class DecoreStep:
+    """The gated training step: sample actions, gate, forward, cross-entropy + the agents' REINFORCE loss."""
+
+    def __init__(self, agents: nn.ParameterList, gates: Gates, ids: list[str], lam: float,
+                 reward_baseline: bool, per_batch: bool, device: torch.device) -> None:
+        self.agents, self.gates, self.ids = agents, gates, ids
+        self.lam, self.reward_baseline, self.per_batch = lam, reward_baseline, per_batch
+        self.ce = nn.CrossEntropyLoss()
+        self.stats = torch.zeros(3 + len(ids), device=device)   # [samples, ce sum, correct, reward per group...]
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = 1 if self.per_batch else x.shape[0]
+        probs = [torch.sigmoid(w.detach()) for w in self.agents]
+        actions = [torch.bernoulli(p.expand(n, -1)) for p in probs]
+        self.gates.set(dict(zip(self.ids, actions)))
+        logits = model(x)
+        ce = self.ce(logits, y)
+        correct = logits.detach().argmax(1) == y
+        a_loss, rewards = agent_loss(list(self.agents), actions, correct, self.lam, self.reward_baseline)
+        self.stats += torch.cat([torch.stack([ce.new_tensor(float(len(y))), ce.detach() * len(y),
+                                              correct.sum().float()]), rewards * len(y)])
+        return ce + a_loss, logits
+
+    def read(self) -> dict[str, Any]:
+        """Epoch means, read once from the device, then reset."""
+        s = self.stats.tolist()
+        self.stats.zero_()
+        n = max(s[0], 1.0)
+        per_group = [r / n for r in s[3:]]
+        return {"ce_loss": s[1] / n, "gated_top1": 100 * s[2] / n, "reward": sum(per_group),
+                "reward_per_group": dict(zip(self.ids, per_group))}
+
+
+@register("decore")
+class Decore(Method):
+    knobs: ClassVar[tuple[Knob, ...]] = (
+        Knob("lambda", 0.0, 1e5, log=True, open_low=True,
+             help="DECORE's penalty for a wrong prediction, > 0 (larger = less compression; see break_even_lambda)"),
+    )
+    extra_options: ClassVar[dict[str, str]] = {
+        "reward_baseline": "subtract each group's batch-mean reward (beyond the paper; off)",
+        "agent_lr": f"Adam lr of the agents (paper: {AGENT_LR})",
+        "agent_init": f"initial agent weight (paper: {AGENT_INIT})",
+        "per_batch": "one action per channel per batch instead of per sample (beyond the paper; off)",
+    }
+    default_scope: ClassVar[str] = "all"
+    trains: ClassVar[bool] = True
+
+    def select(self, ctx: Context, **knobs: Any) -> Result:
+        if knobs.get("lambda") is None:
+            raise KnobError("decore needs lambda=<value > 0>, e.g. --knob lambda=2")
+        lam = self.knobs[0].check(knobs["lambda"])
+        opts = _options(knobs)
+        if ctx.fit is None or ctx.train_loader is None or ctx.recipe is None:
+            raise KnobError("decore trains jointly: the engine must pass fit, train_loader and recipe")
+        ids = [g.id for g in ctx.groups]
+        agents = nn.ParameterList([nn.Parameter(torch.full((g.units,), opts["agent_init"], device=ctx.device))
+                                   for g in ctx.groups])
+        opt = torch.optim.Adam(agents.parameters(), lr=opts["agent_lr"])
+
+        def agent_update() -> None:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        history: list[dict[str, Any]] = []
+        torch.manual_seed(ctx.seed)
+        with Gates(ctx.model, ctx.groups) as gates:
+            step = DecoreStep(agents, gates, ids, lam, opts["reward_baseline"], opts["per_batch"], ctx.device)
+
+            def on_epoch(row: dict[str, Any]) -> None:
+                row.update(step.read())
+                row.update(self._policy_stats(ctx, agents, ids))
+                history.append(row)
+                ctx.log(row)
+
+            ctx.fit(ctx.model, ctx.train_loader, None, ctx.recipe, ctx.device, step=step,
+                    after_step=[agent_update], on_epoch=on_epoch, desc=f"decore lambda={lam:g} ")
+        plan = ctx.plan(self._final_masks(agents, ids))
+        return Result(plan, history, info={"lambda": lam, **{k: v for k, v in opts.items()},
+                                           "keep_prob": {i: torch.sigmoid(w).tolist() for i, w in zip(ids, agents)}})
+
+    @staticmethod
+    def _final_masks(agents: nn.ParameterList, ids: list[str]) -> dict[str, torch.Tensor]:
+        """Remove every channel with sigmoid(w) < 0.5; a group that would be emptied keeps its likeliest channel."""
+        masks = {}
+        for gid, w in zip(ids, agents):
+            keep = (torch.sigmoid(w.detach()) >= 0.5).cpu()
+            if not keep.any():
+                keep[int(w.detach().argmax())] = True
+            masks[gid] = keep
+        return masks
+
+    def _policy_stats(self, ctx: Context, agents: nn.ParameterList, ids: list[str]) -> dict[str, Any]:
+        probs = {gid: torch.sigmoid(w.detach()) for gid, w in zip(ids, agents)}
+        stats: dict[str, Any] = {
+            "keep_prob": {gid: float(p.mean()) for gid, p in probs.items()},
+            "kept_if_pruned": {gid: int((p >= 0.5).sum()) for gid, p in probs.items()},
+        }
+        if ctx.plan_cost is not None:
+            stats.update({f"{k}_if_pruned": v for k, v in ctx.plan_cost(ctx.plan(self._final_masks(agents, ids))).items()})
+        return stats
+
+
+def _options(knobs: dict[str, Any]) -> dict[str, Any]:
+    def flag(v: Any) -> bool:
+        if isinstance(v, bool):
+            return v
+        if str(v).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(v).lower() in ("0", "false", "no", "off"):
+            return False
+        raise KnobError(f"option value {v!r} is not a boolean: use true or false")
+
+    def positive(name: str, default: float) -> float:
+        v = float(knobs.get(name, default))
+        if not (math.isfinite(v) and (v > 0 or name == "agent_init")):
+            raise KnobError(f"decore option {name}={v} must be a positive number")
+        return v
+
+    return {"reward_baseline": flag(knobs.get("reward_baseline", False)), "per_batch": flag(knobs.get("per_batch", False)),
+            "agent_lr": positive("agent_lr", AGENT_LR), "agent_init": positive("agent_init", AGENT_INIT)}

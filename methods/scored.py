@@ -1,0 +1,158 @@
+"""One-shot selection by per-channel scores: the shared machinery of L1-norm and random pruning.
+
+Ratios come from exactly one of: a uniform `ratio`, a `flops_target` (the uniform ratio whose pruned
+model lands within 1% of that fraction of the baseline's FLOPs, found by bisection on the real pruned
+model), per-stage `stage_ratios` with `skip`ped conv layers, or a published `preset`.
+Kept channels per group = int(units * (1 - ratio)), as Li et al. (at least one).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from .base import Context, Knob, KnobError, Method, Result, keep_top, round_up
+from .core import ChannelGroup
+
+FLOPS_TOLERANCE = 0.01  # relative
+
+# Li et al. 2017 (../shared/reference/li2017.md): conv layers numbered from 1 (the stem), per-stage ratios,
+# sensitive layers skipped; VGG-16-A prunes conv1 and conv8..13 by half. Block-internal channels only.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "li2017-A": {
+        "cifar_resnet56": {"stage_ratios": (0.1, 0.1, 0.1), "skip": (16, 20, 38, 54)},
+        "cifar_resnet110": {"stage_ratios": (0.5, 0.0, 0.0), "skip": (36,)},
+        "cifar_vgg16_bn": {"layer_ratios": {1: 0.5, **{i: 0.5 for i in range(8, 14)}}},
+    },
+    "li2017-B": {
+        "cifar_resnet56": {"stage_ratios": (0.6, 0.3, 0.1), "skip": (16, 18, 20, 34, 38, 54)},
+        "cifar_resnet110": {"stage_ratios": (0.5, 0.4, 0.3), "skip": (36, 38, 74)},
+    },
+}
+_STAGE = re.compile(r"^(?:layer(\d+)|stages\.(\d+)|layers\.(\d+))\.")
+
+
+def stage_of(group_id: str) -> int:
+    """Stage index of a group's root layer: layer1 -> 0 (CIFAR/timm ResNets), stages.2 -> 2; else 0."""
+    m = _STAGE.match(group_id)
+    if not m:
+        return 0
+    if m.group(1) is not None:
+        return int(m.group(1)) - 1
+    return int(m.group(2) or m.group(3))
+
+
+def conv_numbers(model: nn.Module) -> dict[str, int]:
+    """Li et al.'s numbering: the 1-based position of every Conv2d in module order (1 = the stem)."""
+    convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    return {name: i + 1 for i, name in enumerate(convs)}
+
+
+def _parse_floats(text: Any, what: str) -> tuple[float, ...]:
+    if isinstance(text, (list, tuple)):
+        return tuple(float(v) for v in text)
+    try:
+        return tuple(float(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        raise KnobError(f"{what}={text!r} is not a comma-separated list of numbers, e.g. 0.6,0.3,0.1") from None
+
+
+class ScoredMethod(Method):
+    knobs: ClassVar[tuple[Knob, ...]] = (
+        Knob("ratio", 0.0, 1.0, open_low=False, open_high=True, default=0.5,
+             help="the fraction of channels removed from every group, in [0, 1)"),
+        Knob("flops_target", 0.0, 1.0, open_low=True, help="the fraction of the baseline's FLOPs to keep, in (0, 1]"),
+    )
+    extra_options: ClassVar[dict[str, str]] = {
+        "preset": "li2017-A or li2017-B (Li et al.'s configurations for ResNet-56/110 and VGG-16)",
+        "stage_ratios": "comma-separated ratio per stage, e.g. 0.6,0.3,0.1",
+        "skip": "comma-separated conv layer numbers (1 = stem) left whole",
+    }
+    default_scope: ClassVar[str] = "internal"
+
+    def scores(self, ctx: Context) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def select(self, ctx: Context, **knobs: Any) -> Result:
+        given = [k for k in ("ratio", "flops_target", "preset", "stage_ratios") if knobs.get(k) is not None]
+        if len(given) != 1:
+            raise KnobError(f"method {self.name!r} needs exactly one of ratio, flops_target, preset or stage_ratios; got {given or 'none'}")
+        scores = self.scores(ctx)
+        if "flops_target" in given:
+            return self._to_flops(ctx, scores, float(knobs["flops_target"]))
+        ratios = self._ratios(ctx, knobs)
+        return Result(ctx.plan(self._masks(ctx, scores, ratios)), info={"ratios": ratios})
+
+    def _ratios(self, ctx: Context, knobs: Mapping[str, Any]) -> dict[str, float]:
+        groups = list(ctx.groups)
+        if knobs.get("ratio") is not None:
+            return {g.id: float(knobs["ratio"]) for g in groups}
+        if knobs.get("preset") is not None:
+            table = PRESETS.get(str(knobs["preset"]))
+            if table is None or ctx.model_name not in table:
+                have = [f"{p} ({', '.join(t)})" for p, t in PRESETS.items()]
+                raise KnobError(f"preset {knobs['preset']!r} is not defined for {ctx.model_name}: presets are {'; '.join(have)}")
+            spec = table[ctx.model_name]
+        else:
+            spec = {"stage_ratios": _parse_floats(knobs["stage_ratios"], "stage_ratios"),
+                    "skip": tuple(int(v) for v in _parse_floats(knobs.get("skip") or (), "skip"))}
+        return self._spec_ratios(ctx, groups, spec)
+
+    @staticmethod
+    def _spec_ratios(ctx: Context, groups: list[ChannelGroup], spec: Mapping[str, Any]) -> dict[str, float]:
+        numbers = conv_numbers(ctx.model)
+        skip = set(spec.get("skip", ()))
+        out = {}
+        for g in groups:
+            n = numbers.get(g.id)
+            if "layer_ratios" in spec:
+                ratio = spec["layer_ratios"].get(n, 0.0)
+            else:
+                stages = spec["stage_ratios"]
+                if stage_of(g.id) >= len(stages):
+                    raise KnobError(f"stage_ratios has {len(stages)} entries but group {g.id} is in stage {stage_of(g.id) + 1}")
+                ratio = 0.0 if n in skip else stages[stage_of(g.id)]
+            if not 0.0 <= ratio < 1.0:
+                raise KnobError(f"ratio {ratio} for group {g.id} is outside [0, 1)")
+            out[g.id] = ratio
+        return out
+
+    @staticmethod
+    def _masks(ctx: Context, scores: Mapping[str, torch.Tensor], ratios: Mapping[str, float]) -> dict[str, torch.Tensor]:
+        masks = {}
+        for g in ctx.groups:
+            n_keep = max(1, int(g.units * (1.0 - ratios.get(g.id, 0.0)) + 1e-9))
+            masks[g.id] = keep_top(scores[g.id], round_up(n_keep, ctx.round_to, g.units))
+        return masks
+
+    def _to_flops(self, ctx: Context, scores: Mapping[str, torch.Tensor], target: float) -> Result:
+        """Bisection on a uniform ratio until the pruned model's FLOPs are within 1% of the target."""
+        if ctx.plan_cost is None:
+            raise KnobError("flops_target needs the engine's plan_cost")
+        base = ctx.plan_cost(ctx.plan({}))["flops"]
+
+        def fraction(r: float) -> tuple[float, Any]:
+            plan = ctx.plan(self._masks(ctx, scores, {g.id: r for g in ctx.groups}))
+            return ctx.plan_cost(plan)["flops"] / base, plan
+
+        lo, hi = 0.0, 1.0 - 1e-6
+        f_hi, plan_hi = fraction(hi)
+        if f_hi > target * (1 + FLOPS_TOLERANCE):
+            raise KnobError(f"flops_target {target:g} cannot be met at scope {ctx.groups.scope!r}: the smallest reachable "
+                            f"is {f_hi:.3f} of the baseline's FLOPs; raise the target or use scope all")
+        best = (abs(f_hi - target), hi, f_hi, plan_hi)
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            f, plan = fraction(mid)
+            best = min(best, (abs(f - target), mid, f, plan), key=lambda t: t[0])
+            if abs(f - target) <= FLOPS_TOLERANCE * target:
+                break
+            lo, hi = (mid, hi) if f > target else (lo, mid)
+        _, ratio, f, plan = best
+        if abs(f - target) > FLOPS_TOLERANCE * target:
+            raise KnobError(f"flops_target {target:g}: the closest uniform ratio {ratio:.4f} gives {f:.4f} "
+                            "(channel counts are whole numbers); pick a target nearby")
+        return Result(plan, info={"ratio": ratio, "flops_fraction": f})

@@ -1,0 +1,166 @@
+"""The pruning core's invariant: gating a channel to zero == removing it, on CIFAR and timm models."""
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+import models
+from bench.measure import count_flops, count_params
+from bench.pruned import load_pruned, save_pruned
+from methods.core import Gates, KeepPlan, PruningError, channel_groups, prune_model, rebuild
+
+# (model, constructor args, input size, scope)
+CASES = [
+    ("cifar_resnet20", {}, 32, "all"),
+    ("cifar_resnet20", {}, 32, "internal"),
+    ("cifar_resnet56", {}, 32, "all"),
+    ("cifar_resnet56", {}, 32, "internal"),
+    ("cifar_vgg16_bn", {}, 32, "all"),
+    ("resnet18", {}, 64, "all"),
+    ("mobilenetv3_small_100", {}, 64, "all"),
+    ("efficientnet_b0", {}, 64, "all"),
+    ("regnetx_002", {}, 64, "all"),
+    ("convnext_atto", {}, 64, "all"),
+    ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8}, 32, "all"),
+]
+
+
+def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial norm statistics and affine terms (and layer scales), so a wrong gate shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+        for name, p in model.named_parameters():
+            if p.dim() == 1:  # norm weights/biases, layer scales, conv/linear biases
+                scale = torch.rand(p.shape, generator=g) + 0.5
+                p.copy_(scale if not name.endswith("bias") else (scale - 1) * 0.2)
+    return model.eval()
+
+
+def _random_plan(groups, name, kw, size, seed, p_keep=0.5):
+    g = torch.Generator().manual_seed(seed)
+    masks = {}
+    for gr in groups:
+        m = torch.rand(gr.units, generator=g) < p_keep
+        m[torch.randint(gr.units, (1,), generator=g)] = True  # at least one survives
+        masks[gr.id] = m
+    return masks, KeepPlan.from_masks(groups, masks, name, model_args=kw, input_size=[3, size, size])
+
+
+@pytest.mark.parametrize("name, kw, size, scope", CASES, ids=[f"{c[0]}-{c[3]}" for c in CASES])
+def test_gated_equals_pruned(name, kw, size, scope):
+    torch.manual_seed(0)
+    model = _randomize(models.create(name, num_classes=10, **kw))
+    x = torch.randn(3, 3, size, size)
+    groups = channel_groups(model, x[:1], scope, name=name)
+    assert len(groups) > 0
+    if scope == "internal":
+        assert all(g.kind == "internal" for g in groups)
+    with torch.no_grad():
+        full = model(x)
+    for seed in range(2):
+        masks, plan = _random_plan(groups, name, kw, size, seed)
+        with Gates(model, groups) as gates, torch.no_grad():
+            gates.set({k: v.float() for k, v in masks.items()})
+            gated = model(x)
+        pruned = prune_model(model, plan)
+        with torch.no_grad():
+            out = pruned(x)
+        err = ((gated - out).norm() / gated.norm()).item()
+        assert err < 1e-5, f"{name} seed {seed}: gate vs removal relative error {err:.2e}"
+        assert ((full - out).norm() / full.norm()).item() > 1e-3  # pruning changed something
+        assert count_params(pruned) < count_params(model)
+        assert count_flops(pruned, (3, size, size)) < count_flops(model, (3, size, size))
+    with torch.no_grad():
+        assert torch.equal(model(x), full)  # gates removed, original untouched
+
+
+def test_per_sample_masks_match_per_sample_pruning():
+    model = _randomize(models.create("cifar_resnet20"))
+    x = torch.randn(2, 3, 32, 32)
+    groups = channel_groups(model, x[:1], "all")
+    plans = [_random_plan(groups, "cifar_resnet20", {}, 32, seed) for seed in (3, 4)]
+    masks = {gid: torch.stack([plans[0][0][gid], plans[1][0][gid]]).float() for gid in plans[0][0]}
+    with Gates(model, groups) as gates, torch.no_grad():
+        gates.set(masks)  # (N, units): sample b gets plan b
+        gated = model(x)
+    for b, (_, plan) in enumerate(plans):
+        with torch.no_grad():
+            out = prune_model(model, plan)(x[b:b + 1])
+        assert torch.allclose(gated[b:b + 1], out, rtol=1e-5, atol=1e-6)
+
+
+def test_cifar_resnet_groups_are_per_stage():
+    model = models.create("cifar_resnet56")
+    groups = channel_groups(model, torch.randn(1, 3, 32, 32), "all")
+    streams = [g for g in groups if g.kind == "stream"]
+    assert [g.channels for g in streams] == [16, 32, 64]
+    assert len(groups) == 27 + 3
+    stage2 = streams[1]
+    names = [p.module for p in stage2.producers]
+    assert "layer2.0.shortcut" in names and all(not n.startswith("layer3") for n in names)
+
+
+def test_tied_masks_for_grouped_convs():
+    model = models.create("regnetx_002")
+    groups = channel_groups(model, torch.randn(1, 3, 64, 64), "all")
+    tied = [g for g in groups if g.tie > 1]
+    assert tied and all(g.units == 8 for g in tied)  # RegNetX-200MF: group width 8
+
+
+def test_excluded_groups_are_named(caplog):
+    model = models.create("convnext_atto")
+    with caplog.at_level("WARNING"):
+        groups = channel_groups(model, torch.randn(1, 3, 64, 64), "all", name="convnext_atto")
+    assert set(groups.excluded) == {"stem.0", "stages.1.downsample.1", "stages.2.downsample.1", "stages.3.downsample.1"}
+    assert all("LayerNorm" in why for why in groups.excluded.values())
+    assert len(caplog.records) == 1 and "stem.0" in caplog.records[0].getMessage()
+
+
+def test_classifier_is_never_pruned():
+    model = models.create("cifar_vgg16_bn")
+    groups = channel_groups(model, torch.randn(1, 3, 32, 32), "all")
+    assert "fc" not in groups.by_id and "pre_logits.0" in groups.by_id
+
+
+def test_save_rebuild_roundtrip(tmp_path):
+    model = _randomize(models.create("cifar_resnet20"))
+    x = torch.randn(2, 3, 32, 32)
+    groups = channel_groups(model, x[:1], "all")
+    _, plan = _random_plan(groups, "cifar_resnet20", {}, 32, 7)
+    pruned = prune_model(model, plan)
+    save_pruned(tmp_path / "p", plan, pruned)
+    text = json.loads((tmp_path / "p" / "plan.json").read_text())
+    assert text["model"] == "cifar_resnet20" and set(text["keep"]) == {g.id for g in groups}
+    plan2, again = load_pruned(tmp_path / "p")
+    assert plan2 == plan
+    with torch.no_grad():
+        assert torch.equal(pruned(x), again.eval()(x))
+
+
+def test_bad_plans():
+    groups = channel_groups(models.create("cifar_resnet20"), torch.randn(1, 3, 32, 32), "all")
+    g = groups.groups[0]
+    with pytest.raises(ValueError, match="removes every channel"):
+        KeepPlan("cifar_resnet20", {g.id: []}, {g.id: g.units})
+    with pytest.raises(ValueError, match="not distinct"):
+        KeepPlan("cifar_resnet20", {g.id: [0, 0]}, {g.id: g.units})
+    with pytest.raises(PruningError, match="does not have"):
+        rebuild(KeepPlan("cifar_resnet20", {"nope": [0]}, {"nope": 4}))
+
+
+def test_untraceable_model_error():
+    class Weird(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return {"not": "a tensor"}
+
+    with pytest.raises(PruningError, match="cannot trace the dependency graph of weird"):
+        channel_groups(Weird(), torch.randn(1, 3, 8, 8), name="weird")
