@@ -52,6 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-recipe", default="finetune-cifar", help="the same for every method")
     p.add_argument("--round-to", type=int, default=1, help="round kept channels up to a multiple (beyond the papers)")
 
+    p = sub.add_parser("sweep", help="Optuna studies over each method's knob: the Pareto fronts (make bench)")
+    _common_model_args(p)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--profile", default="smoke", help="smoke (CPU, minutes), fast (one GPU, ~1 h), paper")
+    p.add_argument("--methods", default="decore,l1,random", help="comma-separated")
+    p.add_argument("--trials", type=int, default=None, help="trials per method (default: the profile's)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per suggested knob value (baseline included)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL: sqlite:///f.db (default, in the experiment "
+                   "folder), postgresql://user@host/db, journal:path.log")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    p.add_argument("--scope", default=None, choices=["internal", "all"], help="default: each method's")
+    p.add_argument("--match", default=None, help="decore: run L1 and random at every DECORE trial's FLOPs")
+    p.add_argument("--equal-epochs", action="store_true", help="L1/random get DECORE's joint epochs as extra fine-tuning")
+    p.add_argument("--round-to", type=int, default=1)
+    p.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "off"])
+
     p = sub.add_parser("groups", help="the channel groups of a model, and what keeping a fraction of each gives")
     _common_model_args(p)
     p.add_argument("--scope", default="all", choices=["internal", "all"])
@@ -94,6 +110,19 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+@command
+def cmd_sweep(args: argparse.Namespace) -> int:
+    # the CLI is the one place that reaches up into sweeps/ (the engine itself never imports it)
+    from sweeps.study import SweepConfig, run_sweep
+
+    cfg = SweepConfig(args.model, args.dataset, args.profile, tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+                      args.trials, args.seeds, args.storage, args.workers, args.device, args.scope, args.match,
+                      args.equal_epochs, args.round_to, args.wandb)
+    folder = run_sweep(cfg)
+    print(f"results: {folder / 'runs.csv'}")
+    return 0
+
+
 def _parse_knobs(pairs: list[str]) -> dict[str, str]:
     knobs = {}
     for pair in pairs:
@@ -113,8 +142,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                       scope=args.scope, seed=args.seed, baseline_recipe=args.baseline_recipe,
                       joint_recipe=args.joint_recipe, finetune_recipe=args.finetune_recipe, round_to=args.round_to)
     row = run_trial(cfg, resolve_device(args.device))
-    print(f"{row['method']} {row['knobs']} scope={row['scope']}: top-1 {row['top1']:.2f}% "
-          f"(baseline {row['base_top1']:.2f}%, before fine-tune {row['top1_before_finetune']:.2f}%)  "
+    print(f"{row['method']} {row['knobs']} scope={row['scope']}: top-1 {row['top1_pct']:.2f}% "
+          f"(baseline {row['base_top1_pct']:.2f}%, before fine-tune {row['top1_before_finetune_pct']:.2f}%)  "
           f"params {row['params'] / 1e6:.3f}M (-{row['params_reduction_pct']:.1f}%)  "
           f"FLOPs {row['flops'] / 1e6:.2f}M (-{row['flops_reduction_pct']:.1f}%)  {row['wall_seconds']:.0f}s")
     return 0

@@ -19,6 +19,10 @@ from tqdm.auto import tqdm
 
 from .recipe import Recipe
 
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss: the trial is recorded as failed, the sweep goes on."""
+
+
 # step(model, x, y) -> (loss, logits). DECORE swaps in its gated step; the default is plain cross-entropy.
 StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -165,6 +169,8 @@ def fit(model: nn.Module, train_loader: Iterable, test_loader: Iterable | None, 
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
         row.update({f"train_{k}": v for k, v in trainer.train_epoch(train_loader, f"{desc}epoch {epoch + 1}").items()})
         row["train_seconds"] = time.perf_counter() - t0
+        if not math.isfinite(row["train_loss"]):
+            raise Diverged(f"{desc.strip() or 'training'}: loss became {row['train_loss']} in epoch {epoch + 1}")
         if test_loader is not None:
             row.update({f"test_{k}": v for k, v in evaluate(model, test_loader, device, amp).items()})
         history.append(row)

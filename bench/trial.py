@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from methods.core import KeepPlan, channel_groups, prune_model
 
 from .baseline import Baseline, get_baseline, results_dir
 from .data import ArrayDataset, DeviceLoader, load_dataset, open_loaders
+from .env import git_commit, package_versions
 from .errors import UserError
 from .io import config_hash, read_json, write_json
 from .measure import count_flops, count_params, measure_latency
@@ -44,6 +46,8 @@ class TrialConfig:
     joint_recipe: str = "finetune-cifar"  # the training phase of methods that train (DECORE)
     finetune_recipe: str = "finetune-cifar"
     round_to: int = 1
+    extra_finetune_epochs: int = 0        # --equal-epochs: L1/random get DECORE's joint epochs on top
+    profile: str = "custom"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -84,20 +88,48 @@ def train_accuracy(model: nn.Module, data: ArrayDataset, recipe: Recipe, device:
     return evaluate(model, loader, device, autocast_for(device))["top1"] / 100
 
 
-def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | None = None, root: Path | None = None,
-              log_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Run (or fetch, when already finished) one trial; returns its result row."""
+def experiment_name(model: str, dataset: str, profile: str) -> str:
+    short = _resolve_name(model).removeprefix("cifar_")
+    return f"{short}-{dataset.replace(':', '_').replace('/', '_')}-{profile}"
+
+
+def experiment_dir(model: str, dataset: str, profile: str) -> Path:
+    return results_dir() / experiment_name(model, dataset, profile)
+
+
+def _resolve_name(model: str) -> str:
+    import models
+
+    try:
+        return models.resolve(model)
+    except models.UnknownModelError as e:
+        raise UserError(str(e)) from None
+
+
+def trial_folder(cfg: TrialConfig) -> Path:
+    return experiment_dir(cfg.model, cfg.dataset, cfg.profile) / "trials" / f"{cfg.method}-{cfg.key}"
+
+
+def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | None = None,
+              log_row: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run (or fetch, when already finished) one trial; returns its result (see `_row`).
+
+    `log_row(phase, row)` receives every epoch's statistics ("method" or "finetune") as they come.
+    """
     method, knobs, scope = validate(cfg)
-    folder = (root or results_dir()) / "trials" / f"{cfg.model}-{cfg.dataset}-{cfg.method}-{cfg.key}"
+    folder = trial_folder(cfg)
     if (folder / "result.json").is_file():
         return read_json(folder / "result.json")
     data = data if data is not None or cfg.dataset.startswith("imagefolder:") else load_dataset(cfg.dataset)
     t_start = time.perf_counter()
     base = get_baseline(cfg.model, cfg.dataset, load_recipe(cfg.baseline_recipe), seed=cfg.seed, device=device,
-                        root=root, data=data)
+                        data=data)
     input_size = tuple(base.meta["input_size"])
     model_args = {"num_classes": base.meta["num_classes"]}
     joint, finetune = load_recipe(cfg.joint_recipe), load_recipe(cfg.finetune_recipe)
+    if cfg.extra_finetune_epochs:
+        finetune = finetune.replace(epochs=finetune.epochs + cfg.extra_finetune_epochs)
+    log_row = log_row or (lambda phase, row: None)
 
     work = prepare_model(copy.deepcopy(base.model), device)
     groups = channel_groups(work, torch.randn(1, *input_size, device=device), scope, name=base.spec.model)
@@ -111,7 +143,7 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
     ctx = methods.Context(work, groups, base.spec.model, model_args, input_size, device, cfg.seed,
                           train_loader=joint_loaders.train if joint_loaders else None,
                           test_loader=joint_loaders.test if joint_loaders else None,
-                          recipe=joint, fit=fit, plan_cost=plan_cost, log=log_row or (lambda row: None),
+                          recipe=joint, fit=fit, plan_cost=plan_cost, log=lambda row: log_row("method", row),
                           round_to=cfg.round_to)
     t0 = time.perf_counter()
     try:
@@ -128,7 +160,8 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
     amp = autocast_for(device)
     before_ft = evaluate(runner, ft_loaders.test, device, amp)
     t1 = time.perf_counter()
-    ft_history = fit(runner, ft_loaders.train, None, finetune, device, desc=f"fine-tune {cfg.method} ")
+    ft_history = fit(runner, ft_loaders.train, None, finetune, device, desc=f"fine-tune {cfg.method} ",
+                     on_epoch=lambda row: log_row("finetune", row))
     finetune_seconds = time.perf_counter() - t1
     after = evaluate(runner, ft_loaders.test, device, amp)
     pruned = pruned.cpu().to(memory_format=torch.contiguous_format).eval()
@@ -143,25 +176,42 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
 
 def _row(cfg, scope, knobs, base: Baseline, pruned, input_size, before_ft, after, result, joint, finetune,
          trains, select_seconds, finetune_seconds, wall, ft_history) -> dict[str, Any]:
+    """The trial's result, in the results table's column names (plus a few extras the table ignores)."""
     params, flops = count_params(pruned), count_flops(pruned, input_size)
     lat = measure_latency(pruned, input_size, batch_size=1, repeats=30)["median_ms"]
     base_lat = measure_latency(base.model, input_size, batch_size=1, repeats=30)["median_ms"]
     bt = base.meta["test"]
+    knob_name, knob_value = primary_knob(knobs)
     return {
-        "model": base.spec.model, "dataset": cfg.dataset, "method": cfg.method, "scope": scope,
-        "knobs": knobs, "seed": cfg.seed, "round_to": cfg.round_to, "config_hash": cfg.key,
-        "baseline_key": base.spec.key, "base_top1": bt["top1"], "base_top5": bt["top5"],
-        "base_params": base.meta["params"], "base_flops": base.meta["flops"],
-        "top1": after["top1"], "top5": after["top5"], "top1_drop": bt["top1"] - after["top1"],
-        "top1_before_finetune": before_ft["top1"],
+        "experiment": experiment_name(cfg.model, cfg.dataset, cfg.profile), "row_type": "trial",
+        "model": base.spec.model, "dataset": cfg.dataset, "profile": cfg.profile, "method": cfg.method,
+        "scope": scope, "knob_name": knob_name, "knob_value": knob_value, "knobs": json.dumps(knobs, sort_keys=True),
+        "seed": cfg.seed, "status": "complete", "reason": None,
+        "top1_pct": after["top1"], "top5_pct": after["top5"], "top1_drop_pct": bt["top1"] - after["top1"],
+        "top1_before_finetune_pct": before_ft["top1"],
         "params": params, "flops": flops,
         "params_reduction_pct": 100 * (1 - params / base.meta["params"]),
         "flops_reduction_pct": 100 * (1 - flops / base.meta["flops"]),
+        "base_top1_pct": bt["top1"], "base_top5_pct": bt["top5"],
+        "base_params": base.meta["params"], "base_flops": base.meta["flops"],
         "latency_cpu_b1_ms": lat, "base_latency_cpu_b1_ms": base_lat,
-        "kept": {gid: len(k) for gid, k in result.plan.keep.items()},
-        "units": result.plan.units,
+        "baseline_epochs": base.spec.recipe.epochs if base.meta["source"] == "trained" else 0,
         "joint_epochs": joint.epochs if trains else 0, "finetune_epochs": finetune.epochs,
-        "select_seconds": select_seconds, "finetune_seconds": finetune_seconds, "wall_seconds": wall,
-        "finetune_last_train_top1": ft_history[-1]["train_top1"] if ft_history else None,
-        "info": {k: v for k, v in result.info.items() if k != "keep_prob"},
+        "kept_channels": json.dumps({gid: [len(k), result.plan.units[gid]] for gid, k in result.plan.keep.items()}),
+        "round_to": cfg.round_to, "wall_seconds": wall, "config_hash": cfg.key,
+        "git_commit": git_commit(), "packages": json.dumps(package_versions(), sort_keys=True),
+        # extras, kept in result.json only
+        "select_seconds": select_seconds, "finetune_seconds": finetune_seconds,
+        "baseline_key": base.spec.key, "info": {k: v for k, v in result.info.items() if k != "keep_prob"},
     }
+
+
+def primary_knob(knobs: dict[str, Any]) -> tuple[str | None, float | None]:
+    """The knob a sweep varies, for plots and tables: lambda, ratio, flops_target, else a preset name."""
+    for name in ("lambda", "ratio", "flops_target"):
+        if knobs.get(name) is not None:
+            return name, float(knobs[name])
+    for name in ("preset", "stage_ratios"):
+        if knobs.get(name) is not None:
+            return f"{name}={knobs[name]}", None
+    return None, None

@@ -85,6 +85,7 @@ class Method:
     knobs: ClassVar[tuple[Knob, ...]] = ()
     default_scope: ClassVar[str] = "all"
     trains: ClassVar[bool] = False      # True when select() trains the network (DECORE's joint phase)
+    example: ClassVar[dict[str, Any]] = {}  # a knob setting that prunes something, for docs and contract tests
 
     def check_knobs(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """Validated knob values; unknown knob names are refused with the method's list."""
@@ -92,7 +93,7 @@ class Method:
         out: dict[str, Any] = {}
         for name, value in values.items():
             if name in self.extra_options:
-                out[name] = value
+                out[name] = _number_or_text(value)
                 continue
             if name not in known:
                 names = sorted(known) + sorted(self.extra_options)
@@ -106,6 +107,13 @@ class Method:
 
     def select(self, ctx: Context, **knobs: Any) -> Result:
         raise NotImplementedError
+
+
+def _number_or_text(value: Any) -> Any:
+    try:
+        return float(value) if isinstance(value, str) and value.strip() else value
+    except ValueError:
+        return value
 
 
 METHODS: dict[str, type[Method]] = {}

@@ -120,6 +120,7 @@ class Decore(Method):
     }
     default_scope: ClassVar[str] = "all"
     trains: ClassVar[bool] = True
+    example: ClassVar[dict[str, Any]] = {"lambda": 0.01, "agent_init": 0.5, "agent_lr": 0.1}  # fast agents: tests
 
     def select(self, ctx: Context, **knobs: Any) -> Result:
         if knobs.get("lambda") is None:

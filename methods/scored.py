@@ -72,6 +72,7 @@ class ScoredMethod(Method):
         "skip": "comma-separated conv layer numbers (1 = stem) left whole",
     }
     default_scope: ClassVar[str] = "internal"
+    example: ClassVar[dict[str, Any]] = {"ratio": 0.5}
 
     def scores(self, ctx: Context) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -139,6 +140,9 @@ class ScoredMethod(Method):
             return ctx.plan_cost(plan)["flops"] / base, plan
 
         lo, hi = 0.0, 1.0 - 1e-6
+        f_lo, plan_lo = fraction(lo)
+        if f_lo <= target * (1 + FLOPS_TOLERANCE):
+            return Result(plan_lo, info={"ratio": 0.0, "flops_fraction": f_lo})  # nothing to remove
         f_hi, plan_hi = fraction(hi)
         if f_hi > target * (1 + FLOPS_TOLERANCE):
             raise KnobError(f"flops_target {target:g} cannot be met at scope {ctx.groups.scope!r}: the smallest reachable "

@@ -94,6 +94,9 @@ def prune_model(model: nn.Module, plan: KeepPlan) -> nn.Module:
     """A pruned copy of `model` (on CPU, eval mode); `model` itself is untouched."""
     was_training = model.training
     pruned = copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format).eval()
+    for m in pruned.modules():  # copied gate hooks would apply the unpruned model's masks
+        m._forward_hooks.clear()
+        m._forward_pre_hooks.clear()
     apply_plan(pruned, plan)
     return pruned.train(was_training)
 

@@ -1,0 +1,162 @@
+"""The results table: one row per trial and one per baseline, fixed columns with units in their names.
+
+`RESULTS_DIR/<model>-<dataset>-<profile>/runs.csv` (and runs.parquet) is the single source of truth:
+plots, tables and W&B mirror it. Rows are keyed by `config_hash`; writers take a file lock and replace
+the files atomically, so concurrent workers and a crash mid-write never leave a half row.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .errors import UserError
+from .io import atomic_write
+
+# name -> (pandas dtype, meaning). The order is the order of the CSV's columns.
+COLUMNS: dict[str, tuple[str, str]] = {
+    "experiment": ("string", "<model>-<dataset>-<profile>"),
+    "row_type": ("string", "baseline or trial"),
+    "model": ("string", "timm model name"),
+    "dataset": ("string", "dataset name"),
+    "profile": ("string", "run profile (sweeps/profiles)"),
+    "method": ("string", "decore, l1, random (baseline for the unpruned row)"),
+    "scope": ("string", "internal or all"),
+    "knob_name": ("string", "the swept knob (lambda, ratio, flops_target, preset)"),
+    "knob_value": ("float64", "its value (NaN for a preset)"),
+    "knobs": ("string", "all knobs and options, JSON"),
+    "seed": ("Int64", "seed of baseline, method and fine-tuning"),
+    "status": ("string", "complete, failed, pruned or infeasible"),
+    "reason": ("string", "why a trial failed"),
+    "top1_pct": ("float64", "test top-1 after fine-tuning (%)"),
+    "top5_pct": ("float64", "test top-5 after fine-tuning (%)"),
+    "top1_drop_pct": ("float64", "baseline top-1 minus top-1 (points)"),
+    "top1_before_finetune_pct": ("float64", "test top-1 right after removal (%)"),
+    "params": ("Int64", "parameters of the pruned model"),
+    "flops": ("Int64", "conv+linear multiply-accumulates of one image"),
+    "params_reduction_pct": ("float64", "100 * (1 - params / baseline params)"),
+    "flops_reduction_pct": ("float64", "100 * (1 - flops / baseline flops)"),
+    "base_top1_pct": ("float64", "baseline test top-1 (%)"),
+    "base_top5_pct": ("float64", "baseline test top-5 (%)"),
+    "base_params": ("Int64", "baseline parameters"),
+    "base_flops": ("Int64", "baseline FLOPs (MACs)"),
+    "latency_cpu_b1_ms": ("float64", "median CPU latency at batch 1 (ms)"),
+    "base_latency_cpu_b1_ms": ("float64", "the baseline's, measured in the same process (ms)"),
+    "latency_gpu_b1_ms": ("float64", "median GPU latency at batch 1 (ms), when on a GPU"),
+    "baseline_epochs": ("Int64", "epochs of baseline training"),
+    "joint_epochs": ("Int64", "epochs of the method's own training phase (DECORE's joint phase)"),
+    "finetune_epochs": ("Int64", "fine-tuning epochs after removal"),
+    "kept_channels": ("string", "JSON: group id -> [kept, units]"),
+    "round_to": ("Int64", "kept channels rounded up to this multiple (1 = off)"),
+    "wall_seconds": ("float64", "wall time of the trial (s)"),
+    "config_hash": ("string", "hash of the trial's full config: the row's key"),
+    "study": ("string", "Optuna study name"),
+    "optuna_trial": ("Int64", "Optuna trial number"),
+    "wandb_run_id": ("string", "W&B run id"),
+    "git_commit": ("string", "commit of the harness"),
+    "packages": ("string", "JSON: versions of torch, timm, torch-pruning, ..."),
+    "device": ("string", "device the trial trained on"),
+    "pareto": ("boolean", "on its method's front (max top-1, min FLOPs, complete rows)"),
+}
+
+
+def empty() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, (t, _) in COLUMNS.items()})
+
+
+def normalise(rows: list[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
+    """Rows -> a frame with exactly COLUMNS, in order and with their dtypes (unknown keys refused)."""
+    df = pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows.copy()
+    extra = set(df.columns) - set(COLUMNS)
+    if extra:
+        raise ValueError(f"results rows carry unknown columns {sorted(extra)}")
+    out = pd.DataFrame(index=df.index)
+    for c, (t, _) in COLUMNS.items():
+        col = df[c] if c in df.columns else pd.Series([None] * len(df), index=df.index, dtype=object)
+        if t in ("float64", "Int64"):
+            col = pd.to_numeric(col.astype(object).where(col.notna(), None), errors="raise")
+        elif t == "boolean":
+            col = col.map(lambda v: None if pd.isna(v) else str(v) in ("True", "true", "1"))
+        out[c] = col.astype(t)
+    df = out
+    return df
+
+
+def mark_pareto(df: pd.DataFrame) -> pd.DataFrame:
+    """Set `pareto` per method: complete trials not dominated in (top-1 up, FLOPs down)."""
+    df = df.copy()
+    df["pareto"] = False
+    ok = (df["row_type"] == "trial") & (df["status"] == "complete")
+    for _, part in df[ok].groupby("method"):
+        for i, r in part.iterrows():
+            dominated = ((part["top1_pct"] >= r["top1_pct"]) & (part["flops"] <= r["flops"]) &
+                         ((part["top1_pct"] > r["top1_pct"]) | (part["flops"] < r["flops"]))).any()
+            df.loc[i, "pareto"] = not dominated
+    df["pareto"] = df["pareto"].astype("boolean")
+    return df
+
+
+class ResultsTable:
+    """runs.csv + runs.parquet of one experiment folder."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.csv = self.folder / "runs.csv"
+        self.parquet = self.folder / "runs.parquet"
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / ".runs.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def read(self) -> pd.DataFrame:
+        if not self.csv.exists():
+            return empty()
+        try:
+            df = pd.read_csv(self.csv, dtype=str, keep_default_na=True)
+            missing = [c for c in ("row_type", "method", "config_hash", "status") if c not in df.columns]
+            if missing:
+                raise ValueError(f"columns {missing} are missing")
+            return normalise(df)
+        except (ValueError, TypeError, pd.errors.ParserError) as e:
+            raise UserError(f"results table {str(self.csv)!r} is broken ({str(e).splitlines()[0][:160]}): "
+                            "restore it from runs.parquet or git, or move it away to start a new one") from None
+
+    def upsert(self, row: Mapping[str, Any]) -> pd.DataFrame:
+        """Insert or replace the row with this config_hash; rewrite both files atomically."""
+        with self._locked():
+            df = self.read()
+            new = normalise([dict(row)])
+            same = df.index[df["config_hash"] == row["config_hash"]]
+            if len(same):  # replace in place: row order stays stable across reruns
+                merged = df.copy()
+                merged.loc[same[0], :] = new.iloc[0].to_numpy()
+                merged = normalise(merged.drop(index=same[1:]).reset_index(drop=True))
+            else:
+                merged = pd.concat([df, new], ignore_index=True) if len(df) else new
+            merged = mark_pareto(merged)
+            if not merged.equals(df):
+                self._write(merged)
+            return merged
+
+    def _write(self, df: pd.DataFrame) -> None:
+        atomic_write(self.csv, lambda tmp: df.to_csv(tmp, index=False))
+        atomic_write(self.parquet, lambda tmp: df.to_parquet(tmp, index=False))
+
+    def finished_hashes(self) -> set[str]:
+        df = self.read()
+        return set(df.loc[df["status"].isin(["complete", "infeasible"]), "config_hash"].dropna())
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)

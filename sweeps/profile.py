@@ -1,0 +1,55 @@
+"""Run profiles as data: sweeps/profiles/<name>.json names the recipes of each phase and each method's
+search space (DECORE's lambda as a fraction range of the baseline's break-even lambda, log scale)."""
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.errors import UserError
+
+PROFILE_DIR = Path(__file__).parent / "profiles"
+
+
+@dataclass(frozen=True)
+class MethodSpace:
+    knob: str
+    range: tuple[float, float] | None = None             # absolute range
+    break_even_range: tuple[float, float] | None = None  # as fractions of the break-even lambda
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    baseline_recipe: str
+    joint_recipe: str
+    finetune_recipe: str
+    trials: int
+    methods: dict[str, MethodSpace]
+    baseline_recipe_by_model: dict[str, str] = field(default_factory=dict)
+
+    def baseline_for(self, model: str) -> str:
+        return self.baseline_recipe_by_model.get(model, self.baseline_recipe)
+
+
+def list_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.json"))
+
+
+def load_profile(name: str) -> Profile:
+    path = PROFILE_DIR / f"{name}.json"
+    if not path.is_file():
+        close = difflib.get_close_matches(name, list_profiles(), n=2)
+        hint = f"did you mean {', '.join(close)}?" if close else f"choose one of {', '.join(list_profiles())}"
+        raise UserError(f"unknown profile {name!r}: {hint}")
+    data = json.loads(path.read_text())
+    spaces = {}
+    for method, spec in data.pop("methods").items():
+        spaces[method] = MethodSpace(spec["knob"], tuple(spec["range"]) if "range" in spec else None,
+                                     tuple(spec["break_even_range"]) if "break_even_range" in spec else None,
+                                     dict(spec.get("options", {})))
+    return Profile(name=name, methods=spaces, **data)

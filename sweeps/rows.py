@@ -1,0 +1,43 @@
+"""Result rows for the results table: trials, failed trials and baselines, in bench.results.COLUMNS."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+
+from bench.baseline import Baseline
+from bench.env import device_name, git_commit, package_versions
+from bench.io import config_hash
+from bench.results import COLUMNS
+from bench.trial import TrialConfig, experiment_name, primary_knob
+
+
+def table_row(result: dict[str, Any], *, study: str, optuna_trial: int | None, device: torch.device,
+              wandb_run_id: str | None = None) -> dict[str, Any]:
+    row = {k: v for k, v in result.items() if k in COLUMNS}
+    row.update(study=study, optuna_trial=optuna_trial, device=device_name(device), wandb_run_id=wandb_run_id)
+    return row
+
+
+def failed_row(tc: TrialConfig, *, reason: str, study: str, optuna_trial: int | None, device: torch.device) -> dict[str, Any]:
+    knob_name, knob_value = primary_knob(tc.knobs)
+    return {"experiment": experiment_name(tc.model, tc.dataset, tc.profile), "row_type": "trial",
+            "model": tc.model, "dataset": tc.dataset, "profile": tc.profile, "method": tc.method, "scope": tc.scope,
+            "knob_name": knob_name, "knob_value": knob_value, "knobs": json.dumps(tc.knobs, sort_keys=True),
+            "seed": tc.seed, "status": "failed", "reason": reason, "config_hash": tc.key, "study": study,
+            "optuna_trial": optuna_trial, "device": device_name(device), "round_to": tc.round_to,
+            "git_commit": git_commit(), "packages": json.dumps(package_versions(), sort_keys=True)}
+
+
+def baseline_row(base: Baseline, experiment: str, profile: str, seed: int) -> dict[str, Any]:
+    m = base.meta
+    return {"experiment": experiment, "row_type": "baseline", "model": base.spec.model, "dataset": base.spec.dataset,
+            "profile": profile, "method": "baseline", "seed": seed, "status": "complete",
+            "top1_pct": m["test"]["top1"], "top5_pct": m["test"]["top5"], "top1_drop_pct": 0.0,
+            "params": m["params"], "flops": m["flops"], "params_reduction_pct": 0.0, "flops_reduction_pct": 0.0,
+            "base_top1_pct": m["test"]["top1"], "base_top5_pct": m["test"]["top5"], "base_params": m["params"],
+            "base_flops": m["flops"], "baseline_epochs": base.spec.recipe.epochs if m["source"] == "trained" else 0,
+            "wall_seconds": m.get("train_seconds"), "config_hash": "baseline-" + config_hash(base.spec.to_dict()),
+            "git_commit": m["environment"].get("git_commit"), "device": m["environment"].get("device"),
+            "packages": json.dumps(m["environment"].get("packages", {}), sort_keys=True)}

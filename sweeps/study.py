@@ -1,0 +1,311 @@
+"""`make bench`: one Optuna multi-objective study per (model, dataset, profile, method).
+
+Each study maximises top-1 and minimises FLOPs; a method's knob is suggested from its declared range
+(DECORE's lambda on a log scale from the baseline's break-even lambda). The objective is thin: it builds
+a TrialConfig and calls the same `run_trial` the CLI's `run` calls. Finished trials are never repeated:
+a rerun only tops each study up to TRIALS complete trials, and run_trial returns finished configs from disk.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import multiprocessing as mp
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from tqdm.auto import tqdm
+
+import methods
+from bench.baseline import get_baseline
+from bench.data import load_dataset, open_loaders
+from bench.errors import UserError
+from bench.recipe import load_recipe
+from bench.results import ResultsTable
+from bench.train import Diverged, build_optimizer, prepare_model, resolve_device
+from bench.trial import TrialConfig, experiment_dir, experiment_name, run_trial, train_accuracy
+from methods.decore import break_even_lambda
+
+from .profile import Profile, load_profile
+from .rows import baseline_row, failed_row, table_row
+from .storage import mark_owner, open_storage, recover_dead_trials, scrub
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    model: str
+    dataset: str
+    profile: str = "smoke"
+    methods: tuple[str, ...] = ("decore", "l1", "random")
+    trials: int | None = None           # per method; None: the profile's
+    seeds: int = 1
+    storage: str | None = None          # None: sqlite in the experiment folder
+    workers: int = 1
+    device: str = "auto"
+    scope: str | None = None            # None: each method's default
+    match: str | None = None            # "decore": L1/random at every DECORE trial's FLOPs
+    equal_epochs: bool = False          # L1/random get DECORE's joint epochs as extra fine-tuning
+    round_to: int = 1
+    wandb: str = "auto"
+    sampler_seed: int = 0
+
+    @property
+    def folder(self) -> Path:
+        return experiment_dir(self.model, self.dataset, self.profile)
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{self.folder / 'optuna.db'}"
+
+    def study_name(self, method: str) -> str:
+        return f"{experiment_name(self.model, self.dataset, self.profile)}-{method}"
+
+
+def validate(cfg: SweepConfig) -> Profile:
+    """Everything typed by the user, checked before anything trains or is written."""
+    profile = load_profile(cfg.profile)
+    for m in cfg.methods:
+        try:
+            methods.get_method(m)
+        except methods.KnobError as e:
+            raise UserError(str(e)) from None
+        if m not in profile.methods:
+            raise UserError(f"profile {cfg.profile!r} has no search space for method {m!r}: add it to sweeps/profiles/{cfg.profile}.json")
+    for name, value in (("TRIALS", cfg.trials if cfg.trials is not None else profile.trials), ("SEEDS", cfg.seeds),
+                        ("WORKERS", cfg.workers)):
+        if value < 1:
+            raise UserError(f"{name}={value} must be at least 1")
+    if cfg.match not in (None, "decore"):
+        raise UserError(f"--match {cfg.match!r} is not supported: use --match decore")
+    resolve_device(cfg.device)
+    return profile
+
+
+# ---------------------------------------------------------------- one trial of a study
+
+@dataclass
+class Objective:
+    cfg: SweepConfig
+    profile: Profile
+    method: str
+    break_even: float | None
+    data: Any = field(default=None, repr=False)
+
+    def knob(self, trial: optuna.Trial) -> dict[str, Any]:
+        space = self.profile.methods[self.method]
+        declared = {k.name: k for k in methods.get_method(self.method).knobs}[space.knob]
+        if space.break_even_range is not None and self.break_even is not None:
+            low, high = (f * self.break_even for f in space.break_even_range)
+        else:
+            low, high = space.range or (declared.low, declared.high)
+        value = trial.suggest_float(space.knob, low, high, log=declared.log)
+        return {space.knob: round(value, 6), **space.options}
+
+    def config(self, knobs: dict[str, Any], seed: int) -> TrialConfig:
+        extra = 0
+        if self.cfg.equal_epochs and not methods.get_method(self.method).trains:
+            extra = load_recipe(self.profile.joint_recipe).epochs
+        return TrialConfig(self.cfg.model, self.cfg.dataset, self.method, knobs, self.cfg.scope, seed,
+                           self.profile.baseline_for(_timm(self.cfg.model)), self.profile.joint_recipe,
+                           self.profile.finetune_recipe, self.cfg.round_to, extra, self.profile.name)
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        mark_owner(trial)
+        knobs = self.knob(trial)
+        results = [run_and_record(self.cfg, self.config(knobs, seed), self.data, self.cfg.study_name(self.method),
+                                  trial.number) for seed in range(self.cfg.seeds)]
+        ok = [r for r in results if r["status"] == "complete"]
+        if not ok:
+            trial.set_user_attr("reason", results[0].get("reason"))
+            return float("nan"), float("nan")  # Optuna records a failed trial; the sweep goes on
+        return (sum(r["top1_pct"] for r in ok) / len(ok), sum(r["flops"] for r in ok) / len(ok))
+
+
+def run_and_record(cfg: SweepConfig, tc: TrialConfig, data: Any, study: str, number: int | None) -> dict[str, Any]:
+    """run_trial, then one row in the results table (a failed row, with its reason, when training diverged)."""
+    table = ResultsTable(cfg.folder)
+    device = resolve_device(cfg.device)
+    try:
+        result = run_trial(tc, device, data=data)
+        row = table_row(result, study=study, optuna_trial=number, device=device)
+    except (Diverged, torch.cuda.OutOfMemoryError) as e:
+        row = failed_row(tc, reason=str(e).splitlines()[0][:300], study=study, optuna_trial=number, device=device)
+    table.upsert(row)
+    _summary_line(row)
+    return row
+
+
+def _summary_line(row: dict[str, Any]) -> None:
+    if row["status"] != "complete":
+        tqdm.write(f"  {row['method']:7s} {row['knob_name']}={row['knob_value']}  FAILED: {row['reason']}")
+        return
+    tqdm.write(f"  {row['method']:7s} {row['knob_name']}={row['knob_value']:<10.4g} seed {row['seed']}: "
+               f"top-1 {row['top1_pct']:6.2f}%  FLOPs -{row['flops_reduction_pct']:5.1f}%  "
+               f"params -{row['params_reduction_pct']:5.1f}%  ({row['wall_seconds']:.0f}s)")
+
+
+def _timm(model: str) -> str:
+    import models
+
+    return models.resolve(model)
+
+
+# ---------------------------------------------------------------- the sweep
+
+def run_sweep(cfg: SweepConfig) -> Path:
+    profile = validate(cfg)
+    trials = cfg.trials if cfg.trials is not None else profile.trials
+    device = resolve_device(cfg.device)
+    storage = open_storage(cfg.storage_url)
+    data = None if cfg.dataset.startswith("imagefolder:") else load_dataset(cfg.dataset)
+    print_plan(cfg, profile, trials, device, data)
+
+    table = ResultsTable(cfg.folder)
+    break_even = None
+    for seed in range(cfg.seeds):
+        base = get_baseline(cfg.model, cfg.dataset, load_recipe(profile.baseline_for(_timm(cfg.model))), seed=seed,
+                            device=device, data=data)
+        table.upsert(baseline_row(base, cfg.folder.name, profile.name, seed))
+        if seed == 0 and data is not None:
+            acc = train_accuracy(base.model.to(device), data, load_recipe(profile.joint_recipe), device)
+            base.model.cpu()
+            break_even = break_even_lambda(min(max(acc, 1e-3), 1 - 1e-3))
+            print(f"baseline: top-1 {base.meta['test']['top1']:.2f}%, training accuracy {100 * acc:.2f}% "
+                  f"-> DECORE break-even lambda {break_even:.3g}")
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    bar = tqdm(total=trials * len(cfg.methods), desc="sweep", unit="trial", disable=None)
+    for method in cfg.methods:
+        study = optuna.create_study(study_name=cfg.study_name(method), storage=storage, load_if_exists=True,
+                                    directions=["maximize", "minimize"])
+        study.sampler = _sampler(cfg, len(study.trials))
+        recovered = recover_dead_trials(study)
+        if recovered:
+            tqdm.write(f"{method}: trials {recovered} were interrupted; they run again")
+        done = _complete(study)
+        bar.update(min(done, trials))
+        remaining = max(trials - done, 0)
+        if remaining:
+            objective = Objective(cfg, profile, method, break_even, data)
+            _optimize(cfg, study, objective, remaining, bar)
+    bar.close()
+    if cfg.match == "decore":
+        run_matches(cfg, profile, data)
+    return cfg.folder
+
+
+def _sampler(cfg: SweepConfig, study_trials: int = 0, worker: int = 0) -> optuna.samplers.BaseSampler:
+    # samplers are not stored with the study: every worker builds its own. The seed moves with the trials
+    # already in the study and the worker index, so a resumed sweep or a second worker does not replay
+    # the first suggestions of a fresh sampler.
+    return optuna.samplers.TPESampler(seed=cfg.sampler_seed + 1000 * worker + study_trials, n_startup_trials=4,
+                                      multivariate=True)
+
+
+def _complete(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+
+
+def _optimize(cfg: SweepConfig, study: optuna.Study, objective: Objective, remaining: int, bar: tqdm) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if cfg.workers == 1:
+        study.optimize(objective, n_trials=remaining, callbacks=[lambda s, t: bar.update(1)], catch=())
+        return
+    shares = [remaining // cfg.workers + (i < remaining % cfg.workers) for i in range(cfg.workers)]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(cfg, objective.method, objective.break_even, n, i), daemon=False)
+             for i, n in enumerate(shares) if n]
+    for p in procs:
+        p.start()
+    seen = _complete(study)
+    while any(p.is_alive() for p in procs):
+        time.sleep(2)
+        now = _complete(study)
+        bar.update(now - seen)
+        seen = now
+    bar.update(_complete(study) - seen)
+    failed = [p.exitcode for p in procs if p.exitcode]
+    if failed:
+        raise UserError(f"{len(failed)} sweep worker(s) exited with codes {failed}: see their messages above")
+
+
+def _worker(cfg: SweepConfig, method: str, break_even: float | None, n_trials: int, index: int) -> None:
+    """A worker process: joins the study and runs its share of trials."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    profile = load_profile(cfg.profile)
+    data = None if cfg.dataset.startswith("imagefolder:") else load_dataset(cfg.dataset)
+    study = optuna.load_study(study_name=cfg.study_name(method), storage=open_storage(cfg.storage_url))
+    study.sampler = _sampler(cfg, len(study.trials), index + 1)
+    study.optimize(Objective(cfg, profile, method, break_even, data), n_trials=n_trials, catch=())
+
+
+def run_matches(cfg: SweepConfig, profile: Profile, data: Any) -> None:
+    """L1 and random at every finished DECORE trial's FLOPs (fraction of its baseline's)."""
+    df = ResultsTable(cfg.folder).read()
+    done = df[(df["method"] == "decore") & (df["status"] == "complete") & (df["row_type"] == "trial")]
+    for _, row in done.iterrows():
+        target = round(float(row["flops"]) / float(row["base_flops"]), 4)
+        for method in (m for m in ("l1", "random") if m in profile.methods):
+            obj = Objective(cfg, profile, method, None, data)
+            tc = obj.config({"flops_target": target}, int(row["seed"]))
+            run_and_record(cfg, tc, data, cfg.study_name(method) + "-match", None)
+
+
+# ---------------------------------------------------------------- the plan printed before training
+
+def print_plan(cfg: SweepConfig, profile: Profile, trials: int, device: torch.device, data: Any) -> None:
+    base_r = load_recipe(profile.baseline_for(_timm(cfg.model)))
+    joint, ft = load_recipe(profile.joint_recipe), load_recipe(profile.finetune_recipe)
+    n = {r.name: _images(data, r) for r in (base_r, joint, ft)}
+    sec = _seconds_per_image(cfg.model, data, ft, device) if data is not None else float("nan")
+    per_trial = {m: ft.epochs * n[ft.name] + (joint.epochs * n[joint.name] * 1.1 if methods.get_method(m).trains else 0)
+                 for m in cfg.methods}
+    total = sum(per_trial.values()) * trials * cfg.seeds * sec + base_r.epochs * n[base_r.name] * cfg.seeds * sec
+    print(f"plan: {cfg.folder.name} on {device}, storage {scrub(cfg.storage_url)}")
+    print(f"  studies: {', '.join(cfg.study_name(m) for m in cfg.methods)}; {trials} trials each x {cfg.seeds} seed(s)"
+          f"{', ' + str(cfg.workers) + ' workers' if cfg.workers > 1 else ''}")
+    print(f"  epochs: baseline {base_r.epochs} ({base_r.name}, trained once per seed, cached), "
+          f"DECORE joint {joint.epochs} ({joint.name}), fine-tune {ft.epochs} ({ft.name}) for every method")
+    if math.isfinite(total):
+        print(f"  estimate: about {total / 60:.0f} min if nothing is cached yet ({1 / sec:.0f} img/s measured; "
+              "cached baselines and finished trials cost nothing)")
+
+
+def _images(data: Any, recipe: Any) -> int:
+    if data is None:
+        return 0
+    return len(data.train.subset_per_class(recipe.subset_per_class).y)
+
+
+def _seconds_per_image(model_name: str, data: Any, recipe: Any, device: torch.device, steps: int = 4) -> float:
+    """A short measured warm-up: a few training steps of the unpruned model."""
+    import models
+
+    model = prepare_model(models.create(model_name, num_classes=data.num_classes), device)
+    opt = build_optimizer(model.parameters(), recipe)
+    loader = open_loaders(data.name, recipe.batch_size, device, data=data, subset_per_class=100).train
+    it = iter(loader)
+    x, y = next(it)
+    t0 = None
+    for i in range(steps + 2):
+        if i == 2:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / (steps * len(y))
+
+
+def sweep_config(**kw: Any) -> SweepConfig:
+    return dataclasses.replace(SweepConfig(kw.pop("model"), kw.pop("dataset")), **kw)

@@ -1,0 +1,95 @@
+"""The sweep on the synthetic set: trials per method, the results table, resume, workers on a journal file."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from bench.errors import UserError
+from bench.results import COLUMNS, ResultsTable
+from sweeps.study import SweepConfig, run_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(**kw):
+    return SweepConfig("resnet20", "synthetic", profile="test", device="cpu", **kw)
+
+
+def test_sweep_two_trials_per_method_then_resume(capsys):
+    folder = run_sweep(_cfg(trials=2))
+    df = ResultsTable(folder).read()
+    assert list(df.columns) == list(COLUMNS)
+    assert (df["row_type"] == "baseline").sum() == 1
+    trials = df[df["row_type"] == "trial"]
+    assert trials.groupby("method").size().to_dict() == {"decore": 2, "l1": 2, "random": 2}
+    assert (trials["status"] == "complete").all() and trials["config_hash"].is_unique
+    assert trials["pareto"].any() and trials["flops"].le(trials["base_flops"]).all()
+    assert set(trials.loc[trials["method"] == "decore", "knob_name"]) == {"lambda"}
+    assert pd.read_parquet(folder / "runs.parquet").shape == df.shape
+    out = capsys.readouterr().out
+    assert "plan:" in out and "estimate" in out
+
+    before = (folder / "runs.csv").read_text()
+    t0 = time.perf_counter()
+    run_sweep(_cfg(trials=2))  # everything finished: nothing trains, nothing changes
+    assert time.perf_counter() - t0 < 30
+    assert (folder / "runs.csv").read_text() == before
+
+    run_sweep(_cfg(trials=3, methods=("l1",)))  # topping up runs only the missing trial
+    df = ResultsTable(folder).read()
+    assert (df["method"] == "l1").sum() == 3 and (df["method"] == "decore").sum() == 2
+
+
+def test_workers_on_a_journal_file(tmp_path):
+    journal = tmp_path / "studies.log"
+    folder = run_sweep(_cfg(trials=3, methods=("random",), workers=2, storage=f"journal:{journal}"))
+    df = ResultsTable(folder).read()
+    assert (df["method"] == "random").sum() == 3 and df["config_hash"].is_unique
+    study = optuna.load_study(study_name="resnet20-synthetic-test-random",
+                              storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal))))
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 3
+    assert len({t.user_attrs["pid"] for t in study.trials}) == 2  # two processes did the work
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"trials": 0}, "TRIALS=0 must be at least 1"),
+    ({"methods": ("decor",)}, "did you mean decore"),
+    ({"profile": "smok"}, "unknown profile 'smok': did you mean smoke"),
+    ({"storage": "postgresql://u:secret@127.0.0.1:1/db"}, "cannot open Optuna storage 'postgresql://u:***@127.0.0.1:1/db'"),
+])
+def test_bad_sweep_input(kw, message, tmp_path):
+    base = dict(profile="test")
+    base.update(kw)
+    cfg = SweepConfig("resnet20", "synthetic", device="cpu", **base)
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace("*", r"\*")):
+        run_sweep(cfg)
+    assert not (Path(os.environ["RESULTS_DIR"]) / "baselines").exists()
+
+
+def test_sigkill_mid_trial_loses_and_duplicates_nothing(tmp_path):
+    env = {**os.environ, "RESULTS_DIR": str(tmp_path)}
+    args = [sys.executable, "-m", "bench", "sweep", "--model", "resnet20", "--dataset", "synthetic", "--profile", "test",
+            "--methods", "l1", "--trials", "3", "--device", "cpu"]
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    csv = tmp_path / "resnet20-synthetic-test" / "runs.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill once the first trial is in the table: the second is running
+        if csv.exists() and (pd.read_csv(csv)["row_type"] == "trial").sum() >= 1:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = pd.read_csv(csv)
+    done = set(first.loc[first["row_type"] == "trial", "config_hash"])
+    r = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    df = pd.read_csv(csv)
+    trials = df[df["row_type"] == "trial"]
+    assert len(trials) == 3 and trials["config_hash"].is_unique
+    assert done <= set(trials["config_hash"])  # nothing finished was lost
