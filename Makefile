@@ -11,17 +11,27 @@ DATASET ?= cifar10
 RECIPE ?= cifar-standard
 SEED ?= 0
 DEVICE ?= auto
+PROFILE ?= fast
+METHODS ?= decore,l1,random
+TRIALS ?=
+SEEDS ?= 1
+WORKERS ?= 1
+STORAGE ?=
+WANDB ?= auto
+SWEEP_ARGS ?=
 DATA_DIR ?= data
 RESULTS_DIR ?= results
 export DATA_DIR RESULTS_DIR
 
-.PHONY: env test test-fast baseline bench measure clean-env help
+.PHONY: env test baseline bench worker report tables measure clean-env help
 
 help:
 	@echo "make test                      run the test suite"
 	@echo "make baseline MODEL=resnet20 DATASET=cifar10 RECIPE=cpu-tiny   train/cache a baseline"
 	@echo "make measure MODEL=resnet110   params, FLOPs, latency of a model"
-	@echo "make bench MODEL=resnet110 DATASET=cifar10   the benchmark (see README for its state)"
+	@echo "make bench MODEL=resnet110 DATASET=cifar10 [PROFILE=fast] [METHODS=decore,l1,random] [TRIALS=8] [SEEDS=1]"
+	@echo "make worker STORAGE=postgresql://... MODEL=... DATASET=...   join a running sweep from another machine"
+	@echo "make report / make tables    plots and tables from stored results (no training)"
 
 env: $(STAMP)
 
@@ -41,9 +51,23 @@ baseline: env
 measure: env
 	$(PY) -m bench measure --model $(MODEL) --device $(DEVICE)
 
-# The Optuna sweep lands with the sweep issue; until then `make bench` trains and caches the baseline
-# that every trial of the sweep starts from.
-bench: baseline
+SWEEP = $(PY) -m bench sweep --model $(MODEL) --dataset $(DATASET) --profile $(PROFILE) --methods $(METHODS) \
+	--seeds $(SEEDS) --workers $(WORKERS) --device $(DEVICE) --wandb $(WANDB) \
+	$(if $(TRIALS),--trials $(TRIALS)) $(if $(STORAGE),--storage '$(STORAGE)') $(SWEEP_ARGS)
+
+# the sweep ends by writing its report (plots, tables, README) into RESULTS_DIR/<model>-<dataset>-<profile>/
+bench: env
+	$(SWEEP)
+
+# the same sweep, joined from another machine through a shared storage (PostgreSQL, journal file)
+worker: env
+	@test -n "$(STORAGE)" || { echo "make worker needs STORAGE=postgresql://user@host/db (the study's storage)"; exit 2; }
+	$(SWEEP)
+
+report: env
+	$(PY) -m bench report
+
+tables: report
 
 clean-env:
 	rm -rf $(VENV)

@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from .errors import UserError
 
@@ -68,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round-to", type=int, default=1)
     p.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "off"])
 
+    p = sub.add_parser("report", help="Pareto plots, paper-style tables and README of stored results (no training)")
+    p.add_argument("experiments", nargs="*", help="experiment folders (default: every RESULTS_DIR/*/runs.csv)")
+
     p = sub.add_parser("groups", help="the channel groups of a model, and what keeping a fraction of each gives")
     _common_model_args(p)
     p.add_argument("--scope", default="all", choices=["internal", "all"])
@@ -120,6 +124,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                       args.equal_epochs, args.round_to, args.wandb)
     folder = run_sweep(cfg)
     print(f"results: {folder / 'runs.csv'}")
+    return 0
+
+
+@command
+def cmd_report(args: argparse.Namespace) -> int:
+    from .baseline import results_dir
+    from .report import report_experiment
+
+    folders = [Path(f) for f in args.experiments] or sorted(p.parent for p in results_dir().glob("*/runs.csv"))
+    if not folders:
+        raise UserError(f"no experiment with a runs.csv under {str(results_dir())!r}: run `make bench` first or set RESULTS_DIR")
+    for folder in folders:
+        if not (folder / "runs.csv").is_file():
+            raise UserError(f"{str(folder)!r} holds no runs.csv: pass an experiment folder such as results/resnet20-cifar10-smoke")
+        written = report_experiment(folder)
+        print(f"{folder}: {', '.join(sorted(p.name for p in written.values()))}")
     return 0
 
 

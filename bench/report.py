@@ -22,7 +22,7 @@ from matplotlib.lines import Line2D
 
 from .errors import UserError
 from .io import atomic_write
-from .results import ResultsTable
+from .results import ResultsTable, non_dominated
 
 REFERENCE_CSV = Path(__file__).parents[1] / "results" / "reference" / "published_results.csv"
 
@@ -168,13 +168,6 @@ def baseline_point(df: pd.DataFrame) -> dict[str, float] | None:
 
 # ---------------------------------------------------------------- Pareto front
 
-def _non_dominated(top1: np.ndarray, cost: np.ndarray) -> np.ndarray:
-    """Mask of points no other point beats (top-1 at least as high and cost at most as low, one strictly)."""
-    better = (top1[None, :] >= top1[:, None]) & (cost[None, :] <= cost[:, None])
-    strictly = (top1[None, :] > top1[:, None]) | (cost[None, :] < cost[:, None])
-    return ~(better & strictly).any(axis=1)
-
-
 def pareto_front(df_method: pd.DataFrame, cost: str = "flops") -> pd.DataFrame:
     """Non-dominated complete trials (max top1_pct, min `cost`), sorted by cost."""
     ok = df_method
@@ -185,7 +178,7 @@ def pareto_front(df_method: pd.DataFrame, cost: str = "flops") -> pd.DataFrame:
     ok = ok.dropna(subset=["top1_pct", cost])
     if ok.empty:
         return ok
-    mask = _non_dominated(ok["top1_pct"].to_numpy(float), ok[cost].to_numpy(float))
+    mask = non_dominated(ok["top1_pct"].to_numpy(float), ok[cost].to_numpy(float))
     return ok[mask].sort_values(cost, kind="stable")
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .errors import UserError
@@ -87,16 +88,21 @@ def normalise(rows: list[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def non_dominated(top1: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """Mask of points no other point beats (top-1 at least as high and cost at most as low, one strictly)."""
+    better = (top1[None, :] >= top1[:, None]) & (cost[None, :] <= cost[:, None])
+    strictly = (top1[None, :] > top1[:, None]) | (cost[None, :] < cost[:, None])
+    return ~(better & strictly).any(axis=1)
+
+
 def mark_pareto(df: pd.DataFrame) -> pd.DataFrame:
     """Set `pareto` per method: complete trials not dominated in (top-1 up, FLOPs down)."""
     df = df.copy()
     df["pareto"] = False
-    ok = (df["row_type"] == "trial") & (df["status"] == "complete")
+    ok = (df["row_type"] == "trial") & (df["status"] == "complete") & df["top1_pct"].notna() & df["flops"].notna()
     for _, part in df[ok].groupby("method"):
-        for i, r in part.iterrows():
-            dominated = ((part["top1_pct"] >= r["top1_pct"]) & (part["flops"] <= r["flops"]) &
-                         ((part["top1_pct"] > r["top1_pct"]) | (part["flops"] < r["flops"]))).any()
-            df.loc[i, "pareto"] = not dominated
+        mask = non_dominated(part["top1_pct"].to_numpy(float), part["flops"].to_numpy(float))
+        df.loc[part.index, "pareto"] = mask
     df["pareto"] = df["pareto"].astype("boolean")
     return df
 

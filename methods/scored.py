@@ -122,41 +122,68 @@ class ScoredMethod(Method):
         return out
 
     @staticmethod
-    def _masks(ctx: Context, scores: Mapping[str, torch.Tensor], ratios: Mapping[str, float]) -> dict[str, torch.Tensor]:
-        masks = {}
-        for g in ctx.groups:
-            n_keep = max(1, int(g.units * (1.0 - ratios.get(g.id, 0.0)) + 1e-9))
-            masks[g.id] = keep_top(scores[g.id], round_up(n_keep, ctx.round_to, g.units))
-        return masks
+    def _counts(ctx: Context, ratios: Mapping[str, float]) -> dict[str, int]:
+        """Kept channels per group: int(units * (1 - ratio)) as Li et al., at least one, optionally rounded up."""
+        return {g.id: round_up(max(1, int(g.units * (1.0 - ratios.get(g.id, 0.0)) + 1e-9)), ctx.round_to, g.units)
+                for g in ctx.groups}
+
+    @classmethod
+    def _masks(cls, ctx: Context, scores: Mapping[str, torch.Tensor], ratios: Mapping[str, float],
+               counts: Mapping[str, int] | None = None) -> dict[str, torch.Tensor]:
+        counts = counts or cls._counts(ctx, ratios)
+        return {g.id: keep_top(scores[g.id], counts[g.id]) for g in ctx.groups}
 
     def _to_flops(self, ctx: Context, scores: Mapping[str, torch.Tensor], target: float) -> Result:
-        """Bisection on a uniform ratio until the pruned model's FLOPs are within 1% of the target."""
+        """The uniform ratio whose pruned model's FLOPs land within 1% of `target` (a fraction of the baseline's).
+
+        Bisection on the ratio; channel counts are whole numbers, so the FLOPs are a step function of it.
+        When two neighbouring ratios straddle the target by more than the tolerance, the groups whose
+        counts differ between them are moved one at a time (smallest FLOPs step first) until it fits.
+        """
         if ctx.plan_cost is None:
             raise KnobError("flops_target needs the engine's plan_cost")
         base = ctx.plan_cost(ctx.plan({}))["flops"]
+        tol = FLOPS_TOLERANCE * target
 
-        def fraction(r: float) -> tuple[float, Any]:
-            plan = ctx.plan(self._masks(ctx, scores, {g.id: r for g in ctx.groups}))
+        def fraction(counts: Mapping[str, int]) -> tuple[float, Any]:
+            plan = ctx.plan(self._masks(ctx, scores, {}, counts))
             return ctx.plan_cost(plan)["flops"] / base, plan
 
+        def uniform(r: float) -> dict[str, int]:
+            return self._counts(ctx, {g.id: r for g in ctx.groups})
+
         lo, hi = 0.0, 1.0 - 1e-6
-        f_lo, plan_lo = fraction(lo)
-        if f_lo <= target * (1 + FLOPS_TOLERANCE):
+        f_lo, plan_lo = fraction(uniform(lo))
+        if f_lo <= target + tol:
             return Result(plan_lo, info={"ratio": 0.0, "flops_fraction": f_lo})  # nothing to remove
-        f_hi, plan_hi = fraction(hi)
-        if f_hi > target * (1 + FLOPS_TOLERANCE):
+        f_hi, plan_hi = fraction(uniform(hi))
+        if f_hi > target + tol:
             raise KnobError(f"flops_target {target:g} cannot be met at scope {ctx.groups.scope!r}: the smallest reachable "
                             f"is {f_hi:.3f} of the baseline's FLOPs; raise the target or use scope all")
-        best = (abs(f_hi - target), hi, f_hi, plan_hi)
-        for _ in range(30):
+        if abs(f_hi - target) <= tol:
+            return Result(plan_hi, info={"ratio": hi, "flops_fraction": f_hi})
+        for _ in range(40):  # invariant: f(lo) > target + tol, f(hi) < target - tol
             mid = (lo + hi) / 2
-            f, plan = fraction(mid)
-            best = min(best, (abs(f - target), mid, f, plan), key=lambda t: t[0])
-            if abs(f - target) <= FLOPS_TOLERANCE * target:
-                break
+            f, plan = fraction(uniform(mid))
+            if abs(f - target) <= tol:
+                return Result(plan, info={"ratio": mid, "flops_fraction": f})
             lo, hi = (mid, hi) if f > target else (lo, mid)
-        _, ratio, f, plan = best
-        if abs(f - target) > FLOPS_TOLERANCE * target:
-            raise KnobError(f"flops_target {target:g}: the closest uniform ratio {ratio:.4f} gives {f:.4f} "
-                            "(channel counts are whole numbers); pick a target nearby")
-        return Result(plan, info={"ratio": ratio, "flops_fraction": f})
+            if uniform(lo) == uniform(hi) or hi - lo < 1e-9:
+                break
+        return self._straddle(ctx, uniform(lo), uniform(hi), fraction, target, tol, lo)
+
+    @staticmethod
+    def _straddle(ctx: Context, above: dict[str, int], below: dict[str, int], fraction, target: float, tol: float,
+                  ratio: float) -> Result:
+        counts = dict(above)
+        f, plan = fraction(counts)
+        for gid in sorted((g for g in above if above[g] != below[g]), key=lambda g: ctx.groups[g].units):
+            trial = {**counts, gid: below[gid]}
+            f_t, plan_t = fraction(trial)
+            if f_t < target - tol:
+                continue  # this step overshoots: try a smaller one
+            counts, f, plan = trial, f_t, plan_t
+            if abs(f - target) <= tol:
+                return Result(plan, info={"ratio": ratio, "flops_fraction": f, "adjusted_groups": True})
+        raise KnobError(f"flops_target {target:g}: the closest reachable is {f:.4f} of the baseline's FLOPs "
+                        "(channel counts are whole numbers); pick a target nearby")

@@ -8,6 +8,7 @@ a rerun only tops each study up to TRIALS complete trials, and run_trial returns
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import multiprocessing as mp
@@ -27,7 +28,9 @@ from bench.errors import UserError
 from bench.recipe import load_recipe
 from bench.results import ResultsTable
 from bench.train import Diverged, build_optimizer, prepare_model, resolve_device
-from bench.trial import TrialConfig, experiment_dir, experiment_name, run_trial, train_accuracy
+from bench.report import report_experiment
+from bench.tracking import Tracker
+from bench.trial import TrialConfig, experiment_dir, experiment_name, run_trial, train_accuracy, trial_folder
 from methods.decore import break_even_lambda
 
 from .profile import Profile, load_profile
@@ -127,15 +130,42 @@ class Objective:
         return (sum(r["top1_pct"] for r in ok) / len(ok), sum(r["flops"] for r in ok) / len(ok))
 
 
+SUMMARY_KEYS = ("top1_pct", "top5_pct", "top1_drop_pct", "params", "flops", "params_reduction_pct",
+                "flops_reduction_pct", "latency_cpu_b1_ms", "base_top1_pct", "knob_value", "wall_seconds")
+_TRACKERS: dict[tuple[str, str], Tracker] = {}
+
+
+def tracker_for(cfg: SweepConfig) -> Tracker:
+    """One Tracker per process and experiment (W&B state is per process)."""
+    key = (cfg.wandb, str(cfg.folder))
+    if key not in _TRACKERS:
+        _TRACKERS[key] = Tracker(cfg.wandb, directory=cfg.folder)
+    return _TRACKERS[key]
+
+
 def run_and_record(cfg: SweepConfig, tc: TrialConfig, data: Any, study: str, number: int | None) -> dict[str, Any]:
-    """run_trial, then one row in the results table (a failed row, with its reason, when training diverged)."""
+    """run_trial with its W&B run, then one row in the results table (a failed row when training diverged)."""
     table = ResultsTable(cfg.folder)
     device = resolve_device(cfg.device)
+    folder = trial_folder(tc)
+    if (folder / "result.json").is_file() and tc.key in table.finished_hashes():
+        row = table.read().set_index("config_hash").loc[tc.key].to_dict()
+        return {**row, "config_hash": tc.key}  # finished before: nothing to train, nothing to log
+    config = {**tc.to_dict(), "config_hash": tc.key, "study": study, "optuna_trial": number,
+              "recipes": {r: load_recipe(r).to_dict() for r in tc.recipes()}, "storage": scrub(cfg.storage_url)}
+    run = tracker_for(cfg).trial(name=f"{tc.method}-{tc.key}", group=study, job_type=tc.method, config=config)
     try:
-        result = run_trial(tc, device, data=data)
-        row = table_row(result, study=study, optuna_trial=number, device=device)
+        result = run_trial(tc, device, data=data, log_row=run.log_epoch)
+        row = table_row(result, study=study, optuna_trial=number, device=device, wandb_run_id=run.id)
+        run.finish({k: row[k] for k in SUMMARY_KEYS if row.get(k) is not None},
+                   kept_channels=json.loads(row["kept_channels"]), artifact_dir=folder)
     except (Diverged, torch.cuda.OutOfMemoryError) as e:
-        row = failed_row(tc, reason=str(e).splitlines()[0][:300], study=study, optuna_trial=number, device=device)
+        reason = str(e).splitlines()[0][:300]
+        run.fail(reason)
+        row = failed_row(tc, reason=reason, study=study, optuna_trial=number, device=device)
+    except BaseException as e:
+        run.fail(f"{type(e).__name__}: {e}")
+        raise
     table.upsert(row)
     _summary_line(row)
     return row
@@ -197,7 +227,20 @@ def run_sweep(cfg: SweepConfig) -> Path:
     bar.close()
     if cfg.match == "decore":
         run_matches(cfg, profile, data)
+    write_report(cfg)
     return cfg.folder
+
+
+def write_report(cfg: SweepConfig) -> None:
+    """Plots and tables from the results table, mirrored into one W&B summary run; never fails the sweep."""
+    try:
+        written = report_experiment(cfg.folder)
+    except UserError as e:
+        tqdm.write(f"report skipped: {e}")
+        return
+    tqdm.write(f"report: {cfg.folder / 'README.md'} ({', '.join(sorted(p.name for p in written.values()))})")
+    tracker_for(cfg).sweep_summary(cfg.folder.name, {"pareto": written["pareto.png"]},
+                                   {"runs": ResultsTable(cfg.folder).read()})
 
 
 def _sampler(cfg: SweepConfig, study_trials: int = 0, worker: int = 0) -> optuna.samplers.BaseSampler:
