@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--joint-recipe", default="finetune-cifar", help="DECORE's joint training phase")
     p.add_argument("--finetune-recipe", default="finetune-cifar", help="the same for every method")
     p.add_argument("--round-to", type=int, default=1, help="round kept channels up to a multiple (beyond the papers)")
+    p.add_argument("--label", default="custom", help="experiment label: the trial goes to RESULTS_DIR/<model>-<dataset>-<label>/")
 
     p = sub.add_parser("sweep", help="Optuna studies over each method's knob: the Pareto fronts (make bench)")
     _common_model_args(p)
@@ -160,7 +161,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = TrialConfig(model=args.model, dataset=args.dataset, method=args.method, knobs=_parse_knobs(args.knob),
                       scope=args.scope, seed=args.seed, baseline_recipe=args.baseline_recipe,
-                      joint_recipe=args.joint_recipe, finetune_recipe=args.finetune_recipe, round_to=args.round_to)
+                      joint_recipe=args.joint_recipe, finetune_recipe=args.finetune_recipe, round_to=args.round_to,
+                      profile=args.label)
     row = run_trial(cfg, resolve_device(args.device))
     print(f"{row['method']} {row['knobs']} scope={row['scope']}: top-1 {row['top1_pct']:.2f}% "
           f"(baseline {row['base_top1_pct']:.2f}%, before fine-tune {row['top1_before_finetune_pct']:.2f}%)  "

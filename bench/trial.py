@@ -168,6 +168,8 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
 
     row = _row(cfg, scope, knobs, base, pruned, input_size, before_ft, after, result, joint, finetune,
                method.trains, select_seconds, finetune_seconds, time.perf_counter() - t_start, ft_history)
+    if device.type == "cuda":
+        row["latency_gpu_b1_ms"] = measure_latency(copy.deepcopy(pruned).to(device), input_size, batch_size=1)["median_ms"]
     save_pruned(folder, result.plan, pruned)
     write_json(folder / "history.json", {"method": result.history, "finetune": ft_history, "info": result.info})
     write_json(folder / "result.json", row)  # last: its presence marks the trial finished

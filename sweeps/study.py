@@ -108,7 +108,7 @@ class Objective:
         else:
             low, high = space.range or (declared.low, declared.high)
         value = trial.suggest_float(space.knob, low, high, log=declared.log)
-        return {space.knob: round(value, 6), **space.options}
+        return {space.knob: float(f"{value:.3g}"), **space.options}  # 3 significant digits: readable labels
 
     def config(self, knobs: dict[str, Any], seed: int) -> TrialConfig:
         extra = 0
