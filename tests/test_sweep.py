@@ -93,3 +93,17 @@ def test_sigkill_mid_trial_loses_and_duplicates_nothing(tmp_path):
     trials = df[df["row_type"] == "trial"]
     assert len(trials) == 3 and trials["config_hash"].is_unique
     assert done <= set(trials["config_hash"])  # nothing finished was lost
+
+
+def test_match_decore_and_equal_epochs():
+    folder = run_sweep(_cfg(trials=1, match="decore", equal_epochs=True))
+    df = ResultsTable(folder).read()
+    decore = df[(df["method"] == "decore") & (df["row_type"] == "trial")].iloc[0]
+    matched = df[df["study"].str.endswith("-match", na=False)]
+    assert sorted(matched["method"]) == ["l1", "random"]
+    target = float(decore["flops"]) / float(decore["base_flops"])
+    assert (matched["flops"] / matched["base_flops"]).between(target * 0.99 - 1e-9, target * 1.01 + 1e-9).all()
+    assert set(matched["knob_name"]) == {"flops_target"}
+    # --equal-epochs: L1 and random fine-tune for DECORE's joint epochs on top of the shared budget
+    others = df[(df["row_type"] == "trial") & (df["method"] != "decore")]
+    assert (others["finetune_epochs"] == decore["finetune_epochs"] + decore["joint_epochs"]).all()
