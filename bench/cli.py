@@ -225,12 +225,12 @@ def cmd_measure(args: argparse.Namespace) -> int:
     import models
 
     from .measure import count_flops, count_params, measure_latency
-    from .train import resolve_device
+    from .train import prepare_model, resolve_device
 
     model = _create(args.model, args.num_classes)
     input_size = tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
     device = resolve_device(args.device)
-    lat = measure_latency(model.to(device).to(memory_format=__import__("torch").channels_last), input_size, args.batch_size)
+    lat = measure_latency(prepare_model(model, device), input_size, args.batch_size)
     print(json.dumps({"model": models.resolve(args.model), "input_size": input_size, "params": count_params(model),
                       "flops": count_flops(model.cpu(), input_size), "latency_ms": round(lat["median_ms"], 3),
                       "batch_size": args.batch_size, "device": str(device)}, indent=2))

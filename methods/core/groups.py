@@ -8,6 +8,7 @@ by 0 is exactly removing the channel (DESIGN.md section 4).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -71,7 +72,7 @@ class GroupSet:
     def __getitem__(self, gid: str) -> ChannelGroup:
         return self.by_id[gid]
 
-    @property
+    @functools.cached_property
     def by_id(self) -> dict[str, ChannelGroup]:
         return {g.id: g for g in self.groups}
 
