@@ -101,7 +101,11 @@ class Method:
                 hint = f"did you mean {', '.join(close)}?" if close else f"its knobs are {', '.join(names)}"
                 raise KnobError(f"method {self.name!r} has no knob {name!r}: {hint}")
             out[name] = known[name].check(value)
+        self.check_combination(out)
         return out
+
+    def check_combination(self, knobs: Mapping[str, Any]) -> None:
+        """Refuse knob sets the method cannot run with (checked before anything trains)."""
 
     extra_options: ClassVar[dict[str, str]] = {}  # non-numeric options: name -> help
 

@@ -122,9 +122,13 @@ class Decore(Method):
     trains: ClassVar[bool] = True
     example: ClassVar[dict[str, Any]] = {"lambda": 0.01, "agent_init": 0.5, "agent_lr": 0.1}  # fast agents: tests
 
-    def select(self, ctx: Context, **knobs: Any) -> Result:
+    def check_combination(self, knobs: dict[str, Any]) -> None:
         if knobs.get("lambda") is None:
             raise KnobError("decore needs lambda=<value > 0>, e.g. --knob lambda=2")
+        _options(knobs)
+
+    def select(self, ctx: Context, **knobs: Any) -> Result:
+        self.check_combination(knobs)
         lam = self.knobs[0].check(knobs["lambda"])
         opts = _options(knobs)
         if ctx.fit is None or ctx.train_loader is None or ctx.recipe is None:

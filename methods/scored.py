@@ -77,10 +77,15 @@ class ScoredMethod(Method):
     def scores(self, ctx: Context) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def select(self, ctx: Context, **knobs: Any) -> Result:
+    def check_combination(self, knobs: Mapping[str, Any]) -> None:
         given = [k for k in ("ratio", "flops_target", "preset", "stage_ratios") if knobs.get(k) is not None]
         if len(given) != 1:
-            raise KnobError(f"method {self.name!r} needs exactly one of ratio, flops_target, preset or stage_ratios; got {given or 'none'}")
+            raise KnobError(f"method {self.name!r} needs exactly one of ratio, flops_target, preset or stage_ratios; "
+                            f"got {given or 'none'} (e.g. --knob ratio=0.5)")
+
+    def select(self, ctx: Context, **knobs: Any) -> Result:
+        self.check_combination(knobs)
+        given = [k for k in ("ratio", "flops_target", "preset", "stage_ratios") if knobs.get(k) is not None]
         scores = self.scores(ctx)
         if "flops_target" in given:
             return self._to_flops(ctx, scores, float(knobs["flops_target"]))
