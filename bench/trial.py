@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -26,7 +27,7 @@ from .data import ArrayDataset, DeviceLoader, load_dataset, open_loaders
 from .env import git_commit, package_versions
 from .errors import UserError
 from .io import config_hash, read_json, write_json
-from .measure import count_flops, count_params, measure_latency
+from .measure import count_flops, count_params, measure_latency, profile_model
 from .pruned import save_pruned
 from .recipe import Recipe, load_recipe
 from .train import autocast_for, evaluate, fit, prepare_model
@@ -52,7 +53,7 @@ class TrialConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         return config_hash({**self.to_dict(), "recipes": {r: load_recipe(r).to_dict() for r in self.recipes()}})
 
@@ -136,8 +137,7 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
     base_cpu = base.model
 
     def plan_cost(plan: KeepPlan) -> dict[str, int]:
-        pruned = prune_model(base_cpu, plan)
-        return {"params": count_params(pruned), "flops": count_flops(pruned, input_size)}
+        return profile_model(prune_model(base_cpu, plan), input_size)
 
     joint_loaders = _loaders(data, cfg.dataset, joint, device, cfg.seed) if method.trains else None
     ctx = methods.Context(work, groups, base.spec.model, model_args, input_size, device, cfg.seed,

@@ -40,18 +40,6 @@ def break_even_lambda(train_accuracy: float) -> float:
     return train_accuracy / (1.0 - train_accuracy)
 
 
-def suggest_lambda_range(break_even: float, joint_epochs: int) -> tuple[float, float]:
-    """A log-scale lambda range that spans little to heavy compression for a schedule of this length.
-
-    Short schedules need lambda far below break-even (from init 6.9 a channel is dropped in ~0.1% of
-    samples, so early epochs carry little signal); long ones (the paper's 260 joint epochs) reach
-    compression close to it. Measured at small scale: with 3 joint epochs, break-even/3.4 removed 18%
-    of FLOPs and break-even/6.7 removed 51% (DESIGN.md section 2).
-    """
-    shrink = max(1.0, 20.0 / math.sqrt(max(joint_epochs, 1)))
-    return break_even / (3 * shrink), break_even / max(1.05, shrink / 5)
-
-
 def agent_loss(weights: Sequence[torch.Tensor], actions: Sequence[torch.Tensor], correct: torch.Tensor,
                lam: float, reward_baseline: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """REINFORCE loss of the agents and the mean reward per group (both device tensors).

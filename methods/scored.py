@@ -85,9 +85,8 @@ class ScoredMethod(Method):
 
     def select(self, ctx: Context, **knobs: Any) -> Result:
         self.check_combination(knobs)
-        given = [k for k in ("ratio", "flops_target", "preset", "stage_ratios") if knobs.get(k) is not None]
         scores = self.scores(ctx)
-        if "flops_target" in given:
+        if knobs.get("flops_target") is not None:
             return self._to_flops(ctx, scores, float(knobs["flops_target"]))
         ratios = self._ratios(ctx, knobs)
         return Result(ctx.plan(self._masks(ctx, scores, ratios)), info={"ratios": ratios})

@@ -349,6 +349,3 @@ def _seconds_per_image(model_name: str, data: Any, recipe: Any, device: torch.de
         torch.cuda.synchronize()
     return (time.perf_counter() - t0) / (steps * len(y))
 
-
-def sweep_config(**kw: Any) -> SweepConfig:
-    return dataclasses.replace(SweepConfig(kw.pop("model"), kw.pop("dataset")), **kw)

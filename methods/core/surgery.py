@@ -54,9 +54,6 @@ class KeepPlan:
             raise ValueError(f"plan format {data.get('format')!r} is not {PLAN_FORMAT}")
         return cls(**data)
 
-    def kept_fraction(self) -> dict[str, float]:
-        return {gid: len(k) / self.units[gid] for gid, k in self.keep.items()}
-
 
 def removed_channels(group: ChannelGroup, kept_units: list[int]) -> list[int]:
     """Root-layer channels to remove: those whose unit (channel % units, for tied groups) is not kept."""
