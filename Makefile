@@ -23,7 +23,10 @@ DATA_DIR ?= data
 RESULTS_DIR ?= results
 export DATA_DIR RESULTS_DIR
 
-.PHONY: env test baseline bench worker report tables measure clean-env help
+PERF_MODELS ?= resnet20,resnet56,resnet110
+PERF_ARGS ?=
+
+.PHONY: env test baseline bench worker report tables measure perf clean-env help
 
 help:
 	@echo "make test                      run the test suite"
@@ -32,6 +35,7 @@ help:
 	@echo "make bench MODEL=resnet110 DATASET=cifar10 [PROFILE=fast] [METHODS=decore,l1,random] [TRIALS=8] [SEEDS=1]"
 	@echo "make worker STORAGE=postgresql://... MODEL=... DATASET=...   join a running sweep from another machine"
 	@echo "make report / make tables    plots and tables from stored results (no training)"
+	@echo "make perf [PERF_MODELS=resnet20,resnet56,resnet110]   speed benchmark -> RESULTS_DIR/perf/"
 
 env: $(STAMP)
 
@@ -63,6 +67,10 @@ bench: env
 worker: env
 	@test -n "$(STORAGE)" || { echo "make worker needs STORAGE=postgresql://user@host/db (the study's storage)"; exit 2; }
 	$(SWEEP)
+
+# a benchmark, not a test: training loops, DECORE's gated step, pruned-model speed -> RESULTS_DIR/perf/
+perf: env
+	$(PY) -m bench perf --models $(PERF_MODELS) --device $(DEVICE) $(PERF_ARGS)
 
 report: env
 	$(PY) -m bench report

@@ -85,6 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=1)
 
+    p = sub.add_parser("perf", help="benchmark: training loops, DECORE's gated step, pruned-model speed (make perf)")
+    p.add_argument("--models", default="resnet20,resnet56,resnet110", help="comma-separated CIFAR models")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda ...")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=10, help="timed training steps per variant and round")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; reported values are medians")
+    p.add_argument("--flops-targets", default="0.7,0.5,0.3", help="kept FLOPs fractions of the pruned models")
+    p.add_argument("--round-to", type=int, default=8, help="also measure the 0.5 plan with channels rounded to this (1: skip)")
+    p.add_argument("--ref-workers", type=int, default=2, help="DataLoader workers of the reference loop")
+    p.add_argument("--compile", action="store_true", help="also measure the harness step under torch.compile")
+    p.add_argument("--out", default=None, help="output folder (default RESULTS_DIR/perf)")
+
     p = sub.add_parser("models", help="list the CIFAR models and their aliases")
     p.add_argument("pattern", nargs="?", default=None, help="a timm wildcard, e.g. 'resnet*', to list timm models too")
     return parser
@@ -234,6 +246,38 @@ def cmd_measure(args: argparse.Namespace) -> int:
     print(json.dumps({"model": models.resolve(args.model), "input_size": input_size, "params": count_params(model),
                       "flops": count_flops(model.cpu(), input_size), "latency_ms": round(lat["median_ms"], 3),
                       "batch_size": args.batch_size, "device": str(device)}, indent=2))
+    return 0
+
+
+@command
+def cmd_perf(args: argparse.Namespace) -> int:
+    import models
+
+    from . import perf
+    from .baseline import results_dir
+    from .train import resolve_device
+
+    names = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    for name in names:
+        models.resolve(name)  # unknown names fail here, before anything is measured
+    try:
+        targets = tuple(float(t) for t in args.flops_targets.split(",") if t.strip())
+    except ValueError:
+        raise UserError(f"--flops-targets {args.flops_targets!r} is not a list of numbers: use e.g. 0.7,0.5,0.3") from None
+    bad = [t for t in targets if not 0 < t < 1]
+    if bad or not names:
+        raise UserError(f"--flops-targets {bad} must lie in (0, 1) and --models must name at least one model")
+    for flag, value in (("--batch-size", args.batch_size), ("--steps", args.steps), ("--rounds", args.rounds),
+                        ("--round-to", args.round_to)):
+        if value < 1:
+            raise UserError(f"{flag} {value} must be at least 1")
+    cfg = perf.PerfConfig(models=names, batch_size=args.batch_size, steps=args.steps, rounds=args.rounds,
+                          flops_targets=targets, round_to=args.round_to, ref_workers=max(args.ref_workers, 0),
+                          device=resolve_device(args.device), compile=args.compile)
+    out = Path(args.out) if args.out else results_dir() / "perf"
+    csv, md = perf.run(cfg, out, "python -m bench " + " ".join(sys.argv[1:]))
+    print(Path(md).read_text())
+    print(f"wrote {csv} and {md}")
     return 0
 
 

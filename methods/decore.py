@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Context, Knob, KnobError, Method, Result, register
+from .base import Context, Knob, KnobError, Method, Result, keep_top, register, round_up
 from .core import Gates
 
 AGENT_INIT = 6.9
@@ -143,19 +143,23 @@ class Decore(Method):
 
             ctx.fit(ctx.model, ctx.train_loader, None, ctx.recipe, ctx.device, step=step,
                     after_step=[agent_update], on_epoch=on_epoch, desc=f"decore lambda={lam:g} ")
-        plan = ctx.plan(self._final_masks(agents, ids))
+        plan = ctx.plan(self._final_masks(agents, ids, ctx.round_to))
         return Result(plan, history, info={"lambda": lam, **{k: v for k, v in opts.items()},
                                            "keep_prob": {i: torch.sigmoid(w).tolist() for i, w in zip(ids, agents)}})
 
     @staticmethod
-    def _final_masks(agents: nn.ParameterList, ids: list[str]) -> dict[str, torch.Tensor]:
-        """Remove every channel with sigmoid(w) < 0.5; a group that would be emptied keeps its likeliest channel."""
+    def _final_masks(agents: nn.ParameterList, ids: list[str], round_to: int = 1) -> dict[str, torch.Tensor]:
+        """Remove every channel with sigmoid(w) < 0.5; a group that would be emptied keeps its likeliest channel.
+
+        With the named option round_to > 1 (beyond the paper), the kept count is rounded up to a multiple
+        and the extra channels are the likeliest of those the policy dropped.
+        """
         masks = {}
         for gid, w in zip(ids, agents):
-            keep = (torch.sigmoid(w.detach()) >= 0.5).cpu()
-            if not keep.any():
-                keep[int(w.detach().argmax())] = True
-            masks[gid] = keep
+            w = w.detach().cpu()
+            keep = torch.sigmoid(w) >= 0.5
+            count = round_up(max(int(keep.sum()), 1), round_to, len(w))
+            masks[gid] = keep if count == int(keep.sum()) else keep_top(w, count)
         return masks
 
     def _policy_stats(self, ctx: Context, agents: nn.ParameterList, ids: list[str]) -> dict[str, Any]:
@@ -165,7 +169,7 @@ class Decore(Method):
             "kept_if_pruned": {gid: int((p >= 0.5).sum()) for gid, p in probs.items()},
         }
         if ctx.plan_cost is not None:
-            stats.update({f"{k}_if_pruned": v for k, v in ctx.plan_cost(ctx.plan(self._final_masks(agents, ids))).items()})
+            stats.update({f"{k}_if_pruned": v for k, v in ctx.plan_cost(ctx.plan(self._final_masks(agents, ids, ctx.round_to))).items()})
         return stats
 
 

@@ -205,3 +205,16 @@ def test_round_to_rounds_kept_channels_up(trained, synthetic):
     plan = methods.get_method("l1").select(ctx, ratio=0.3).plan
     assert all(len(k) % 8 == 0 or len(k) == plan.units[g] for g, k in plan.keep.items())
     assert math.isclose(len(plan.keep["layer1.0.conv1"]), 16)  # int(16 * 0.7) = 11 -> 16
+
+
+def test_decore_round_to_keeps_the_likeliest_dropped_channels():
+    from methods.decore import Decore
+    w = torch.tensor([3.0, -1.0, 2.0, -0.5, -4.0, 1.0, -2.0, -3.0, 0.2, -0.1, -5.0])  # 4 kept by the policy
+    ids = ["g"]
+    plain = Decore._final_masks([w], ids)["g"]
+    assert plain.tolist() == (torch.sigmoid(w) >= 0.5).tolist()
+    rounded = Decore._final_masks([w], ids, round_to=8)["g"]
+    assert int(rounded.sum()) == 8 and bool((rounded | ~plain).all())          # a superset of the policy's choice
+    dropped_kept = w[rounded & ~plain]
+    assert dropped_kept.min() >= w[~rounded].max()                               # the likeliest of the dropped
+    assert int(Decore._final_masks([torch.full((5,), -9.0)], ids, round_to=8)["g"].sum()) == 5  # capped at units

@@ -94,6 +94,31 @@ def test_per_sample_masks_match_per_sample_pruning():
         assert torch.allclose(gated[b:b + 1], out, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name, kw, size", [("cifar_resnet20", {}, 32), ("efficientnet_b0", {}, 64)])
+def test_inplace_gates_train_exactly_like_out_of_place(name, kw, size, monkeypatch):
+    """In-place gating (BN/Conv/Linear outputs) gives the same loss and gradients as a plain multiply."""
+    from methods.core import gates as gates_mod
+    x, y = torch.randn(4, 3, size, size), torch.tensor([0, 1, 2, 3])
+    results = []
+    for inplace in (True, False):
+        monkeypatch.setattr(gates_mod, "INPLACE", inplace)
+        torch.manual_seed(0)
+        model = _randomize(models.create(name, num_classes=10, **kw)).train()
+        groups = channel_groups(model, x[:1], "all", name=name)
+        masks, _ = _random_plan(groups, name, kw, size, seed=5)
+        per_sample = {k: torch.stack([v, v.roll(1), v, v.roll(2)]).float() for k, v in masks.items()}
+        with Gates(model, groups) as g:
+            g.set(per_sample)
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (l_in, g_in), (l_out, g_out) = results
+    assert torch.allclose(l_in, l_out, rtol=1e-6)
+    assert g_in.keys() == g_out.keys()
+    for n in g_in:
+        assert torch.allclose(g_in[n], g_out[n], rtol=1e-4, atol=1e-6), n
+
+
 def test_cifar_resnet_groups_are_per_stage():
     model = models.create("cifar_resnet56")
     groups = channel_groups(model, torch.randn(1, 3, 32, 32), "all")
