@@ -18,6 +18,7 @@ SEEDS ?= 1
 WORKERS ?= 1
 STORAGE ?=
 WANDB ?= auto
+COMPILE ?=
 SWEEP_ARGS ?=
 DATA_DIR ?= data
 RESULTS_DIR ?= results
@@ -57,7 +58,8 @@ measure: env
 
 SWEEP = $(PY) -m bench sweep --model $(MODEL) --dataset $(DATASET) --profile $(PROFILE) --methods $(METHODS) \
 	--seeds $(SEEDS) --workers $(WORKERS) --device $(DEVICE) --wandb $(WANDB) \
-	$(if $(TRIALS),--trials $(TRIALS)) $(if $(STORAGE),--storage '$(STORAGE)') $(SWEEP_ARGS)
+	$(if $(TRIALS),--trials $(TRIALS)) $(if $(STORAGE),--storage '$(STORAGE)') $(if $(filter 1 yes true,$(COMPILE)),--compile) \
+	$(SWEEP_ARGS)
 
 # the sweep ends by writing its report (plots, tables, README) into RESULTS_DIR/<model>-<dataset>-<profile>/
 bench: env

@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-recipe", default="finetune-cifar", help="the same for every method")
     p.add_argument("--round-to", type=int, default=1, help="round kept channels up to a multiple (beyond the papers)")
     p.add_argument("--label", default="custom", help="experiment label: the trial goes to RESULTS_DIR/<model>-<dataset>-<label>/")
+    p.add_argument("--compile", action="store_true", help="torch.compile the method's training and the fine-tuning (pays on GPUs)")
 
     p = sub.add_parser("sweep", help="Optuna studies over each method's knob: the Pareto fronts (make bench)")
     _common_model_args(p)
@@ -69,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--equal-epochs", action="store_true", help="L1/random get DECORE's joint epochs as extra fine-tuning")
     p.add_argument("--round-to", type=int, default=1)
     p.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "off"])
+    p.add_argument("--compile", action="store_true", help="torch.compile training (pays on GPUs; models of one "
+                   "architecture reuse the compiled graph across trials)")
 
     p = sub.add_parser("report", help="Pareto plots, paper-style tables and README of stored results (no training)")
     p.add_argument("experiments", nargs="*", help="experiment folders (default: every RESULTS_DIR/*/runs.csv)")
@@ -134,7 +137,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     cfg = SweepConfig(args.model, args.dataset, args.profile, tuple(m.strip() for m in args.methods.split(",") if m.strip()),
                       args.trials, args.seeds, args.storage, args.workers, args.device, args.scope, args.match,
-                      args.equal_epochs, args.round_to, args.wandb)
+                      args.equal_epochs, args.round_to, args.wandb, compile=args.compile)
     folder = run_sweep(cfg)
     print(f"results: {folder / 'runs.csv'}")
     return 0
@@ -175,7 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                       scope=args.scope, seed=args.seed, baseline_recipe=args.baseline_recipe,
                       joint_recipe=args.joint_recipe, finetune_recipe=args.finetune_recipe, round_to=args.round_to,
                       profile=args.label)
-    row = run_trial(cfg, resolve_device(args.device))
+    row = run_trial(cfg, resolve_device(args.device), compile=args.compile)
     print(f"{row['method']} {row['knobs']} scope={row['scope']}: top-1 {row['top1_pct']:.2f}% "
           f"(baseline {row['base_top1_pct']:.2f}%, before fine-tune {row['top1_before_finetune_pct']:.2f}%)  "
           f"params {row['params'] / 1e6:.3f}M (-{row['params_reduction_pct']:.1f}%)  "

@@ -36,10 +36,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def autocast_for(device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """bf16 autocast on CUDA, nothing on CPU (bf16 on this kind of CPU is slower, not faster)."""
-    if device.type == "cuda":
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast_for(device: torch.device, bf16: bool | None = None) -> Callable[[], contextlib.AbstractContextManager]:
+    """bf16 autocast: on by default on CUDA, off on CPU (bf16 on most CPUs is slower, not faster).
+
+    `bf16=True` forces it on any device (the CPU path is what the tests exercise); `False` turns it off.
+    """
+    if bf16 is None:
+        bf16 = device.type == "cuda"
+    if bf16:
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
 
@@ -149,16 +154,21 @@ def topk_correct(logits: torch.Tensor, y: torch.Tensor, ks: tuple[int, ...] = (1
 
 def fit(model: nn.Module, train_loader: Iterable, test_loader: Iterable | None, recipe: Recipe,
         device: torch.device, *, step: StepFn | None = None, after_step: Iterable[Callable[[], None]] = (),
-        on_epoch: Callable[[dict[str, Any]], None] | None = None, desc: str = "") -> list[dict[str, Any]]:
+        on_epoch: Callable[[dict[str, Any]], None] | None = None, desc: str = "", compile: bool = False,
+        bf16: bool | None = None) -> list[dict[str, Any]]:
     """Train `model` (already prepared) for recipe.epochs; evaluate after each epoch when given a test loader.
 
     `step` replaces the plain cross-entropy step (DECORE's gated step); `after_step` hooks run after
     every optimiser step (DECORE's agent update). `on_epoch(row)` may add entries to the epoch's row.
+    `compile` trains through `torch.compile(model)`: the parameters (and any gate hooks) stay those of
+    `model`, and Dynamo's cache serves every later model of the same architecture in this process
+    without recompiling (trials of one sweep worker; tests/test_train.py checks it). `bf16`: see autocast_for.
     Returns one dict per epoch (epoch, lr, train loss/top1, test loss/top1/top5, seconds of training).
     """
     steps = len(train_loader)  # type: ignore[arg-type]
     optimizer = build_optimizer(model.parameters(), recipe)
-    amp = autocast_for(device)
+    amp = autocast_for(device, bf16)
+    model = torch.compile(model) if compile else model
     trainer = Trainer(model, optimizer, build_scheduler(optimizer, recipe, steps), device,
                       step or ce_step(nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)), amp,
                       list(after_step))

@@ -112,10 +112,12 @@ def trial_folder(cfg: TrialConfig) -> Path:
 
 
 def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | None = None,
-              log_row: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+              log_row: Callable[[str, dict[str, Any]], None] | None = None, compile: bool = False) -> dict[str, Any]:
     """Run (or fetch, when already finished) one trial; returns its result (see `_row`).
 
     `log_row(phase, row)` receives every epoch's statistics ("method" or "finetune") as they come.
+    `compile` trains the method's phase and the fine-tuning through torch.compile (an execution detail,
+    not part of the trial's config hash, like the device).
     """
     method, knobs, scope = validate(cfg)
     folder = trial_folder(cfg)
@@ -143,7 +145,7 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
     ctx = methods.Context(work, groups, base.spec.model, model_args, input_size, device, cfg.seed,
                           train_loader=joint_loaders.train if joint_loaders else None,
                           test_loader=joint_loaders.test if joint_loaders else None,
-                          recipe=joint, fit=fit, plan_cost=plan_cost, log=lambda row: log_row("method", row),
+                          recipe=joint, fit=functools.partial(fit, compile=compile), plan_cost=plan_cost, log=lambda row: log_row("method", row),
                           round_to=cfg.round_to)
     t0 = time.perf_counter()
     try:
@@ -160,7 +162,7 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
     amp = autocast_for(device)
     before_ft = evaluate(runner, ft_loaders.test, device, amp)
     t1 = time.perf_counter()
-    ft_history = fit(runner, ft_loaders.train, None, finetune, device, desc=f"fine-tune {cfg.method} ",
+    ft_history = fit(runner, ft_loaders.train, None, finetune, device, desc=f"fine-tune {cfg.method} ", compile=compile,
                      on_epoch=lambda row: log_row("finetune", row))
     finetune_seconds = time.perf_counter() - t1
     after = evaluate(runner, ft_loaders.test, device, amp)

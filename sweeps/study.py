@@ -57,6 +57,7 @@ class SweepConfig:
     round_to: int = 1
     wandb: str = "auto"
     sampler_seed: int = 0
+    compile: bool = False               # torch.compile the method's training and fine-tuning (GPUs)
 
     @property
     def folder(self) -> Path:
@@ -155,7 +156,7 @@ def run_and_record(cfg: SweepConfig, tc: TrialConfig, data: Any, study: str, num
               "recipes": {r: load_recipe(r).to_dict() for r in tc.recipes()}, "storage": scrub(cfg.storage_url)}
     run = tracker_for(cfg).trial(name=f"{tc.method}-{tc.key}", group=study, job_type=tc.method, config=config)
     try:
-        result = run_trial(tc, device, data=data, log_row=run.log_epoch)
+        result = run_trial(tc, device, data=data, log_row=run.log_epoch, compile=cfg.compile)
         row = table_row(result, study=study, optuna_trial=number, device=device, wandb_run_id=run.id)
         run.finish({k: row[k] for k in SUMMARY_KEYS if row.get(k) is not None},
                    kept_channels=json.loads(row["kept_channels"]), artifact_dir=folder)

@@ -45,3 +45,44 @@ def test_training_learns_the_synthetic_set(synthetic):
     assert len(history) == 3 and history[0]["lr"] == pytest.approx(0.05)
     assert history[-1]["test_top1"] > 60 > before + 20
     assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def _tiny_net():
+    import torch.nn as nn
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+
+def test_bf16_autocast_path_trains_on_cpu(synthetic):
+    """The CUDA default (bf16 autocast) forced on CPU: convolutions run in bf16 and training still learns."""
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    model = prepare_model(_tiny_net(), device)
+    dtypes = set()
+    model[0].register_forward_hook(lambda m, a, out: dtypes.add(out.dtype))
+    train = DeviceLoader(synthetic.train, synthetic.mean, synthetic.std, 50, train=True)
+    history = fit(model, train, None, Recipe("t", epochs=2, batch_size=50, lr=0.05), device, bf16=True)
+    assert dtypes == {torch.bfloat16}
+    assert all(h["train_loss"] == h["train_loss"] for h in history)  # finite, no NaN
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_compiled_training_reuses_the_graph_for_the_same_architecture(synthetic):
+    """fit(compile=True) with the real inductor on CPU; a second model of the same architecture (the next
+    trial in a sweep worker) trains without a new graph."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    device = torch.device("cpu")
+    train = DeviceLoader(synthetic.train.subset_per_class(10), synthetic.mean, synthetic.std, 50, train=True)
+    graphs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = prepare_model(_tiny_net(), device)
+        before = [p.detach().clone() for p in model.parameters()]
+        history = fit(model, train, None, Recipe("t", epochs=1, batch_size=50, lr=0.05), device, compile=True)
+        assert history[0]["train_loss"] == history[0]["train_loss"]
+        assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))  # the model itself trained
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[0] >= 1 and graphs[1] == graphs[0]
