@@ -26,7 +26,7 @@ COMPLETE, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
 
 
 def _sweep(results: Path, crash: str | None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RESULTS_DIR": str(results), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "RESULTS_DIR": str(results), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     env.pop("BENCH_CRASH_AT", None)
     if crash:
         env["BENCH_CRASH_AT"] = crash
