@@ -6,13 +6,15 @@ missing or whose hash does not match is reported and rebuilt. The folder appears
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
@@ -22,6 +24,7 @@ import models
 from .data import ArrayDataset, open_loaders
 from .env import environment
 from .errors import UserError
+from .faults import crash_point
 from .io import config_hash, load_state_dict, read_json, save_state_dict, sha256_file, write_json
 from .measure import count_flops, count_params
 from .recipe import Recipe
@@ -120,7 +123,27 @@ def get_baseline(model_name: str, dataset: str, recipe: Recipe, *, seed: int = 0
     cached = _load_cached(spec, folder)
     if cached is not None:
         return cached
+    with _locked(folder):  # workers sharing RESULTS_DIR train a baseline once; the others wait, then load it
+        return _load_cached(spec, folder) or _build(spec, folder, checkpoint, device, channels_last, compile, data)
 
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(f".{folder.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released by the kernel when a holder is killed
+        try:
+            for stale in folder.parent.glob(f".{folder.name}.tmp-*"):  # a writer killed mid-store
+                shutil.rmtree(stale, ignore_errors=True)
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build(spec: BaselineSpec, folder: Path, checkpoint: str | Path | None, device: torch.device,
+           channels_last: bool, compile: bool, data: ArrayDataset | None) -> Baseline:
+    """Train (or import) the baseline and cache it; the caller holds the entry's lock."""
+    name, dataset, recipe, seed, subset = spec.model, spec.dataset, spec.recipe, spec.seed, spec.subset_per_class
     loaders = open_loaders(dataset, recipe.batch_size, device, seed=seed, subset_per_class=subset,
                            channels_last=channels_last, data=data)
     torch.manual_seed(seed)
@@ -132,7 +155,8 @@ def get_baseline(model_name: str, dataset: str, recipe: Recipe, *, seed: int = 0
         runner = prepare_model(model, device, channels_last)
     else:
         runner = prepare_model(model, device, channels_last, compile)
-        history = fit(runner, loaders.train, None, recipe, device, desc=f"baseline {spec.key} ")
+        history = fit(runner, loaders.train, None, recipe, device, desc=f"baseline {spec.key} ",
+                      on_epoch=lambda row: crash_point("baseline"))
     train_seconds = time.perf_counter() - t0
     metrics = evaluate(runner, loaders.test, device, autocast_for(device))
     model = model.cpu().to(memory_format=torch.contiguous_format).eval()

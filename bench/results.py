@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
+from .faults import crash_point
 from .io import atomic_write
 
 # name -> (pandas dtype, meaning). The order is the order of the CSV's columns.
@@ -151,13 +152,21 @@ class ResultsTable:
             else:
                 merged = pd.concat([df, new], ignore_index=True) if len(df) else new
             merged = mark_pareto(merged)
-            if not merged.equals(df):
+            if not merged.equals(df) or self._parquet_stale():
                 self._write(merged)
             return merged
 
     def _write(self, df: pd.DataFrame) -> None:
+        for stale in self.folder.glob(".runs.*.tmp"):  # left by a writer killed mid-write; we hold the lock
+            stale.unlink(missing_ok=True)
         atomic_write(self.csv, lambda tmp: df.to_csv(tmp, index=False))
+        crash_point("results")
         atomic_write(self.parquet, lambda tmp: df.to_parquet(tmp, index=False))
+
+    def _parquet_stale(self) -> bool:
+        """runs.parquet is missing or older than runs.csv (a crash between the two writes)."""
+        return self.csv.exists() and (not self.parquet.exists()
+                                      or self.parquet.stat().st_mtime_ns < self.csv.stat().st_mtime_ns)
 
     def finished_hashes(self) -> set[str]:
         df = self.read()

@@ -1,11 +1,16 @@
 """Optuna storages by URL: SQLite (default, no server), PostgreSQL/MySQL (many machines), journal files.
 
-RDB storages get Optuna's heartbeat, so a trial whose worker died is failed and retried by the next
-worker; every storage also gets `recover_dead_trials`, which does the same at once for trials whose
-worker process on this host is gone (a SIGKILL, a closed laptop).
+RDB storages (SQLite, PostgreSQL) get Optuna's heartbeat, so a trial whose worker died is failed and
+retried by the next worker; every storage also gets `recover_dead_trials`, which does the same at once
+for trials whose worker process on this host is gone (a SIGKILL, a closed laptop).
+
+The heartbeat interval and the grace period after which a silent trial counts as dead are read from
+SWEEP_HEARTBEAT_S (default 30) and SWEEP_GRACE_S (default 120), in whole seconds: a retried trial waits
+about GRACE_S, so short values suit tests, long ones busy databases.
 """
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 from pathlib import Path
@@ -19,7 +24,21 @@ from optuna.trial import TrialState
 
 from bench.errors import UserError
 
-HEARTBEAT_S, GRACE_S = 30, 120
+HEARTBEAT_S, GRACE_S = 30, 120  # defaults of SWEEP_HEARTBEAT_S, SWEEP_GRACE_S
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """(heartbeat interval, grace period) in seconds, from the environment or the defaults."""
+    values = []
+    for name, default in (("SWEEP_HEARTBEAT_S", HEARTBEAT_S), ("SWEEP_GRACE_S", GRACE_S)):
+        raw = os.environ.get(name, "").strip() or str(default)
+        if not raw.isdigit() or int(raw) < 1:
+            raise UserError(f"{name}={raw!r} must be a whole number of seconds >= 1 (default {default})")
+        values.append(int(raw))
+    if values[1] <= values[0]:
+        raise UserError(f"SWEEP_GRACE_S={values[1]} must exceed SWEEP_HEARTBEAT_S={values[0]}: "
+                        "a live trial would be failed between two heartbeats")
+    return values[0], values[1]
 
 
 def scrub(url: str) -> str:
@@ -34,6 +53,7 @@ def scrub(url: str) -> str:
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An Optuna storage for `url`: sqlite:///f.db, postgresql://..., journal:f.log (or a *.log path)."""
+    heartbeat, grace = heartbeat_settings()
     try:
         if url.startswith("journal:") or url.endswith((".log", ".journal")):
             path = Path(url.removeprefix("journal:"))
@@ -45,7 +65,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+            return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=grace,
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
                               engine_kwargs={"pool_pre_ping": True})
     except UserError:
@@ -72,13 +92,48 @@ def _alive(pid: int) -> bool:
 
 
 def recover_dead_trials(study: optuna.Study) -> list[int]:
-    """Fail RUNNING trials whose worker on this host is dead, and enqueue their parameters again."""
+    """Fail RUNNING trials whose worker on this host is dead, and enqueue their parameters again.
+
+    Only the process that moves a trial to FAIL enqueues its retry: a heartbeat check or another
+    worker recovering the same trial at the same moment gets UpdateFinishedTrialError and stands back.
+    """
     host, recovered = socket.gethostname(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")
         if t.user_attrs.get("host") != host or pid is None or _alive(int(pid)):
             continue
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        try:
+            if not study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
         recovered.append(t.number)
     return recovered
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Optuna's heartbeat check (RDB storages): stale RUNNING trials fail and are enqueued again."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def has_heartbeat(study: optuna.Study) -> bool:
+    return getattr(study._storage, "get_heartbeat_interval", lambda: None)() is not None
+
+
+def is_active(study: optuna.Study, trial: optuna.trial.FrozenTrial, young_s: float = 60.0) -> bool:
+    """Whether a RUNNING trial will still finish or be failed and retried, so workers should wait on it.
+
+    Its worker lives on this host; or the storage has a heartbeat (a dead remote worker's trial goes
+    stale); or it started moments ago and has not been claimed yet. A trial left RUNNING by a worker
+    that died before its heartbeat began never goes stale: waiting on it would wait forever.
+    """
+    pid, host = trial.user_attrs.get("pid"), trial.user_attrs.get("host")
+    if pid is not None and host == socket.gethostname():
+        return _alive(int(pid))
+    if pid is not None and has_heartbeat(study):
+        return True
+    start = trial.datetime_start
+    return start is not None and (datetime.datetime.now() - start).total_seconds() < young_s

@@ -4,6 +4,9 @@ Each study maximises top-1 and minimises FLOPs; a method's knob is suggested fro
 (DECORE's lambda on a log scale from the baseline's break-even lambda). The objective is thin: it builds
 a TrialConfig and calls the same `run_trial` the CLI's `run` calls. Finished trials are never repeated:
 a rerun only tops each study up to TRIALS complete trials, and run_trial returns finished configs from disk.
+Any number of workers (processes here, `make worker` elsewhere) may share one study: each starts a trial
+only while the study lacks complete ones, and waits while other workers' trials run, because a trial
+whose worker dies is failed (heartbeat, or a dead pid on this host) and must be run again by someone.
 """
 from __future__ import annotations
 
@@ -12,7 +15,11 @@ import json
 import logging
 import math
 import multiprocessing as mp
+import os
+import socket
 import time
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +32,7 @@ import methods
 from bench.baseline import get_baseline
 from bench.data import load_dataset, open_loaders
 from bench.errors import UserError
+from bench.faults import crash_point
 from bench.recipe import load_recipe
 from bench.results import ResultsTable
 from bench.train import Diverged, build_optimizer, prepare_model, resolve_device
@@ -35,7 +43,7 @@ from methods.decore import break_even_lambda
 
 from .profile import Profile, load_profile
 from .rows import baseline_row, failed_row, table_row
-from .storage import mark_owner, open_storage, recover_dead_trials, scrub
+from .storage import fail_stale, is_active, mark_owner, open_storage, recover_dead_trials, scrub
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +108,7 @@ class Objective:
     method: str
     break_even: float | None
     data: Any = field(default=None, repr=False)
+    wanted: int | None = None           # the study's complete trials wanted: a trial beyond them is pruned
 
     def knob(self, trial: optuna.Trial) -> dict[str, Any]:
         space = self.profile.methods[self.method]
@@ -121,7 +130,12 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         mark_owner(trial)
+        if self.wanted is not None and _claimed_before(trial.study, trial.number) >= self.wanted:
+            raise optuna.TrialPruned("the study already has its trials (another worker started one at the same time)")
         knobs = self.knob(trial)
+        twin = _same_knob(trial, knobs)
+        if twin is not None:  # rounding made it a config the study has: running it again would count it twice
+            raise optuna.TrialPruned(f"the same knobs as trial {twin}")
         results = [run_and_record(self.cfg, self.config(knobs, seed), self.data, self.cfg.study_name(self.method),
                                   trial.number) for seed in range(self.cfg.seeds)]
         ok = [r for r in results if r["status"] == "complete"]
@@ -155,8 +169,13 @@ def run_and_record(cfg: SweepConfig, tc: TrialConfig, data: Any, study: str, num
     config = {**tc.to_dict(), "config_hash": tc.key, "study": study, "optuna_trial": number,
               "recipes": {r: load_recipe(r).to_dict() for r in tc.recipes()}, "storage": scrub(cfg.storage_url)}
     run = tracker_for(cfg).trial(name=f"{tc.method}-{tc.key}", group=study, job_type=tc.method, config=config)
+
+    def log_row(phase: str, row: dict[str, Any]) -> None:
+        crash_point("joint" if phase == "method" else phase)
+        run.log_epoch(phase, row)
+
     try:
-        result = run_trial(tc, device, data=data, log_row=run.log_epoch, compile=cfg.compile)
+        result = run_trial(tc, device, data=data, log_row=log_row, compile=cfg.compile)
         row = table_row(result, study=study, optuna_trial=number, device=device, wandb_run_id=run.id)
         run.finish({k: row[k] for k in SUMMARY_KEYS if row.get(k) is not None},
                    kept_channels=json.loads(row["kept_channels"]), artifact_dir=folder)
@@ -215,7 +234,7 @@ def run_sweep(cfg: SweepConfig) -> Path:
     for method in cfg.methods:
         study = optuna.create_study(study_name=cfg.study_name(method), storage=storage, load_if_exists=True,
                                     directions=["maximize", "minimize"])
-        study.sampler = _sampler(cfg, len(study.trials))
+        study.sampler = _sampler(cfg, len(study.trials), salt=_process_salt(cfg))
         recovered = recover_dead_trials(study)
         if recovered:
             tqdm.write(f"{method}: trials {recovered} were interrupted; they run again")
@@ -223,7 +242,7 @@ def run_sweep(cfg: SweepConfig) -> Path:
         bar.update(min(done, trials))
         remaining = max(trials - done, 0)
         if remaining:
-            objective = Objective(cfg, profile, method, break_even, data)
+            objective = Objective(cfg, profile, method, break_even, data, wanted=trials)
             _optimize(cfg, study, objective, remaining, bar)
     bar.close()
     if cfg.match == "decore":
@@ -244,26 +263,84 @@ def write_report(cfg: SweepConfig) -> None:
                                    {"runs": ResultsTable(cfg.folder).read()})
 
 
-def _sampler(cfg: SweepConfig, study_trials: int = 0, worker: int = 0) -> optuna.samplers.BaseSampler:
+def _sampler(cfg: SweepConfig, study_trials: int = 0, worker: int = 0, salt: int = 0) -> optuna.samplers.BaseSampler:
     # samplers are not stored with the study: every worker builds its own. The seed moves with the trials
     # already in the study and the worker index, so a resumed sweep or a second worker does not replay
     # the first suggestions of a fresh sampler.
-    return optuna.samplers.TPESampler(seed=cfg.sampler_seed + 1000 * worker + study_trials, n_startup_trials=4,
-                                      multivariate=True)
+    seed = (cfg.sampler_seed + 1000 * worker + study_trials + salt) % 2**31
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=4, multivariate=True)
+
+
+def _process_salt(cfg: SweepConfig) -> int:
+    """0 for a sweep on its own storage (reproducible); host and pid on a storage given by URL, which
+    workers on other machines may join at the same moment (equal seeds would suggest equal knobs)."""
+    return 0 if cfg.storage is None else zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())
+
+
+_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
 
 
 def _complete(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
 
 
+def _same_knob(trial: optuna.Trial, knobs: dict[str, Any]) -> int | None:
+    """The number of another complete, or running, trial whose rounded knob equals this one's."""
+    for t in trial.study.get_trials(deepcopy=False, states=_STATES[:2]):
+        if t.number != trial.number and {k: float(f"{v:.3g}") for k, v in t.params.items()} == {
+                k: v for k, v in knobs.items() if k in t.params} and (t.state == _STATES[0] or is_active(trial.study, t)):
+            return t.number
+    return None
+
+
+def _claimed_before(study: optuna.Study, number: int) -> int:
+    """Trials numbered before `number` that are complete, queued or running (and will finish or be retried)."""
+    return sum(1 for t in study.get_trials(deepcopy=False, states=_STATES) if t.number < number
+               and (t.state != optuna.trial.TrialState.RUNNING or is_active(study, t)))
+
+
+POLL_S, MAX_PRUNED = 2.0, 20
+
+
+def work_on(study: optuna.Study, objective: Objective, attempts: int, on_trial: Callable[[], None] = lambda: None) -> None:
+    """Run trials until the study has `objective.wanted` complete ones, at most `attempts` of them here.
+
+    While the study has enough trials complete or running, wait on the running ones of other workers: if
+    one's worker dies, its trial fails (heartbeat, or dead pid on this host), is queued again and run here.
+    A trial that fails by itself (diverged) counts against `attempts`, so a hopeless sweep ends; one pruned
+    before it trained (a duplicate knob, or surplus) does not, up to MAX_PRUNED of them.
+    """
+    wanted, pruned = objective.wanted or attempts, 0
+    while attempts > 0 and pruned < MAX_PRUNED:
+        recover_dead_trials(study)
+        fail_stale(study)
+        trials = study.get_trials(deepcopy=False, states=_STATES)
+        waiting = sum(t.state == optuna.trial.TrialState.WAITING for t in trials)
+        complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+        running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and is_active(study, t)]
+        if waiting or complete + len(running) < wanted:
+            states: list[optuna.trial.TrialState] = []
+            study.optimize(objective, n_trials=1, catch=(), callbacks=[lambda s, t: states.append(t.state)])
+            if states == [optuna.trial.TrialState.PRUNED]:
+                pruned += 1
+                continue
+            attempts -= 1
+            on_trial()
+        elif running:
+            time.sleep(POLL_S)
+        else:
+            return
+
+
 def _optimize(cfg: SweepConfig, study: optuna.Study, objective: Objective, remaining: int, bar: tqdm) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if cfg.workers == 1:
-        study.optimize(objective, n_trials=remaining, callbacks=[lambda s, t: bar.update(1)], catch=())
+        work_on(study, objective, remaining, lambda: bar.update(1))
         return
     shares = [remaining // cfg.workers + (i < remaining % cfg.workers) for i in range(cfg.workers)]
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(cfg, objective.method, objective.break_even, n, i), daemon=False)
+    procs = [ctx.Process(target=_worker, args=(cfg, objective.method, objective.break_even, n, objective.wanted, i),
+                         daemon=False)
              for i, n in enumerate(shares) if n]
     for p in procs:
         p.start()
@@ -279,14 +356,15 @@ def _optimize(cfg: SweepConfig, study: optuna.Study, objective: Objective, remai
         raise UserError(f"{len(failed)} sweep worker(s) exited with codes {failed}: see their messages above")
 
 
-def _worker(cfg: SweepConfig, method: str, break_even: float | None, n_trials: int, index: int) -> None:
+def _worker(cfg: SweepConfig, method: str, break_even: float | None, n_trials: int, wanted: int | None,
+            index: int) -> None:
     """A worker process: joins the study and runs its share of trials."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     profile = load_profile(cfg.profile)
     data = None if cfg.dataset.startswith("imagefolder:") else load_dataset(cfg.dataset)
     study = optuna.load_study(study_name=cfg.study_name(method), storage=open_storage(cfg.storage_url))
-    study.sampler = _sampler(cfg, len(study.trials), index + 1)
-    study.optimize(Objective(cfg, profile, method, break_even, data), n_trials=n_trials, catch=())
+    study.sampler = _sampler(cfg, len(study.trials), index + 1, salt=_process_salt(cfg))
+    work_on(study, Objective(cfg, profile, method, break_even, data, wanted), n_trials)
 
 
 def run_matches(cfg: SweepConfig, profile: Profile, data: Any) -> None:
