@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=10, help="timed training steps per variant and round")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; reported values are medians")
     p.add_argument("--flops-targets", default="0.7,0.5,0.3", help="kept FLOPs fractions of the pruned models")
-    p.add_argument("--round-to", type=int, default=8, help="also measure the 0.5 plan with channels rounded to this (1: skip)")
+    p.add_argument("--round-to", default="8,16", help="also measure the 0.5 plan with kept channels rounded to these multiples")
     p.add_argument("--ref-workers", type=int, default=2, help="DataLoader workers of the reference loop")
     p.add_argument("--compile", action="store_true", help="also measure the harness step under torch.compile")
     p.add_argument("--out", default=None, help="output folder (default RESULTS_DIR/perf)")
@@ -270,12 +270,16 @@ def cmd_perf(args: argparse.Namespace) -> int:
     bad = [t for t in targets if not 0 < t < 1]
     if bad or not names:
         raise UserError(f"--flops-targets {bad} must lie in (0, 1) and --models must name at least one model")
+    try:
+        round_to = tuple(int(r) for r in args.round_to.split(",") if r.strip())
+    except ValueError:
+        raise UserError(f"--round-to {args.round_to!r} is not a list of whole numbers: use e.g. 8,16") from None
     for flag, value in (("--batch-size", args.batch_size), ("--steps", args.steps), ("--rounds", args.rounds),
-                        ("--round-to", args.round_to)):
+                        ("--round-to", min(round_to, default=1))):
         if value < 1:
             raise UserError(f"{flag} {value} must be at least 1")
     cfg = perf.PerfConfig(models=names, batch_size=args.batch_size, steps=args.steps, rounds=args.rounds,
-                          flops_targets=targets, round_to=args.round_to, ref_workers=max(args.ref_workers, 0),
+                          flops_targets=targets, round_to=round_to, ref_workers=max(args.ref_workers, 0),
                           device=resolve_device(args.device), compile=args.compile)
     out = Path(args.out) if args.out else results_dir() / "perf"
     csv, md = perf.run(cfg, out, "python -m bench " + " ".join(sys.argv[1:]))

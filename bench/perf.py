@@ -52,7 +52,7 @@ class PerfConfig:
     steps: int = 10                    # timed training steps per round and variant
     rounds: int = 3                    # interleaved rounds; values are medians over rounds
     flops_targets: tuple[float, ...] = (0.7, 0.5, 0.3)   # kept fraction of the baseline's FLOPs
-    round_to: int = 8                  # also measure the 50% plan with kept channels rounded to this (1: skip)
+    round_to: tuple[int, ...] = (8, 16)  # also measure the 50% plan with kept channels rounded to these multiples
     ref_workers: int = 2               # DataLoader workers of the reference loop (pytorch-cifar's value)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     compile: bool = False              # also measure the harness step with torch.compile
@@ -253,8 +253,8 @@ def pruned_plans(model_name: str, base: nn.Module, cfg: PerfConfig) -> list[tupl
     l1 = methods.get_method("l1")
     out = []
     variants = [(t, 1) for t in cfg.flops_targets]
-    if cfg.round_to > 1 and 0.5 in cfg.flops_targets:
-        variants.append((0.5, cfg.round_to))
+    if 0.5 in cfg.flops_targets:
+        variants += [(0.5, r) for r in cfg.round_to if r > 1]
     for target, rnd in variants:
         ctx = methods.Context(base_cpu, groups, name, {"num_classes": 10}, (3, 32, 32), torch.device("cpu"),
                               plan_cost=cost, round_to=rnd)
@@ -381,6 +381,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
             "reference img/s": v.get(("train", "reference")),
             "harness img/s": v.get(("train", "harness")),
             "harness / reference": v.get(("train", "harness")) / v.get(("train", "reference")),
+            "s per CIFAR-10 epoch": 50000 / v.get(("train", "harness")),
             "DECORE gated img/s": v.get(("train", "decore_gated")),
             "gated step / plain step": v.get(("train", "harness")) / v.get(("train", "decore_gated")),
             "eval img/s": v.get(("eval", "harness")),
@@ -390,6 +391,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
         }
         if ("train", "harness_compiled") in v:
             row["compiled img/s"] = v[("train", "harness_compiled")]
+            row["compiled s per CIFAR-10 epoch"] = 50000 / v[("train", "harness_compiled")]
         train.append(row)
     out["train"] = pd.DataFrame(train)
 

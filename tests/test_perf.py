@@ -8,7 +8,7 @@ from bench.cli import main
 
 
 def test_perf_writes_tables_with_every_measurement(tmp_path):
-    cfg = perf.PerfConfig(models=("resnet20",), batch_size=8, steps=1, rounds=1, flops_targets=(0.5,), round_to=8,
+    cfg = perf.PerfConfig(models=("resnet20",), batch_size=8, steps=1, rounds=1, flops_targets=(0.5,), round_to=(8,),
                           ref_workers=0, eval_images=64, latency_repeats=2, device=torch.device("cpu"))
     csv, md = perf.run(cfg, tmp_path / "perf", "pytest")
     df = pd.read_csv(csv)
