@@ -142,7 +142,7 @@ def test_three_workers_one_killed_every_trial_once(postgres, tmp_path):
 
 
 def _running_trial_of(storage: optuna.storages.RDBStorage, proc: subprocess.Popen, deadline: float) -> int:
-    """The id of a trial that `proc` is running (its pid recorded by the objective), once there is one."""
+    """The id of a trial that `proc` is running with its knob chosen (so it is training), once there is one."""
     while time.time() < deadline:
         assert proc.poll() is None, "the worker to kill ended before it started a trial"
         try:
@@ -151,7 +151,7 @@ def _running_trial_of(storage: optuna.storages.RDBStorage, proc: subprocess.Pope
             time.sleep(0.5)
             continue
         for t in storage.get_all_trials(study_id, states=(optuna.trial.TrialState.RUNNING,)):
-            if t.user_attrs.get("pid") in _pids(proc):
+            if t.user_attrs.get("pid") in _pids(proc) and t.params:
                 return t._trial_id
         time.sleep(0.2)
     raise AssertionError("the worker to kill never started a trial")
