@@ -45,6 +45,21 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     return path
 
 
+def check_writable(folder: str | Path, name: str = "RESULTS_DIR") -> None:
+    """Refuse a folder that cannot be created or written, before anything trains; leaves nothing behind
+    (the probe is an unnamed temporary file in the nearest existing parent)."""
+    folder = Path(folder).absolute()
+    probe = next(p for p in (folder, *folder.parents) if p.exists())
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(f"{probe} is a file")
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise UserError(f"{name}={str(folder)!r} is not writable ({e.strerror or e}): "
+                        f"set {name} to a folder you can write, e.g. {name}=./results") from None
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
     def _write(tmp: str) -> None:
         with open(tmp, "w") as f:
