@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 
 MODES = ("auto", "online", "offline", "off")
 SECRET_KEYS = ("api_key", "apikey", "password", "passwd", "token", "secret")
-_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*://[^/\s:@]*:)[^/\s@]+@")
+# greedy up to the last "@" before the host: a password holding a raw "@" is hidden whole
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*://[^/\s:@]*:)[^/\s]+@")
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:password|passwd|pwd)=)[^&\s]+", re.IGNORECASE)
 MODEL_FILES = ("plan.json", "model.pt")
 
 
@@ -43,7 +45,7 @@ def scrub(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [scrub(v) for v in obj]
     if isinstance(obj, (str, Path)):
-        return _URL_PASSWORD.sub(r"\g<head>***@", str(obj))
+        return _QUERY_PASSWORD.sub(r"\g<head>***", _URL_PASSWORD.sub(r"\g<head>***@", str(obj)))
     return obj
 
 
