@@ -98,12 +98,24 @@ def _store(spec: BaselineSpec, folder: Path, model: nn.Module, meta: dict[str, A
 
 def load_user_checkpoint(model: nn.Module, path: str | Path, model_name: str) -> None:
     state = load_state_dict(path)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        detail = " ".join(str(e).split())[:200]
+    detail = _mismatch(model.state_dict(), state)
+    if detail:
         raise UserError(f"checkpoint {str(path)!r} does not fit model {model_name!r} ({detail}): "
-                        "pass weights trained for this architecture and number of classes") from None
+                        "pass weights trained for this architecture and number of classes")
+    model.load_state_dict(state)
+
+
+def _mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str:
+    """What keeps a state_dict from loading, in a few words (torch's message lists every key)."""
+    parts = []
+    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} tensors of another shape, e.g. {k} {tuple(state[k].shape)} instead of {tuple(own[k].shape)}")
+    for what, keys in (("missing", [k for k in own if k not in state]), ("unexpected", [k for k in state if k not in own])):
+        if keys:
+            parts.append(f"{len(keys)} {what} keys, e.g. {keys[0]}")
+    return "; ".join(parts)
 
 
 def get_baseline(model_name: str, dataset: str, recipe: Recipe, *, seed: int = 0, subset_per_class: int | None = None,

@@ -311,10 +311,22 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return UserError, KnobError, PruningError, models.UnknownModelError
 
 
+WRITES_RESULTS = ("baseline", "run", "sweep")
+
+
+def _check_results_dir() -> None:
+    from .baseline import results_dir
+    from .io import check_writable
+
+    check_writable(results_dir())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.command in WRITES_RESULTS:
+            _check_results_dir()
         return COMMANDS[args.command](args)
     except _user_errors() as e:
         print(f"error: {e}", file=sys.stderr)

@@ -98,9 +98,12 @@ def download_cifar(name: str, root: Path) -> None:
 
     cls = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[name]
     raw = root / "raw"
+    created = next((p for p in (*reversed(raw.parents), raw) if not p.exists()), None)
     try:
         splits = {s: cls(str(raw), train=(s == "train"), download=True) for s in ("train", "test")}
     except Exception as e:  # URLError, RuntimeError("Dataset not found or corrupted"), PermissionError ...
+        if created is not None:  # a failed download leaves no empty folders behind
+            shutil.rmtree(created, ignore_errors=True)
         raise UserError(
             f"{name} is not in {str(root / name)!r} and could not be downloaded ({type(e).__name__}: {e}): "
             f"set DATA_DIR to a folder holding {name}/train.npz and {name}/test.npz, or allow the download"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +46,21 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     return path
 
 
+def check_writable(folder: str | Path, name: str = "RESULTS_DIR") -> None:
+    """Refuse a folder that cannot be created or written, before anything trains; leaves nothing behind
+    (the probe is an unnamed temporary file in the nearest existing parent)."""
+    folder = Path(folder).absolute()
+    probe = next(p for p in (folder, *folder.parents) if p.exists())
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(f"{probe} is a file")
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise UserError(f"{name}={str(folder)!r} is not writable ({e.strerror or e}): "
+                        f"set {name} to a folder you can write, e.g. {name}=./results") from None
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
     def _write(tmp: str) -> None:
         with open(tmp, "w") as f:
@@ -75,9 +91,8 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle of modules, random bytes ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(
-            f"checkpoint {str(path)!r} cannot be loaded safely ({first[:160]}): "
+            f"checkpoint {str(path)!r} cannot be loaded safely ({_load_failure(e)}): "
             "pass a state_dict saved with torch.save(model.state_dict(), path)"
         ) from None
     for key in ("state_dict", "model", "model_state_dict", "net"):
@@ -91,3 +106,21 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if obj and all(k.startswith(prefix) for k in obj):
             obj = {k[len(prefix):]: v for k, v in obj.items()}
     return obj
+
+
+_PICKLED_CLASS = re.compile(r"Unsupported global: GLOBAL (\S+)")
+
+
+def _load_failure(e: Exception) -> str:
+    """torch.load's multi-paragraph errors, in a few words for a one-line message."""
+    text = str(e)
+    if isinstance(e, EOFError) or not text.strip():
+        return f"{type(e).__name__}: the file is empty or cut short"
+    if "central directory" in text or "zip archive" in text:
+        return "a truncated or corrupt zip archive"
+    if m := _PICKLED_CLASS.search(text):
+        return f"it pickles the Python object {m.group(1)}, which weights_only=True refuses"
+    if "WeightsUnpickler error:" in text:
+        detail = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())
+        return f"not a torch checkpoint: {detail[:80]}"
+    return re.sub(r"\x1b\[[0-9;]*m", "", text.strip().splitlines()[0])[:120]

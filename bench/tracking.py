@@ -14,6 +14,7 @@ import netrc
 import numbers
 import os
 import re
+import socket
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -29,7 +30,9 @@ log = logging.getLogger(__name__)
 
 MODES = ("auto", "online", "offline", "off")
 SECRET_KEYS = ("api_key", "apikey", "password", "passwd", "token", "secret")
-_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*://[^/\s:@]*:)[^/\s@]+@")
+# greedy up to the last "@" before the host: a password holding a raw "@" is hidden whole
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*://[^/\s:@]*:)[^/\s]+@")
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:password|passwd|pwd)=)[^&\s]+", re.IGNORECASE)
 MODEL_FILES = ("plan.json", "model.pt")
 
 
@@ -42,7 +45,7 @@ def scrub(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [scrub(v) for v in obj]
     if isinstance(obj, (str, Path)):
-        return _URL_PASSWORD.sub(r"\g<head>***@", str(obj))
+        return _QUERY_PASSWORD.sub(r"\g<head>***", _URL_PASSWORD.sub(r"\g<head>***@", str(obj)))
     return obj
 
 
@@ -83,6 +86,19 @@ def flatten(row: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
         elif isinstance(v, numbers.Real) and not isinstance(v, bool):
             out[key] = float(v) if not isinstance(v, numbers.Integral) else int(v)
     return out
+
+
+def check_reachable(url: str, timeout: float = 5.0) -> None:
+    """Raise ConnectionError when the W&B server's port does not answer. wandb.init would retry for its
+    init_timeout (90 s) per process before failing; a closed port or a dead network is known in seconds."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return  # wandb goes through the proxy: a direct connection proves nothing
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname or "", port), timeout=timeout).close()
+    except OSError as e:
+        raise ConnectionError(f"cannot reach {parsed.hostname}:{port} ({e.strerror or e})") from None
 
 
 @functools.cache
@@ -206,12 +222,15 @@ class Tracker:
             if self.mode != "online":
                 self._give_up("init", e)
                 return None
-            log.warning("W&B online init failed (%s: %s): writing runs offline instead", type(e).__name__, e)
+            log.warning("W&B online init failed (%s: %s): writing runs offline instead", type(e).__name__,
+                        str(e).splitlines()[0][:200] if str(e) else "")
             self.mode = "offline"
             return self._init(**kwargs)
 
     def _start(self, **kwargs: Any) -> Any:
         import wandb
+        if self.mode == "online":
+            check_reachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
         self.directory.mkdir(parents=True, exist_ok=True)
         # create_new: a sweep's summary run and trial runs may overlap in one process;
         # silent/console off: the harness prints its own progress; no stats: the system monitor would add

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .errors import UserError
 from .recipe import Recipe
 
 class Diverged(RuntimeError):
@@ -31,9 +32,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        from .errors import UserError
         raise UserError(f"device {name!r} requested but CUDA is not available here: use --device cpu")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device {name!r} is not a torch device: use auto, cpu, cuda or cuda:N") from None
 
 
 def autocast_for(device: torch.device, bf16: bool | None = None) -> Callable[[], contextlib.AbstractContextManager]:

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 import methods
+import models
 from methods.core import KeepPlan, channel_groups, prune_model
 
 from .baseline import Baseline, get_baseline, results_dir
@@ -78,6 +79,22 @@ def validate(cfg: TrialConfig) -> tuple[methods.Method, dict[str, Any], str]:
     return method, knobs, scope
 
 
+def precheck(cfg: TrialConfig, method: methods.Method, knobs: dict[str, Any], scope: str, data: ArrayDataset) -> None:
+    """Knob values the architecture alone decides (a FLOPs target), checked on an untrained model: an
+    impossible one fails before the baseline trains, so nothing is written."""
+    name = _resolve_name(cfg.model)
+    input_size = (3, *data.train.x.shape[1:3])
+    model = models.create(name, num_classes=data.num_classes).eval()
+    groups = channel_groups(model, torch.randn(1, *input_size), scope, name=name)
+    ctx = methods.Context(model, groups, name, {"num_classes": data.num_classes}, input_size, torch.device("cpu"),
+                          cfg.seed, plan_cost=lambda plan: profile_model(prune_model(model, plan), input_size),
+                          round_to=cfg.round_to)
+    try:
+        method.precheck(ctx, **knobs)
+    except methods.KnobError as e:
+        raise UserError(str(e)) from None
+
+
 def _loaders(data: ArrayDataset | None, dataset: str, recipe: Recipe, device: torch.device, seed: int):
     return open_loaders(dataset, recipe.batch_size, device, seed=seed, subset_per_class=recipe.subset_per_class, data=data)
 
@@ -99,8 +116,6 @@ def experiment_dir(model: str, dataset: str, profile: str) -> Path:
 
 
 def _resolve_name(model: str) -> str:
-    import models
-
     try:
         return models.resolve(model)
     except models.UnknownModelError as e:
@@ -124,6 +139,8 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
     if (folder / "result.json").is_file():
         return read_json(folder / "result.json")
     data = data if data is not None or cfg.dataset.startswith("imagefolder:") else load_dataset(cfg.dataset)
+    if data is not None and any(knobs.get(k) is not None for k in method.structural_knobs):
+        precheck(cfg, method, knobs, scope, data)
     t_start = time.perf_counter()
     base = get_baseline(cfg.model, cfg.dataset, load_recipe(cfg.baseline_recipe), seed=cfg.seed, device=device,
                         data=data)

@@ -107,6 +107,12 @@ class Method:
     def check_combination(self, knobs: Mapping[str, Any]) -> None:
         """Refuse knob sets the method cannot run with (checked before anything trains)."""
 
+    structural_knobs: ClassVar[tuple[str, ...]] = ()  # knobs `precheck` needs the architecture for
+
+    def precheck(self, ctx: Context, **knobs: Any) -> None:
+        """Refuse knob values the architecture cannot meet; `ctx.model` is untrained (weights do not matter),
+        so an impossible value fails before the baseline trains. Called when a `structural_knobs` one is set."""
+
     extra_options: ClassVar[dict[str, str]] = {}  # non-numeric options: name -> help
 
     def select(self, ctx: Context, **knobs: Any) -> Result:

@@ -18,6 +18,7 @@ from .base import Context, Knob, KnobError, Method, Result, keep_top, round_up
 from .core import ChannelGroup
 
 FLOPS_TOLERANCE = 0.01  # relative
+MAX_RATIO = 1.0 - 1e-6  # every group down to its last channel(s)
 
 # Li et al. 2017 (../shared/reference/li2017.md): conv layers numbered from 1 (the stem), per-stage ratios,
 # sensitive layers skipped; VGG-16-A prunes conv1 and conv8..13 by half. Block-internal channels only.
@@ -83,6 +84,14 @@ class ScoredMethod(Method):
             raise KnobError(f"method {self.name!r} needs exactly one of ratio, flops_target, preset or stage_ratios; "
                             f"got {given or 'none'} (e.g. --knob ratio=0.5)")
 
+    structural_knobs: ClassVar[tuple[str, ...]] = ("flops_target",)
+
+    def precheck(self, ctx: Context, **knobs: Any) -> None:
+        # the FLOPs of a plan depend on its channel counts only, never on the scores: zeros will do
+        if knobs.get("flops_target") is not None:
+            zeros = {g.id: torch.zeros(g.units) for g in ctx.groups}
+            self._smallest(ctx, float(knobs["flops_target"]), *self._flops_curve(ctx, zeros))
+
     def select(self, ctx: Context, **knobs: Any) -> Result:
         self.check_combination(knobs)
         scores = self.scores(ctx)
@@ -144,26 +153,13 @@ class ScoredMethod(Method):
         When two neighbouring ratios straddle the target by more than the tolerance, the groups whose
         counts differ between them are moved one at a time (smallest FLOPs step first) until it fits.
         """
-        if ctx.plan_cost is None:
-            raise KnobError("flops_target needs the engine's plan_cost")
-        base = ctx.plan_cost(ctx.plan({}))["flops"]
+        fraction, uniform = self._flops_curve(ctx, scores)
         tol = FLOPS_TOLERANCE * target
-
-        def fraction(counts: Mapping[str, int]) -> tuple[float, Any]:
-            plan = ctx.plan(self._masks(ctx, scores, {}, counts))
-            return ctx.plan_cost(plan)["flops"] / base, plan
-
-        def uniform(r: float) -> dict[str, int]:
-            return self._counts(ctx, {g.id: r for g in ctx.groups})
-
-        lo, hi = 0.0, 1.0 - 1e-6
+        lo, hi = 0.0, MAX_RATIO
         f_lo, plan_lo = fraction(uniform(lo))
         if f_lo <= target + tol:
             return Result(plan_lo, info={"ratio": 0.0, "flops_fraction": f_lo})  # nothing to remove
-        f_hi, plan_hi = fraction(uniform(hi))
-        if f_hi > target + tol:
-            raise KnobError(f"flops_target {target:g} cannot be met at scope {ctx.groups.scope!r}: the smallest reachable "
-                            f"is {f_hi:.3f} of the baseline's FLOPs; raise the target or use scope all")
+        f_hi, plan_hi = self._smallest(ctx, target, fraction, uniform)
         if abs(f_hi - target) <= tol:
             return Result(plan_hi, info={"ratio": hi, "flops_fraction": f_hi})
         for _ in range(40):  # invariant: f(lo) > target + tol, f(hi) < target - tol
@@ -175,6 +171,29 @@ class ScoredMethod(Method):
             if uniform(lo) == uniform(hi) or hi - lo < 1e-9:
                 break
         return self._straddle(ctx, uniform(lo), uniform(hi), fraction, target, tol, lo)
+
+    def _flops_curve(self, ctx: Context, scores: Mapping[str, torch.Tensor]):
+        """fraction(counts) -> (pruned FLOPs / baseline FLOPs, plan), and uniform(ratio) -> counts."""
+        if ctx.plan_cost is None:
+            raise KnobError("flops_target needs the engine's plan_cost")
+        base = ctx.plan_cost(ctx.plan({}))["flops"]
+
+        def fraction(counts: Mapping[str, int]) -> tuple[float, Any]:
+            plan = ctx.plan(self._masks(ctx, scores, {}, counts))
+            return ctx.plan_cost(plan)["flops"] / base, plan
+
+        def uniform(r: float) -> dict[str, int]:
+            return self._counts(ctx, {g.id: r for g in ctx.groups})
+        return fraction, uniform
+
+    @staticmethod
+    def _smallest(ctx: Context, target: float, fraction, uniform) -> tuple[float, Any]:
+        """The smallest reachable FLOPs fraction and its plan; a target below it is refused."""
+        f_hi, plan_hi = fraction(uniform(MAX_RATIO))
+        if f_hi > target * (1 + FLOPS_TOLERANCE):
+            raise KnobError(f"flops_target {target:g} cannot be met at scope {ctx.groups.scope!r}: the smallest reachable "
+                            f"is {f_hi:.3f} of the baseline's FLOPs; raise the target or use scope all")
+        return f_hi, plan_hi
 
     @staticmethod
     def _straddle(ctx: Context, above: dict[str, int], below: dict[str, int], fraction, target: float, tol: float,

@@ -96,6 +96,7 @@ def validate(cfg: SweepConfig) -> Profile:
     if cfg.match not in (None, "decore"):
         raise UserError(f"--match {cfg.match!r} is not supported: use --match decore")
     resolve_device(cfg.device)
+    ResultsTable(cfg.folder).read()  # a table broken by hand is refused before anything trains or is written
     return profile
 
 

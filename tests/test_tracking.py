@@ -153,6 +153,7 @@ def test_init_failure_falls_back_once_then_turns_off(tmp_path: Path, monkeypatch
         raise TimeoutError("Run initialization has timed out after 90.0 sec")
 
     monkeypatch.setattr(wandb, "init", broken_init)
+    monkeypatch.setattr(tracking, "check_reachable", lambda url: None)  # the server answers; init still fails
     monkeypatch.setenv("WANDB_MODE", "online")
     tracker = Tracker(directory=tmp_path)
     run = tracker.trial("t", group="g", job_type="decore", config={})
