@@ -21,6 +21,7 @@ import torch.nn as nn
 
 import models
 
+from . import dist
 from .data import ArrayDataset, open_loaders
 from .env import environment
 from .errors import UserError
@@ -80,7 +81,8 @@ def _load_cached(spec: BaselineSpec, folder: Path) -> Baseline | None:
         model.load_state_dict(load_state_dict(weights))
     except (UserError, RuntimeError, KeyError) as e:
         log.warning("baseline cache entry %s is corrupt (%s); rebuilding it", folder, str(e).splitlines()[0])
-        shutil.rmtree(folder, ignore_errors=True)
+        if dist.is_main():
+            shutil.rmtree(folder, ignore_errors=True)
         return None
     return Baseline(spec, folder, model.eval(), meta, cached=True)
 
@@ -133,7 +135,7 @@ def get_baseline(model_name: str, dataset: str, recipe: Recipe, *, seed: int = 0
     spec = BaselineSpec(name, dataset, recipe, seed, subset, ckpt_sha)
     folder = (results_dir() if root is None else Path(root)) / "baselines" / spec.key
     cached = _load_cached(spec, folder)
-    if cached is not None:
+    if dist.all_true(cached is not None):  # under torchrun: every rank loads it, or every rank trains
         return cached
     with _locked(folder):  # workers sharing RESULTS_DIR train a baseline once; the others wait, then load it
         return _load_cached(spec, folder) or _build(spec, folder, checkpoint, device, channels_last, compile, data)
@@ -177,8 +179,10 @@ def _build(spec: BaselineSpec, folder: Path, checkpoint: str | Path | None, devi
             "train_seconds": train_seconds, "train_images": len(loaders.train) * recipe.batch_size,
             "params": count_params(model), "flops": count_flops(model, loaders.input_size),
             "input_size": list(loaders.input_size), "num_classes": loaders.num_classes,
-            "environment": environment(device)}
-    _store(spec, folder, model, meta)
+            "environment": environment(device), "world_size": dist.world_size()}
+    if dist.is_main():
+        _store(spec, folder, model, meta)
+    dist.barrier()  # the entry exists before any rank goes on
     return Baseline(spec, folder, model, meta, cached=False)
 
 

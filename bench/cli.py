@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @command
 def cmd_baseline(args: argparse.Namespace) -> int:
+    from . import dist
     from .baseline import get_baseline
     from .recipe import load_recipe
     from .train import resolve_device
@@ -120,8 +121,10 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         raise UserError(f"--subset {args.subset} must be a positive number of images per class")
     t0 = time.perf_counter()
     b = get_baseline(args.model, args.dataset, recipe, seed=args.seed, subset_per_class=args.subset,
-                     checkpoint=args.checkpoint, device=resolve_device(args.device),
+                     checkpoint=args.checkpoint, device=dist.setup(resolve_device(args.device)),
                      channels_last=args.channels_last, compile=args.compile)
+    if not dist.is_main():
+        return 0
     m = b.meta
     how = "cached" if b.cached else m["source"]
     print(f"{b.spec.key} ({how}, {time.perf_counter() - t0:.1f}s): top-1 {m['test']['top1']:.2f}%  "
@@ -135,6 +138,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     # the CLI is the one place that reaches up into sweeps/ (the engine itself never imports it)
     from sweeps.study import SweepConfig, run_sweep
 
+    from . import dist
+
+    if dist.launched():
+        raise UserError("sweep does not run under torchrun: start the sweep with python -m bench, or run single "
+                        "trials with torchrun ... -m bench run")
     cfg = SweepConfig(args.model, args.dataset, args.profile, tuple(m.strip() for m in args.methods.split(",") if m.strip()),
                       args.trials, args.seeds, args.storage, args.workers, args.device, args.scope, args.match,
                       args.equal_epochs, args.round_to, args.wandb, compile=args.compile)
@@ -171,6 +179,7 @@ def _parse_knobs(pairs: list[str]) -> dict[str, str]:
 
 @command
 def cmd_run(args: argparse.Namespace) -> int:
+    from . import dist
     from .trial import TrialConfig, run_trial
     from .train import resolve_device
 
@@ -178,7 +187,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                       scope=args.scope, seed=args.seed, baseline_recipe=args.baseline_recipe,
                       joint_recipe=args.joint_recipe, finetune_recipe=args.finetune_recipe, round_to=args.round_to,
                       profile=args.label)
-    row = run_trial(cfg, resolve_device(args.device), compile=args.compile)
+    row = run_trial(cfg, dist.setup(resolve_device(args.device)), compile=args.compile)
+    if not dist.is_main():
+        return 0
     print(f"{row['method']} {row['knobs']} scope={row['scope']}: top-1 {row['top1_pct']:.2f}% "
           f"(baseline {row['base_top1_pct']:.2f}%, before fine-tune {row['top1_before_finetune_pct']:.2f}%)  "
           f"params {row['params'] / 1e6:.3f}M (-{row['params_reduction_pct']:.1f}%)  "
@@ -334,6 +345,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "bench.dist" in sys.modules:  # torchrun: leave the process group cleanly
+            sys.modules["bench.dist"].teardown()
 
 
 if __name__ == "__main__":

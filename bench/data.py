@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import dist
 from .errors import UserError
 from .io import atomic_write
 
@@ -146,12 +147,22 @@ class DeviceLoader:
 
     Iterating yields (images float N x C x H x W, labels int64 N). A fresh permutation per epoch
     comes from a seeded generator, so runs are reproducible.
+
+    With `world` > 1 (torchrun) `batch_size` is per rank. Training: every rank draws the same permutation
+    (same seed) and takes slice `rank` of each global batch of batch_size * world images, so the ranks'
+    batches i together are the one-process batch i and every rank has the same number of batches;
+    crops and flips come from a per-rank generator. Evaluation: each rank reads a contiguous slice.
     """
 
     def __init__(self, split: ArraySplit, mean: tuple[float, ...], std: tuple[float, ...], batch_size: int,
                  device: torch.device | str = "cpu", train: bool = False, pad: int = 4, flip: bool = True,
-                 drop_last: bool | None = None, channels_last: bool = True, seed: int = 0) -> None:
+                 drop_last: bool | None = None, channels_last: bool = True, seed: int = 0,
+                 rank: int = 0, world: int = 1) -> None:
         self.device = torch.device(device)
+        if world > 1 and not train:  # evaluation: this rank's contiguous slice; counts are summed by evaluate()
+            part = np.array_split(np.arange(len(split.y)), world)[rank]
+            split = ArraySplit(split.x[part], split.y[part])
+        self.rank, self.world = rank, world
         self.x = torch.from_numpy(split.x).to(self.device).permute(0, 3, 1, 2).contiguous()
         self.y = torch.from_numpy(split.y).to(self.device)
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1) * 255
@@ -160,14 +171,30 @@ class DeviceLoader:
         self.drop_last = train if drop_last is None else drop_last
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.aug_generator = self.generator if world == 1 or not train else \
+            torch.Generator(device=self.device).manual_seed(seed + 1_000_003 * (rank + 1))
+
+    def _samples(self) -> int:
+        """Images this rank sees per epoch (training: the same on every rank)."""
+        return len(self.y) // self.world if self.train else len(self.y)
 
     def __len__(self) -> int:
-        n = len(self.y)
+        n = self._samples()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def _shard(self, order: torch.Tensor) -> torch.Tensor:
+        """This rank's part of the epoch's permutation: slice `rank` of every global batch, then of the rest."""
+        b, w, n = self.batch_size, self.world, self._samples()
+        full = n // b
+        head = order[: full * b * w].view(full, w, b)[:, self.rank].reshape(-1)
+        tail = order[full * b * w:][self.rank::w][: n - full * b]
+        return torch.cat([head, tail])
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.y)
-        order = torch.randperm(n, device=self.device, generator=self.generator) if self.train else None
+        n = self._samples()
+        order = torch.randperm(len(self.y), device=self.device, generator=self.generator) if self.train else None
+        if order is not None and self.world > 1:
+            order = self._shard(order)
         for i in range(len(self)):
             sl = slice(i * self.batch_size, min((i + 1) * self.batch_size, n))
             idx = order[sl] if order is not None else sl
@@ -181,21 +208,26 @@ class DeviceLoader:
         n, _, h, w = x.shape
         if self.pad:
             x = torch.nn.functional.pad(x, (self.pad,) * 4)
-            dy, dx = (torch.randint(0, 2 * self.pad + 1, (2, n, 1), device=x.device, generator=self.generator))
+            dy, dx = (torch.randint(0, 2 * self.pad + 1, (2, n, 1), device=x.device, generator=self.aug_generator))
             rows = (torch.arange(h, device=x.device) + dy)[:, None, :, None]
             cols = (torch.arange(w, device=x.device) + dx)[:, None, None, :]
             x = x[torch.arange(n, device=x.device)[:, None, None, None],
                   torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
         if self.flip:
-            mask = torch.rand(n, device=x.device, generator=self.generator) < 0.5
+            mask = torch.rand(n, device=x.device, generator=self.aug_generator) < 0.5
             x = torch.where(mask[:, None, None, None], x.flip(3), x)
         return x
 
 
 def image_folder_loaders(root: str | Path, batch_size: int, image_size: int = 224, workers: int = 8,
-                         device: torch.device | str = "cpu") -> tuple[object, object, int]:
-    """ImageNet-layout folders root/{train,val}/<class>/*.jpg through torchvision's DataLoader."""
-    from torch.utils.data import DataLoader
+                         device: torch.device | str = "cpu", seed: int = 0) -> tuple[object, object, int]:
+    """ImageNet-layout folders root/{train,val}/<class>/*.jpg through torchvision's DataLoader.
+
+    Under torchrun both splits go through DistributedSampler (training: equal shards, reshuffled per
+    epoch with the same seed on every rank; validation: unshuffled shards whose counts evaluate() sums;
+    the sampler pads it to equal shards, repeating at most N - 1 images).
+    """
+    from torch.utils.data import DataLoader, DistributedSampler
     from torchvision import datasets, transforms as T
 
     root = Path(root)
@@ -209,8 +241,15 @@ def image_folder_loaders(root: str | Path, batch_size: int, image_size: int = 22
     val = datasets.ImageFolder(str(root / "val"), val_tf)
     pin = torch.device(device).type == "cuda"
     workers = min(workers, os.cpu_count() or 1)
-    return (_ToDevice(DataLoader(train, batch_size, shuffle=True, num_workers=workers, pin_memory=pin, drop_last=True), device),
-            _ToDevice(DataLoader(val, batch_size, shuffle=False, num_workers=workers, pin_memory=pin), device),
+    if dist.world_size() == 1:
+        return (_ToDevice(DataLoader(train, batch_size, shuffle=True, num_workers=workers, pin_memory=pin, drop_last=True), device),
+                _ToDevice(DataLoader(val, batch_size, shuffle=False, num_workers=workers, pin_memory=pin), device),
+                len(train.classes))
+    train_sampler = DistributedSampler(train, shuffle=True, seed=seed, drop_last=True)
+    val_sampler = DistributedSampler(val, shuffle=False)
+    return (_ToDevice(DataLoader(train, batch_size, sampler=train_sampler, num_workers=workers, pin_memory=pin,
+                                 drop_last=True), device),
+            _ToDevice(DataLoader(val, batch_size, sampler=val_sampler, num_workers=workers, pin_memory=pin), device),
             len(train.classes))
 
 
@@ -218,12 +257,15 @@ class _ToDevice:
     """Wrap a DataLoader so batches arrive on the device, non-blocking, in channels_last."""
 
     def __init__(self, loader, device) -> None:
-        self.loader, self.device = loader, torch.device(device)
+        self.loader, self.device, self.epoch = loader, torch.device(device), 0
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self):
+        if hasattr(self.loader.sampler, "set_epoch"):  # DistributedSampler: a new shuffle every epoch
+            self.loader.sampler.set_epoch(self.epoch)
+            self.epoch += 1
         for x, y in self.loader:
             yield (x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last),
                    y.to(self.device, non_blocking=True))
@@ -240,15 +282,25 @@ class Loaders:
 def open_loaders(dataset: str, batch_size: int, device: torch.device, *, seed: int = 0,
                  subset_per_class: int | None = None, channels_last: bool = True,
                  data: ArrayDataset | None = None) -> Loaders:
-    """Train and test loaders for a dataset name: cifar10, cifar100, synthetic or imagefolder:<path>."""
+    """Train and test loaders for a dataset name: cifar10, cifar100, synthetic or imagefolder:<path>.
+
+    Under torchrun `batch_size` stays the global batch (so a recipe means the same on any number of
+    GPUs): each of the N ranks loads batch_size / N images of it.
+    """
+    rank, world = dist.rank(), dist.world_size()
+    if batch_size % world:
+        raise UserError(f"batch size {batch_size} does not split over {world} processes: "
+                        f"use a recipe whose batch_size is a multiple of --nproc_per_node")
+    batch_size //= world
     if dataset.startswith("imagefolder:"):
         if subset_per_class:
             raise UserError("--subset works for array datasets (cifar10, cifar100, synthetic), not image folders")
-        train, test, n = image_folder_loaders(dataset.split(":", 1)[1], batch_size, device=device)
+        train, test, n = image_folder_loaders(dataset.split(":", 1)[1], batch_size, device=device, seed=seed)
         return Loaders(train, test, n, (3, 224, 224))
     data = data or load_dataset(dataset)
     train = DeviceLoader(data.train.subset_per_class(subset_per_class), data.mean, data.std, batch_size,
-                         device, train=True, channels_last=channels_last, seed=seed)
-    test = DeviceLoader(data.test, data.mean, data.std, max(batch_size, 500), device, channels_last=channels_last)
+                         device, train=True, channels_last=channels_last, seed=seed, rank=rank, world=world)
+    test = DeviceLoader(data.test, data.mean, data.std, max(batch_size, 500), device, channels_last=channels_last,
+                        rank=rank, world=world)
     h, w = data.train.x.shape[1:3]
     return Loaders(train, test, data.num_classes, (3, h, w))

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import dist
 from .errors import UserError
 from .recipe import Recipe
 
@@ -108,7 +109,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
-        for x, y in tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True):
+        for x, y in tqdm(loader, desc=desc, leave=False, disable=None if dist.is_main() else True, dynamic_ncols=True):
             with self.autocast():
                 loss, logits = self.step(self.model, x, y)
             self.optimizer.zero_grad(set_to_none=True)
@@ -121,8 +122,11 @@ class Trainer:
             loss_sum += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
+        totals = torch.stack([loss_sum.double(), correct.double(), loss_sum.new_tensor(seen, dtype=torch.float64)])
+        dist.all_reduce_(totals)  # every rank reports (and checks for divergence) the same global numbers
+        loss_sum, correct, seen = totals.tolist()
         seen = max(seen, 1)
-        return {"loss": float(loss_sum) / seen, "top1": 100.0 * float(correct) / seen}
+        return {"loss": loss_sum / seen, "top1": 100.0 * correct / seen}
 
 
 @torch.inference_mode()
@@ -135,7 +139,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device,
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros(2, device=device, dtype=torch.long)
     seen = 0
-    for x, y in tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True):
+    for x, y in tqdm(loader, desc=desc, leave=False, disable=None if dist.is_main() else True, dynamic_ncols=True):
         with autocast():
             logits = model(x)
         logits = logits.float()
@@ -143,9 +147,11 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device,
         correct += topk_correct(logits, y, (1, 5))
         seen += len(y)
     model.train(was_training)
+    totals = torch.cat([loss_sum.view(1).double(), correct.double(), loss_sum.new_tensor([seen], dtype=torch.float64)])
+    dist.all_reduce_(totals)  # under torchrun each rank evaluated its slice of the test set
+    loss, top1, top5, seen = totals.tolist()
     seen = max(seen, 1)
-    top1, top5 = (100.0 * c / seen for c in correct.tolist())
-    return {"loss": float(loss_sum) / seen, "top1": top1, "top5": top5}
+    return {"loss": loss / seen, "top1": 100.0 * top1 / seen, "top5": 100.0 * top5 / seen}
 
 
 def topk_correct(logits: torch.Tensor, y: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> torch.Tensor:
@@ -167,12 +173,14 @@ def fit(model: nn.Module, train_loader: Iterable, test_loader: Iterable | None, 
     `model`, and Dynamo's cache serves every later model of the same architecture in this process
     without recompiling (trials of one sweep worker; tests/test_train.py checks it). `bf16`: see autocast_for.
     Returns one dict per epoch (epoch, lr, train loss/top1, test loss/top1/top5, seconds of training).
+    Under torchrun the model trains wrapped in DistributedDataParallel; `model` itself stays unwrapped.
     """
     steps = len(train_loader)  # type: ignore[arg-type]
     optimizer = build_optimizer(model.parameters(), recipe)
     amp = autocast_for(device, bf16)
-    model = torch.compile(model) if compile else model
-    trainer = Trainer(model, optimizer, build_scheduler(optimizer, recipe, steps), device,
+    runner = dist.wrap(model, device)
+    runner = torch.compile(runner) if compile else runner
+    trainer = Trainer(runner, optimizer, build_scheduler(optimizer, recipe, steps), device,
                       step or ce_step(nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)), amp,
                       list(after_step))
     history = []
@@ -182,6 +190,7 @@ def fit(model: nn.Module, train_loader: Iterable, test_loader: Iterable | None, 
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
         row.update({f"train_{k}": v for k, v in trainer.train_epoch(train_loader, f"{desc}epoch {epoch + 1}").items()})
         row["train_seconds"] = time.perf_counter() - t0
+        dist.sync_buffers(model)  # rank 0's BatchNorm statistics everywhere: one model to evaluate, prune, save
         if not math.isfinite(row["train_loss"]):
             raise Diverged(f"{desc.strip() or 'training'}: loss became {row['train_loss']} in epoch {epoch + 1}")
         if test_loader is not None:

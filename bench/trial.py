@@ -23,6 +23,7 @@ import methods
 import models
 from methods.core import KeepPlan, channel_groups, prune_model
 
+from . import dist
 from .baseline import Baseline, get_baseline, results_dir
 from .data import ArrayDataset, DeviceLoader, load_dataset, open_loaders
 from .env import git_commit, package_versions
@@ -136,7 +137,7 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
     """
     method, knobs, scope = validate(cfg)
     folder = trial_folder(cfg)
-    if (folder / "result.json").is_file():
+    if dist.all_true((folder / "result.json").is_file()):
         return read_json(folder / "result.json")
     data = data if data is not None or cfg.dataset.startswith("imagefolder:") else load_dataset(cfg.dataset)
     if data is not None and any(knobs.get(k) is not None for k in method.structural_knobs):
@@ -162,14 +163,16 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
     ctx = methods.Context(work, groups, base.spec.model, model_args, input_size, device, cfg.seed,
                           train_loader=joint_loaders.train if joint_loaders else None,
                           test_loader=joint_loaders.test if joint_loaders else None,
-                          recipe=joint, fit=functools.partial(fit, compile=compile), plan_cost=plan_cost, log=lambda row: log_row("method", row),
-                          round_to=cfg.round_to)
+                          recipe=joint, fit=functools.partial(fit, compile=compile), plan_cost=plan_cost,
+                          log=lambda row: log_row("method", row), round_to=cfg.round_to, rank=dist.rank(),
+                          world_size=dist.world_size(), all_reduce=dist.all_reduce_)
     t0 = time.perf_counter()
     try:
         result = method.select(ctx, **knobs)
     except methods.KnobError as e:
         raise UserError(str(e)) from None
     select_seconds = time.perf_counter() - t0
+    dist.check_same(result.plan.to_json(), "the keep plan")
 
     # the method may have trained `work` (DECORE): prune that network, else the baseline
     source = work.cpu().to(memory_format=torch.contiguous_format).eval() if method.trains else base_cpu
@@ -184,6 +187,8 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
     finetune_seconds = time.perf_counter() - t1
     after = evaluate(runner, ft_loaders.test, device, amp)
     pruned = pruned.cpu().to(memory_format=torch.contiguous_format).eval()
+    if not dist.is_main():  # rank 0 measures (latency alone on its cores) and writes; the others get its row
+        return dist.broadcast_object(None)
 
     row = _row(cfg, scope, knobs, base, pruned, input_size, before_ft, after, result, joint, finetune,
                method.trains, select_seconds, finetune_seconds, time.perf_counter() - t_start, ft_history)
@@ -192,7 +197,7 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
     save_pruned(folder, result.plan, pruned)
     write_json(folder / "history.json", {"method": result.history, "finetune": ft_history, "info": result.info})
     write_json(folder / "result.json", row)  # last: its presence marks the trial finished
-    return row
+    return dist.broadcast_object(row)
 
 
 def _row(cfg, scope, knobs, base: Baseline, pruned, input_size, before_ft, after, result, joint, finetune,
@@ -224,6 +229,7 @@ def _row(cfg, scope, knobs, base: Baseline, pruned, input_size, before_ft, after
         # extras, kept in result.json only
         "select_seconds": select_seconds, "finetune_seconds": finetune_seconds,
         "baseline_key": base.spec.key, "info": {k: v for k, v in result.info.items() if k != "keep_prob"},
+        "world_size": dist.world_size(),
     }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -65,6 +65,11 @@ class Context:
     plan_cost: Callable[[KeepPlan], dict[str, int]] | None = None  # plan -> {"params", "flops"} of the pruned model
     log: Callable[[dict[str, Any]], None] = lambda row: None       # per-epoch statistics sink
     round_to: int = 1                 # named option: kept channels per group rounded up to a multiple
+    # many processes (torchrun): this process's rank, their number, and an in-place collective
+    # all_reduce(tensors, op) with op "sum" or "mean" (a no-op in one process)
+    rank: int = 0
+    world_size: int = 1
+    all_reduce: Callable[[Sequence[torch.Tensor | None], str], None] = lambda tensors, op="sum": None
 
     def plan(self, masks: Mapping[str, torch.Tensor]) -> KeepPlan:
         return KeepPlan.from_masks(self.groups, masks, self.model_name, model_args=dict(self.model_args),

@@ -11,11 +11,16 @@ channel with sigmoid(w) < 0.5 is removed.
 
 Named options beyond the paper (all off by default): `reward_baseline` (subtract each group's batch
 mean reward), `agent_lr`, `agent_init`, `per_batch` (one action per channel per batch, not per sample).
+
+Under torchrun each rank samples its own actions (its own seed) for its batch_size / N images; the
+agents' gradients are averaged across ranks before every Adam step, which equals the one-process
+gradient on the whole batch, and the epoch statistics are summed over ranks. With `reward_baseline`
+the baseline is each rank's own batch mean; with `per_batch` each rank draws one action per channel.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -65,8 +70,9 @@ class DecoreStep:
     """The gated training step: sample actions, gate, forward, cross-entropy + the agents' REINFORCE loss."""
 
     def __init__(self, agents: nn.ParameterList, gates: Gates, ids: list[str], lam: float,
-                 reward_baseline: bool, per_batch: bool, device: torch.device) -> None:
-        self.agents, self.gates, self.ids = agents, gates, ids
+                 reward_baseline: bool, per_batch: bool, device: torch.device,
+                 all_reduce: Callable[[Sequence[torch.Tensor], str], None] = lambda tensors, op="sum": None) -> None:
+        self.agents, self.gates, self.ids, self.all_reduce = agents, gates, ids, all_reduce
         self.lam, self.reward_baseline, self.per_batch = lam, reward_baseline, per_batch
         self.ce = nn.CrossEntropyLoss()
         self.stats = torch.zeros(3 + len(ids), device=device)   # [samples, ce sum, correct, reward per group...]
@@ -85,7 +91,8 @@ class DecoreStep:
         return ce + a_loss, logits
 
     def read(self) -> dict[str, Any]:
-        """Epoch means, read once from the device, then reset."""
+        """Epoch means over every rank's samples, read once from the device, then reset."""
+        self.all_reduce([self.stats], "sum")
         s = self.stats.tolist()
         self.stats.zero_()
         n = max(s[0], 1.0)
@@ -127,13 +134,17 @@ class Decore(Method):
         opt = torch.optim.Adam(agents.parameters(), lr=opts["agent_lr"])
 
         def agent_update() -> None:
+            # each rank's loss is a mean over its B samples: the average of the ranks' gradients is the
+            # gradient of the mean over all N * B samples, and keeps the agents identical on every rank
+            ctx.all_reduce([w.grad for w in agents], "mean")
             opt.step()
             opt.zero_grad(set_to_none=True)
 
         history: list[dict[str, Any]] = []
-        torch.manual_seed(ctx.seed)
+        torch.manual_seed(ctx.seed * ctx.world_size + ctx.rank)  # actions differ between ranks (one process: seed)
         with Gates(ctx.model, ctx.groups) as gates:
-            step = DecoreStep(agents, gates, ids, lam, opts["reward_baseline"], opts["per_batch"], ctx.device)
+            step = DecoreStep(agents, gates, ids, lam, opts["reward_baseline"], opts["per_batch"], ctx.device,
+                              ctx.all_reduce)
 
             def on_epoch(row: dict[str, Any]) -> None:
                 row.update(step.read())
