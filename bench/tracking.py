@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import struct
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -235,9 +236,16 @@ class Tracker:
         # create_new: a sweep's summary run and trial runs may overlap in one process;
         # silent/console off: the harness prints its own progress; no stats: the system monitor would add
         # background load to the latency measurements of a small machine
-        settings = wandb.Settings(silent=True, console="off", x_disable_stats=True)
-        run = wandb.init(project=self.project, dir=str(self.directory), mode=self.mode, reinit="create_new",
-                         settings=settings, **kwargs)
+        # W&B records the command line (sys.argv) in the run's metadata: a --storage URL would carry its
+        # password there, so the run sees the command line scrubbed
+        saved_argv = sys.argv
+        sys.argv = [scrub(a) if isinstance(a, str) else a for a in saved_argv]
+        try:
+            settings = wandb.Settings(silent=True, console="off", x_disable_stats=True)
+            run = wandb.init(project=self.project, dir=str(self.directory), mode=self.mode, reinit="create_new",
+                             settings=settings, **kwargs)
+        finally:
+            sys.argv = saved_argv
         if self.mode == "offline":
             _sync_hint(str(self.directory.absolute() / "wandb"))
         return run

@@ -230,3 +230,17 @@ def test_auto_mode_is_online_only_with_a_login(tmp_path: Path, monkeypatch: pyte
     assert tracking.resolve_mode("online") == "off"
     with pytest.raises(tracking.UserError, match="nope"):
         tracking.resolve_mode("nope")
+
+
+def test_command_line_password_never_reaches_the_run_files(offline: Path, monkeypatch: pytest.MonkeyPatch):
+    """W&B stores sys.argv in the run's metadata: a --storage URL with a password must arrive scrubbed."""
+    import sys
+    argv = ["bench", "sweep", "--storage", "postgresql://bench:s3cretpw@db.example:5432/sweeps"]
+    monkeypatch.setattr(sys, "argv", list(argv))
+    run = Tracker(directory=offline).trial("t", group="g", job_type="l1", config={})
+    run.finish({"top1_pct": 1.0})
+    path, _ = _read_finished(offline)
+    assert b"bench:***@db.example" in path.read_bytes()         # the scrubbed command line is there
+    leaks = [p for p in offline.rglob("*") if p.is_file() and b"s3cretpw" in p.read_bytes()]
+    assert not leaks
+    assert sys.argv == argv                                      # the process's own argv is untouched
