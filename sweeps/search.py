@@ -311,8 +311,6 @@ def run_search(cfg: SearchConfig, pruner: optuna.pruners.BasePruner | None = Non
     """Run (or top up) every method's study; save, mark and report the winners. Returns method -> winner."""
     budget, profile = check(cfg)
     trials = cfg.trials if cfg.trials is not None else profile.trials
-    if trials < 1:
-        raise UserError(f"TRIALS={trials} must be at least 1")
     device = resolve_device(cfg.device)
     storage = open_storage(cfg.sweep.storage_url)
     data = None if cfg.dataset.startswith("imagefolder:") else load_dataset(cfg.dataset)
