@@ -20,6 +20,8 @@ STORAGE ?=
 WANDB ?= auto
 COMPILE ?=
 SWEEP_ARGS ?=
+BUDGET ?=
+SEARCH_ARGS ?=
 DATA_DIR ?= data
 RESULTS_DIR ?= results
 export DATA_DIR RESULTS_DIR
@@ -27,13 +29,14 @@ export DATA_DIR RESULTS_DIR
 PERF_MODELS ?= resnet20,resnet56,resnet110
 PERF_ARGS ?=
 
-.PHONY: env test baseline bench worker report tables measure perf clean-env help
+.PHONY: env test baseline bench search worker report tables measure perf clean-env help
 
 help:
 	@echo "make test                      run the test suite"
 	@echo "make baseline MODEL=resnet20 DATASET=cifar10 RECIPE=cpu-tiny   train/cache a baseline"
 	@echo "make measure MODEL=resnet110   params, FLOPs, latency of a model"
 	@echo "make bench MODEL=resnet110 DATASET=cifar10 [PROFILE=fast] [METHODS=decore,l1,random] [TRIALS=8] [SEEDS=1]"
+	@echo "make search MODEL=resnet56 DATASET=cifar10 BUDGET=flops:0.5 [PROFILE=fast] [METHODS=...] [TRIALS=8]   best model per method under a budget"
 	@echo "make worker STORAGE=postgresql://... MODEL=... DATASET=...   join a running sweep from another machine"
 	@echo "make report / make tables    plots and tables from stored results (no training)"
 	@echo "make perf [PERF_MODELS=resnet20,resnet56,resnet110]   speed benchmark -> RESULTS_DIR/perf/"
@@ -64,6 +67,14 @@ SWEEP = $(PY) -m bench sweep --model $(MODEL) --dataset $(DATASET) --profile $(P
 # the sweep ends by writing its report (plots, tables, README) into RESULTS_DIR/<model>-<dataset>-<profile>/
 bench: env
 	$(SWEEP)
+
+# the most accurate pruned model per method under BUDGET (flops:0.5, params:0.4, flops:60M, params:0.4M, latency_ms:2.5);
+# winners, plan + weights and README.md go to RESULTS_DIR/<model>-<dataset>-<profile>/search/<budget>/
+search: env
+	@test -n "$(BUDGET)" || { echo "make search needs BUDGET=flops:0.5 (or params:0.4, flops:60M, params:0.4M, latency_ms:2.5)"; exit 2; }
+	$(PY) -m bench search --model $(MODEL) --dataset $(DATASET) --profile $(PROFILE) --budget '$(BUDGET)' \
+		--methods $(METHODS) --device $(DEVICE) --wandb $(WANDB) $(if $(TRIALS),--trials $(TRIALS)) \
+		$(if $(STORAGE),--storage '$(STORAGE)') $(SEARCH_ARGS)
 
 # the same sweep, joined from another machine through a shared storage (PostgreSQL, journal file)
 worker: env

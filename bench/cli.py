@@ -73,6 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile training (pays on GPUs; models of one "
                    "architecture reuse the compiled graph across trials)")
 
+    p = sub.add_parser("search", help="the most accurate pruned model per method under a budget (make search)")
+    _common_model_args(p)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--profile", default="smoke", help="smoke (CPU, minutes), fast (one GPU), paper")
+    p.add_argument("--budget", required=True, help="flops:0.5 or params:0.4 (fractions of the baseline), flops:60M, "
+                   "params:0.4M, latency_ms:2.5 (measured on this device)")
+    p.add_argument("--methods", default="decore,l1,random", help="comma-separated")
+    p.add_argument("--trials", type=int, default=None, help="trials per method (default: the profile's)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: the experiment's sqlite file)")
+    p.add_argument("--scope", default=None, choices=["internal", "all"], help="default: each method's")
+    p.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"],
+                   help="stops hopeless trials on their test top-1 after each fine-tune epoch")
+    p.add_argument("--decore-per-stage", action="store_true", help="also search one lambda factor per stage (beyond the paper)")
+    p.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "off"])
+
     p = sub.add_parser("report", help="Pareto plots, paper-style tables and README of stored results (no training)")
     p.add_argument("experiments", nargs="*", help="experiment folders (default: every RESULTS_DIR/*/runs.csv)")
 
@@ -148,6 +163,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                       args.equal_epochs, args.round_to, args.wandb, compile=args.compile)
     folder = run_sweep(cfg)
     print(f"results: {folder / 'runs.csv'}")
+    return 0
+
+
+@command
+def cmd_search(args: argparse.Namespace) -> int:
+    from sweeps.search import SearchConfig, run_search
+
+    cfg = SearchConfig(args.model, args.dataset, args.budget, args.profile,
+                       tuple(m.strip() for m in args.methods.split(",") if m.strip()), args.trials, args.storage,
+                       args.device, args.scope, args.decore_per_stage, args.pruner, args.wandb)
+    run_search(cfg)
+    print(f"results: {cfg.folder / 'README.md'}")
     return 0
 
 

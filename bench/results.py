@@ -64,6 +64,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "packages": ("string", "JSON: versions of torch, timm, torch-pruning, ..."),
     "device": ("string", "device the trial trained on"),
     "pareto": ("boolean", "on its method's front (max top-1, min FLOPs, complete rows)"),
+    "budget_winner": ("string", "budgets (e.g. flops:0.5; several joined by ;) whose search this trial won for its method"),
 }
 
 

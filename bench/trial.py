@@ -128,10 +128,15 @@ def trial_folder(cfg: TrialConfig) -> Path:
 
 
 def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | None = None,
-              log_row: Callable[[str, dict[str, Any]], None] | None = None, compile: bool = False) -> dict[str, Any]:
+              log_row: Callable[[str, dict[str, Any]], None] | None = None,
+              admit: Callable[[KeepPlan, nn.Module], None] | None = None,
+              finetune_test: bool = False, compile: bool = False) -> dict[str, Any]:
     """Run (or fetch, when already finished) one trial; returns its result (see `_row`).
 
-    `log_row(phase, row)` receives every epoch's statistics ("method" or "finetune") as they come.
+    `log_row(phase, row)` receives every epoch's statistics ("method" or "finetune") as they come; with
+    `finetune_test` the fine-tune rows carry test top-1 (a budgeted search prunes hopeless trials on it).
+    `admit(plan, pruned)` sees the pruned model before fine-tuning and may raise to stop the trial there
+    (a budgeted search does not fine-tune a model over its budget).
     `compile` trains the method's phase and the fine-tuning through torch.compile (an execution detail,
     not part of the trial's config hash, like the device).
     """
@@ -177,12 +182,15 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
     # the method may have trained `work` (DECORE): prune that network, else the baseline
     source = work.cpu().to(memory_format=torch.contiguous_format).eval() if method.trains else base_cpu
     pruned = prune_model(source, result.plan)
+    if admit is not None:
+        admit(result.plan, pruned)
     ft_loaders = _loaders(data, cfg.dataset, finetune, device, cfg.seed)
     runner = prepare_model(pruned, device)
     amp = autocast_for(device)
     before_ft = evaluate(runner, ft_loaders.test, device, amp)
     t1 = time.perf_counter()
-    ft_history = fit(runner, ft_loaders.train, None, finetune, device, desc=f"fine-tune {cfg.method} ", compile=compile,
+    ft_history = fit(runner, ft_loaders.train, ft_loaders.test if finetune_test else None, finetune, device,
+                     desc=f"fine-tune {cfg.method} ", compile=compile,
                      on_epoch=lambda row: log_row("finetune", row))
     finetune_seconds = time.perf_counter() - t1
     after = evaluate(runner, ft_loaders.test, device, amp)

@@ -10,7 +10,8 @@ while the network trains jointly with cross-entropy on the gated forward pass. A
 channel with sigmoid(w) < 0.5 is removed.
 
 Named options beyond the paper (all off by default): `reward_baseline` (subtract each group's batch
-mean reward), `agent_lr`, `agent_init`, `per_batch` (one action per channel per batch, not per sample).
+mean reward), `agent_lr`, `agent_init`, `per_batch` (one action per channel per batch, not per sample),
+`lambda_per_stage` (one multiplier of lambda per stage: group i's penalty is lambda * factor[stage of i]).
 
 Under torchrun each rank samples its own actions (its own seed) for its batch_size / N images; the
 agents' gradients are averaged across ranks before every Adam step, which equals the one-process
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 
 from .base import Context, Knob, KnobError, Method, Result, keep_top, register, round_up
 from .core import Gates
+from .scored import _parse_floats, stage_of
 
 AGENT_INIT = 6.9
 AGENT_LR = 0.01
@@ -46,16 +48,19 @@ def break_even_lambda(train_accuracy: float) -> float:
 
 
 def agent_loss(weights: Sequence[torch.Tensor], actions: Sequence[torch.Tensor], correct: torch.Tensor,
-               lam: float, reward_baseline: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+               lam: float | Sequence[float], reward_baseline: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """REINFORCE loss of the agents and the mean reward per group (both device tensors).
 
     weights[i]: (units_i,) agent weights; actions[i]: (N, units_i) or (1, units_i) in {0, 1};
-    correct: (N,) bool. Implements -(1/N) sum_b sum_i R_bi sum_j log pi(a_bij).
+    correct: (N,) bool; lam: one lambda, or one per group (option lambda_per_stage).
+    Implements -(1/N) sum_b sum_i R_bi sum_j log pi(a_bij).
     """
-    sign = torch.where(correct, 1.0, -float(lam))                     # +1 right, -lambda wrong
-    loss = sign.new_zeros(())
+    lams = [float(lam)] * len(weights) if isinstance(lam, (int, float)) else [float(v) for v in lam]
+    loss = correct.new_zeros((), dtype=torch.float32)
     rewards = []
-    for w, a in zip(weights, actions):
+    signs = {v: torch.where(correct, 1.0, -v) for v in set(lams)}    # +1 right, -lambda wrong
+    for w, a, lam_i in zip(weights, actions, lams):
+        sign = signs[lam_i]
         dropped = (1.0 - a).sum(1)                                    # (N,) or (1,)
         reward = dropped * sign                                       # (N,)
         if reward_baseline:
@@ -69,7 +74,7 @@ def agent_loss(weights: Sequence[torch.Tensor], actions: Sequence[torch.Tensor],
 class DecoreStep:
     """The gated training step: sample actions, gate, forward, cross-entropy + the agents' REINFORCE loss."""
 
-    def __init__(self, agents: nn.ParameterList, gates: Gates, ids: list[str], lam: float,
+    def __init__(self, agents: nn.ParameterList, gates: Gates, ids: list[str], lam: float | list[float],
                  reward_baseline: bool, per_batch: bool, device: torch.device,
                  all_reduce: Callable[[Sequence[torch.Tensor], str], None] = lambda tensors, op="sum": None) -> None:
         self.agents, self.gates, self.ids, self.all_reduce = agents, gates, ids, all_reduce
@@ -112,6 +117,7 @@ class Decore(Method):
         "agent_lr": f"Adam lr of the agents (paper: {AGENT_LR})",
         "agent_init": f"initial agent weight (paper: {AGENT_INIT})",
         "per_batch": "one action per channel per batch instead of per sample (beyond the paper; off)",
+        "lambda_per_stage": "comma-separated multipliers of lambda, one per stage, e.g. 1,0.5,2 (beyond the paper; off)",
     }
     default_scope: ClassVar[str] = "all"
     trains: ClassVar[bool] = True
@@ -143,7 +149,8 @@ class Decore(Method):
         history: list[dict[str, Any]] = []
         torch.manual_seed(ctx.seed * ctx.world_size + ctx.rank)  # actions differ between ranks (one process: seed)
         with Gates(ctx.model, ctx.groups) as gates:
-            step = DecoreStep(agents, gates, ids, lam, opts["reward_baseline"], opts["per_batch"], ctx.device,
+            lams = group_lambdas(ctx.groups, lam, opts["lambda_per_stage"])
+            step = DecoreStep(agents, gates, ids, lams, opts["reward_baseline"], opts["per_batch"], ctx.device,
                               ctx.all_reduce)
 
             def on_epoch(row: dict[str, Any]) -> None:
@@ -184,6 +191,20 @@ class Decore(Method):
         return stats
 
 
+def group_lambdas(groups: Sequence[Any], lam: float, factors: tuple[float, ...] | None) -> float | list[float]:
+    """Lambda of every group: one value (the paper), or lambda * factor of the group's stage (lambda_per_stage)."""
+    if factors is None:
+        return lam
+    out = []
+    for g in groups:
+        stage = stage_of(g.id)
+        if stage >= len(factors):
+            raise KnobError(f"lambda_per_stage has {len(factors)} entries but group {g.id} is in stage {stage + 1}: "
+                            "give one factor per stage")
+        out.append(lam * factors[stage])
+    return out
+
+
 def _options(knobs: dict[str, Any]) -> dict[str, Any]:
     def flag(v: Any) -> bool:
         if isinstance(v, bool):
@@ -200,5 +221,11 @@ def _options(knobs: dict[str, Any]) -> dict[str, Any]:
             raise KnobError(f"decore option {name}={v} must be a positive number")
         return v
 
+    factors = None
+    if knobs.get("lambda_per_stage") is not None:
+        factors = _parse_floats(knobs["lambda_per_stage"], "lambda_per_stage")
+        if not factors or not all(math.isfinite(f) and f > 0 for f in factors):
+            raise KnobError(f"lambda_per_stage={knobs['lambda_per_stage']!r} must be positive factors, e.g. 1,0.5,2")
     return {"reward_baseline": flag(knobs.get("reward_baseline", False)), "per_batch": flag(knobs.get("per_batch", False)),
-            "agent_lr": positive("agent_lr", AGENT_LR), "agent_init": positive("agent_init", AGENT_INIT)}
+            "agent_lr": positive("agent_lr", AGENT_LR), "agent_init": positive("agent_init", AGENT_INIT),
+            "lambda_per_stage": factors}

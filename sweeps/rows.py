@@ -20,14 +20,16 @@ def table_row(result: dict[str, Any], *, study: str, optuna_trial: int | None, d
     return row
 
 
-def failed_row(tc: TrialConfig, *, reason: str, study: str, optuna_trial: int | None, device: torch.device) -> dict[str, Any]:
+def failed_row(tc: TrialConfig, *, reason: str, study: str, optuna_trial: int | None, device: torch.device,
+               status: str = "failed", **measured: Any) -> dict[str, Any]:
+    """A trial that did not finish: failed, or (budgeted search) infeasible or pruned, with what was measured."""
     knob_name, knob_value = primary_knob(tc.knobs)
     return {"experiment": experiment_name(tc.model, tc.dataset, tc.profile), "row_type": "trial",
             "model": tc.model, "dataset": tc.dataset, "profile": tc.profile, "method": tc.method, "scope": tc.scope,
             "knob_name": knob_name, "knob_value": knob_value, "knobs": json.dumps(tc.knobs, sort_keys=True),
-            "seed": tc.seed, "status": "failed", "reason": reason, "config_hash": tc.key, "study": study,
+            "seed": tc.seed, "status": status, "reason": reason, "config_hash": tc.key, "study": study,
             "optuna_trial": optuna_trial, "device": device_name(device), "round_to": tc.round_to,
-            "git_commit": git_commit(), "packages": json.dumps(package_versions(), sort_keys=True)}
+            "git_commit": git_commit(), "packages": json.dumps(package_versions(), sort_keys=True), **measured}
 
 
 def baseline_row(base: Baseline, experiment: str, profile: str, seed: int) -> dict[str, Any]:

@@ -146,6 +146,14 @@ class Objective:
         return (sum(r["top1_pct"] for r in ok) / len(ok), sum(r["flops"] for r in ok) / len(ok))
 
 
+class Stopped(Exception):
+    """A trial stopped on purpose before it finished: `status` infeasible (over a search's budget) or pruned."""
+
+    def __init__(self, status: str, reason: str, measured: dict[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.status, self.measured = status, measured or {}
+
+
 SUMMARY_KEYS = ("top1_pct", "top5_pct", "top1_drop_pct", "params", "flops", "params_reduction_pct",
                 "flops_reduction_pct", "latency_cpu_b1_ms", "base_top1_pct", "knob_value", "wall_seconds")
 _TRACKERS: dict[tuple[str, str], Tracker] = {}
@@ -159,8 +167,13 @@ def tracker_for(cfg: SweepConfig) -> Tracker:
     return _TRACKERS[key]
 
 
-def run_and_record(cfg: SweepConfig, tc: TrialConfig, data: Any, study: str, number: int | None) -> dict[str, Any]:
-    """run_trial with its W&B run, then one row in the results table (a failed row when training diverged)."""
+def run_and_record(cfg: SweepConfig, tc: TrialConfig, data: Any, study: str, number: int | None, *,
+                   admit: Callable[..., None] | None = None,
+                   on_epoch: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """run_trial with its W&B run, then one row in the results table (a failed row when training diverged).
+
+    `admit` and `on_epoch` (budgeted search) may raise `Stopped`: the row records its status, then it propagates.
+    """
     table = ResultsTable(cfg.folder)
     device = resolve_device(cfg.device)
     folder = trial_folder(tc)
@@ -174,9 +187,12 @@ def run_and_record(cfg: SweepConfig, tc: TrialConfig, data: Any, study: str, num
     def log_row(phase: str, row: dict[str, Any]) -> None:
         crash_point("joint" if phase == "method" else phase)
         run.log_epoch(phase, row)
+        if on_epoch is not None:
+            on_epoch(phase, row)
 
     try:
-        result = run_trial(tc, device, data=data, log_row=log_row, compile=cfg.compile)
+        result = run_trial(tc, device, data=data, log_row=log_row, admit=admit, finetune_test=on_epoch is not None,
+                           compile=cfg.compile)
         row = table_row(result, study=study, optuna_trial=number, device=device, wandb_run_id=run.id)
         run.finish({k: row[k] for k in SUMMARY_KEYS if row.get(k) is not None},
                    kept_channels=json.loads(row["kept_channels"]), artifact_dir=folder)
@@ -184,6 +200,12 @@ def run_and_record(cfg: SweepConfig, tc: TrialConfig, data: Any, study: str, num
         reason = str(e).splitlines()[0][:300]
         run.fail(reason)
         row = failed_row(tc, reason=reason, study=study, optuna_trial=number, device=device)
+    except Stopped as e:
+        run.fail(f"{e.status}: {e}")
+        table.upsert(failed_row(tc, reason=str(e), study=study, optuna_trial=number, device=device, status=e.status,
+                                **e.measured))
+        tqdm.write(f"  {tc.method:7s} {json.dumps(tc.knobs, sort_keys=True)}  {e.status.upper()}: {e}")
+        raise
     except BaseException as e:
         run.fail(f"{type(e).__name__}: {e}")
         raise
@@ -196,7 +218,8 @@ def _summary_line(row: dict[str, Any]) -> None:
     if row["status"] != "complete":
         tqdm.write(f"  {row['method']:7s} {row['knob_name']}={row['knob_value']}  FAILED: {row['reason']}")
         return
-    tqdm.write(f"  {row['method']:7s} {row['knob_name']}={row['knob_value']:<10.4g} seed {row['seed']}: "
+    value = "" if row["knob_value"] is None else f"={row['knob_value']:<10.4g}"  # None: a preset or stage ratios
+    tqdm.write(f"  {row['method']:7s} {row['knob_name']}{value} seed {row['seed']}: "
                f"top-1 {row['top1_pct']:6.2f}%  FLOPs -{row['flops_reduction_pct']:5.1f}%  "
                f"params -{row['params_reduction_pct']:5.1f}%  ({row['wall_seconds']:.0f}s)")
 
@@ -217,18 +240,10 @@ def run_sweep(cfg: SweepConfig) -> Path:
     data = None if cfg.dataset.startswith("imagefolder:") else load_dataset(cfg.dataset)
     print_plan(cfg, profile, trials, device, data)
 
-    table = ResultsTable(cfg.folder)
     break_even = None
     for seed in range(cfg.seeds):
-        base = get_baseline(cfg.model, cfg.dataset, load_recipe(profile.baseline_for(_timm(cfg.model))), seed=seed,
-                            device=device, data=data)
-        table.upsert(baseline_row(base, cfg.folder.name, profile.name, seed))
-        if seed == 0 and data is not None:
-            acc = train_accuracy(base.model.to(device), data, load_recipe(profile.joint_recipe), device)
-            base.model.cpu()
-            break_even = break_even_lambda(min(max(acc, 1e-3), 1 - 1e-3))
-            print(f"baseline: top-1 {base.meta['test']['top1']:.2f}%, training accuracy {100 * acc:.2f}% "
-                  f"-> DECORE break-even lambda {break_even:.3g}")
+        _, be = prepare_baseline(cfg, profile, device, data, seed)
+        break_even = be if seed == 0 else break_even
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     bar = tqdm(total=trials * len(cfg.methods), desc="sweep", unit="trial", disable=None)
@@ -250,6 +265,21 @@ def run_sweep(cfg: SweepConfig) -> Path:
         run_matches(cfg, profile, data)
     write_report(cfg)
     return cfg.folder
+
+
+def prepare_baseline(cfg: SweepConfig, profile: Profile, device: torch.device, data: Any, seed: int) -> tuple[Any, float | None]:
+    """The (cached) baseline and its row in the results table; for seed 0 also DECORE's break-even lambda."""
+    base = get_baseline(cfg.model, cfg.dataset, load_recipe(profile.baseline_for(_timm(cfg.model))), seed=seed,
+                        device=device, data=data)
+    ResultsTable(cfg.folder).upsert(baseline_row(base, cfg.folder.name, profile.name, seed))
+    if seed != 0 or data is None:
+        return base, None
+    acc = train_accuracy(base.model.to(device), data, load_recipe(profile.joint_recipe), device)
+    base.model.cpu()
+    break_even = break_even_lambda(min(max(acc, 1e-3), 1 - 1e-3))
+    print(f"baseline: top-1 {base.meta['test']['top1']:.2f}%, training accuracy {100 * acc:.2f}% "
+          f"-> DECORE break-even lambda {break_even:.3g}")
+    return base, break_even
 
 
 def write_report(cfg: SweepConfig) -> None:

@@ -131,6 +131,27 @@ def test_all_correct_makes_keep_probabilities_fall():
     assert torch.sigmoid(w).mean().item() < start - 0.1
 
 
+def test_lambda_per_stage_scales_each_groups_penalty(synthetic):
+    """Named option lambda_per_stage: group i's loss equals the single-lambda loss at lambda * factor[stage]."""
+    from methods.decore import group_lambdas
+
+    torch.manual_seed(0)
+    ws = [torch.randn(4, requires_grad=True) for _ in range(2)]
+    acts = [torch.bernoulli(torch.full((6, 4), 0.5)) for _ in range(2)]
+    correct = torch.tensor([True, False, True, False, False, True])
+    both, _ = agent_loss(ws, acts, correct, [2.0, 8.0])
+    apart = agent_loss(ws[:1], acts[:1], correct, 2.0)[0] + agent_loss(ws[1:], acts[1:], correct, 8.0)[0]
+    assert both.item() == pytest.approx(apart.item())
+    groups = _ctx(models.create("resnet20"), synthetic).groups
+    lams = dict(zip([g.id for g in groups], group_lambdas(groups, 2.0, (1.0, 0.5, 4.0))))
+    assert lams["layer1.0.conv1"] == 2.0 and lams["layer2.1.conv1"] == 1.0 and lams["layer3.0.conv2"] == 8.0
+    assert group_lambdas(groups, 2.0, None) == 2.0  # off by default: the paper's single lambda
+    with pytest.raises(KnobError, match="lambda_per_stage has 2 entries"):
+        group_lambdas(groups, 2.0, (1.0, 1.0))
+    with pytest.raises(KnobError, match="must be positive"):
+        methods.get_method("decore").check_knobs({"lambda": 1, "lambda_per_stage": "1,-1,2"})
+
+
 def test_decore_compression_does_not_grow_with_lambda(trained, synthetic):
     """On the synthetic set: tiny lambda drops a lot, a huge lambda with errors present drops nothing."""
     decore = methods.get_method("decore")

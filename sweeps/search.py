@@ -1,0 +1,475 @@
+"""`make search`: the most accurate pruned model of each method under a FLOPs, params or latency budget.
+
+One single-objective Optuna study per method maximises top-1. The budget is an Optuna constraint
+(`Trial.set_constraint`, which TPESampler reads): a trial over budget stays in the study as infeasible and steers the
+sampler, but is not fine-tuned (its cost is known as soon as its channels are chosen). Hopeless trials
+stop early: test top-1 is reported after every fine-tune epoch to a median (or Hyperband) pruner.
+
+- DECORE searches lambda as the sweep does (a log range around the baseline's break-even lambda); with
+  `decore_per_stage` also one lambda factor per stage (named option `lambda_per_stage`, beyond the paper).
+- L1 and random take the scale of pruning that meets the budget (bisection on the real pruned model)
+  and search what is left: a uniform ratio, or per-stage shares of it.
+
+A winner is saved as plan + weights (`bench.pruned.load_pruned(folder)` rebuilds it), marked in the
+results table's `budget_winner` column and described in `<experiment>/search/<budget>/README.md`.
+Trials are ordinary trials of the experiment: same folders, same cache, same results table.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+import methods
+from bench.baseline import Baseline
+from bench.data import load_dataset
+from bench.errors import UserError
+from bench.io import atomic_write, write_json
+from bench.measure import count_flops, count_params, measure_latency
+from bench.pruned import load_pruned, save_pruned
+from bench.recipe import load_recipe
+from bench.results import ResultsTable
+from bench.train import resolve_device
+from bench.trial import trial_folder
+from methods.core import KeepPlan, channel_groups, prune_model
+from methods.scored import stage_of
+
+from .profile import Profile
+from .storage import mark_owner, open_storage, recover_dead_trials, scrub
+from .study import Objective, Stopped, SweepConfig, prepare_baseline, run_and_record, validate
+
+BUDGET_KINDS = {"flops": "FLOPs (conv+linear MACs)", "params": "parameters", "latency_ms": "batch-1 latency (ms) on this device"}
+_NUMBER = re.compile(r"^([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)([kmg]?)$", re.IGNORECASE)
+_SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
+MAX_RATIO = 0.99      # L1/random: the most any group is pruned (a group keeps at least one channel anyway)
+BISECT_STEPS = 14
+PRUNERS = ("median", "hyperband", "none")
+
+
+# ---------------------------------------------------------------- budgets
+
+@dataclass(frozen=True)
+class Budget:
+    kind: str           # flops, params, latency_ms
+    value: float
+    fraction: bool      # value is a fraction of the baseline's
+    text: str
+
+    @property
+    def slug(self) -> str:
+        return self.text.replace(":", "-")
+
+    def limit(self, base: dict[str, float]) -> float:
+        return self.value * base[self.kind] if self.fraction else self.value
+
+    def describe(self, base: dict[str, float]) -> str:
+        rel = f" ({self.value:g} of the baseline's {fmt(self.kind, base[self.kind])})" if self.fraction else ""
+        return f"{self.kind} <= {fmt(self.kind, self.limit(base))}{rel}"
+
+
+def parse_budget(text: str) -> Budget:
+    """flops:0.5 / params:0.4 (fractions of the baseline), flops:60M / params:0.4M (absolute), latency_ms:2.5."""
+    example = "e.g. flops:0.5, flops:60M, params:0.4M or latency_ms:2.5"
+    kind, sep, raw = str(text).strip().partition(":")
+    if not sep or not raw.strip():
+        raise UserError(f"budget {text!r} is not KIND:VALUE: write {example}")
+    kind, raw = kind.strip().lower(), raw.strip()
+    if kind not in BUDGET_KINDS:
+        close = difflib.get_close_matches(kind, list(BUDGET_KINDS), n=1)
+        hint = f"did you mean {close[0]}?" if close else f"use one of {', '.join(BUDGET_KINDS)}"
+        raise UserError(f"budget kind {kind!r} is unknown: {hint}")
+    m = _NUMBER.match(raw)
+    if not m:
+        raise UserError(f"budget value {raw!r} is not a number (optionally with K, M or G): {example}")
+    number, suffix = float(m.group(1)), m.group(2).lower()
+    if not (math.isfinite(number) and number > 0):
+        raise UserError(f"budget {text!r} must be positive: {example}")
+    if kind == "latency_ms":
+        if suffix:
+            raise UserError(f"budget {text!r}: latency is in milliseconds, without a K/M/G suffix (e.g. latency_ms:2.5)")
+        return Budget(kind, number, False, f"{kind}:{raw}")
+    fraction = not suffix and number <= 1.0
+    return Budget(kind, number * _SUFFIX[suffix], fraction, f"{kind}:{raw}")
+
+
+def fmt(kind: str, value: float) -> str:
+    return f"{value:.3f} ms" if kind == "latency_ms" else f"{value / 1e6:.3f}M"
+
+
+def measure_cost(kind: str, model: nn.Module, input_size: tuple[int, ...], device: torch.device) -> float:
+    """The budgeted quantity of a (pruned) model: FLOPs and params are exact; latency is measured on `device`."""
+    if kind == "flops":
+        return float(count_flops(model, input_size))
+    if kind == "params":
+        return float(count_params(model))
+    runner = copy.deepcopy(model).to(device) if device.type == "cuda" else model  # CPU: as the table's latency
+    return measure_latency(runner, input_size, batch_size=1, repeats=30)["median_ms"]
+
+
+def row_cost(kind: str, row: dict[str, Any]) -> float:
+    """The same quantity read from a results-table row (a trial the search found already finished)."""
+    if kind == "latency_ms":
+        gpu = row.get("latency_gpu_b1_ms")
+        return float(gpu if gpu is not None and gpu == gpu else row["latency_cpu_b1_ms"])
+    return float(row[kind])
+
+
+# ---------------------------------------------------------------- the search
+
+@dataclass(frozen=True)
+class SearchConfig:
+    model: str
+    dataset: str
+    budget: str
+    profile: str = "smoke"
+    methods: tuple[str, ...] = ("decore", "l1", "random")
+    trials: int | None = None           # per method; None: the profile's
+    storage: str | None = None          # None: the experiment's sqlite file
+    device: str = "auto"
+    scope: str | None = None            # None: each method's default
+    decore_per_stage: bool = False      # beyond the paper: one lambda factor per stage
+    pruner: str = "median"
+    wandb: str = "auto"
+    sampler_seed: int = 0
+
+    @property
+    def sweep(self) -> SweepConfig:
+        """The same experiment as `make bench`: folder, storage, trial cache and results table are shared."""
+        return SweepConfig(self.model, self.dataset, self.profile, self.methods, self.trials, 1, self.storage, 1,
+                           self.device, self.scope, wandb=self.wandb, sampler_seed=self.sampler_seed)
+
+    @property
+    def folder(self) -> Path:
+        return self.sweep.folder / "search" / parse_budget(self.budget).slug
+
+    def study_name(self, method: str) -> str:
+        return f"{self.sweep.study_name(method)}-search-{parse_budget(self.budget).slug}"
+
+
+@dataclass
+class Setup:
+    """What every method's objective shares: the baseline, its costs and the budget's limit."""
+    cfg: SearchConfig
+    budget: Budget
+    profile: Profile
+    base: Baseline
+    base_cost: dict[str, float]
+    limit: float
+    device: torch.device
+    data: Any = field(default=None, repr=False)
+
+    @property
+    def input_size(self) -> tuple[int, ...]:
+        return tuple(self.base.meta["input_size"])
+
+
+@dataclass
+class SearchObjective:
+    setup: Setup
+    method: str
+    sweep_objective: Objective          # the sweep's knob ranges and TrialConfig builder
+    stages: int
+    planner: methods.Context | None     # L1/random: plans are cheap, costed before anything trains
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        mark_owner(trial)
+        tc = self.sweep_objective.config(self.knobs(trial), 0)
+        trial.set_user_attr("config_hash", tc.key)
+        trial.set_user_attr("trial_folder", str(trial_folder(tc)))
+        s = self.setup
+        try:
+            row = run_and_record(s.cfg.sweep, tc, s.data, s.cfg.study_name(self.method), trial.number,
+                                 admit=lambda plan, model: self.admit(trial, plan, model),
+                                 on_epoch=lambda phase, r: self.on_epoch(trial, phase, r))
+        except Stopped as e:
+            if e.status == "pruned":
+                raise optuna.TrialPruned(str(e)) from None
+            return 0.0  # infeasible: not fine-tuned; TPE ranks infeasible trials by their violation only
+        if row["status"] != "complete":
+            trial.set_user_attr("reason", row.get("reason"))
+            return float("nan")  # Optuna records a failed trial; the search goes on
+        if "budget_value" not in trial.user_attrs:  # finished before (the trial cache): judge its row
+            self._judge(trial, row_cost(s.budget.kind, row))
+        return float(row["top1_pct"])
+
+    # -- the search space
+
+    def knobs(self, trial: optuna.Trial) -> dict[str, Any]:
+        if methods.get_method(self.method).trains:
+            knobs = self.sweep_objective.knob(trial)
+            if self.setup.cfg.decore_per_stage and self.stages > 1:
+                factors = [trial.suggest_float(f"lambda_factor_{i + 1}", 0.25, 4.0, log=True) for i in range(self.stages)]
+                knobs["lambda_per_stage"] = ",".join(f"{f:.3g}" for f in factors)
+            return knobs
+        layout = trial.suggest_categorical("layout", ["uniform", "per_stage"]) if self.stages > 1 else "uniform"
+        shares = [1.0] * self.stages
+        if layout == "per_stage":
+            shares = [trial.suggest_float(f"stage_share_{i + 1}", 0.1, 1.0) for i in range(self.stages)]
+        ratios = self.ratios_for(shares)
+        trial.set_user_attr("ratios", ratios)
+        options = self.setup.profile.methods[self.method].options
+        if layout == "uniform":
+            return {"ratio": ratios[0], **options}
+        return {"stage_ratios": ",".join(f"{r:g}" for r in ratios), **options}
+
+    def ratios_for(self, shares: list[float]) -> list[float]:
+        """Per-stage ratios min(t * share, MAX_RATIO) at the smallest t that meets the budget (bisection on
+        the pruned model; cost falls as t grows). If even the largest t cannot, that plan is returned and
+        `admit` records the trial as infeasible with what it reached."""
+        def ratios(t: float) -> list[float]:  # rounded up (more pruning), so rounding never breaks the budget
+            return [min(math.ceil(min(t * s, MAX_RATIO) * 1e4) / 1e4, MAX_RATIO) for s in shares]
+
+        lo, hi = 0.0, MAX_RATIO / min(shares)
+        if self._cost(ratios(lo)) <= self.setup.limit:
+            return ratios(lo)
+        if self._cost(ratios(hi)) > self.setup.limit:
+            return ratios(hi)
+        for _ in range(BISECT_STEPS):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if self._cost(ratios(mid)) <= self.setup.limit else (mid, hi)
+        return ratios(hi)
+
+    def _cost(self, ratios: list[float]) -> float:
+        assert self.planner is not None
+        plan = methods.get_method(self.method).select(self.planner, stage_ratios=ratios).plan
+        return measure_cost(self.setup.budget.kind, prune_model(self.setup.base.model, plan), self.setup.input_size,
+                            self.setup.device)
+
+    # -- hooks inside the trial
+
+    def admit(self, trial: optuna.Trial, plan: KeepPlan, pruned: nn.Module) -> None:
+        """Before fine-tuning: measure the budgeted cost; over budget -> infeasible, not fine-tuned."""
+        s = self.setup
+        flops, params = count_flops(pruned, s.input_size), count_params(pruned)
+        kept = {gid: [len(k), plan.units[gid]] for gid, k in plan.keep.items()}
+        trial.set_user_attr("flops", flops)
+        trial.set_user_attr("params", params)
+        value = measure_cost(s.budget.kind, pruned, s.input_size, s.device)
+        if not self._judge(trial, value):
+            raise Stopped("infeasible", f"{s.budget.kind} {fmt(s.budget.kind, value)} is over the budget "
+                          f"{fmt(s.budget.kind, s.limit)}", self._measured(flops, params, kept))
+
+    def on_epoch(self, trial: optuna.Trial, phase: str, row: dict[str, Any]) -> None:
+        """After every fine-tune epoch: report test top-1; the pruner may stop the trial."""
+        if phase != "finetune" or "test_top1" not in row:
+            return
+        trial.report(float(row["test_top1"]), int(row["epoch"]))
+        if trial.should_prune():
+            a = trial.user_attrs
+            raise Stopped("pruned", f"test top-1 {row['test_top1']:.2f}% after fine-tune epoch {row['epoch']} is "
+                          "below the pruner's bar", self._measured(a.get("flops"), a.get("params")))
+
+    def _judge(self, trial: optuna.Trial, value: float) -> bool:
+        """The budget as an Optuna constraint (relative excess, <= 0 feasible): TPE ranks infeasible trials by it."""
+        constraint = (value - self.setup.limit) / self.setup.limit
+        trial.set_user_attr("budget_value", value)
+        trial.set_constraint("budget", constraint)
+        return constraint <= 0
+
+    def _measured(self, flops: int | None, params: int | None, kept: dict | None = None) -> dict[str, Any]:
+        b = self.setup.base_cost
+        out: dict[str, Any] = {"base_flops": int(b["flops"]), "base_params": int(b["params"]),
+                               "base_top1_pct": self.setup.base.meta["test"]["top1"]}
+        if flops is not None and params is not None:
+            out.update(flops=flops, params=params, flops_reduction_pct=100 * (1 - flops / b["flops"]),
+                       params_reduction_pct=100 * (1 - params / b["params"]))
+        if kept is not None:
+            out["kept_channels"] = json.dumps(kept)
+        return out
+
+
+def check(cfg: SearchConfig) -> tuple[Budget, Profile]:
+    """Everything typed by the user, checked before anything trains or is written."""
+    budget = parse_budget(cfg.budget)
+    profile = validate(cfg.sweep)
+    if cfg.pruner not in PRUNERS:
+        raise UserError(f"--pruner {cfg.pruner!r} is unknown: use one of {', '.join(PRUNERS)}")
+    return budget, profile
+
+
+def build_pruner(name: str, profile: Profile) -> optuna.pruners.BasePruner:
+    if name == "hyperband":
+        epochs = max(int(load_recipe(profile.finetune_recipe).epochs), 1)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+
+
+def run_search(cfg: SearchConfig, pruner: optuna.pruners.BasePruner | None = None) -> dict[str, dict[str, Any] | None]:
+    """Run (or top up) every method's study; save, mark and report the winners. Returns method -> winner."""
+    budget, profile = check(cfg)
+    trials = cfg.trials if cfg.trials is not None else profile.trials
+    device = resolve_device(cfg.device)
+    storage = open_storage(cfg.sweep.storage_url)
+    data = None if cfg.dataset.startswith("imagefolder:") else load_dataset(cfg.dataset)
+    base, break_even = prepare_baseline(cfg.sweep, profile, device, data, 0)
+    base.model.cpu().eval()
+    base_cost = {"flops": float(base.meta["flops"]), "params": float(base.meta["params"])}
+    if budget.kind == "latency_ms":
+        base_cost["latency_ms"] = measure_cost("latency_ms", base.model, tuple(base.meta["input_size"]), device)
+    setup = Setup(cfg, budget, profile, base, base_cost, budget.limit(base_cost), device, data)
+    print(f"search: {cfg.sweep.folder.name}, budget {budget.describe(base_cost)}; {trials} trials per method "
+          f"({', '.join(cfg.methods)}), pruner {cfg.pruner}, storage {scrub(cfg.sweep.storage_url)}")
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    winners: dict[str, dict[str, Any] | None] = {}
+    counts: dict[str, int] = {}
+    for method in cfg.methods:
+        study = optuna.create_study(study_name=cfg.study_name(method), storage=storage, load_if_exists=True,
+                                    direction="maximize", pruner=pruner or build_pruner(cfg.pruner, profile))
+        # samplers are not stored: the seed moves with the trials already there, so a resume does not replay
+        study.sampler = optuna.samplers.TPESampler(seed=cfg.sampler_seed + len(study.trials), n_startup_trials=4,
+                                                   multivariate=True)
+        objective = _objective(setup, method, break_even)
+        recovered = recover_dead_trials(study)
+        if recovered:
+            tqdm.write(f"{method}: trials {recovered} were interrupted; they run again")
+        if not study.trials and objective.planner is not None and objective.stages > 1:
+            study.enqueue_trial({"layout": "uniform"})  # the plain answer first: the uniform ratio at the budget
+        done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)))
+        if trials > done:
+            study.optimize(objective, n_trials=trials - done, catch=())
+        winners[method] = save_winner(setup, method, study)
+        counts = {k: counts.get(k, 0) + v for k, v in trial_counts(study).items()}
+    write_search_report(setup, winners)
+    if not any(winners.values()):
+        raise UserError(unreachable_message(setup, counts))
+    return winners
+
+
+def _objective(setup: Setup, method: str, break_even: float | None) -> SearchObjective:
+    m = methods.get_method(method)
+    scope = setup.cfg.scope or m.default_scope
+    model = copy.deepcopy(setup.base.model)
+    groups = channel_groups(model, torch.randn(1, *setup.input_size), scope, name=setup.base.spec.model)
+    stages = 1 + max((stage_of(g.id) for g in groups), default=0)
+    planner = None
+    if not m.trains:
+        planner = methods.Context(model, groups, setup.base.spec.model, {"num_classes": setup.base.meta["num_classes"]},
+                                  setup.input_size, torch.device("cpu"), 0)
+    return SearchObjective(setup, method, Objective(setup.cfg.sweep, setup.profile, method, break_even, setup.data),
+                           stages, planner)
+
+
+# ---------------------------------------------------------------- winners and the report
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    """complete (feasible), infeasible, pruned, failed: as the results table records them."""
+    states = optuna.trial.TrialState
+    out = {"complete": 0, "infeasible": 0, "pruned": 0, "failed": 0}
+    for t in study.get_trials(deepcopy=False):
+        if t.state == states.COMPLETE:
+            out["infeasible" if t.constraints.get("budget", 0.0) > 0 else "complete"] += 1
+        elif t.state == states.PRUNED:
+            out["pruned"] += 1
+        elif t.state == states.FAIL:
+            out["failed"] += 1
+    return out
+
+
+def save_winner(setup: Setup, method: str, study: optuna.Study) -> dict[str, Any] | None:
+    """The best feasible complete trial: its model saved as plan + weights, its row marked in the table."""
+    try:
+        best = study.best_trial  # Optuna picks among feasible trials only (constraints <= 0)
+    except ValueError:
+        return None
+    table = ResultsTable(setup.cfg.sweep.folder)
+    df = table.read()
+    rows = df[df["config_hash"] == best.user_attrs["config_hash"]]
+    if rows.empty:
+        return None
+    row = _plain(rows.iloc[0].to_dict())
+    folder = setup.cfg.folder / method
+    plan, model = load_pruned(best.user_attrs["trial_folder"])
+    save_pruned(folder, plan, model)
+    _mark(table, df, method, row["config_hash"], setup.budget.text)
+    winner = {"method": method, "budget": setup.budget.text, "limit": setup.limit,
+              "budget_value": best.user_attrs["budget_value"], "found_at_trial": best.number + 1,
+              "trials": len(study.trials), **trial_counts(study), "folder": str(folder), "row": row}
+    write_json(folder / "winner.json", winner)
+    return winner
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    """A table row with pandas' missing values as None (JSON, and upsert, want plain values)."""
+    return {k: (None if pd.isna(v) else v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+
+
+def _mark(table: ResultsTable, df: pd.DataFrame, method: str, key: str, budget: str) -> None:
+    """`budget` in the winner's budget_winner column, and out of any other row of this method."""
+    for _, r in df[(df["method"] == method) & (df["row_type"] == "trial")].iterrows():
+        have = [b for b in ("" if pd.isna(r["budget_winner"]) else str(r["budget_winner"])).split(";") if b]
+        want = sorted((set(have) - {budget}) | ({budget} if r["config_hash"] == key else set()))
+        if want != sorted(have):
+            table.upsert({**_plain(r.to_dict()), "budget_winner": ";".join(want) or None})
+
+
+def unreachable_message(setup: Setup, counts: dict[str, int]) -> str:
+    """No winner: say what the smallest models reached, so the user knows how far off the budget is."""
+    if counts.get("pruned") or counts.get("failed"):  # models within the budget were tried but none finished
+        return (f"budget {setup.budget.text}: no trial within it finished ({counts['pruned']} pruned, "
+                f"{counts['failed']} failed, {counts['infeasible']} infeasible): run more trials (--trials) or "
+                "use --pruner none")
+    df = ResultsTable(setup.cfg.sweep.folder).read()
+    mine = df[df["study"].isin([setup.cfg.study_name(m) for m in setup.cfg.methods]) & df["flops"].notna()]
+    b, budget = setup.base_cost, setup.budget
+    head = f"budget {budget.text} ({budget.describe(b)}) was not met by any trial of {', '.join(setup.cfg.methods)}"
+    if mine.empty:
+        return f"{head}, and no trial got as far as choosing its channels: see the messages above"
+    flops, params = int(mine["flops"].min()), int(mine["params"].min())
+    scope = "" if setup.cfg.scope == "all" else "; --scope all prunes the residual streams too"
+    return (f"{head}: the smallest model reached has {fmt('flops', flops)} FLOPs ({flops / b['flops']:.3f} of the "
+            f"baseline's) and {fmt('params', params)} params ({params / b['params']:.3f}); relax the budget{scope}")
+
+
+def write_search_report(setup: Setup, winners: dict[str, dict[str, Any] | None]) -> Path:
+    """README.md in the search folder: the winners, their layer widths and the trials they took."""
+    cfg, b, meta = setup.cfg, setup.base_cost, setup.base.meta
+    lines = [f"# Budgeted search: {cfg.model} on {cfg.dataset} ({cfg.profile}), budget `{setup.budget.text}`", "",
+             f"Budget: {setup.budget.describe(b)}. Baseline: top-1 {meta['test']['top1']:.2f}%, "
+             f"{fmt('flops', b['flops'])} FLOPs, {fmt('params', b['params'])} params. Pruner: {cfg.pruner}"
+             f"{', DECORE per-stage lambda on' if cfg.decore_per_stage else ''}.", "",
+             "| method | top-1 (%) | FLOPs | params | latency (ms) | knobs | found at trial | trials (complete / infeasible / pruned / failed) |",
+             "| --- | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
+    for method, w in winners.items():
+        if w is None:
+            lines.append(f"| {method} | no feasible model | | | | | | |")
+            continue
+        r = w["row"]
+        lines.append(f"| {method} | {r['top1_pct']:.2f} | {fmt('flops', r['flops'])} (-{r['flops_reduction_pct']:.1f}%) | "
+                     f"{fmt('params', r['params'])} (-{r['params_reduction_pct']:.1f}%) | {_latency(r):.3f} | "
+                     f"`{r['knobs']}` | {w['found_at_trial']} | {w['trials']} ({w['complete']} / {w['infeasible']} / "
+                     f"{w['pruned']} / {w['failed']}) |")
+    for method, w in winners.items():
+        if w is None:
+            continue
+        kept = json.loads(w["row"]["kept_channels"])
+        lines += ["", f"## {method}", "", f"Rebuild: `from bench.pruned import load_pruned; plan, model = "
+                  f"load_pruned({w['folder']!r})`", "", "| layer group | kept | of |", "| --- | ---: | ---: |"]
+        lines += [f"| {gid} | {k} | {n} |" for gid, (k, n) in kept.items()]
+    path = cfg.folder / "README.md"
+    cfg.folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+    tqdm.write(f"search report: {path}")
+    for method, w in winners.items():
+        tqdm.write(f"  {method:7s} " + ("no feasible model" if w is None else
+                   f"winner top-1 {w['row']['top1_pct']:.2f}%  FLOPs {fmt('flops', w['row']['flops'])}  "
+                   f"params {fmt('params', w['row']['params'])}  latency {_latency(w['row']):.3f} ms  "
+                   f"(trial {w['found_at_trial']} of {w['trials']}) -> {w['folder']}"))
+    return path
+
+
+def _latency(row: dict[str, Any]) -> float:
+    return row_cost("latency_ms", row)
