@@ -137,8 +137,15 @@ def get_baseline(model_name: str, dataset: str, recipe: Recipe, *, seed: int = 0
     cached = _load_cached(spec, folder)
     if dist.all_true(cached is not None):  # under torchrun: every rank loads it, or every rank trains
         return cached
-    with _locked(folder):  # workers sharing RESULTS_DIR train a baseline once; the others wait, then load it
-        return _load_cached(spec, folder) or _build(spec, folder, checkpoint, device, channels_last, compile, data)
+    # workers sharing RESULTS_DIR train a baseline once; the others wait, then load it. Under torchrun the ranks
+    # are one worker: rank 0 takes the lock and the others wait for it at a barrier (a lock per rank would
+    # deadlock: the rank holding it trains in DDP and waits for the ranks waiting on the lock)
+    with _locked(folder) if dist.is_main() else contextlib.nullcontext():
+        dist.barrier()
+        cached = _load_cached(spec, folder)
+        if dist.all_true(cached is not None):
+            return cached
+        return _build(spec, folder, checkpoint, device, channels_last, compile, data)
 
 
 @contextlib.contextmanager
