@@ -22,7 +22,7 @@ import torch.nn as nn
 import models
 
 from . import dist
-from .data import ArrayDataset, open_loaders
+from .data import ArrayDataset, load_dataset, open_loaders
 from .env import environment
 from .errors import UserError
 from .faults import crash_point
@@ -137,6 +137,12 @@ def get_baseline(model_name: str, dataset: str, recipe: Recipe, *, seed: int = 0
     cached = _load_cached(spec, folder)
     if dist.all_true(cached is not None):  # under torchrun: every rank loads it, or every rank trains
         return cached
+    # bad input (an unknown or missing dataset, a checkpoint that does not fit) fails here, before the lock
+    # file of the cache entry exists: nothing is written
+    if data is None and not dataset.startswith("imagefolder:"):
+        data = load_dataset(dataset)
+    if checkpoint is not None and data is not None:
+        load_user_checkpoint(models.create(name, num_classes=data.num_classes), checkpoint, name)
     # workers sharing RESULTS_DIR train a baseline once; the others wait, then load it. Under torchrun the ranks
     # are one worker: rank 0 takes the lock and the others wait for it at a barrier (a lock per rank would
     # deadlock: the rank holding it trains in DDP and waits for the ranks waiting on the lock)
