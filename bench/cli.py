@@ -349,7 +349,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return UserError, KnobError, PruningError, models.UnknownModelError
 
 
-WRITES_RESULTS = ("baseline", "run", "sweep")
+WRITES_RESULTS = ("baseline", "run", "sweep", "search", "perf")
 
 
 def _check_results_dir() -> None:
