@@ -17,6 +17,9 @@ TRIALS ?=
 SEEDS ?= 1
 WORKERS ?= 1
 STORAGE ?=
+# the storage URL reaches the CLI through the environment, not the command line: make echoes commands and
+# `ps` shows them, and a PostgreSQL URL may carry a password
+export BENCH_STORAGE := $(STORAGE)
 WANDB ?= auto
 COMPILE ?=
 SWEEP_ARGS ?=
@@ -61,7 +64,7 @@ measure: env
 
 SWEEP = $(PY) -m bench sweep --model $(MODEL) --dataset $(DATASET) --profile $(PROFILE) --methods $(METHODS) \
 	--seeds $(SEEDS) --workers $(WORKERS) --device $(DEVICE) --wandb $(WANDB) \
-	$(if $(TRIALS),--trials $(TRIALS)) $(if $(STORAGE),--storage '$(STORAGE)') $(if $(filter 1 yes true,$(COMPILE)),--compile) \
+	$(if $(TRIALS),--trials $(TRIALS)) $(if $(filter 1 yes true,$(COMPILE)),--compile) \
 	$(SWEEP_ARGS)
 
 # the sweep ends by writing its report (plots, tables, README) into RESULTS_DIR/<model>-<dataset>-<profile>/
@@ -74,7 +77,7 @@ search: env
 	@test -n "$(BUDGET)" || { echo "make search needs BUDGET=flops:0.5 (or params:0.4, flops:60M, params:0.4M, latency_ms:2.5)"; exit 2; }
 	$(PY) -m bench search --model $(MODEL) --dataset $(DATASET) --profile $(PROFILE) --budget '$(BUDGET)' \
 		--methods $(METHODS) --device $(DEVICE) --wandb $(WANDB) $(if $(TRIALS),--trials $(TRIALS)) \
-		$(if $(STORAGE),--storage '$(STORAGE)') $(SEARCH_ARGS)
+		$(SEARCH_ARGS)
 
 # the same sweep, joined from another machine through a shared storage (PostgreSQL, journal file)
 worker: env

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="decore,l1,random", help="comma-separated")
     p.add_argument("--trials", type=int, default=None, help="trials per method (default: the profile's)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per suggested knob value (baseline included)")
-    p.add_argument("--storage", default=None, help="Optuna storage URL: sqlite:///f.db (default, in the experiment "
+    p.add_argument("--storage", default=os.environ.get("BENCH_STORAGE") or None, help="Optuna storage URL (or env BENCH_STORAGE, which keeps a password off the command line): sqlite:///f.db (default, in the experiment "
                    "folder), postgresql://user@host/db, journal:path.log")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
     p.add_argument("--scope", default=None, choices=["internal", "all"], help="default: each method's")
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "params:0.4M, latency_ms:2.5 (measured on this device)")
     p.add_argument("--methods", default="decore,l1,random", help="comma-separated")
     p.add_argument("--trials", type=int, default=None, help="trials per method (default: the profile's)")
-    p.add_argument("--storage", default=None, help="Optuna storage URL (default: the experiment's sqlite file)")
+    p.add_argument("--storage", default=os.environ.get("BENCH_STORAGE") or None, help="Optuna storage URL (default: the experiment's sqlite file)")
     p.add_argument("--scope", default=None, choices=["internal", "all"], help="default: each method's")
     p.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"],
                    help="stops hopeless trials on their test top-1 after each fine-tune epoch")
