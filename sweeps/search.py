@@ -187,12 +187,13 @@ class SearchObjective:
         mark_owner(trial)
         tc = self.sweep_objective.config(self.knobs(trial), 0)
         trial.set_user_attr("config_hash", tc.key)
+        last_epoch = int(load_recipe(tc.finetune_recipe).epochs) + int(tc.extra_finetune_epochs)
         trial.set_user_attr("trial_folder", str(trial_folder(tc)))
         s = self.setup
         try:
             row = run_and_record(s.cfg.sweep, tc, s.data, s.cfg.study_name(self.method), trial.number,
                                  admit=lambda plan, model: self.admit(trial, plan, model),
-                                 on_epoch=lambda phase, r: self.on_epoch(trial, phase, r))
+                                 on_epoch=lambda phase, r: self.on_epoch(trial, phase, r, last_epoch))
         except Stopped as e:
             if e.status == "pruned":
                 raise optuna.TrialPruned(str(e)) from None
@@ -272,12 +273,13 @@ class SearchObjective:
             raise Stopped("infeasible", f"{s.budget.kind} {fmt(s.budget.kind, value)} is over the budget "
                           f"{fmt(s.budget.kind, s.limit)}", self._measured(flops, params, kept))
 
-    def on_epoch(self, trial: optuna.Trial, phase: str, row: dict[str, Any]) -> None:
-        """After every fine-tune epoch: report test top-1; the pruner may stop the trial."""
+    def on_epoch(self, trial: optuna.Trial, phase: str, row: dict[str, Any], last_epoch: int) -> None:
+        """After every fine-tune epoch: report test top-1; the pruner may stop the trial before its last epoch
+        (after the last one there is nothing left to save: the finished model is kept and judged)."""
         if phase != "finetune" or "test_top1" not in row:
             return
         trial.report(float(row["test_top1"]), int(row["epoch"]))
-        if trial.should_prune():
+        if int(row["epoch"]) < last_epoch and trial.should_prune():
             a = trial.user_attrs
             raise Stopped("pruned", f"test top-1 {row['test_top1']:.2f}% after fine-tune epoch {row['epoch']} is "
                           "below the pruner's bar", self._measured(a.get("flops"), a.get("params")))
@@ -342,9 +344,10 @@ def run_search(cfg: SearchConfig, pruner: optuna.pruners.BasePruner | None = Non
         study = optuna.create_study(study_name=cfg.study_name(method), storage=storage, load_if_exists=True,
                                     direction="maximize", pruner=pruner or build_pruner(cfg.pruner, profile))
         # samplers are not stored: the seed moves with the trials already there, so a resume does not replay
-        # few random start-up trials: with a small budget of trials the constraint must steer early
-        study.sampler = optuna.samplers.TPESampler(seed=cfg.sampler_seed + len(study.trials),
-                                                   n_startup_trials=min(4, max(1, trials // 2)),
+        # DECORE: few random start-up trials, so that with a small number of trials the constraint steers early
+        # (its one knob maps monotonically onto compression); L1/random start from the uniform plan at the budget
+        startup = min(4, max(1, trials // 2)) if methods.get_method(method).trains else 4
+        study.sampler = optuna.samplers.TPESampler(seed=cfg.sampler_seed + len(study.trials), n_startup_trials=startup,
                                                    multivariate=True)
         objective = _objective(setup, method, break_even)
         recovered = recover_dead_trials(study)

@@ -1,5 +1,6 @@
 """Budgeted search on the synthetic set: winners within budget, infeasible and pruned trials recorded as such."""
 import json
+from pathlib import Path
 
 import optuna
 import pytest
@@ -53,7 +54,16 @@ def test_bad_budgets_are_one_line_errors(text, message, capsys):
     assert message in err and err.count("\n") == 1
 
 
-def test_winner_meets_the_budget_and_pruned_trials_are_pruned():
+def test_winner_meets_the_budget_and_pruned_trials_are_pruned(tmp_path, monkeypatch):
+    # two fine-tune epochs: the pruner judges after epoch 1 (after the last epoch nothing is left to save)
+    root = Path(__file__).resolve().parents[1]
+    recipe = json.loads((root / "bench" / "recipes" / "test-micro.json").read_text())
+    (tmp_path / "ft2.json").write_text(json.dumps({**recipe, "epochs": 2}))
+    profile = json.loads((root / "sweeps" / "profiles" / "test.json").read_text())
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "test.json").write_text(json.dumps({**profile, "finetune_recipe": str(tmp_path / "ft2.json")}))
+    monkeypatch.setattr("sweeps.profile.PROFILE_DIR", profiles)
     cfg = _cfg(methods=("l1",), trials=2)
     winners = run_search(cfg, pruner=PruneTrialOne())
     w = winners["l1"]
