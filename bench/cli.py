@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default="resnet20,resnet56,resnet110", help="comma-separated CIFAR models")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda ...")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=10, help="timed training steps per variant and round")
+    p.add_argument("--steps", type=int, default=8, help="timed training steps per variant and round")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; reported values are medians")
     p.add_argument("--flops-targets", default="0.7,0.5,0.3", help="kept FLOPs fractions of the pruned models")
     p.add_argument("--round-to", default="8,16", help="also measure the 0.5 plan with kept channels rounded to these multiples")

@@ -57,7 +57,7 @@ class PerfConfig:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     compile: bool = False              # also measure the harness step with torch.compile
     eval_images: int = 2000
-    latency_repeats: int = 20
+    latency_repeats: int = 10
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -260,8 +260,9 @@ def pruned_plans(model_name: str, base: nn.Module, cfg: PerfConfig) -> list[tupl
                               plan_cost=cost, round_to=rnd)
         try:
             plan = l1.select(ctx, flops_target=target).plan
-        except methods.KnobError:  # rounding can make a target unreachable within 1%: use the uniform ratio
-            plan = l1.select(ctx, ratio=1 - math.sqrt(target)).plan
+        except methods.KnobError:  # rounding can make a target unreachable within 1%: the closest uniform ratio
+            candidates = [l1.select(ctx, ratio=r / 100).plan for r in range(5, 96, 2)]
+            plan = min(candidates, key=lambda p: abs(cost(p)["flops"] / cost(ctx.plan({}))["flops"] - target))
         label = f"l1@{target:g}" + (f" round{rnd}" if rnd > 1 else "")
         out.append((label, target, rnd, plan))
     return out
