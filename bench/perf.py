@@ -225,17 +225,11 @@ def plain_trainer(model: nn.Module, cfg: PerfConfig) -> Trainer:
 def gated_trainer(model: nn.Module, groups: Any, cfg: PerfConfig, lam: float = 1.0):
     """DECORE's training step as `methods.decore.Decore.select` wires it: gates, agents, Adam after each step."""
     from methods.core import Gates
-    from methods.decore import AGENT_INIT, AGENT_LR, DecoreStep
+    from methods.decore import AGENT_INIT, AGENT_LR, DecoreStep, make_agents
 
     gates = Gates(model, groups)
     ids = [g.id for g in groups]
-    agents = nn.ParameterList([nn.Parameter(torch.full((g.units,), AGENT_INIT, device=cfg.device)) for g in groups])
-    agent_opt = torch.optim.Adam(agents.parameters(), lr=AGENT_LR)
-
-    def agent_update() -> None:
-        agent_opt.step()
-        agent_opt.zero_grad(set_to_none=True)
-
+    agents, agent_update = make_agents(groups, AGENT_INIT, AGENT_LR, cfg.device)
     step = DecoreStep(agents, gates, ids, lam, False, False, cfg.device)
     opt = build_optimizer(model.parameters(), _recipe(cfg.batch_size))
     return Trainer(model, opt, None, cfg.device, step, autocast_for(cfg.device), [agent_update]), gates
@@ -244,9 +238,10 @@ def gated_trainer(model: nn.Module, groups: Any, cfg: PerfConfig, lam: float = 1
 def pruned_plans(model_name: str, base: nn.Module, cfg: PerfConfig) -> list[tuple[str, float, int, Any]]:
     """(label, FLOPs target, round_to, plan) of L1 plans at the configured FLOPs fractions."""
     import methods
+    import models
     from methods.core import channel_groups, prune_model
 
-    name = models_resolve(model_name)
+    name = models.resolve(model_name)
     base_cpu = base.cpu().eval()
     groups = channel_groups(base_cpu, torch.randn(1, 3, 32, 32), "all", name=name)
     cost = lambda plan: profile_model(prune_model(base_cpu, plan), (3, 32, 32))  # noqa: E731
@@ -261,16 +256,12 @@ def pruned_plans(model_name: str, base: nn.Module, cfg: PerfConfig) -> list[tupl
         try:
             plan = l1.select(ctx, flops_target=target).plan
         except methods.KnobError:  # rounding can make a target unreachable within 1%: the closest uniform ratio
+            base_flops = cost(ctx.plan({}))["flops"]
             candidates = [l1.select(ctx, ratio=r / 100).plan for r in range(5, 96, 2)]
-            plan = min(candidates, key=lambda p: abs(cost(p)["flops"] / cost(ctx.plan({}))["flops"] - target))
+            plan = min(candidates, key=lambda p: abs(cost(p)["flops"] / base_flops - target))
         label = f"l1@{target:g}" + (f" round{rnd}" if rnd > 1 else "")
         out.append((label, target, rnd, plan))
     return out
-
-
-def models_resolve(name: str) -> str:
-    import models
-    return models.resolve(name)
 
 
 # ---------------------------------------------------------------------------------------------- run

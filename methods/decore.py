@@ -71,6 +71,22 @@ def agent_loss(weights: Sequence[torch.Tensor], actions: Sequence[torch.Tensor],
     return loss, torch.stack(rewards) if rewards else loss.new_zeros(0)
 
 
+def make_agents(groups: Sequence[Any], init: float, lr: float, device: torch.device,
+                all_reduce: Callable[[Sequence[torch.Tensor], str], None] = lambda tensors, op="sum": None,
+                ) -> tuple[nn.ParameterList, Callable[[], None]]:
+    """One agent weight per channel of every group, and the Adam update to run after each training step."""
+    agents = nn.ParameterList([nn.Parameter(torch.full((g.units,), init, device=device)) for g in groups])
+    opt = torch.optim.Adam(agents.parameters(), lr=lr)
+
+    def agent_update() -> None:
+        # each rank's loss is a mean over its B samples: the average of the ranks' gradients is the
+        # gradient of the mean over all N * B samples, and keeps the agents identical on every rank
+        all_reduce([w.grad for w in agents], "mean")
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return agents, agent_update
+
+
 class DecoreStep:
     """The gated training step: sample actions, gate, forward, cross-entropy + the agents' REINFORCE loss."""
 
@@ -135,16 +151,7 @@ class Decore(Method):
         if ctx.fit is None or ctx.train_loader is None or ctx.recipe is None:
             raise KnobError("decore trains jointly: the engine must pass fit, train_loader and recipe")
         ids = [g.id for g in ctx.groups]
-        agents = nn.ParameterList([nn.Parameter(torch.full((g.units,), opts["agent_init"], device=ctx.device))
-                                   for g in ctx.groups])
-        opt = torch.optim.Adam(agents.parameters(), lr=opts["agent_lr"])
-
-        def agent_update() -> None:
-            # each rank's loss is a mean over its B samples: the average of the ranks' gradients is the
-            # gradient of the mean over all N * B samples, and keeps the agents identical on every rank
-            ctx.all_reduce([w.grad for w in agents], "mean")
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        agents, agent_update = make_agents(ctx.groups, opts["agent_init"], opts["agent_lr"], ctx.device, ctx.all_reduce)
 
         history: list[dict[str, Any]] = []
         torch.manual_seed(ctx.seed * ctx.world_size + ctx.rank)  # actions differ between ranks (one process: seed)

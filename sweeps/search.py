@@ -209,7 +209,7 @@ class SearchObjective:
 
     def knobs(self, trial: optuna.Trial) -> dict[str, Any]:
         if methods.get_method(self.method).trains:
-            knobs = self._decore_knob(trial)
+            knobs = self.sweep_objective.knob(trial)  # with low_divisor: lambdas that compress more
             if self.setup.cfg.decore_per_stage and self.stages > 1:
                 factors = [trial.suggest_float(f"lambda_factor_{i + 1}", 0.25, 4.0, log=True) for i in range(self.stages)]
                 knobs["lambda_per_stage"] = ",".join(f"{f:.3g}" for f in factors)
@@ -224,17 +224,6 @@ class SearchObjective:
         if layout == "uniform":
             return {"ratio": ratios[0], **options}
         return {"stage_ratios": ",".join(f"{r:g}" for r in ratios), **options}
-
-    def _decore_knob(self, trial: optuna.Trial) -> dict[str, Any]:
-        """The sweep's lambda range reached DOWN_FACTOR times further down: a budget asks for compression, and
-        smaller lambdas compress more (the sweep's range traces the front, mostly above 50% of the FLOPs)."""
-        obj = self.sweep_objective
-        space = obj.profile.methods[self.method]
-        if space.break_even_range is None or obj.break_even is None:
-            return obj.knob(trial)
-        low, high = (f * obj.break_even for f in space.break_even_range)
-        value = trial.suggest_float(space.knob, low / DOWN_FACTOR, high, log=True)
-        return {space.knob: float(f"{value:.3g}"), **space.options}
 
     def ratios_for(self, shares: list[float]) -> list[float]:
         """Per-stage ratios min(t * share, MAX_RATIO) at the smallest t that meets the budget (bisection on
@@ -376,7 +365,8 @@ def _objective(setup: Setup, method: str, break_even: float | None) -> SearchObj
     if not m.trains:
         planner = methods.Context(model, groups, setup.base.spec.model, {"num_classes": setup.base.meta["num_classes"]},
                                   setup.input_size, torch.device("cpu"), 0)
-    return SearchObjective(setup, method, Objective(setup.cfg.sweep, setup.profile, method, break_even, setup.data),
+    return SearchObjective(setup, method, Objective(setup.cfg.sweep, setup.profile, method, break_even, setup.data,
+                                                     low_divisor=DOWN_FACTOR),
                            stages, planner)
 
 

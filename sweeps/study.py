@@ -110,12 +110,14 @@ class Objective:
     break_even: float | None
     data: Any = field(default=None, repr=False)
     wanted: int | None = None           # the study's complete trials wanted: a trial beyond them is pruned
+    low_divisor: float = 1.0            # break-even ranges reach this many times lower (budgeted search)
 
     def knob(self, trial: optuna.Trial) -> dict[str, Any]:
         space = self.profile.methods[self.method]
         declared = {k.name: k for k in methods.get_method(self.method).knobs}[space.knob]
         if space.break_even_range is not None and self.break_even is not None:
             low, high = (f * self.break_even for f in space.break_even_range)
+            low /= self.low_divisor
         else:
             low, high = space.range or (declared.low, declared.high)
         value = trial.suggest_float(space.knob, low, high, log=declared.log)
