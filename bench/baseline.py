@@ -22,7 +22,7 @@ import torch.nn as nn
 import models
 
 from . import dist
-from .data import ArrayDataset, load_dataset, open_loaders
+from .data import ArrayDataset, check_selection, data_fingerprint, load_dataset, open_loaders
 from .env import environment
 from .errors import UserError
 from .faults import crash_point
@@ -32,7 +32,7 @@ from .recipe import Recipe
 from .train import autocast_for, evaluate, fit, prepare_model
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the selection split and the data's content fingerprint are part of the key
 
 
 def results_dir() -> Path:
@@ -48,10 +48,13 @@ class BaselineSpec:
     seed: int = 0
     subset_per_class: int | None = None
     checkpoint_sha256: str | None = None  # set when the user brings weights
+    selection: str = "val"                # trained without the validation hold-out ("test": on every image)
+    data_fingerprint: str = ""            # content hash of the data actually loaded
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT_VERSION, "model": self.model, "dataset": self.dataset, "recipe": self.recipe.to_dict(),
-                "seed": self.seed, "subset_per_class": self.subset_per_class, "checkpoint_sha256": self.checkpoint_sha256}
+                "seed": self.seed, "subset_per_class": self.subset_per_class, "checkpoint_sha256": self.checkpoint_sha256,
+                "selection": self.selection, "data_fingerprint": self.data_fingerprint}
 
     @property
     def key(self) -> str:
@@ -123,24 +126,30 @@ def _mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> s
 def get_baseline(model_name: str, dataset: str, recipe: Recipe, *, seed: int = 0, subset_per_class: int | None = None,
                  checkpoint: str | Path | None = None, device: torch.device = torch.device("cpu"),
                  channels_last: bool = True, compile: bool = False, root: Path | None = None,
-                 data: ArrayDataset | None = None) -> Baseline:
-    """The trained baseline for this spec: from the cache when present, else trained (or imported) and cached."""
+                 data: ArrayDataset | None = None, selection: str = "val") -> Baseline:
+    """The trained baseline for this spec: from the cache when present, else trained (or imported) and cached.
+
+    It trains on the training images less the validation hold-out (`selection` "val", the protocol's default;
+    given `data`, its own selection), and records validation and test top-1/top-5.
+    """
     name = _resolve(model_name)
+    selection = data.selection if data is not None else check_selection(selection)
     subset = subset_per_class if subset_per_class is not None else recipe.subset_per_class
     ckpt_sha = None
     if checkpoint is not None:
         if not Path(checkpoint).is_file():
             raise UserError(f"checkpoint {str(checkpoint)!r} does not exist: check the path")
         ckpt_sha = sha256_file(checkpoint)
-    spec = BaselineSpec(name, dataset, recipe, seed, subset, ckpt_sha)
+    if data is None and not dataset.startswith("imagefolder:"):
+        data = load_dataset(dataset, selection=selection)  # bad input (unknown or missing data) fails here
+    fingerprint = data.fingerprint if data is not None else data_fingerprint(dataset)
+    spec = BaselineSpec(name, dataset, recipe, seed, subset, ckpt_sha, selection, fingerprint)
     folder = (results_dir() if root is None else Path(root)) / "baselines" / spec.key
     cached = _load_cached(spec, folder)
     if dist.all_true(cached is not None):  # under torchrun: every rank loads it, or every rank trains
         return cached
     # bad input (an unknown or missing dataset, a checkpoint that does not fit) fails here, before the lock
     # file of the cache entry exists: nothing is written
-    if data is None and not dataset.startswith("imagefolder:"):
-        data = load_dataset(dataset)
     if checkpoint is not None and data is not None:
         load_user_checkpoint(models.create(name, num_classes=data.num_classes), checkpoint, name)
     # workers sharing RESULTS_DIR train a baseline once; the others wait, then load it. Under torchrun the ranks
@@ -172,7 +181,7 @@ def _build(spec: BaselineSpec, folder: Path, checkpoint: str | Path | None, devi
     """Train (or import) the baseline and cache it; the caller holds the entry's lock."""
     name, dataset, recipe, seed, subset = spec.model, spec.dataset, spec.recipe, spec.seed, spec.subset_per_class
     loaders = open_loaders(dataset, recipe.batch_size, device, seed=seed, subset_per_class=subset,
-                           channels_last=channels_last, data=data)
+                           channels_last=channels_last, data=data, selection=spec.selection)
     torch.manual_seed(seed)
     model = models.create(name, num_classes=loaders.num_classes)
     history: list[dict[str, Any]] = []
@@ -186,10 +195,12 @@ def _build(spec: BaselineSpec, folder: Path, checkpoint: str | Path | None, devi
                       on_epoch=lambda row: crash_point("baseline"))
     train_seconds = time.perf_counter() - t0
     metrics = evaluate(runner, loaders.test, device, autocast_for(device))
+    val = evaluate(runner, loaders.val, device, autocast_for(device))
     model = model.cpu().to(memory_format=torch.contiguous_format).eval()
     meta = {"spec": spec.to_dict(), "key": spec.key, "source": "checkpoint" if checkpoint else "trained",
-            "test": metrics, "train": history[-1] if history else None, "history": history,
-            "train_seconds": train_seconds, "train_images": len(loaders.train) * recipe.batch_size,
+            "test": metrics, "val": val, "data": data.split_info() if data is not None else
+            {"dataset": dataset, "fingerprint": spec.data_fingerprint, "selection": spec.selection}, "train": history[-1] if history else None, "history": history,
+            "train_seconds": train_seconds, "train_images": sum(r.get("train_images", 0) for r in history),
             "params": count_params(model), "flops": count_flops(model, loaders.input_size),
             "input_size": list(loaders.input_size), "num_classes": loaders.num_classes,
             "environment": environment(device), "world_size": dist.world_size()}

@@ -53,7 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--joint-recipe", default="finetune-cifar", help="DECORE's joint training phase")
     p.add_argument("--finetune-recipe", default="finetune-cifar", help="the same for every method")
     p.add_argument("--round-to", type=int, default=1, help="round kept channels up to a multiple (beyond the papers)")
-    p.add_argument("--label", default="custom", help="experiment label: the trial goes to RESULTS_DIR/<model>-<dataset>-<label>/")
+    p.add_argument("--label", default="custom", help="experiment label: the trial goes to RESULTS_DIR/<model>-<dataset>-<label>-<hash>/")
+    p.add_argument("--budget", default="equal", choices=["equal", "paper"],
+                   help="equal (default): every method trains for the same images after the baseline; paper: each "
+                        "paper's own schedule (unequal, labelled so)")
+    p.add_argument("--selection", default="val", choices=["val", "test"],
+                   help="val (default): decisions read a hold-out of the training set; test: the papers' practice")
     p.add_argument("--compile", action="store_true", help="torch.compile the method's training and the fine-tuning (pays on GPUs)")
 
     p = sub.add_parser("sweep", help="Optuna studies over each method's knob: the Pareto fronts (make bench)")
@@ -67,8 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "folder), postgresql://user@host/db, journal:path.log")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
     p.add_argument("--scope", default=None, choices=["internal", "all"], help="default: each method's")
-    p.add_argument("--match", default=None, help="decore: run L1 and random at every DECORE trial's FLOPs")
-    p.add_argument("--equal-epochs", action="store_true", help="L1/random get DECORE's joint epochs as extra fine-tuning")
+    p.add_argument("--match", default="decore", choices=["decore", "none"],
+                   help="decore (default): the other methods also run at every DECORE trial's FLOPs; none: off")
+    p.add_argument("--no-control", dest="control", action="store_false",
+                   help="skip the no-pruning control (the baseline trained on for the same budget)")
+    p.add_argument("--budget", default="equal", choices=["equal", "paper"],
+                   help="equal (default): every method trains for the same images after the baseline; paper: each "
+                        "paper's own schedule (unequal, labelled so)")
+    p.add_argument("--selection", default="val", choices=["val", "test"],
+                   help="val (default): decisions read a hold-out of the training set; test: the papers' practice")
     p.add_argument("--round-to", type=int, default=1)
     p.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "off"])
     p.add_argument("--compile", action="store_true", help="torch.compile training (pays on GPUs; models of one "
@@ -160,8 +172,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise UserError("sweep does not run under torchrun: start the sweep with python -m bench, or run single "
                         "trials with torchrun ... -m bench run")
     cfg = SweepConfig(args.model, args.dataset, args.profile, tuple(m.strip() for m in args.methods.split(",") if m.strip()),
-                      args.trials, args.seeds, args.storage, args.workers, args.device, args.scope, args.match,
-                      args.equal_epochs, args.round_to, args.wandb, compile=args.compile)
+                      args.trials, args.seeds, args.storage, args.workers, args.device, args.scope,
+                      None if args.match == "none" else args.match, args.round_to, args.wandb, compile=args.compile,
+                      budget=args.budget, selection=args.selection, control=args.control)
     folder = run_sweep(cfg)
     print(f"results: {folder / 'runs.csv'}")
     return 0
@@ -214,12 +227,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = TrialConfig(model=args.model, dataset=args.dataset, method=args.method, knobs=_parse_knobs(args.knob),
                       scope=args.scope, seed=args.seed, baseline_recipe=args.baseline_recipe,
                       joint_recipe=args.joint_recipe, finetune_recipe=args.finetune_recipe, round_to=args.round_to,
-                      profile=args.label)
+                      profile=args.label, budget=args.budget, selection=args.selection)
     row = run_trial(cfg, dist.setup(resolve_device(args.device)), compile=args.compile)
     if not dist.is_main():
         return 0
-    print(f"{row['method']} {row['knobs']} scope={row['scope']}: top-1 {row['top1_pct']:.2f}% "
-          f"(baseline {row['base_top1_pct']:.2f}%, before fine-tune {row['top1_before_finetune_pct']:.2f}%)  "
+    print(f"{row['method']} {row['knobs']} scope={row['scope']}: validation top-1 {row['val_top1_pct']:.2f}%, "
+          f"test top-1 {row['top1_pct']:.2f}% (baseline {row['base_top1_pct']:.2f}%), "
+          f"{row['budget_images']:,} training images after the baseline ({row['budget']} budget)  "
           f"params {row['params'] / 1e6:.3f}M (-{row['params_reduction_pct']:.1f}%)  "
           f"FLOPs {row['flops'] / 1e6:.2f}M (-{row['flops_reduction_pct']:.1f}%)  {row['wall_seconds']:.0f}s")
     return 0

@@ -3,10 +3,17 @@
 CIFAR-sized sets live on the training device as one uint8 NCHW tensor; pad-4 random crop and
 horizontal flip run batched on that tensor, and normalisation happens on the device (airbench style).
 The npz layout (`x`: uint8 N x H x W x C RGB, `y`: int64 N) is the one of ../shared/data/cifar10.
+
+Selection split (the comparison protocol): by default a fixed, seeded, class-balanced hold-out of the training
+set (`val`; CIFAR: 5,000 images, He et al.'s 45k/5k) is what every decision reads, the rest trains, and the test
+set is only reported. `selection="test"` is the papers' practice: train on every training image, decide on test.
+Every dataset carries a content fingerprint, part of the identity of baselines, trials and experiments.
 """
 from __future__ import annotations
 
 import difflib
+import functools
+import hashlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -26,6 +33,11 @@ CIFAR_STATS = {
 }
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 DATASETS = ("cifar10", "cifar100", "synthetic", "imagefolder:<path>")
+SELECTIONS = ("val", "test")
+SPLIT_SEED = 0                 # the hold-out is the same for every trial seed: one split per experiment
+CIFAR_VAL_IMAGES = 5000        # He et al. 2016: 45k/5k
+VAL_FRACTION = 0.1             # other sets: this fraction of every class (image folders: at most 50 per class)
+IMAGEFOLDER_VAL_MAX = 50
 
 
 def data_dir() -> Path:
@@ -53,20 +65,127 @@ class ArraySplit:
 @dataclass
 class ArrayDataset:
     name: str
-    train: ArraySplit
-    test: ArraySplit
+    train: ArraySplit              # the images baselines and methods train on
+    test: ArraySplit               # reported once per finished model, never read by a decision
     num_classes: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    val: ArraySplit | None = None  # the selection split; None: the test set (selection "test")
+    selection: str = "test"
+    fingerprint: str = ""          # content hash of the loaded arrays (train + test, before the split)
+
+    @property
+    def selection_split(self) -> ArraySplit:
+        return self.val if self.val is not None else self.test
+
+    def split_info(self) -> dict[str, object]:
+        """What the experiment records about its data: fingerprint, selection rule and split sizes."""
+        return {"dataset": self.name, "fingerprint": self.fingerprint, "selection": self.selection,
+                "split_seed": SPLIT_SEED if self.selection == "val" else None, "train_images": int(len(self.train.y)),
+                "val_images": int(len(self.val.y)) if self.val is not None else 0, "test_images": int(len(self.test.y))}
+
+
+def check_selection(selection: str) -> str:
+    if selection not in SELECTIONS:
+        raise UserError(f"selection split {selection!r} is unknown: use val (a hold-out of the training set, the default) "
+                        "or test (the papers' practice)")
+    return selection
+
+
+def holdout_indices(y: np.ndarray, per_class: int, seed: int = SPLIT_SEED) -> np.ndarray:
+    """A seeded, class-balanced hold-out: `per_class` random indices of every class (sorted)."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        if len(idx) < 2:
+            raise UserError(f"class {int(c)} has {len(idx)} training image(s): a validation hold-out needs at least 2 "
+                            "per class (or use --selection test)")
+        parts.append(rng.permutation(idx)[: min(per_class, len(idx) - 1)])
+    return np.sort(np.concatenate(parts))
+
+
+def val_per_class(name: str, y: np.ndarray) -> int:
+    """CIFAR: 5,000 images in all (He et al.); other sets: VAL_FRACTION of the smallest class, at least 1."""
+    classes = len(np.unique(y))
+    if name in CIFAR_STATS:
+        return CIFAR_VAL_IMAGES // classes
+    return max(1, int(VAL_FRACTION * np.bincount(y).min()))
+
+
+def with_selection(data: ArrayDataset, selection: str) -> ArrayDataset:
+    """The dataset with its selection split: a hold-out of the training set (`val`) or the test set (`test`)."""
+    check_selection(selection)
+    if selection == "test":
+        return ArrayDataset(data.name, data.train, data.test, data.num_classes, data.mean, data.std, None, "test",
+                            data.fingerprint)
+    held = holdout_indices(data.train.y, val_per_class(data.name, data.train.y))
+    rest = np.setdiff1d(np.arange(len(data.train.y)), held, assume_unique=True)
+    return ArrayDataset(data.name, ArraySplit(data.train.x[rest], data.train.y[rest]), data.test, data.num_classes,
+                        data.mean, data.std, ArraySplit(data.train.x[held], data.train.y[held]), "val", data.fingerprint)
+
+
+def array_fingerprint(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=32)
+def _file_sha(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_fingerprint(*paths: Path) -> str:
+    """Content hash of files (memoised per path, size and mtime: a changed file is hashed again)."""
+    h = hashlib.sha256()
+    for p in paths:
+        st = os.stat(p)
+        h.update(_file_sha(str(Path(p).resolve()), st.st_size, st.st_mtime_ns).encode())
+    return h.hexdigest()[:16]
+
+
+def imagefolder_fingerprint(root: str | Path) -> str:
+    """Hash of an image folder's file list and sizes (relative paths under train/ and val/)."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for split in ("train", "val"):
+        for p in sorted((root / split).rglob("*")):
+            if p.is_file():
+                h.update(f"{p.relative_to(root)}\0{p.stat().st_size}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def data_fingerprint(dataset: str, root: Path | None = None) -> str:
+    """The content fingerprint of a dataset by name, without loading it into memory where a file hash serves."""
+    if dataset.startswith("imagefolder:"):
+        return imagefolder_fingerprint(dataset.split(":", 1)[1])
+    if dataset == "synthetic":
+        return make_synthetic().fingerprint
+    folder = (data_dir() if root is None else Path(root)) / dataset
+    if dataset in CIFAR_STATS and (folder / "train.npz").is_file() and (folder / "test.npz").is_file():
+        return file_fingerprint(folder / "train.npz", folder / "test.npz")
+    return load_dataset(dataset, root).fingerprint
 
 
 # ---------------------------------------------------------------- loading
 
-def load_dataset(name: str, root: Path | None = None) -> ArrayDataset:
-    """Load `cifar10`, `cifar100` or `synthetic` into host arrays (downloading CIFAR on first use)."""
+def load_dataset(name: str, root: Path | None = None, selection: str | None = None) -> ArrayDataset:
+    """Load `cifar10`, `cifar100` or `synthetic` into host arrays (downloading CIFAR on first use).
+
+    `selection` "val" (the protocol's default) holds out the validation split from the training images,
+    "test" keeps them all (the papers' practice); None returns the raw train/test arrays.
+    """
     root = data_dir() if root is None else Path(root)
     if name == "synthetic":
-        return make_synthetic()
+        data = make_synthetic()
+        return data if selection is None else with_selection(data, selection)
     if name not in CIFAR_STATS:
         close = difflib.get_close_matches(name, list(CIFAR_STATS) + ["synthetic"], n=3)
         hint = f"did you mean {', '.join(close)}?" if close else f"choose one of {', '.join(DATASETS)}"
@@ -76,7 +195,9 @@ def load_dataset(name: str, root: Path | None = None) -> ArrayDataset:
     if not (folder / "train.npz").exists() or not (folder / "test.npz").exists():
         download_cifar(name, root)
     train, test = (_load_npz(folder / f"{s}.npz", num_classes) for s in ("train", "test"))
-    return ArrayDataset(name, train, test, num_classes, mean, std)
+    data = ArrayDataset(name, train, test, num_classes, mean, std,
+                        fingerprint=file_fingerprint(folder / "train.npz", folder / "test.npz"))
+    return data if selection is None else with_selection(data, selection)
 
 
 def _load_npz(path: Path, num_classes: int) -> ArraySplit:
@@ -137,7 +258,8 @@ def make_synthetic(num_classes: int = 10, train_per_class: int = 100, test_per_c
     train, test = split(train_per_class), split(test_per_class)
     mean = tuple(float(v) for v in train.x.reshape(-1, 3).mean(0) / 255)
     std = tuple(float(v) for v in train.x.reshape(-1, 3).std(0) / 255)
-    return ArrayDataset("synthetic", train, test, num_classes, mean, std)  # type: ignore[arg-type]
+    return ArrayDataset("synthetic", train, test, num_classes, mean, std,  # type: ignore[arg-type]
+                        fingerprint=array_fingerprint(train.x, train.y, test.x, test.y))
 
 
 # ---------------------------------------------------------------- on-device batches
@@ -220,14 +342,18 @@ class DeviceLoader:
 
 
 def image_folder_loaders(root: str | Path, batch_size: int, image_size: int = 224, workers: int = 8,
-                         device: torch.device | str = "cpu", seed: int = 0) -> tuple[object, object, int]:
-    """ImageNet-layout folders root/{train,val}/<class>/*.jpg through torchvision's DataLoader.
+                         device: torch.device | str = "cpu", seed: int = 0,
+                         selection: str = "val") -> tuple[object, object, object, int]:
+    """ImageNet-layout folders root/{train,val}/<class>/* through torchvision's DataLoader: (train, selection,
+    test, classes). The folder's `val/` is the test split; with selection "val" a seeded, class-balanced hold-out
+    of `train/` (VAL_FRACTION of each class, at most IMAGEFOLDER_VAL_MAX) is the selection split, evaluated with
+    the test transforms; with "test" the selection split is `val/` itself (the papers' practice).
 
-    Under torchrun both splits go through DistributedSampler (training: equal shards, reshuffled per
-    epoch with the same seed on every rank; validation: unshuffled shards whose counts evaluate() sums;
+    Under torchrun every split goes through DistributedSampler (training: equal shards, reshuffled per
+    epoch with the same seed on every rank; evaluation: unshuffled shards whose counts evaluate() sums;
     the sampler pads it to equal shards, repeating at most N - 1 images).
     """
-    from torch.utils.data import DataLoader, DistributedSampler
+    from torch.utils.data import DataLoader, DistributedSampler, Subset
     from torchvision import datasets, transforms as T
 
     root = Path(root)
@@ -238,19 +364,30 @@ def image_folder_loaders(root: str | Path, batch_size: int, image_size: int = 22
     train_tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
     val_tf = T.Compose([T.Resize(int(image_size / 0.875)), T.CenterCrop(image_size), T.ToTensor(), norm])
     train = datasets.ImageFolder(str(root / "train"), train_tf)
-    val = datasets.ImageFolder(str(root / "val"), val_tf)
+    test = datasets.ImageFolder(str(root / "val"), val_tf)
+    select = test
+    if check_selection(selection) == "val":
+        y = np.asarray(train.targets)
+        per_class = max(1, min(IMAGEFOLDER_VAL_MAX, int(VAL_FRACTION * np.bincount(y).min())))
+        held = holdout_indices(y, per_class)
+        select = Subset(datasets.ImageFolder(str(root / "train"), val_tf), held.tolist())
+        train = Subset(train, np.setdiff1d(np.arange(len(y)), held).tolist())
+    classes = len(test.classes)
     pin = torch.device(device).type == "cuda"
     workers = min(workers, os.cpu_count() or 1)
     if dist.world_size() == 1:
+        def evaluation(ds):
+            return _ToDevice(DataLoader(ds, batch_size, shuffle=False, num_workers=workers, pin_memory=pin), device)
         return (_ToDevice(DataLoader(train, batch_size, shuffle=True, num_workers=workers, pin_memory=pin, drop_last=True), device),
-                _ToDevice(DataLoader(val, batch_size, shuffle=False, num_workers=workers, pin_memory=pin), device),
-                len(train.classes))
+                evaluation(select), evaluation(test), classes)
+
+    def sharded(ds):
+        return _ToDevice(DataLoader(ds, batch_size, sampler=DistributedSampler(ds, shuffle=False), num_workers=workers,
+                                    pin_memory=pin), device)
     train_sampler = DistributedSampler(train, shuffle=True, seed=seed, drop_last=True)
-    val_sampler = DistributedSampler(val, shuffle=False)
     return (_ToDevice(DataLoader(train, batch_size, sampler=train_sampler, num_workers=workers, pin_memory=pin,
                                  drop_last=True), device),
-            _ToDevice(DataLoader(val, batch_size, sampler=val_sampler, num_workers=workers, pin_memory=pin), device),
-            len(train.classes))
+            sharded(select), sharded(test), classes)
 
 
 class _ToDevice:
@@ -274,14 +411,15 @@ class _ToDevice:
 @dataclass
 class Loaders:
     train: object
-    test: object
+    test: object                     # reported, never read by a decision
     num_classes: int
     input_size: tuple[int, int, int]
+    val: object = None               # the selection split every decision reads
 
 
 def open_loaders(dataset: str, batch_size: int, device: torch.device, *, seed: int = 0,
                  subset_per_class: int | None = None, channels_last: bool = True,
-                 data: ArrayDataset | None = None) -> Loaders:
+                 data: ArrayDataset | None = None, selection: str = "val") -> Loaders:
     """Train and test loaders for a dataset name: cifar10, cifar100, synthetic or imagefolder:<path>.
 
     Under torchrun `batch_size` stays the global batch (so a recipe means the same on any number of
@@ -295,12 +433,17 @@ def open_loaders(dataset: str, batch_size: int, device: torch.device, *, seed: i
     if dataset.startswith("imagefolder:"):
         if subset_per_class:
             raise UserError("--subset works for array datasets (cifar10, cifar100, synthetic), not image folders")
-        train, test, n = image_folder_loaders(dataset.split(":", 1)[1], batch_size, device=device, seed=seed)
-        return Loaders(train, test, n, (3, 224, 224))
-    data = data or load_dataset(dataset)
+        train, val, test, n = image_folder_loaders(dataset.split(":", 1)[1], batch_size, device=device, seed=seed,
+                                                   selection=selection)
+        return Loaders(train, test, n, (3, 224, 224), val)
+    data = data or load_dataset(dataset, selection=selection)
     train = DeviceLoader(data.train.subset_per_class(subset_per_class), data.mean, data.std, batch_size,
                          device, train=True, channels_last=channels_last, seed=seed, rank=rank, world=world)
-    test = DeviceLoader(data.test, data.mean, data.std, max(batch_size, 500), device, channels_last=channels_last,
-                        rank=rank, world=world)
+
+    def evaluation(split: ArraySplit) -> DeviceLoader:
+        return DeviceLoader(split, data.mean, data.std, max(batch_size, 500), device, channels_last=channels_last,
+                            rank=rank, world=world)
+    test = evaluation(data.test)
+    val = evaluation(data.val) if data.val is not None else test
     h, w = data.train.x.shape[1:3]
-    return Loaders(train, test, data.num_classes, (3, h, w))
+    return Loaders(train, test, data.num_classes, (3, h, w), val)

@@ -35,7 +35,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "seed": ("Int64", "seed of baseline, method and fine-tuning"),
     "status": ("string", "complete, failed, pruned or infeasible"),
     "reason": ("string", "why a trial failed"),
-    "top1_pct": ("float64", "test top-1 after fine-tuning (%)"),
+    "val_top1_pct": ("float64", "validation top-1 after fine-tuning (%): what every decision reads"),
+    "top1_pct": ("float64", "test top-1 after fine-tuning (%): reported only"),
     "top5_pct": ("float64", "test top-5 after fine-tuning (%)"),
     "top1_drop_pct": ("float64", "baseline top-1 minus top-1 (points)"),
     "top1_before_finetune_pct": ("float64", "test top-1 right after removal (%)"),
@@ -43,6 +44,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "flops": ("Int64", "conv+linear multiply-accumulates of one image"),
     "params_reduction_pct": ("float64", "100 * (1 - params / baseline params)"),
     "flops_reduction_pct": ("float64", "100 * (1 - flops / baseline flops)"),
+    "base_val_top1_pct": ("float64", "baseline validation top-1 (%)"),
     "base_top1_pct": ("float64", "baseline test top-1 (%)"),
     "base_top5_pct": ("float64", "baseline test top-5 (%)"),
     "base_params": ("Int64", "baseline parameters"),
@@ -52,7 +54,15 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "latency_gpu_b1_ms": ("float64", "median GPU latency at batch 1 (ms), when on a GPU"),
     "baseline_epochs": ("Int64", "epochs of baseline training"),
     "joint_epochs": ("Int64", "epochs of the method's own training phase (DECORE's joint phase)"),
-    "finetune_epochs": ("Int64", "fine-tuning epochs after removal"),
+    "finetune_epochs": ("Int64", "fine-tuning epochs after removal (the last may be partial)"),
+    "method_images": ("Int64", "training images of the method's own phase, counted by the engine"),
+    "finetune_images": ("Int64", "training images of fine-tuning, counted by the engine"),
+    "budget_images": ("Int64", "training images after the baseline: method phase + fine-tuning"),
+    "budget": ("string", "budget rule: equal (same images after the baseline) or paper (each its own schedule)"),
+    "selection": ("string", "split decisions read: val (hold-out of the training set) or test (papers' practice)"),
+    "data_fingerprint": ("string", "content hash of the data loaded"),
+    "method_version": ("string", "hash of the method's code"),
+    "match_of": ("string", "config_hash of the DECORE trial(s) whose FLOPs this trial was run at (;-joined)"),
     "kept_channels": ("string", "JSON: group id -> [kept, units]"),
     "round_to": ("Int64", "kept channels rounded up to this multiple (1 = off)"),
     "wall_seconds": ("float64", "wall time of the trial (s)"),
@@ -63,7 +73,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "git_commit": ("string", "commit of the harness"),
     "packages": ("string", "JSON: versions of torch, timm, torch-pruning, ..."),
     "device": ("string", "device the trial trained on"),
-    "pareto": ("boolean", "on its method's front (max top-1, min FLOPs, complete rows)"),
+    "pareto": ("boolean", "on its series' front: max validation top-1 and min FLOPs on seed means"),
     "budget_winner": ("string", "budgets (e.g. flops:0.5; several joined by ;) whose search this trial won for its method"),
 }
 
@@ -97,14 +107,40 @@ def non_dominated(top1: np.ndarray, cost: np.ndarray) -> np.ndarray:
     return ~(better & strictly).any(axis=1)
 
 
+# Rows that differ in any of these are different series: never merged into one mean, label or front.
+SERIES_KEYS = ("method", "scope", "budget", "selection", "round_to", "method_version")
+CONFIG_KEYS = (*SERIES_KEYS, "knobs")   # one configuration; its rows differ only in the seed
+
+
+def decision_top1(df: pd.DataFrame) -> pd.Series:
+    """The accuracy every decision reads: validation top-1 (rows from before the selection split: test top-1)."""
+    return df["val_top1_pct"].astype(float).fillna(df["top1_pct"].astype(float))
+
+
+def config_means(df: pd.DataFrame) -> pd.DataFrame:
+    """Complete trials averaged over seeds per configuration: decision top-1, FLOPs, and the row indices."""
+    ok = (df["row_type"] == "trial") & (df["status"] == "complete") & df["flops"].notna()
+    part = df[ok].assign(_dec=decision_top1(df[ok]), _flops=df.loc[ok, "flops"].astype(float))
+    part = part[part["_dec"].notna()]
+    if part.empty:
+        return pd.DataFrame(columns=[*CONFIG_KEYS, "dec", "flops", "rows"])
+    keys = part[list(CONFIG_KEYS)].astype(str)
+    grouped = part.groupby([keys[k] for k in CONFIG_KEYS], sort=False, dropna=False)
+    out = grouped.agg(dec=("_dec", "mean"), flops=("_flops", "mean")).reset_index()
+    out["rows"] = [list(idx) for idx in grouped.groups.values()]
+    return out
+
+
 def mark_pareto(df: pd.DataFrame) -> pd.DataFrame:
-    """Set `pareto` per method: complete trials not dominated in (top-1 up, FLOPs down)."""
+    """Set `pareto` per series: configurations whose seed means (validation top-1 up, FLOPs down) no other
+    configuration of the series beats; every seed row of such a configuration is flagged."""
     df = df.copy()
     df["pareto"] = False
-    ok = (df["row_type"] == "trial") & (df["status"] == "complete") & df["top1_pct"].notna() & df["flops"].notna()
-    for _, part in df[ok].groupby("method"):
-        mask = non_dominated(part["top1_pct"].to_numpy(float), part["flops"].to_numpy(float))
-        df.loc[part.index, "pareto"] = mask
+    means = config_means(df)
+    for _, part in means.groupby(list(SERIES_KEYS), sort=False, dropna=False):
+        mask = non_dominated(part["dec"].to_numpy(float), part["flops"].to_numpy(float))
+        for rows, on in zip(part["rows"], mask):
+            df.loc[rows, "pareto"] = bool(on)
     df["pareto"] = df["pareto"].astype("boolean")
     return df
 

@@ -68,21 +68,26 @@ def build_optimizer(params: Iterable[nn.Parameter], recipe: Recipe) -> torch.opt
                            weight_decay=recipe.weight_decay)
 
 
-def lr_factor(recipe: Recipe, epoch: float) -> float:
-    """Multiplier of recipe.lr at a (fractional) epoch: linear warm-up, then the schedule."""
+def lr_factor(recipe: Recipe, epoch: float, total: float | None = None) -> float:
+    """Multiplier of recipe.lr at a (fractional) epoch: linear warm-up, then the schedule.
+
+    `total` stretches the schedule's shape to another length (an image budget): cosine spans `total` epochs and
+    multistep milestones move in proportion; warm-up keeps its length."""
+    total = recipe.epochs if total is None else total
     if recipe.warmup_epochs and epoch < recipe.warmup_epochs:
         return (epoch + 1e-9) / recipe.warmup_epochs
     if recipe.schedule == "cosine":
-        span = max(recipe.epochs - recipe.warmup_epochs, 1e-9)
+        span = max(total - recipe.warmup_epochs, 1e-9)
         return 0.5 * (1 + math.cos(math.pi * min((epoch - recipe.warmup_epochs) / span, 1.0)))
     if recipe.schedule == "multistep":
-        return recipe.gamma ** sum(epoch >= m for m in recipe.milestones)
+        return recipe.gamma ** sum(epoch >= m * total / recipe.epochs for m in recipe.milestones)
     return 1.0
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int,
+                    total_epochs: float | None = None) -> torch.optim.lr_scheduler.LambdaLR:
     """Stepped once per iteration."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(recipe, step / steps_per_epoch))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(recipe, step / steps_per_epoch, total_epochs))
 
 
 def ce_step(loss_fn: nn.Module) -> StepFn:
@@ -103,13 +108,18 @@ class Trainer:
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     after_step: list[Callable[[], None]] = field(default_factory=list)
 
-    def train_epoch(self, loader: Iterable, desc: str = "train") -> dict[str, float]:
-        """One pass over `loader`; returns mean loss and top-1 (%), read from the device once."""
+    def train_epoch(self, loader: Iterable, desc: str = "train", limit: int | None = None) -> dict[str, float]:
+        """One pass over `loader` (or its first `limit` images, counted on this rank); returns mean loss, top-1 (%)
+        and the images trained on (all ranks), read from the device once."""
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         for x, y in tqdm(loader, desc=desc, leave=False, disable=None if dist.is_main() else True, dynamic_ncols=True):
+            if limit is not None:
+                if seen >= limit:
+                    break
+                x, y = x[: limit - seen], y[: limit - seen]
             with self.autocast():
                 loss, logits = self.step(self.model, x, y)
             self.optimizer.zero_grad(set_to_none=True)
@@ -125,8 +135,9 @@ class Trainer:
         totals = torch.stack([loss_sum.double(), correct.double(), loss_sum.new_tensor(seen, dtype=torch.float64)])
         dist.all_reduce_(totals)  # every rank reports (and checks for divergence) the same global numbers
         loss_sum, correct, seen = totals.tolist()
+        images = int(seen)
         seen = max(seen, 1)
-        return {"loss": loss_sum / seen, "top1": 100.0 * correct / seen}
+        return {"loss": loss_sum / seen, "top1": 100.0 * correct / seen, "images": images}
 
 
 @torch.inference_mode()
@@ -164,37 +175,52 @@ def topk_correct(logits: torch.Tensor, y: torch.Tensor, ks: tuple[int, ...] = (1
 def fit(model: nn.Module, train_loader: Iterable, test_loader: Iterable | None, recipe: Recipe,
         device: torch.device, *, step: StepFn | None = None, after_step: Iterable[Callable[[], None]] = (),
         on_epoch: Callable[[dict[str, Any]], None] | None = None, desc: str = "", compile: bool = False,
-        bf16: bool | None = None) -> list[dict[str, Any]]:
-    """Train `model` (already prepared) for recipe.epochs; evaluate after each epoch when given a test loader.
+        bf16: bool | None = None, images: int | None = None) -> list[dict[str, Any]]:
+    """Train `model` (already prepared) for recipe.epochs; evaluate after each epoch when given an evaluation loader
+    (`test_loader`: the selection split for every caller that decides on it; rows `val_loss/top1/top5`).
+
+    `images` replaces the epochs by an image budget (the protocol's equal budget): training stops after exactly
+    that many images (the last epoch partial, its last batch cut), on the recipe's schedule stretched to that length.
+    Each epoch's row counts the images it trained on (`train_images`, all ranks together).
 
     `step` replaces the plain cross-entropy step (DECORE's gated step); `after_step` hooks run after
     every optimiser step (DECORE's agent update). `on_epoch(row)` may add entries to the epoch's row.
     `compile` trains through `torch.compile(model)`: the parameters (and any gate hooks) stay those of
     `model`, and Dynamo's cache serves every later model of the same architecture in this process
     without recompiling (trials of one sweep worker; tests/test_train.py checks it). `bf16`: see autocast_for.
-    Returns one dict per epoch (epoch, lr, train loss/top1, test loss/top1/top5, seconds of training).
+    Returns one dict per epoch (epoch, lr, train loss/top1, val loss/top1/top5, images and seconds of training).
     Under torchrun the model trains wrapped in DistributedDataParallel; `model` itself stays unwrapped.
     """
     steps = len(train_loader)  # type: ignore[arg-type]
+    if steps == 0:
+        raise UserError(f"{desc.strip() or 'training'}: the training split has fewer images than one batch of "
+                        f"{recipe.batch_size}: use a smaller batch_size in recipe {recipe.name!r} or more data")
+    per_epoch = steps * recipe.batch_size  # images of one epoch (drop_last), all ranks together
+    total = recipe.epochs if images is None else images / per_epoch
     optimizer = build_optimizer(model.parameters(), recipe)
     amp = autocast_for(device, bf16)
     runner = dist.wrap(model, device)
     runner = torch.compile(runner) if compile else runner
-    trainer = Trainer(runner, optimizer, build_scheduler(optimizer, recipe, steps), device,
+    trainer = Trainer(runner, optimizer, build_scheduler(optimizer, recipe, steps, total), device,
                       step or ce_step(nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)), amp,
                       list(after_step))
     history = []
-    for epoch in range(int(recipe.epochs)):
+    done = 0
+    for epoch in range(math.ceil(total)):
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
-        row.update({f"train_{k}": v for k, v in trainer.train_epoch(train_loader, f"{desc}epoch {epoch + 1}").items()})
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "final": epoch + 1 == math.ceil(total)}
+        limit = None if images is None else -(-(images - done) // dist.world_size())
+        stats = trainer.train_epoch(train_loader, f"{desc}epoch {epoch + 1}", limit)
+        done += stats.pop("images")
+        row.update({f"train_{k}": v for k, v in stats.items()})
+        row["train_images"] = done - sum(r["train_images"] for r in history)
         row["train_seconds"] = time.perf_counter() - t0
         dist.sync_buffers(model)  # rank 0's BatchNorm statistics everywhere: one model to evaluate, prune, save
         if not math.isfinite(row["train_loss"]):
             raise Diverged(f"{desc.strip() or 'training'}: loss became {row['train_loss']} in epoch {epoch + 1}")
         if test_loader is not None:
-            row.update({f"test_{k}": v for k, v in evaluate(model, test_loader, device, amp).items()})
+            row.update({f"val_{k}": v for k, v in evaluate(model, test_loader, device, amp).items()})
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)

@@ -1,8 +1,15 @@
 """One trial: baseline -> method -> physical removal -> fine-tune -> measure -> one result row.
 
-Every method gets the same fine-tuning recipe; a method that trains (DECORE's joint phase) gets its
-own recipe for that phase, recorded in the row. The config is frozen and hashed: the hash names the
-trial folder and makes a finished trial free to ask for again.
+The comparison protocol (DESIGN.md section 6):
+- budget "equal" (default): every method trains for the same number of images after the baseline. A method
+  that trains while it selects (DECORE's joint phase) spends its own recipe there and then fine-tunes; every
+  other method fine-tunes for the images of both phases, on the fine-tuning recipe's schedule stretched to
+  that length. "paper": each method's own schedule (outputs say "paper budgets, unequal").
+- selection "val" (default): decisions read the validation hold-out (`val_top1_pct`); test top-1/top-5 are
+  measured once per finished model and only reported. "test": the papers' practice.
+The engine counts the images it trained on (`budget_images`). The config is frozen and hashed with the data's
+fingerprint and the method's code version: the hash names the trial folder and makes a finished trial free to
+ask for again, and a change of data or method code trains again.
 """
 from __future__ import annotations
 
@@ -25,7 +32,7 @@ from methods.core import KeepPlan, channel_groups, prune_model
 
 from . import dist
 from .baseline import Baseline, get_baseline, results_dir
-from .data import ArrayDataset, DeviceLoader, load_dataset, open_loaders
+from .data import ArrayDataset, check_selection, data_fingerprint, load_dataset, open_loaders
 from .env import git_commit, package_versions
 from .errors import UserError
 from .io import config_hash, read_json, write_json
@@ -49,18 +56,34 @@ class TrialConfig:
     joint_recipe: str = "finetune-cifar"  # the training phase of methods that train (DECORE)
     finetune_recipe: str = "finetune-cifar"
     round_to: int = 1
-    extra_finetune_epochs: int = 0        # --equal-epochs: L1/random get DECORE's joint epochs on top
     profile: str = "custom"
+    budget: str = "equal"                 # equal: the same training images after the baseline; paper: each its own
+    selection: str = "val"                # the split decisions read: val (hold-out of the training set) or test
+    experiment: str | None = None         # the experiment folder's name (a sweep's); None: from this config
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @functools.cached_property
+    def data_fingerprint(self) -> str:
+        return data_fingerprint(self.dataset)
+
+    @functools.cached_property
     def key(self) -> str:
-        return config_hash({**self.to_dict(), "recipes": {r: load_recipe(r).to_dict() for r in self.recipes()}})
+        d = {k: v for k, v in self.to_dict().items() if k != "experiment"}
+        return config_hash({**d, "recipes": {r: load_recipe(r).to_dict() for r in self.recipes()},
+                            "data": self.data_fingerprint, "method_code": methods.code_version(self.method)})
 
     def recipes(self) -> tuple[str, ...]:
         return (self.baseline_recipe, self.joint_recipe, self.finetune_recipe)
+
+    @property
+    def experiment_name(self) -> str:
+        if self.experiment:
+            return self.experiment
+        identity = {"scope": self.scope, "round_to": self.round_to, "budget": self.budget, "selection": self.selection,
+                    "data": self.data_fingerprint, "recipes": [load_recipe(r).to_dict() for r in self.recipes()]}
+        return experiment_name(self.model, self.dataset, self.profile, identity)
 
 
 def validate(cfg: TrialConfig) -> tuple[methods.Method, dict[str, Any], str]:
@@ -75,45 +98,97 @@ def validate(cfg: TrialConfig) -> tuple[methods.Method, dict[str, Any], str]:
         raise UserError(f"scope {scope!r} is unknown: use internal or all")
     if cfg.round_to < 1:
         raise UserError(f"round_to={cfg.round_to} must be at least 1")
+    if cfg.budget not in BUDGETS:
+        raise UserError(f"budget {cfg.budget!r} is unknown: use equal (the same training images after the baseline "
+                        "for every method, the default) or paper (each paper's own schedule)")
+    check_selection(cfg.selection)
     for r in cfg.recipes():
         load_recipe(r)
     return method, knobs, scope
 
 
-def precheck(cfg: TrialConfig, method: methods.Method, knobs: dict[str, Any], scope: str, data: ArrayDataset) -> None:
-    """Knob values the architecture alone decides (a FLOPs target), checked on an untrained model: an
-    impossible one fails before the baseline trains, so nothing is written."""
-    name = _resolve_name(cfg.model)
+def untrained_context(model_name: str, scope: str, data: ArrayDataset, seed: int = 0, round_to: int = 1) -> methods.Context:
+    """A method's Context over the untrained model: what only the architecture decides (FLOPs of plans)."""
+    name = _resolve_name(model_name)
     input_size = (3, *data.train.x.shape[1:3])
     model = models.create(name, num_classes=data.num_classes).eval()
     groups = channel_groups(model, torch.randn(1, *input_size), scope, name=name)
-    ctx = methods.Context(model, groups, name, {"num_classes": data.num_classes}, input_size, torch.device("cpu"),
-                          cfg.seed, plan_cost=lambda plan: profile_model(prune_model(model, plan), input_size),
-                          round_to=cfg.round_to)
+    return methods.Context(model, groups, name, {"num_classes": data.num_classes}, input_size, torch.device("cpu"),
+                           seed, plan_cost=lambda plan: profile_model(prune_model(model, plan), input_size),
+                           round_to=round_to)
+
+
+def precheck(cfg: TrialConfig, method: methods.Method, knobs: dict[str, Any], scope: str, data: ArrayDataset) -> None:
+    """Knob values the architecture alone decides (a FLOPs target), checked on an untrained model: an
+    impossible one fails before the baseline trains, so nothing is written."""
+    ctx = untrained_context(cfg.model, scope, data, cfg.seed, cfg.round_to)
     try:
         method.precheck(ctx, **knobs)
     except methods.KnobError as e:
         raise UserError(str(e)) from None
 
 
-def _loaders(data: ArrayDataset | None, dataset: str, recipe: Recipe, device: torch.device, seed: int):
-    return open_loaders(dataset, recipe.batch_size, device, seed=seed, subset_per_class=recipe.subset_per_class, data=data)
+def smallest_flops_fraction(model_name: str, method_name: str, scope: str | None, data: ArrayDataset,
+                            round_to: int = 1) -> float | None:
+    """The smallest FLOPs fraction a method reaches at a scope (None: the method has no such floor)."""
+    method = methods.get_method(method_name)
+    floor = getattr(method, "smallest_flops_fraction", None)
+    if floor is None:
+        return None
+    return floor(untrained_context(model_name, scope or method.default_scope, data, 0, round_to))
 
 
-def train_accuracy(model: nn.Module, data: ArrayDataset, recipe: Recipe, device: torch.device) -> float:
-    """Top-1 (fraction) on the training images of a recipe, un-augmented, in eval mode."""
-    split = data.train.subset_per_class(recipe.subset_per_class)
-    loader = DeviceLoader(split, data.mean, data.std, 500, device)
-    return evaluate(model, loader, device, autocast_for(device))["top1"] / 100
+BUDGETS = ("equal", "paper")
 
 
-def experiment_name(model: str, dataset: str, profile: str) -> str:
+def _loaders(data: ArrayDataset | None, dataset: str, recipe: Recipe, device: torch.device, seed: int,
+             selection: str = "val"):
+    return open_loaders(dataset, recipe.batch_size, device, seed=seed, subset_per_class=recipe.subset_per_class,
+                        data=data, selection=selection)
+
+
+def epoch_images(loader: Any, recipe: Recipe) -> int:
+    """Images one training epoch of `loader` feeds (whole batches, all ranks together)."""
+    return len(loader) * recipe.batch_size
+
+
+def phase_images(history: list[dict[str, Any]]) -> int:
+    """Images a training phase trained on, as the engine counted them."""
+    return int(sum(r.get("train_images", 0) for r in history))
+
+
+BREAK_EVEN_IMAGES = 10_000
+
+
+@torch.no_grad()
+def train_accuracy(model: nn.Module, loader: Any, device: torch.device, images: int = BREAK_EVEN_IMAGES) -> tuple[int, int]:
+    """(correct, seen) over the first `images` of a training loader, as DECORE's agents see the network: train
+    mode (batch statistics), the training augmentation, gates fully open. A copy of the model runs, so the
+    baseline's BatchNorm running statistics stay as they are."""
+    work = copy.deepcopy(model).to(device).train()
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
+    amp = autocast_for(device)
+    for x, y in loader:
+        x, y = x[: images - seen], y[: images - seen]
+        with amp():
+            correct += (work(x).argmax(1) == y).sum()
+        seen += len(y)
+        if seen >= images:
+            break
+    return int(correct), seen
+
+
+def experiment_name(model: str, dataset: str, profile: str, identity: dict[str, Any] | None = None) -> str:
+    """<model>-<dataset>-<profile>, then a hash of everything else that changes a number (data fingerprint,
+    recipes' contents, scope, round_to, budget rule, selection split): experiments that differ never share a folder."""
     short = _resolve_name(model).removeprefix("cifar_")
-    return f"{short}-{dataset.replace(':', '_').replace('/', '_')}-{profile}"
+    name = f"{short}-{dataset.replace(':', '_').replace('/', '_')}-{profile}"
+    return name if identity is None else f"{name}-{config_hash(identity, 8)}"
 
 
-def experiment_dir(model: str, dataset: str, profile: str) -> Path:
-    return results_dir() / experiment_name(model, dataset, profile)
+def experiment_dir(name: str) -> Path:
+    return results_dir() / name
 
 
 def _resolve_name(model: str) -> str:
@@ -124,7 +199,7 @@ def _resolve_name(model: str) -> str:
 
 
 def trial_folder(cfg: TrialConfig) -> Path:
-    return experiment_dir(cfg.model, cfg.dataset, cfg.profile) / "trials" / f"{cfg.method}-{cfg.key}"
+    return experiment_dir(cfg.experiment_name) / "trials" / f"{cfg.method}-{cfg.key}"
 
 
 def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | None = None,
@@ -144,17 +219,18 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
     folder = trial_folder(cfg)
     if dist.all_true((folder / "result.json").is_file()):
         return read_json(folder / "result.json")
-    data = data if data is not None or cfg.dataset.startswith("imagefolder:") else load_dataset(cfg.dataset)
+    if data is None and not cfg.dataset.startswith("imagefolder:"):
+        data = load_dataset(cfg.dataset, selection=cfg.selection)
+    if data is not None and data.selection != cfg.selection:
+        raise ValueError(f"data loaded with selection {data.selection!r} for a trial of selection {cfg.selection!r}")
     if data is not None and any(knobs.get(k) is not None for k in method.structural_knobs):
         precheck(cfg, method, knobs, scope, data)
     t_start = time.perf_counter()
     base = get_baseline(cfg.model, cfg.dataset, load_recipe(cfg.baseline_recipe), seed=cfg.seed, device=device,
-                        data=data)
+                        data=data, selection=cfg.selection)
     input_size = tuple(base.meta["input_size"])
     model_args = {"num_classes": base.meta["num_classes"]}
     joint, finetune = load_recipe(cfg.joint_recipe), load_recipe(cfg.finetune_recipe)
-    if cfg.extra_finetune_epochs:
-        finetune = finetune.replace(epochs=finetune.epochs + cfg.extra_finetune_epochs)
     log_row = log_row or (lambda phase, row: None)
 
     work = prepare_model(copy.deepcopy(base.model), device)
@@ -164,10 +240,11 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
     def plan_cost(plan: KeepPlan) -> dict[str, int]:
         return profile_model(prune_model(base_cpu, plan), input_size)
 
-    joint_loaders = _loaders(data, cfg.dataset, joint, device, cfg.seed) if method.trains else None
+    # the method's phase loaders exist for every method: they feed a method's training (DECORE), its importance
+    # batches (methods that only look), and define the image count of the equal budget
+    joint_loaders = _loaders(data, cfg.dataset, joint, device, cfg.seed, cfg.selection)
     ctx = methods.Context(work, groups, base.spec.model, model_args, input_size, device, cfg.seed,
-                          train_loader=joint_loaders.train if joint_loaders else None,
-                          test_loader=joint_loaders.test if joint_loaders else None,
+                          train_loader=joint_loaders.train, test_loader=joint_loaders.val,
                           recipe=joint, fit=functools.partial(fit, compile=compile), plan_cost=plan_cost,
                           log=lambda row: log_row("method", row), round_to=cfg.round_to, rank=dist.rank(),
                           world_size=dist.world_size(), all_reduce=dist.all_reduce_)
@@ -178,28 +255,34 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
         raise UserError(str(e)) from None
     select_seconds = time.perf_counter() - t0
     dist.check_same(result.plan.to_json(), "the keep plan")
+    method_images = phase_images(result.history) if method.trains else 0
 
     # the method may have trained `work` (DECORE): prune that network, else the baseline
     source = work.cpu().to(memory_format=torch.contiguous_format).eval() if method.trains else base_cpu
     pruned = prune_model(source, result.plan)
     if admit is not None:
         admit(result.plan, pruned)
-    ft_loaders = _loaders(data, cfg.dataset, finetune, device, cfg.seed)
+    ft_loaders = _loaders(data, cfg.dataset, finetune, device, cfg.seed, cfg.selection)
+    ft_images = None  # the recipe's epochs
+    if cfg.budget == "equal" and not method.trains:  # the images of the joint phase too, on the same schedule shape
+        ft_images = joint.epochs * epoch_images(joint_loaders.train, joint) + finetune.epochs * epoch_images(ft_loaders.train, finetune)
     runner = prepare_model(pruned, device)
     amp = autocast_for(device)
-    before_ft = evaluate(runner, ft_loaders.test, device, amp)
+    before_ft = evaluate(runner, ft_loaders.val, device, amp)
     t1 = time.perf_counter()
-    ft_history = fit(runner, ft_loaders.train, ft_loaders.test if finetune_test else None, finetune, device,
-                     desc=f"fine-tune {cfg.method} ", compile=compile,
+    ft_history = fit(runner, ft_loaders.train, ft_loaders.val if finetune_test else None, finetune, device,
+                     desc=f"fine-tune {cfg.method} ", compile=compile, images=ft_images,
                      on_epoch=lambda row: log_row("finetune", row))
     finetune_seconds = time.perf_counter() - t1
-    after = evaluate(runner, ft_loaders.test, device, amp)
+    val = evaluate(runner, ft_loaders.val, device, amp)
+    test = evaluate(runner, ft_loaders.test, device, amp)  # measured once, reported, never read by a decision
     pruned = pruned.cpu().to(memory_format=torch.contiguous_format).eval()
     if not dist.is_main():  # rank 0 measures (latency alone on its cores) and writes; the others get its row
         return dist.broadcast_object(None)
 
-    row = _row(cfg, scope, knobs, base, pruned, input_size, before_ft, after, result, joint, finetune,
-               method.trains, select_seconds, finetune_seconds, time.perf_counter() - t_start, ft_history)
+    row = _row(cfg, scope, knobs, base, pruned, input_size, before_ft, val, test, result, joint, finetune,
+               method.trains, select_seconds, finetune_seconds, time.perf_counter() - t_start, ft_history,
+               method_images, data)
     if device.type == "cuda":
         row["latency_gpu_b1_ms"] = measure_latency(copy.deepcopy(pruned).to(device), input_size, batch_size=1)["median_ms"]
     save_pruned(folder, result.plan, pruned)
@@ -208,36 +291,41 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
     return dist.broadcast_object(row)
 
 
-def _row(cfg, scope, knobs, base: Baseline, pruned, input_size, before_ft, after, result, joint, finetune,
-         trains, select_seconds, finetune_seconds, wall, ft_history) -> dict[str, Any]:
+def _row(cfg, scope, knobs, base: Baseline, pruned, input_size, before_ft, val, test, result, joint, finetune,
+         trains, select_seconds, finetune_seconds, wall, ft_history, method_images, data) -> dict[str, Any]:
     """The trial's result, in the results table's column names (plus a few extras the table ignores)."""
     params, flops = count_params(pruned), count_flops(pruned, input_size)
     lat = measure_latency(pruned, input_size, batch_size=1, repeats=30)["median_ms"]
     base_lat = measure_latency(base.model, input_size, batch_size=1, repeats=30)["median_ms"]
-    bt = base.meta["test"]
+    bt, bv = base.meta["test"], base.meta.get("val", base.meta["test"])
     knob_name, knob_value = primary_knob(knobs)
+    ft_images = phase_images(ft_history)
     return {
-        "experiment": experiment_name(cfg.model, cfg.dataset, cfg.profile), "row_type": "trial",
+        "experiment": cfg.experiment_name, "row_type": "trial",
         "model": base.spec.model, "dataset": cfg.dataset, "profile": cfg.profile, "method": cfg.method,
         "scope": scope, "knob_name": knob_name, "knob_value": knob_value, "knobs": json.dumps(knobs, sort_keys=True),
         "seed": cfg.seed, "status": "complete", "reason": None,
-        "top1_pct": after["top1"], "top5_pct": after["top5"], "top1_drop_pct": bt["top1"] - after["top1"],
+        "val_top1_pct": val["top1"], "top1_pct": test["top1"], "top5_pct": test["top5"],
+        "top1_drop_pct": bt["top1"] - test["top1"],
         "top1_before_finetune_pct": before_ft["top1"],
         "params": params, "flops": flops,
         "params_reduction_pct": 100 * (1 - params / base.meta["params"]),
         "flops_reduction_pct": 100 * (1 - flops / base.meta["flops"]),
-        "base_top1_pct": bt["top1"], "base_top5_pct": bt["top5"],
+        "base_val_top1_pct": bv["top1"], "base_top1_pct": bt["top1"], "base_top5_pct": bt["top5"],
         "base_params": base.meta["params"], "base_flops": base.meta["flops"],
         "latency_cpu_b1_ms": lat, "base_latency_cpu_b1_ms": base_lat,
         "baseline_epochs": base.spec.recipe.epochs if base.meta["source"] == "trained" else 0,
-        "joint_epochs": joint.epochs if trains else 0, "finetune_epochs": finetune.epochs,
+        "joint_epochs": joint.epochs if trains else 0, "finetune_epochs": len(ft_history),
+        "method_images": method_images, "finetune_images": ft_images, "budget_images": method_images + ft_images,
+        "budget": cfg.budget, "selection": cfg.selection, "data_fingerprint": cfg.data_fingerprint,
+        "method_version": methods.code_version(cfg.method),
         "kept_channels": json.dumps({gid: [len(k), result.plan.units[gid]] for gid, k in result.plan.keep.items()}),
         "round_to": cfg.round_to, "wall_seconds": wall, "config_hash": cfg.key,
         "git_commit": git_commit(), "packages": json.dumps(package_versions(), sort_keys=True),
         # extras, kept in result.json only
         "select_seconds": select_seconds, "finetune_seconds": finetune_seconds,
         "baseline_key": base.spec.key, "info": {k: v for k, v in result.info.items() if k != "keep_prob"},
-        "world_size": dist.world_size(),
+        "world_size": dist.world_size(), "data": data.split_info() if data is not None else None,
     }
 
 

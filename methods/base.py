@@ -145,6 +145,21 @@ def register(name: str) -> Callable[[type[Method]], type[Method]]:
     return deco
 
 
+def code_version(name: str) -> str:
+    """A hash of the source of a method's class and of the `methods` modules it inherits from (the interface
+    in methods.base aside): part of every trial's identity, so a changed method trains again."""
+    import hashlib
+    import inspect
+    import sys
+
+    cls = get_method(name).__class__
+    modules = sorted({c.__module__ for c in cls.__mro__ if c.__module__.startswith("methods.") and c.__module__ != __name__})
+    h = hashlib.sha256()
+    for mod in modules:
+        h.update(inspect.getsource(sys.modules[mod]).encode())
+    return h.hexdigest()[:10]
+
+
 def get_method(name: str) -> Method:
     if name not in METHODS:
         close = difflib.get_close_matches(name, list(METHODS), n=3)

@@ -47,6 +47,23 @@ def break_even_lambda(train_accuracy: float) -> float:
     return train_accuracy / (1.0 - train_accuracy)
 
 
+def break_even_from_counts(correct: int, seen: int) -> tuple[float, str]:
+    """Break-even lambda from counted predictions, and the rule that gave it.
+
+    "measured": correct / errors, i.e. break_even_lambda(correct / seen). With no error in `seen` images the
+    accuracy rounds to 100% and the break-even is unbounded; the rule "one error in N" counts one error
+    (lambda = seen - 1, the smallest lambda that count is consistent with), and says so. No correct
+    prediction: "no correct prediction" (lambda = 1 / seen), the same rule mirrored.
+    """
+    if seen < 2:
+        raise KnobError(f"break-even lambda needs at least 2 counted images, got {seen}")
+    if correct >= seen:
+        return float(seen - 1), f"one error in {seen}: no error in {seen} images, counted as one"
+    if correct <= 0:
+        return 1.0 / seen, f"no correct prediction in {seen} images, counted as one"
+    return break_even_lambda(correct / seen), "measured"
+
+
 def agent_loss(weights: Sequence[torch.Tensor], actions: Sequence[torch.Tensor], correct: torch.Tensor,
                lam: float | Sequence[float], reward_baseline: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """REINFORCE loss of the agents and the mean reward per group (both device tensors).

@@ -92,6 +92,12 @@ class ScoredMethod(Method):
             zeros = {g.id: torch.zeros(g.units) for g in ctx.groups}
             self._smallest(ctx, float(knobs["flops_target"]), *self._flops_curve(ctx, zeros))
 
+    def smallest_flops_fraction(self, ctx: Context) -> float:
+        """The smallest FLOPs fraction a uniform plan reaches at ctx's scope (the floor of flops_target)."""
+        zeros = {g.id: torch.zeros(g.units) for g in ctx.groups}
+        fraction, uniform = self._flops_curve(ctx, zeros)
+        return fraction(uniform(MAX_RATIO))[0]
+
     def select(self, ctx: Context, **knobs: Any) -> Result:
         self.check_combination(knobs)
         scores = self.scores(ctx)

@@ -31,6 +31,7 @@ class Profile:
     trials: int
     methods: dict[str, MethodSpace]
     baseline_recipe_by_model: dict[str, str] = field(default_factory=dict)
+    paper_finetune: dict[str, str] = field(default_factory=dict)  # --budget paper: a method's own fine-tuning recipe
 
     def baseline_for(self, model: str) -> str:
         return self.baseline_recipe_by_model.get(model, self.baseline_recipe)

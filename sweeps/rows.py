@@ -10,13 +10,14 @@ from bench.baseline import Baseline
 from bench.env import device_name, git_commit, package_versions
 from bench.io import config_hash
 from bench.results import COLUMNS
-from bench.trial import TrialConfig, experiment_name, primary_knob
+from bench.trial import TrialConfig, primary_knob
 
 
 def table_row(result: dict[str, Any], *, study: str, optuna_trial: int | None, device: torch.device,
-              wandb_run_id: str | None = None) -> dict[str, Any]:
+              wandb_run_id: str | None = None, match_of: str | None = None) -> dict[str, Any]:
     row = {k: v for k, v in result.items() if k in COLUMNS}
-    row.update(study=study, optuna_trial=optuna_trial, device=device_name(device), wandb_run_id=wandb_run_id)
+    row.update(study=study, optuna_trial=optuna_trial, device=device_name(device), wandb_run_id=wandb_run_id,
+               match_of=match_of)
     return row
 
 
@@ -24,18 +25,23 @@ def failed_row(tc: TrialConfig, *, reason: str, study: str, optuna_trial: int | 
                status: str = "failed", **measured: Any) -> dict[str, Any]:
     """A trial that did not finish: failed, or (budgeted search) infeasible or pruned, with what was measured."""
     knob_name, knob_value = primary_knob(tc.knobs)
-    return {"experiment": experiment_name(tc.model, tc.dataset, tc.profile), "row_type": "trial",
+    return {"experiment": tc.experiment_name, "row_type": "trial",
             "model": tc.model, "dataset": tc.dataset, "profile": tc.profile, "method": tc.method, "scope": tc.scope,
             "knob_name": knob_name, "knob_value": knob_value, "knobs": json.dumps(tc.knobs, sort_keys=True),
             "seed": tc.seed, "status": status, "reason": reason, "config_hash": tc.key, "study": study,
             "optuna_trial": optuna_trial, "device": device_name(device), "round_to": tc.round_to,
+            "budget": tc.budget, "selection": tc.selection, "data_fingerprint": tc.data_fingerprint,
             "git_commit": git_commit(), "packages": json.dumps(package_versions(), sort_keys=True), **measured}
 
 
-def baseline_row(base: Baseline, experiment: str, profile: str, seed: int) -> dict[str, Any]:
+def baseline_row(base: Baseline, experiment: str, profile: str, seed: int,
+                 protocol: dict[str, Any] | None = None) -> dict[str, Any]:
     m = base.meta
+    val = m.get("val", {}).get("top1")
     return {"experiment": experiment, "row_type": "baseline", "model": base.spec.model, "dataset": base.spec.dataset,
             "profile": profile, "method": "baseline", "seed": seed, "status": "complete",
+            "val_top1_pct": val, "base_val_top1_pct": val, "selection": base.spec.selection,
+            "budget": (protocol or {}).get("budget"), "data_fingerprint": base.spec.data_fingerprint,
             "top1_pct": m["test"]["top1"], "top5_pct": m["test"]["top5"], "top1_drop_pct": 0.0,
             "params": m["params"], "flops": m["flops"], "params_reduction_pct": 0.0, "flops_reduction_pct": 0.0,
             "base_top1_pct": m["test"]["top1"], "base_top5_pct": m["test"]["top5"], "base_params": m["params"],

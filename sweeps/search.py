@@ -187,13 +187,12 @@ class SearchObjective:
         mark_owner(trial)
         tc = self.sweep_objective.config(self.knobs(trial), 0)
         trial.set_user_attr("config_hash", tc.key)
-        last_epoch = int(load_recipe(tc.finetune_recipe).epochs) + int(tc.extra_finetune_epochs)
         trial.set_user_attr("trial_folder", str(trial_folder(tc)))
         s = self.setup
         try:
             row = run_and_record(s.cfg.sweep, tc, s.data, s.cfg.study_name(self.method), trial.number,
                                  admit=lambda plan, model: self.admit(trial, plan, model),
-                                 on_epoch=lambda phase, r: self.on_epoch(trial, phase, r, last_epoch))
+                                 on_epoch=lambda phase, r: self.on_epoch(trial, phase, r))
         except Stopped as e:
             if e.status == "pruned":
                 raise optuna.TrialPruned(str(e)) from None
@@ -203,7 +202,7 @@ class SearchObjective:
             return float("nan")  # Optuna records a failed trial; the search goes on
         if "budget_value" not in trial.user_attrs:  # finished before (the trial cache): judge its row
             self._judge(trial, row_cost(s.budget.kind, row))
-        return float(row["top1_pct"])
+        return float(row["val_top1_pct"])  # validation: the test set decides nothing
 
     # -- the search space
 
@@ -262,15 +261,15 @@ class SearchObjective:
             raise Stopped("infeasible", f"{s.budget.kind} {fmt(s.budget.kind, value)} is over the budget "
                           f"{fmt(s.budget.kind, s.limit)}", self._measured(flops, params, kept))
 
-    def on_epoch(self, trial: optuna.Trial, phase: str, row: dict[str, Any], last_epoch: int) -> None:
-        """After every fine-tune epoch: report test top-1; the pruner may stop the trial before its last epoch
+    def on_epoch(self, trial: optuna.Trial, phase: str, row: dict[str, Any]) -> None:
+        """After every fine-tune epoch: report validation top-1; the pruner may stop the trial before its last epoch
         (after the last one there is nothing left to save: the finished model is kept and judged)."""
-        if phase != "finetune" or "test_top1" not in row:
+        if phase != "finetune" or "val_top1" not in row:
             return
-        trial.report(float(row["test_top1"]), int(row["epoch"]))
-        if int(row["epoch"]) < last_epoch and trial.should_prune():
+        trial.report(float(row["val_top1"]), int(row["epoch"]))  # validation: the test set decides nothing
+        if not row.get("final") and trial.should_prune():
             a = trial.user_attrs
-            raise Stopped("pruned", f"test top-1 {row['test_top1']:.2f}% after fine-tune epoch {row['epoch']} is "
+            raise Stopped("pruned", f"validation top-1 {row['val_top1']:.2f}% after fine-tune epoch {row['epoch']} is "
                           "below the pruner's bar", self._measured(a.get("flops"), a.get("params")))
 
     def _judge(self, trial: optuna.Trial, value: float) -> bool:
@@ -316,7 +315,7 @@ def run_search(cfg: SearchConfig, pruner: optuna.pruners.BasePruner | None = Non
     trials = cfg.trials if cfg.trials is not None else profile.trials
     device = resolve_device(cfg.device)
     storage = open_storage(cfg.sweep.storage_url)
-    data = None if cfg.dataset.startswith("imagefolder:") else load_dataset(cfg.dataset)
+    data = None if cfg.dataset.startswith("imagefolder:") else load_dataset(cfg.dataset, selection=cfg.sweep.selection)
     base, break_even = prepare_baseline(cfg.sweep, profile, device, data, 0)
     base.model.cpu().eval()
     base_cost = {"flops": float(base.meta["flops"]), "params": float(base.meta["params"])}

@@ -1,7 +1,11 @@
-"""`make bench`: one Optuna multi-objective study per (model, dataset, profile, method).
+"""`make bench`: one Optuna multi-objective study per (experiment, method, method code version).
 
-Each study maximises top-1 and minimises FLOPs; a method's knob is suggested from its declared range
-(DECORE's lambda on a log scale from the baseline's break-even lambda). The objective is thin: it builds
+The experiment is everything that changes a number (model, data fingerprint, profile and its recipes, scope,
+round_to, budget rule, selection split); its folder and study names carry its hash. Each study maximises
+*validation* top-1 and minimises FLOPs (no decision reads the test set); a method's knob is suggested from its
+declared range (DECORE's lambda on a log scale from the break-even lambda measured as its agents see the
+network). By default every DECORE trial gets L1/random partners within 1% of its FLOPs at DECORE's scope, and
+each seed gets a no-pruning control trained for the same budget. The objective is thin: it builds
 a TrialConfig and calls the same `run_trial` the CLI's `run` calls. Finished trials are never repeated:
 a rerun only tops each study up to TRIALS complete trials, and run_trial returns finished configs from disk.
 Any number of workers (processes here, `make worker` elsewhere) may share one study: each starts a trial
@@ -11,6 +15,7 @@ whose worker dies is failed (heartbeat, or a dead pid on this host) and must be 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -30,7 +35,7 @@ from tqdm.auto import tqdm
 
 import methods
 from bench.baseline import get_baseline
-from bench.data import load_dataset, open_loaders
+from bench.data import check_selection, data_fingerprint, load_dataset, open_loaders
 from bench.errors import UserError
 from bench.faults import crash_point
 from bench.recipe import load_recipe
@@ -38,8 +43,9 @@ from bench.results import ResultsTable
 from bench.train import Diverged, build_optimizer, prepare_model, resolve_device
 from bench.report import report_experiment
 from bench.tracking import Tracker
-from bench.trial import TrialConfig, experiment_dir, experiment_name, run_trial, train_accuracy, trial_folder
-from methods.decore import break_even_lambda
+from bench.trial import (BREAK_EVEN_IMAGES, TrialConfig, experiment_dir, experiment_name, run_trial,
+                         smallest_flops_fraction, train_accuracy, trial_folder)
+from methods.decore import break_even_from_counts
 
 from .profile import Profile, load_profile
 from .rows import baseline_row, failed_row, table_row
@@ -60,23 +66,42 @@ class SweepConfig:
     workers: int = 1
     device: str = "auto"
     scope: str | None = None            # None: each method's default
-    match: str | None = None            # "decore": L1/random at every DECORE trial's FLOPs
-    equal_epochs: bool = False          # L1/random get DECORE's joint epochs as extra fine-tuning
+    match: str | None = "decore"        # "decore": the other methods at every DECORE trial's FLOPs; None: off
     round_to: int = 1
     wandb: str = "auto"
     sampler_seed: int = 0
     compile: bool = False               # torch.compile the method's training and fine-tuning (GPUs)
+    budget: str = "equal"               # equal: the same training images after the baseline; paper: each its own
+    selection: str = "val"              # val: decisions read a hold-out of the training set; test: papers' practice
+    control: bool = True                # the no-pruning control per seed (the baseline trained on, same budget)
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that changes a number, except the method's own code (in the study name and trial hash)."""
+        profile = load_profile(self.profile)
+        recipes = sorted({profile.baseline_for(_timm(self.model)), profile.joint_recipe, profile.finetune_recipe,
+                          *profile.paper_finetune.values()})
+        return {"profile": dataclasses.asdict(profile), "recipes": {r: load_recipe(r).to_dict() for r in recipes},
+                "scope": self.scope, "round_to": self.round_to, "budget": self.budget, "selection": self.selection,
+                "data": data_fingerprint(self.dataset)}
+
+    @functools.cached_property
+    def experiment(self) -> str:
+        return experiment_name(self.model, self.dataset, self.profile, self.identity())
 
     @property
     def folder(self) -> Path:
-        return experiment_dir(self.model, self.dataset, self.profile)
+        return experiment_dir(self.experiment)
 
     @property
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{self.folder / 'optuna.db'}"
 
     def study_name(self, method: str) -> str:
-        return f"{experiment_name(self.model, self.dataset, self.profile)}-{method}"
+        return f"{self.experiment}-{method}-{methods.code_version(method)}"
+
+    def protocol(self) -> dict[str, Any]:
+        return {"budget": self.budget, "selection": self.selection, "match": self.match, "scope": self.scope,
+                "round_to": self.round_to, "control": self.control}
 
 
 def validate(cfg: SweepConfig) -> Profile:
@@ -94,7 +119,10 @@ def validate(cfg: SweepConfig) -> Profile:
         if value < 1:
             raise UserError(f"{name}={value} must be at least 1")
     if cfg.match not in (None, "decore"):
-        raise UserError(f"--match {cfg.match!r} is not supported: use --match decore")
+        raise UserError(f"--match {cfg.match!r} is not supported: use --match decore (the default) or --match none")
+    if cfg.budget not in ("equal", "paper"):
+        raise UserError(f"--budget {cfg.budget!r} is unknown: use equal (the default) or paper")
+    check_selection(cfg.selection)
     resolve_device(cfg.device)
     ResultsTable(cfg.folder).read()  # a table broken by hand is refused before anything trains or is written
     return profile
@@ -111,25 +139,39 @@ class Objective:
     data: Any = field(default=None, repr=False)
     wanted: int | None = None           # the study's complete trials wanted: a trial beyond them is pruned
     low_divisor: float = 1.0            # break-even ranges reach this many times lower (budgeted search)
+    flops_floor: float | None = None    # the smallest FLOPs fraction the method reaches at its scope
+
+    def knob_range(self) -> tuple[float, float]:
+        space = self.profile.methods[self.method]
+        declared = {k.name: k for k in methods.get_method(self.method).knobs}[space.knob]
+        if space.break_even_range is not None:
+            if self.break_even is None:
+                raise UserError(f"{self.method}'s range is a fraction of the break-even lambda, which was not measured")
+            low, high = (f * self.break_even for f in space.break_even_range)
+            return low / self.low_divisor, high
+        low, high = space.range or (declared.low, declared.high)
+        if space.knob == "flops_target" and self.flops_floor is not None and low < self.flops_floor * 1.02:
+            low = min(self.flops_floor * 1.02, high)  # below the floor a target cannot be met at this scope
+        return low, high
 
     def knob(self, trial: optuna.Trial) -> dict[str, Any]:
         space = self.profile.methods[self.method]
         declared = {k.name: k for k in methods.get_method(self.method).knobs}[space.knob]
-        if space.break_even_range is not None and self.break_even is not None:
-            low, high = (f * self.break_even for f in space.break_even_range)
-            low /= self.low_divisor
-        else:
-            low, high = space.range or (declared.low, declared.high)
+        low, high = self.knob_range()
         value = trial.suggest_float(space.knob, low, high, log=declared.log)
         return {space.knob: float(f"{value:.3g}"), **space.options}  # 3 significant digits: readable labels
 
-    def config(self, knobs: dict[str, Any], seed: int) -> TrialConfig:
-        extra = 0
-        if self.cfg.equal_epochs and not methods.get_method(self.method).trains:
-            extra = load_recipe(self.profile.joint_recipe).epochs
-        return TrialConfig(self.cfg.model, self.cfg.dataset, self.method, knobs, self.cfg.scope, seed,
-                           self.profile.baseline_for(_timm(self.cfg.model)), self.profile.joint_recipe,
-                           self.profile.finetune_recipe, self.cfg.round_to, extra, self.profile.name)
+    def config(self, knobs: dict[str, Any], seed: int, scope: str | None = None) -> TrialConfig:
+        """The trial of these knobs: under the paper budget a method without a training phase fine-tunes with
+        its paper's recipe where the profile names one (Li et al.'s for L1); under the equal budget the engine
+        gives it the images of DECORE's joint phase plus the shared fine-tuning."""
+        finetune = self.profile.finetune_recipe
+        if self.cfg.budget == "paper":
+            finetune = self.profile.paper_finetune.get(self.method, finetune)
+        return TrialConfig(self.cfg.model, self.cfg.dataset, self.method, knobs, scope or self.cfg.scope, seed,
+                           self.profile.baseline_for(_timm(self.cfg.model)), self.profile.joint_recipe, finetune,
+                           self.cfg.round_to, self.profile.name, self.cfg.budget, self.cfg.selection,
+                           self.cfg.experiment)
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         mark_owner(trial)
@@ -145,7 +187,8 @@ class Objective:
         if not ok:
             trial.set_user_attr("reason", results[0].get("reason"))
             return float("nan"), float("nan")  # Optuna records a failed trial; the sweep goes on
-        return (sum(r["top1_pct"] for r in ok) / len(ok), sum(r["flops"] for r in ok) / len(ok))
+        # the objective reads validation top-1 only (the test set decides nothing)
+        return (sum(r["val_top1_pct"] for r in ok) / len(ok), sum(r["flops"] for r in ok) / len(ok))
 
 
 class Stopped(Exception):
@@ -156,7 +199,7 @@ class Stopped(Exception):
         self.status, self.measured = status, measured or {}
 
 
-SUMMARY_KEYS = ("top1_pct", "top5_pct", "top1_drop_pct", "params", "flops", "params_reduction_pct",
+SUMMARY_KEYS = ("val_top1_pct", "top1_pct", "top5_pct", "budget_images", "top1_drop_pct", "params", "flops", "params_reduction_pct",
                 "flops_reduction_pct", "latency_cpu_b1_ms", "base_top1_pct", "knob_value", "wall_seconds")
 _TRACKERS: dict[tuple[str, str], Tracker] = {}
 
@@ -171,7 +214,8 @@ def tracker_for(cfg: SweepConfig) -> Tracker:
 
 def run_and_record(cfg: SweepConfig, tc: TrialConfig, data: Any, study: str, number: int | None, *,
                    admit: Callable[..., None] | None = None,
-                   on_epoch: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                   on_epoch: Callable[[str, dict[str, Any]], None] | None = None,
+                   match_of: str | None = None) -> dict[str, Any]:
     """run_trial with its W&B run, then one row in the results table (a failed row when training diverged).
 
     `admit` and `on_epoch` (budgeted search) may raise `Stopped`: the row records its status, then it propagates.
@@ -181,6 +225,9 @@ def run_and_record(cfg: SweepConfig, tc: TrialConfig, data: Any, study: str, num
     folder = trial_folder(tc)
     if (folder / "result.json").is_file() and tc.key in table.finished_hashes():
         row = table.read().set_index("config_hash").loc[tc.key].to_dict()
+        if match_of is not None and row.get("match_of") != match_of:  # the same trial also partners this point
+            table.upsert({**row, "config_hash": tc.key,
+                          "match_of": ";".join(sorted({*str(row.get("match_of") or "").split(";"), match_of} - {""}))})
         return {**row, "config_hash": tc.key}  # finished before: nothing to train, nothing to log
     config = {**tc.to_dict(), "config_hash": tc.key, "study": study, "optuna_trial": number,
               "recipes": {r: load_recipe(r).to_dict() for r in tc.recipes()}, "storage": scrub(cfg.storage_url)}
@@ -195,7 +242,8 @@ def run_and_record(cfg: SweepConfig, tc: TrialConfig, data: Any, study: str, num
     try:
         result = run_trial(tc, device, data=data, log_row=log_row, admit=admit, finetune_test=on_epoch is not None,
                            compile=cfg.compile)
-        row = table_row(result, study=study, optuna_trial=number, device=device, wandb_run_id=run.id)
+        row = table_row(result, study=study, optuna_trial=number, device=device, wandb_run_id=run.id,
+                        match_of=match_of)
         run.finish({k: row[k] for k in SUMMARY_KEYS if row.get(k) is not None},
                    kept_channels=json.loads(row["kept_channels"]), artifact_dir=folder)
     except (Diverged, torch.cuda.OutOfMemoryError) as e:
@@ -238,14 +286,21 @@ def run_sweep(cfg: SweepConfig) -> Path:
     profile = validate(cfg)
     trials = cfg.trials if cfg.trials is not None else profile.trials
     device = resolve_device(cfg.device)
+    data = None if cfg.dataset.startswith("imagefolder:") else load_dataset(cfg.dataset, selection=cfg.selection)
+    floors = {m: smallest_flops_fraction(cfg.model, m, cfg.scope, data, cfg.round_to) if data is not None else None
+              for m in cfg.methods if profile.methods[m].knob == "flops_target"}
     storage = open_storage(cfg.storage_url)
-    data = None if cfg.dataset.startswith("imagefolder:") else load_dataset(cfg.dataset)
     print_plan(cfg, profile, trials, device, data)
+    write_experiment(cfg, data)
 
-    break_even = None
-    for seed in range(cfg.seeds):
-        _, be = prepare_baseline(cfg, profile, device, data, seed)
-        break_even = be if seed == 0 else break_even
+    measured = [prepare_baseline(cfg, profile, device, data, seed)[1] for seed in range(cfg.seeds)]
+    break_even = (sum(measured) / len(measured)) if measured and None not in measured else None
+    if break_even is not None:
+        for m in cfg.methods:
+            if profile.methods[m].break_even_range is not None:
+                low, high = Objective(cfg, profile, m, break_even).knob_range()
+                print(f"  {m}: break-even lambda {break_even:.3g} (mean of {len(measured)} seed(s)) -> "
+                      f"{profile.methods[m].knob} searched in [{low:.3g}, {high:.3g}] (log)")
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     bar = tqdm(total=trials * len(cfg.methods), desc="sweep", unit="trial", disable=None)
@@ -260,27 +315,49 @@ def run_sweep(cfg: SweepConfig) -> Path:
         bar.update(min(done, trials))
         remaining = max(trials - done, 0)
         if remaining:
-            objective = Objective(cfg, profile, method, break_even, data, wanted=trials)
+            objective = Objective(cfg, profile, method, break_even, data, wanted=trials, flops_floor=floors.get(method))
             _optimize(cfg, study, objective, remaining, bar)
     bar.close()
     if cfg.match == "decore":
         run_matches(cfg, profile, data)
+    if cfg.control:
+        run_control(cfg, profile, data)
     write_report(cfg)
     return cfg.folder
 
 
+def write_experiment(cfg: SweepConfig, data: Any) -> None:
+    """experiment.json: the identity behind the folder's hash, readable (what was compared, on what data)."""
+    from bench.io import write_json
+
+    path = cfg.folder / "experiment.json"
+    if not path.is_file():
+        write_json(path, {"experiment": cfg.experiment, "model": cfg.model, "dataset": cfg.dataset,
+                          "protocol": cfg.protocol(), "identity": cfg.identity(),
+                          "data": data.split_info() if data is not None else {"dataset": cfg.dataset,
+                                                                                "fingerprint": data_fingerprint(cfg.dataset)}})
+
+
 def prepare_baseline(cfg: SweepConfig, profile: Profile, device: torch.device, data: Any, seed: int) -> tuple[Any, float | None]:
-    """The (cached) baseline and its row in the results table; for seed 0 also DECORE's break-even lambda."""
+    """The (cached) baseline, its row in the results table, and DECORE's break-even lambda for this seed's
+    baseline, measured as the agents see it (train mode, training augmentation, gates open) on the joint
+    phase's training images; None when no method of the sweep searches a break-even range."""
     base = get_baseline(cfg.model, cfg.dataset, load_recipe(profile.baseline_for(_timm(cfg.model))), seed=seed,
-                        device=device, data=data)
-    ResultsTable(cfg.folder).upsert(baseline_row(base, cfg.folder.name, profile.name, seed))
-    if seed != 0 or data is None:
+                        device=device, data=data, selection=cfg.selection)
+    ResultsTable(cfg.folder).upsert(baseline_row(base, cfg.folder.name, profile.name, seed, cfg.protocol()))
+    if not any(profile.methods[m].break_even_range is not None for m in cfg.methods):
         return base, None
-    acc = train_accuracy(base.model.to(device), data, load_recipe(profile.joint_recipe), device)
-    base.model.cpu()
-    break_even = break_even_lambda(min(max(acc, 1e-3), 1 - 1e-3))
-    print(f"baseline: top-1 {base.meta['test']['top1']:.2f}%, training accuracy {100 * acc:.2f}% "
-          f"-> DECORE break-even lambda {break_even:.3g}")
+    joint = load_recipe(profile.joint_recipe)
+    loader = open_loaders(cfg.dataset, joint.batch_size, device, seed=seed, subset_per_class=joint.subset_per_class,
+                          data=data, selection=cfg.selection).train
+    correct, seen = train_accuracy(base.model, loader, device, BREAK_EVEN_IMAGES)
+    try:
+        break_even, rule = break_even_from_counts(correct, seen)
+    except methods.KnobError as e:
+        raise UserError(f"{e}: the training split is too small for DECORE's break-even lambda") from None
+    print(f"baseline seed {seed}: validation top-1 {base.meta.get('val', base.meta['test'])['top1']:.2f}%, "
+          f"training accuracy as the agents see it {100 * correct / seen:.2f}% ({correct}/{seen} images, train mode, "
+          f"augmented) -> DECORE break-even lambda {break_even:.3g}" + ("" if rule == "measured" else f" (rule: {rule})"))
     return base, break_even
 
 
@@ -372,7 +449,8 @@ def _optimize(cfg: SweepConfig, study: optuna.Study, objective: Objective, remai
         return
     shares = [remaining // cfg.workers + (i < remaining % cfg.workers) for i in range(cfg.workers)]
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(cfg, objective.method, objective.break_even, n, objective.wanted, i),
+    procs = [ctx.Process(target=_worker, args=(cfg, objective.method, objective.break_even, n, objective.wanted, i,
+                                               objective.flops_floor),
                          daemon=False)
              for i, n in enumerate(shares) if n]
     for p in procs:
@@ -390,26 +468,41 @@ def _optimize(cfg: SweepConfig, study: optuna.Study, objective: Objective, remai
 
 
 def _worker(cfg: SweepConfig, method: str, break_even: float | None, n_trials: int, wanted: int | None,
-            index: int) -> None:
+            index: int, flops_floor: float | None = None) -> None:
     """A worker process: joins the study and runs its share of trials."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     profile = load_profile(cfg.profile)
-    data = None if cfg.dataset.startswith("imagefolder:") else load_dataset(cfg.dataset)
+    data = None if cfg.dataset.startswith("imagefolder:") else load_dataset(cfg.dataset, selection=cfg.selection)
     study = optuna.load_study(study_name=cfg.study_name(method), storage=open_storage(cfg.storage_url))
     study.sampler = _sampler(cfg, len(study.trials), index + 1, salt=_process_salt(cfg))
-    work_on(study, Objective(cfg, profile, method, break_even, data, wanted), n_trials)
+    work_on(study, Objective(cfg, profile, method, break_even, data, wanted, flops_floor=flops_floor), n_trials)
+
+
+MATCH_METHODS_EXCLUDED = ("decore", "control")
 
 
 def run_matches(cfg: SweepConfig, profile: Profile, data: Any) -> None:
-    """L1 and random at every finished DECORE trial's FLOPs (fraction of its baseline's)."""
+    """Every other method of the sweep (with a flops_target knob) at every finished DECORE trial's FLOPs (a
+    fraction of its baseline's, met within 1%), at the DECORE trial's scope; rows record `match_of`."""
     df = ResultsTable(cfg.folder).read()
     done = df[(df["method"] == "decore") & (df["status"] == "complete") & (df["row_type"] == "trial")]
+    partners = [m for m in cfg.methods if m not in MATCH_METHODS_EXCLUDED
+                and any(k.name == "flops_target" for k in methods.get_method(m).knobs)]
     for _, row in done.iterrows():
         target = round(float(row["flops"]) / float(row["base_flops"]), 4)
-        for method in (m for m in ("l1", "random") if m in profile.methods):
-            obj = Objective(cfg, profile, method, None, data)
-            tc = obj.config({"flops_target": target}, int(row["seed"]))
-            run_and_record(cfg, tc, data, cfg.study_name(method) + "-match", None)
+        if target >= 0.999:
+            continue  # DECORE removed nothing: the no-pruning control is its partner
+        for method in partners:
+            tc = Objective(cfg, profile, method, None, data).config({"flops_target": target}, int(row["seed"]),
+                           scope=str(row["scope"]))
+            run_and_record(cfg, tc, data, cfg.study_name(method) + "-match", None, match_of=str(row["config_hash"]))
+
+
+def run_control(cfg: SweepConfig, profile: Profile, data: Any) -> None:
+    """The no-pruning control, once per seed: the baseline trained on for the same budget as every method."""
+    for seed in range(cfg.seeds):
+        tc = Objective(cfg, profile, "control", None, data).config({}, seed, scope="all")
+        run_and_record(cfg, tc, data, f"{cfg.experiment}-control", None)
 
 
 # ---------------------------------------------------------------- the plan printed before training
@@ -419,14 +512,41 @@ def print_plan(cfg: SweepConfig, profile: Profile, trials: int, device: torch.de
     joint, ft = load_recipe(profile.joint_recipe), load_recipe(profile.finetune_recipe)
     n = {r.name: _images(data, r) for r in (base_r, joint, ft)}
     sec = _seconds_per_image(cfg.model, data, ft, device) if data is not None else float("nan")
-    per_trial = {m: ft.epochs * n[ft.name] + (joint.epochs * n[joint.name] * 1.1 if methods.get_method(m).trains else 0)
-                 for m in cfg.methods}
-    total = sum(per_trial.values()) * trials * cfg.seeds * sec + base_r.epochs * n[base_r.name] * cfg.seeds * sec
+    joint_images, ft_images = joint.epochs * n[joint.name], ft.epochs * n[ft.name]
+    equal = joint_images + ft_images
+
+    def images(m: str) -> float:
+        if methods.get_method(m).trains:
+            return joint_images * 1.1 + ft_images  # the gated step costs about 1.1 plain steps
+        if cfg.budget == "equal":
+            return equal
+        r = load_recipe(profile.paper_finetune.get(m, profile.finetune_recipe))
+        return r.epochs * _images(data, r)
+    per_trial = {m: images(m) for m in cfg.methods}
+    partners = [m for m in cfg.methods if m not in MATCH_METHODS_EXCLUDED] if cfg.match == "decore" and "decore" in cfg.methods else []
+    extra = sum(per_trial[m] for m in partners) * trials + (equal if cfg.control else 0)
+    total = (sum(per_trial.values()) * trials + extra) * cfg.seeds * sec + base_r.epochs * n[base_r.name] * cfg.seeds * sec
+    info = data.split_info() if data is not None else {"fingerprint": data_fingerprint(cfg.dataset), "selection": cfg.selection}
     print(f"plan: {cfg.folder.name} on {device}, storage {scrub(cfg.storage_url)}")
+    print(f"  data: {cfg.dataset} (fingerprint {info['fingerprint']}); selection split: " +
+          (f"validation hold-out of {info.get('val_images', '?')} training images (seeded, class-balanced), "
+           f"{info.get('train_images', '?')} train; decisions read validation top-1, test top-1/top-5 only reported"
+           if cfg.selection == "val" else "the test set (the papers' practice: every decision reads test accuracy)"))
     print(f"  studies: {', '.join(cfg.study_name(m) for m in cfg.methods)}; {trials} trials each x {cfg.seeds} seed(s)"
           f"{', ' + str(cfg.workers) + ' workers' if cfg.workers > 1 else ''}")
-    print(f"  epochs: baseline {base_r.epochs} ({base_r.name}, trained once per seed, cached), "
-          f"DECORE joint {joint.epochs} ({joint.name}), fine-tune {ft.epochs} ({ft.name}) for every method")
+    print(f"  baseline: {base_r.epochs} epochs ({base_r.name}) on {n[base_r.name]} images, once per seed, cached")
+    if cfg.budget == "equal":
+        print(f"  budget: equal, {equal:,} training images after the baseline for every method: DECORE's joint phase "
+              f"{joint.epochs} x {n[joint.name]} ({joint.name}) + fine-tuning {ft.epochs} x {n[ft.name]} ({ft.name}); "
+              f"methods without a training phase fine-tune for all of it on {ft.name}'s schedule, stretched")
+    else:
+        own = {m: load_recipe(profile.paper_finetune.get(m, profile.finetune_recipe)).name for m in cfg.methods}
+        print(f"  budget: paper budgets, unequal: DECORE joint {joint.epochs} ({joint.name}) + fine-tune {ft.epochs}; "
+              + ", ".join(f"{m} fine-tunes with {r}" for m, r in own.items() if not methods.get_method(m).trains))
+    print(f"  matching: " + (f"{', '.join(partners)} at every DECORE trial's FLOPs (within 1%, DECORE's scope)"
+                             if partners else "off") +
+          f"; no-pruning control: {'one per seed, same budget' if cfg.control else 'off'}; "
+          f"scope {cfg.scope or 'each method its default'}; round_to {cfg.round_to}")
     if math.isfinite(total):
         print(f"  estimate: about {total / 60:.0f} min if nothing is cached yet ({1 / sec:.0f} img/s measured; "
               "cached baselines and finished trials cost nothing)")

@@ -22,36 +22,42 @@ def _cfg(**kw):
 
 
 def test_sweep_two_trials_per_method_then_resume(capsys, monkeypatch):
-    folder = run_sweep(_cfg(trials=2))
+    folder = run_sweep(_cfg(trials=2, match=None))
     df = ResultsTable(folder).read()
     assert list(df.columns) == list(COLUMNS)
     assert (df["row_type"] == "baseline").sum() == 1
     trials = df[df["row_type"] == "trial"]
-    assert trials.groupby("method").size().to_dict() == {"decore": 2, "l1": 2, "random": 2}
+    assert trials.groupby("method").size().to_dict() == {"decore": 2, "l1": 2, "random": 2, "control": 1}
     assert (trials["status"] == "complete").all() and trials["config_hash"].is_unique
     assert trials["pareto"].any() and trials["flops"].le(trials["base_flops"]).all()
     assert set(trials.loc[trials["method"] == "decore", "knob_name"]) == {"lambda"}
     assert pd.read_parquet(folder / "runs.parquet").shape == df.shape
     out = capsys.readouterr().out
     assert "plan:" in out and "estimate" in out
+    for line in ("selection split: validation hold-out", "budget: equal", "no-pruning control", "break-even lambda"):
+        assert line in out
+    # the budget every method trained on after the baseline, counted by the engine, is the same
+    assert trials["budget_images"].nunique() == 1 and trials["budget_images"].iloc[0] > 0
+    assert set(trials["budget"]) == {"equal"} and set(trials["selection"]) == {"val"}
 
     before = (folder / "runs.csv").read_text()
     with monkeypatch.context() as m:  # everything finished: no trial runs, nothing changes
         m.setattr("sweeps.study.run_trial", lambda *a, **k: pytest.fail("a finished sweep ran a trial again"))
-        run_sweep(_cfg(trials=2))
+        run_sweep(_cfg(trials=2, match=None))
     assert (folder / "runs.csv").read_text() == before
 
-    run_sweep(_cfg(trials=3, methods=("l1",)))  # topping up runs only the missing trial
+    run_sweep(_cfg(trials=3, methods=("l1",), match=None))  # topping up runs only the missing trial
     df = ResultsTable(folder).read()
     assert (df["method"] == "l1").sum() == 3 and (df["method"] == "decore").sum() == 2
 
 
 def test_workers_on_a_journal_file(tmp_path):
     journal = tmp_path / "studies.log"
-    folder = run_sweep(_cfg(trials=3, methods=("random",), workers=2, storage=f"journal:{journal}"))
+    cfg = _cfg(trials=3, methods=("random",), workers=2, storage=f"journal:{journal}", control=False)
+    folder = run_sweep(cfg)
     df = ResultsTable(folder).read()
     assert (df["method"] == "random").sum() == 3 and df["config_hash"].is_unique
-    study = optuna.load_study(study_name="resnet20-synthetic-test-random",
+    study = optuna.load_study(study_name=cfg.study_name("random"),
                               storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal))))
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 3
     assert len({t.user_attrs["pid"] for t in study.trials}) == 2  # two processes did the work
@@ -95,15 +101,23 @@ def test_sigkill_mid_trial_loses_and_duplicates_nothing(tmp_path):
     assert done <= set(trials["config_hash"])  # nothing finished was lost
 
 
-def test_match_decore_and_equal_epochs():
-    folder = run_sweep(_cfg(trials=1, match="decore", equal_epochs=True))
+def test_matched_partners_by_default_at_decores_scope():
+    # fast agents and a low lambda, so that the one DECORE trial removes channels and gets partners
+    from sweeps.study import Objective
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(Objective, "knob", lambda self, trial: {**({"lambda": 0.02, "agent_init": 0.5, "agent_lr": 0.2}
+                                                              if self.method == "decore" else {"flops_target": 0.7})})
+        folder = run_sweep(_cfg(trials=1, control=False))
     df = ResultsTable(folder).read()
     decore = df[(df["method"] == "decore") & (df["row_type"] == "trial")].iloc[0]
+    assert float(decore["flops"]) < float(decore["base_flops"])
     matched = df[df["study"].str.endswith("-match", na=False)]
     assert sorted(matched["method"]) == ["l1", "random"]
+    assert set(matched["match_of"]) == {decore["config_hash"]} and set(matched["scope"]) == {decore["scope"]}
     target = float(decore["flops"]) / float(decore["base_flops"])
     assert (matched["flops"] / matched["base_flops"]).between(target * 0.99 - 1e-9, target * 1.01 + 1e-9).all()
     assert set(matched["knob_name"]) == {"flops_target"}
-    # --equal-epochs: L1 and random fine-tune for DECORE's joint epochs on top of the shared budget
-    others = df[(df["row_type"] == "trial") & (df["method"] != "decore")]
-    assert (others["finetune_epochs"] == decore["finetune_epochs"] + decore["joint_epochs"]).all()
+    # the equal budget: every method trained on as many images after the baseline as DECORE (engine-counted)
+    trials = df[df["row_type"] == "trial"]
+    assert (trials["budget_images"] == decore["budget_images"]).all()
+    assert int(decore["method_images"]) > 0 and (trials[trials["method"] != "decore"]["method_images"] == 0).all()

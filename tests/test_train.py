@@ -43,7 +43,7 @@ def test_training_learns_the_synthetic_set(synthetic):
     before = evaluate(model, test, device)["top1"]
     history = fit(model, train, test, recipe, device)
     assert len(history) == 3 and history[0]["lr"] == pytest.approx(0.05)
-    assert history[-1]["test_top1"] > 60 > before + 20
+    assert history[-1]["val_top1"] > 60 > before + 20
     assert history[-1]["train_loss"] < history[0]["train_loss"]
 
 
