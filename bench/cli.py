@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common_model_args(p)
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--self-ratio", action="store_true",
+                   help="also time the model against a copy of itself with the trials' speed-up measurement "
+                        "(interleaved, one thread): a check of that measurement, which should give 1.00")
 
     p = sub.add_parser("perf", help="benchmark: training loops, DECORE's gated step, pruned-model speed (make perf)")
     p.add_argument("--models", default="resnet20,resnet56,resnet110", help="comma-separated CIFAR models")
@@ -221,7 +224,7 @@ def _parse_knobs(pairs: list[str]) -> dict[str, str]:
 @command
 def cmd_run(args: argparse.Namespace) -> int:
     from . import dist
-    from .trial import TrialConfig, run_trial
+    from .trial import TrialConfig, measure_speedup, run_trial, trial_folder
     from .train import resolve_device
 
     cfg = TrialConfig(model=args.model, dataset=args.dataset, method=args.method, knobs=_parse_knobs(args.knob),
@@ -231,11 +234,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     row = run_trial(cfg, dist.setup(resolve_device(args.device)), compile=args.compile)
     if not dist.is_main():
         return 0
+    row = {**row, **measure_speedup(trial_folder(cfg))}
     print(f"{row['method']} {row['knobs']} scope={row['scope']}: validation top-1 {row['val_top1_pct']:.2f}%, "
           f"test top-1 {row['top1_pct']:.2f}% (baseline {row['base_top1_pct']:.2f}%), "
           f"{row['budget_images']:,} training images after the baseline ({row['budget']} budget)  "
           f"params {row['params'] / 1e6:.3f}M (-{row['params_reduction_pct']:.1f}%)  "
-          f"FLOPs {row['flops'] / 1e6:.2f}M (-{row['flops_reduction_pct']:.1f}%)  {row['wall_seconds']:.0f}s")
+          f"FLOPs {row['flops'] / 1e6:.2f}M (-{row['flops_reduction_pct']:.1f}%)  speed-up {row['speedup_b1']:.2f}x "
+          f"(IQR {row['speedup_b1_q1']:.2f}-{row['speedup_b1_q3']:.2f}, batch 1, one thread)  {row['wall_seconds']:.0f}s")
     return 0
 
 
@@ -302,6 +307,18 @@ def cmd_measure(args: argparse.Namespace) -> int:
     print(json.dumps({"model": models.resolve(args.model), "input_size": input_size, "params": count_params(model),
                       "flops": count_flops(model.cpu(), input_size), "latency_ms": round(lat["median_ms"], 3),
                       "batch_size": args.batch_size, "device": str(device)}, indent=2))
+    if args.self_ratio:
+        import copy
+
+        import torch
+
+        from .measure import speedup
+
+        model = model.cpu().to(memory_format=torch.channels_last)
+        s = speedup(copy.deepcopy(model), model, input_size, args.batch_size)
+        print(f"self speed-up {s['speedup']:.3f} (IQR {s['speedup_q1']:.3f}-{s['speedup_q3']:.3f}, {s['rounds']} rounds, "
+              f"{s['threads']} thread(s), {'converged' if s['converged'] else 'spread above 5% at the round limit'}); "
+              f"{s['base_ms']:.3f} ms vs {s['ms']:.3f} ms per call")
     return 0
 
 

@@ -73,6 +73,7 @@ class ArrayDataset:
     val: ArraySplit | None = None  # the selection split; None: the test set (selection "test")
     selection: str = "test"
     fingerprint: str = ""          # content hash of the loaded arrays (train + test, before the split)
+    official: bool = False         # converted from a checksum-verified torchvision download (source.json)
 
     @property
     def selection_split(self) -> ArraySplit:
@@ -80,7 +81,7 @@ class ArrayDataset:
 
     def split_info(self) -> dict[str, object]:
         """What the experiment records about its data: fingerprint, selection rule and split sizes."""
-        return {"dataset": self.name, "fingerprint": self.fingerprint, "selection": self.selection,
+        return {"dataset": self.name, "fingerprint": self.fingerprint, "official": self.official, "selection": self.selection,
                 "split_seed": SPLIT_SEED if self.selection == "val" else None, "train_images": int(len(self.train.y)),
                 "val_images": int(len(self.val.y)) if self.val is not None else 0, "test_images": int(len(self.test.y))}
 
@@ -118,11 +119,12 @@ def with_selection(data: ArrayDataset, selection: str) -> ArrayDataset:
     check_selection(selection)
     if selection == "test":
         return ArrayDataset(data.name, data.train, data.test, data.num_classes, data.mean, data.std, None, "test",
-                            data.fingerprint)
+                            data.fingerprint, data.official)
     held = holdout_indices(data.train.y, val_per_class(data.name, data.train.y))
     rest = np.setdiff1d(np.arange(len(data.train.y)), held, assume_unique=True)
     return ArrayDataset(data.name, ArraySplit(data.train.x[rest], data.train.y[rest]), data.test, data.num_classes,
-                        data.mean, data.std, ArraySplit(data.train.x[held], data.train.y[held]), "val", data.fingerprint)
+                        data.mean, data.std, ArraySplit(data.train.x[held], data.train.y[held]), "val", data.fingerprint,
+                        data.official)
 
 
 def array_fingerprint(*arrays: np.ndarray) -> str:
@@ -195,8 +197,9 @@ def load_dataset(name: str, root: Path | None = None, selection: str | None = No
     if not (folder / "train.npz").exists() or not (folder / "test.npz").exists():
         download_cifar(name, root)
     train, test = (_load_npz(folder / f"{s}.npz", num_classes) for s in ("train", "test"))
-    data = ArrayDataset(name, train, test, num_classes, mean, std,
-                        fingerprint=file_fingerprint(folder / "train.npz", folder / "test.npz"))
+    fingerprint = file_fingerprint(folder / "train.npz", folder / "test.npz")
+    data = ArrayDataset(name, train, test, num_classes, mean, std, fingerprint=fingerprint,
+                        official=_source(folder).get("fingerprint") == fingerprint)
     return data if selection is None else with_selection(data, selection)
 
 
@@ -212,6 +215,16 @@ def _load_npz(path: Path, num_classes: int) -> ArraySplit:
     if y.min() < 0 or y.max() >= num_classes:
         raise UserError(f"data file {str(path)!r} has labels outside 0..{num_classes - 1}: delete it to re-download")
     return ArraySplit(x, y)
+
+
+def _source(folder: Path) -> dict:
+    """source.json of a converted download: which archive (checksum) made these arrays, and their fingerprint."""
+    import json
+
+    try:
+        return json.loads((folder / "source.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def download_cifar(name: str, root: Path) -> None:
@@ -233,6 +246,14 @@ def download_cifar(name: str, root: Path) -> None:
     for split, ds in splits.items():
         x, y = np.ascontiguousarray(ds.data, dtype=np.uint8), np.asarray(ds.targets, dtype=np.int64)
         atomic_write(root / name / f"{split}.npz", lambda tmp, x=x, y=y: _savez(tmp, x, y))
+    # torchvision verified the archive's md5 (check_integrity): these arrays are the official set. The marker
+    # names their fingerprint, so arrays changed or copied in later are not taken for official.
+    import json
+
+    cls_ = splits["train"].__class__
+    source = {"source": f"torchvision.datasets.{cls_.__name__}", "archive": cls_.filename, "md5": cls_.tgz_md5,
+              "fingerprint": file_fingerprint(root / name / "train.npz", root / name / "test.npz")}
+    atomic_write(root / name / "source.json", lambda tmp: Path(tmp).write_text(json.dumps(source, indent=1)))
     shutil.rmtree(raw / {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}[name], ignore_errors=True)
 
 

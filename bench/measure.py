@@ -72,5 +72,62 @@ def measure_latency(model: nn.Module, input_size: tuple[int, ...] = (3, 32, 32),
     return {"median_ms": statistics.median(times), "p10_ms": q[0], "p90_ms": q[-1], "batch_size": batch_size}
 
 
+LATENCY_THREADS = 1          # a fixed thread count: ratios measured on one core are stable and comparable
+LATENCY_ROUNDS = (9, 41)     # at least, at most
+LATENCY_TARGET_SPREAD = 0.05  # stop when the IQR of the ratio is below this fraction of its median
+
+
+@torch.inference_mode()
+def speedup(model: nn.Module, base: nn.Module, input_size: tuple[int, ...] = (3, 32, 32), batch_size: int = 1,
+            calls: int = 10, threads: int | None = LATENCY_THREADS, rounds: tuple[int, int] = LATENCY_ROUNDS,
+            target_spread: float = LATENCY_TARGET_SPREAD) -> dict[str, float]:
+    """Speed-up of `model` over `base` (base time / model time), measured interleaved in this process.
+
+    Each round times `calls` forward passes of one, then of the other (the order alternates between
+    rounds; a round's time is its median call), after a warm-up of both; rounds go on until the ratio's interquartile range is below
+    `target_spread` of its median or the round limit is reached (`converged` says which). Inference
+    mode, channels_last, `threads` CPU threads (restored afterwards). Returns the median speed-up, its
+    quartiles and the median milliseconds per call of both.
+    """
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        pair = [base.eval(), model.eval()]
+        x = _example(model, input_size, batch_size).contiguous(memory_format=torch.channels_last)
+        device = x.device
+
+        def timed(m: nn.Module) -> float:  # the median call of the round: robust to a preempted call
+            times = []
+            for _ in range(calls):
+                _sync(device)
+                t0 = time.perf_counter()
+                m(x)
+                _sync(device)
+                times.append((time.perf_counter() - t0) * 1e3)
+            return statistics.median(times)
+
+        for m in pair:
+            for _ in range(3):
+                timed(m)
+        ratios, ms = [], ([], [])
+        for r in range(rounds[1]):
+            order = (0, 1) if r % 2 == 0 else (1, 0)
+            t = {i: timed(pair[i]) for i in order}
+            ms[0].append(t[0])
+            ms[1].append(t[1])
+            ratios.append(t[0] / t[1])
+            if len(ratios) >= rounds[0]:
+                q1, med, q3 = statistics.quantiles(ratios, n=4)
+                if (q3 - q1) <= target_spread * med:
+                    break
+        q1, med, q3 = statistics.quantiles(ratios, n=4)
+        return {"speedup": statistics.median(ratios), "speedup_q1": q1, "speedup_q3": q3, "rounds": len(ratios),
+                "converged": (q3 - q1) <= target_spread * med, "ms": statistics.median(ms[1]),
+                "base_ms": statistics.median(ms[0]), "batch_size": batch_size, "threads": torch.get_num_threads()}
+    finally:
+        torch.set_num_threads(old_threads)
+
+
 def profile_model(model: nn.Module, input_size: tuple[int, ...] = (3, 32, 32)) -> dict[str, int]:
     return {"params": count_params(model), "flops": count_flops(model, input_size)}

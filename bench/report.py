@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
@@ -22,7 +23,7 @@ from matplotlib.lines import Line2D
 
 from .errors import UserError
 from .io import atomic_write
-from .results import ResultsTable, non_dominated
+from .results import CONFIG_KEYS, ResultsTable, non_dominated
 
 REFERENCE_CSV = Path(__file__).parents[1] / "results" / "reference" / "published_results.csv"
 
@@ -39,8 +40,6 @@ STYLE: dict[str, tuple[str, str, str]] = {
 OTHER_STYLE = ("", "0.5", "X")
 COSTS = {"flops": "FLOPs (M)", "params": "Params (M)"}
 HEADERS = ["Method", "Top-1 (%)", "Acc. drop", "Params (M) (down %)", "FLOPs (M) (down %)"]
-# the columns that tell one configuration from another when only the seed differs
-CONFIG_KEY = ["method", "scope", "knob_name", "knob_value", "knobs", "round_to", "joint_epochs", "finetune_epochs"]
 
 
 def style(method: str) -> tuple[str, str, str]:
@@ -124,29 +123,100 @@ def _is_number(v: Any) -> bool:
         return False
 
 
+def _images(n: float) -> str:
+    n = float(n)
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else f"{n:.0f}"
+
+
+def training_text(row: pd.Series) -> str:
+    """The training a row got after the baseline: images (engine-counted) and epochs, joint + fine-tune."""
+    joint = row.get("joint_epochs")
+    ft = row.get("finetune_epochs")
+    epochs = (f"{int(joint)}+{int(ft)} ep" if pd.notna(joint) and int(joint) > 0 else
+              f"{int(ft)} ep" if pd.notna(ft) else "")
+    images = row.get("budget_images")
+    if pd.notna(images) and float(images) > 0:
+        return f"{_images(images)} img" + (f" ({epochs})" if epochs else "")
+    return epochs or "?"
+
+
+def series_label(row: pd.Series, versions: dict[str, int] | None = None) -> str:
+    """What makes a series: method, scope, training after the baseline, round_to (when not 1), code version
+    (when the experiment holds several of one method)."""
+    parts = [style(str(row["method"]))[0], str(row["scope"]) if pd.notna(row.get("scope")) else "?", training_text(row)]
+    if pd.notna(row.get("round_to")) and int(row["round_to"]) != 1:
+        parts.append(f"round_to {int(row['round_to'])}")
+    if versions and versions.get(str(row["method"]), 1) > 1 and pd.notna(row.get("method_version")):
+        parts.append(f"code {str(row['method_version'])[:6]}")
+    return " · ".join(parts)
+
+
+def config_label(row: pd.Series, versions: dict[str, int] | None = None) -> str:
+    """A configuration in full: knob label, then the series' parts, then n seeds."""
+    series = series_label(row, versions).split(" · ", 1)[1]
+    n = row.get("n")
+    return f"{trial_label(row)} · {series}" + (f" · n={int(n)}" if pd.notna(n) else "")
+
+
+def _versions(df: pd.DataFrame) -> dict[str, int]:
+    trials = df[df["row_type"] == "trial"]
+    return {str(m): int(part["method_version"].nunique()) for m, part in trials.groupby("method")}
+
+
 def complete_trials(df: pd.DataFrame) -> pd.DataFrame:
     return df[(df["row_type"] == "trial") & (df["status"] == "complete")]
 
 
+# the columns that tell one configuration from another when only the seed differs
+CONFIG_KEY = [*CONFIG_KEYS, "knob_name", "knob_value", "joint_epochs", "finetune_epochs", "budget_images"]
+_MEANS = ("top1_pct", "val_top1_pct", "top5_pct", "top1_drop_pct", "params", "flops", "params_reduction_pct",
+          "flops_reduction_pct", "speedup_b1", "speedup_b1_q1", "speedup_b1_q3", "budget_images")
+
+
 def aggregate(df: pd.DataFrame) -> pd.DataFrame:
-    """Complete trials, one row per configuration: means over seeds, `*_std` (NaN for one seed), `n`."""
+    """Complete trials, one row per configuration: means over seeds, `*_std` (NaN for one seed), `n`, and
+    `n_failed` (seeds of the configuration that did not complete: such a mean is marked partial)."""
     trials = complete_trials(df)
+    cols = [*df.columns, "label", "series", "n", "n_failed", "top1_std", "val_std", "params_std", "flops_std"]
     if trials.empty:
-        return pd.DataFrame(columns=[*df.columns, "label", "n", "top1_std", "params_std", "flops_std"])
+        return pd.DataFrame(columns=cols)
+    failed = df[(df["row_type"] == "trial") & (df["status"] == "failed")]
+    versions = _versions(df)
+    key = [c for c in CONFIG_KEY if c != "budget_images"]
+    rows = []
     # dropna=False: a preset has no knob_value, and its configuration must still form a group
-    rows = [_mean_row(part) for _, part in trials.groupby(CONFIG_KEY, sort=False, dropna=False)]
+    for _, part in trials.groupby(key, sort=False, dropna=False):
+        row = part.iloc[0].to_dict()
+        for c in _MEANS:
+            row[c] = part[c].astype(float).mean()
+        for c, std in (("top1_pct", "top1_std"), ("val_top1_pct", "val_std"), ("params", "params_std"),
+                       ("flops", "flops_std")):
+            row[std] = part[c].astype(float).std(ddof=1) if len(part) > 1 else math.nan
+        row["n"] = len(part)
+        same = failed
+        for c in ("method", "knobs", "scope"):
+            same = same[same[c].astype(str) == str(row[c])]
+        row["n_failed"] = len(same)
+        row["hashes"] = list(part["config_hash"])
+        row["pareto"] = bool(part["pareto"].fillna(False).any())
+        s = pd.Series(row)
+        row["series"] = series_label(s, versions)
+        row["label"] = config_label(s, versions)
+        rows.append(row)
     return pd.DataFrame(rows).reset_index(drop=True)
 
 
-def _mean_row(part: pd.DataFrame) -> dict[str, Any]:
-    row = part.iloc[0].to_dict()
-    for c in ("top1_pct", "top1_drop_pct", "params", "flops", "params_reduction_pct", "flops_reduction_pct"):
-        row[c] = part[c].astype(float).mean()
-    for c, std in (("top1_pct", "top1_std"), ("params", "params_std"), ("flops", "flops_std")):
-        row[std] = part[c].astype(float).std(ddof=1) if len(part) > 1 else math.nan
-    row["n"] = len(part)
-    row["label"] = trial_label(part.iloc[0])
-    return row
+def control_point(df: pd.DataFrame) -> dict[str, float] | None:
+    """The no-pruning control (the baseline trained on for the same budget): test/val top-1 mean, std, n."""
+    part = complete_trials(df)
+    part = part[part["method"] == "control"]
+    if part.empty:
+        return None
+    t = part["top1_pct"].astype(float)
+    return {"top1_pct": float(t.mean()), "top1_std": float(t.std(ddof=1)) if len(t) > 1 else math.nan,
+            "val_top1_pct": float(part["val_top1_pct"].astype(float).mean()), "n": len(part),
+            "params": float(part["params"].astype(float).mean()), "flops": float(part["flops"].astype(float).mean()),
+            "label": config_label(pd.Series({**part.iloc[0].to_dict(), "n": len(part)}), _versions(df))}
 
 
 def baseline_point(df: pd.DataFrame) -> dict[str, float] | None:
@@ -157,29 +227,61 @@ def baseline_point(df: pd.DataFrame) -> dict[str, float] | None:
                 "flops": base["flops"].fillna(base["base_flops"])}
         out = {k: float(v.astype(float).mean()) for k, v in vals.items()}
         out["top1_std"] = float(base["top1_pct"].astype(float).std(ddof=1)) if len(base) > 1 else math.nan
+        out["n"] = len(base)
         return out
     trials = complete_trials(df).dropna(subset=["base_top1_pct"])
     if trials.empty:
         return None
     r = trials.iloc[0]
     return {"top1_pct": float(r["base_top1_pct"]), "params": float(r["base_params"]),
-            "flops": float(r["base_flops"]), "top1_std": math.nan}
+            "flops": float(r["base_flops"]), "top1_std": math.nan, "n": 1}
+
+
+def protocol_text(df: pd.DataFrame, official: bool | None = None) -> str:
+    """The protocol, stated once: selection split, budget rule, data, profile, matching."""
+    trials = df[df["row_type"] == "trial"]
+    first = df.iloc[0]
+    sel = set(trials["selection"].dropna()) or {None}
+    bud = set(trials["budget"].dropna()) or {None}
+    parts = []
+    parts.append("selection: " + ", ".join(
+        "validation hold-out of the training set (decisions read it; test top-1 only reported)" if s == "val" else
+        "test set (the papers' practice: decisions read test accuracy)" if s == "test" else
+        "test set (rows from before the selection split)" for s in sorted(sel, key=str)))
+    parts.append("budget: " + ", ".join(
+        "equal (the same training images after the baseline for every method)" if b == "equal" else
+        "paper budgets, unequal" if b == "paper" else "unrecorded (rows from before the budget rule)"
+        for b in sorted(bud, key=str)))
+    fp = trials["data_fingerprint"].dropna()
+    data = f"{first['dataset']}" + (f" (fingerprint {fp.iloc[0]})" if len(fp) else "")
+    if official is not None:
+        data += ", the official set" if official else ", not the official set"
+    parts.append(f"data: {data}")
+    parts.append(f"profile: {first['profile'] if pd.notna(first['profile']) else '-'}")
+    matched = trials["match_of"].notna().sum() if "match_of" in trials else 0
+    parts.append(f"matched partners: {int(matched)} trial(s) run at DECORE's FLOPs" if matched else "matched partners: none")
+    return "; ".join(parts)
 
 
 # ---------------------------------------------------------------- Pareto front
 
-def pareto_front(df_method: pd.DataFrame, cost: str = "flops") -> pd.DataFrame:
-    """Non-dominated complete trials (max top1_pct, min `cost`), sorted by cost."""
+def pareto_front(df_method: pd.DataFrame, cost: str = "flops", acc: str = "top1_pct") -> pd.DataFrame:
+    """Non-dominated complete trials (max `acc`, min `cost`), sorted by cost."""
     ok = df_method
     if "row_type" in ok.columns:
         ok = ok[ok["row_type"] == "trial"]
     if "status" in ok.columns:
         ok = ok[ok["status"] == "complete"]
-    ok = ok.dropna(subset=["top1_pct", cost])
+    ok = ok.dropna(subset=[acc, cost])
     if ok.empty:
         return ok
-    mask = non_dominated(ok["top1_pct"].to_numpy(float), ok[cost].to_numpy(float))
+    mask = non_dominated(ok[acc].to_numpy(float), ok[cost].to_numpy(float))
     return ok[mask].sort_values(cost, kind="stable")
+
+
+def _decision_acc(points: pd.DataFrame) -> str:
+    """Fronts are drawn on what decisions read: validation top-1 when every point has it."""
+    return "val_top1_pct" if "val_top1_pct" in points and points["val_top1_pct"].notna().all() else "top1_pct"
 
 
 # ---------------------------------------------------------------- Pareto plot
@@ -189,29 +291,59 @@ def _title(df: pd.DataFrame) -> str:
     return f"{first['model']} on {first['dataset']} ({first['profile'] if pd.notna(first['profile']) else '-'})"
 
 
-def _draw_measured(ax: Axes, points: pd.DataFrame, cost: str) -> None:
-    for method, pts in points.groupby("method", sort=False):
-        name, colour, marker = style(str(method))
-        x, y = pts[cost].to_numpy(float) / 1e6, pts["top1_pct"].to_numpy(float)
+_PANELS = (("val_top1_pct", "flops", "Validation top-1 (%): decisions, fronts", "FLOPs (M)"),
+           ("top1_pct", "flops", "Test top-1 (%): reported", "FLOPs (M)"),
+           ("top1_pct", "params", "Test top-1 (%): reported", "Params (M)"))
+_SERIES_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
+                   "tab:olive", "tab:cyan")
+
+
+def _series_styles(points: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """A colour and marker per series: each method's own colour for its first series, others after."""
+    out, used = {}, set()
+    for series, part in points.groupby("series", sort=False):
+        _, colour, marker = style(str(part.iloc[0]["method"]))
+        if colour in used or not colour.startswith("tab:"):
+            colour = next((c for c in _SERIES_COLOURS if c not in used), "0.4")
+        used.add(colour)
+        out[str(series)] = (colour, marker)
+    return out
+
+
+def _draw_measured(ax: Axes, points: pd.DataFrame, acc: str, cost: str, styles: dict[str, tuple[str, str]]) -> None:
+    for series, pts in points.groupby("series", sort=False):
+        colour, marker = styles[str(series)]
+        x, y = pts[cost].to_numpy(float) / 1e6, pts[acc].to_numpy(float)
+        if not np.isfinite(y).any():
+            continue
         many = pts["n"].to_numpy() > 1
+        std = "val_std" if acc == "val_top1_pct" else "top1_std"
         if many.any():  # several seeds: mean with std bars
-            ax.errorbar(x[many], y[many], yerr=pts["top1_std"].to_numpy(float)[many],
+            ax.errorbar(x[many], y[many], yerr=pts[std].to_numpy(float)[many],
                         xerr=pts[f"{cost}_std"].to_numpy(float)[many] / 1e6,
                         fmt="none", ecolor=colour, elinewidth=1, capsize=3, zorder=2)
-        ax.scatter(x, y, color=colour, marker=marker, s=36, zorder=3, label=name)
-        front = pareto_front(pts, cost)
-        ax.step(front[cost].to_numpy(float) / 1e6, front["top1_pct"].to_numpy(float), where="post",
+        partial = pts["n_failed"].to_numpy() > 0
+        ax.scatter(x[~partial], y[~partial], color=colour, marker=marker, s=36, zorder=3, label=str(series))
+        if partial.any():  # some seeds failed: the mean of the rest, hollow
+            ax.scatter(x[partial], y[partial], facecolors="none", edgecolors=colour, marker=marker, s=36, zorder=3)
+        front = pts[pts["pareto"].astype(bool)].sort_values(cost, kind="stable")  # chosen on validation means
+        ax.step(front[cost].to_numpy(float) / 1e6, front[acc].to_numpy(float), where="post",
                 color=colour, lw=1.5, alpha=0.8, zorder=2)
 
 
-def _draw_baselines(ax: Axes, ours: dict[str, float] | None, published: dict[str, Any] | None, cost: str) -> None:
-    if ours is not None:
+def _draw_baselines(ax: Axes, ours: dict[str, float] | None, control: dict[str, float] | None,
+                    published: dict[str, Any] | None, acc: str, cost: str) -> None:
+    if ours is not None and acc == "top1_pct":
         ax.axhline(ours["top1_pct"], color="black", ls=":", lw=0.8, zorder=1)
         ax.scatter([ours[cost] / 1e6], [ours["top1_pct"]], marker="*", s=180, color="black", zorder=4,
                    label="Baseline (measured)")
-    if published is not None:
+    if control is not None:
+        ax.axhline(control[acc], color="0.3", ls="--", lw=0.8, zorder=1)
+        ax.scatter([control[cost] / 1e6], [control[acc]], marker="D", s=60, color="0.3", zorder=4,
+                   label=f"No-pruning control: {control['label']}")
+    if published is not None and acc == "top1_pct":
         ax.scatter([published[f"{cost}_m"]], [published["top1"]], marker="*", s=180, facecolors="none",
-                   edgecolors="black", zorder=4, label="Baseline (reported)")
+                   edgecolors="black", zorder=4, label="Baseline (published, their schedule)")
 
 
 def _draw_published(ax: Axes, reference: pd.DataFrame | None, cost: str) -> None:
@@ -221,29 +353,40 @@ def _draw_published(ax: Axes, reference: pd.DataFrame | None, cost: str) -> None
         name, colour, marker = style(str(method))
         x, y = pts[f"{cost}_m"].to_numpy(float), pts["top1"].to_numpy(float)
         ax.scatter(x, y, marker=marker, s=42, facecolors="none", edgecolors=colour, linewidths=1.2,
-                   zorder=3, label=f"{name} (reported)")
+                   zorder=3, label=f"{name} (published, their schedule)")
         for xi, yi, text in zip(x, y, pts["variant"].fillna(name)):
             ax.annotate(text, (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize=7, color=colour)
 
 
-def pareto_figure(df: pd.DataFrame, reference: pd.DataFrame | None) -> Figure:
-    """Top-1 vs FLOPs and top-1 vs params: our points and fronts, baselines, published points."""
-    fig = Figure(figsize=(13, 5.2), layout="constrained")
+def pareto_figure(df: pd.DataFrame, reference: pd.DataFrame | None, official: bool | None = None) -> Figure:
+    """Validation top-1 against FLOPs (the fronts decisions use), test top-1 against FLOPs and params (reported):
+    our series and their fronts (on seed means), baseline, no-pruning control, and published points only when
+    `reference` is given (the caller passes it only for the official data)."""
+    fig = Figure(figsize=(17, 6.2), layout="constrained")
     FigureCanvasAgg(fig)  # Agg, without pyplot's global state
-    axes = fig.subplots(1, 2, sharey=True)
-    points, ours = aggregate(df), baseline_point(df)
-    for ax, (cost, xlabel) in zip(axes, COSTS.items()):
-        _draw_measured(ax, points, cost)
-        _draw_baselines(ax, ours, _reference_baseline(reference), cost)
-        _draw_published(ax, reference, cost)
-        ax.set_xlabel(xlabel)
+    axes = fig.subplots(1, 3)
+    points, ours, control = aggregate(df), baseline_point(df), control_point(df)
+    points = points[points["method"] != "control"]
+    styles = _series_styles(points)
+    for ax, (acc, cost, ylabel, xlabel) in zip(axes, _PANELS):
+        _draw_measured(ax, points, acc, cost, styles)
+        _draw_baselines(ax, ours, control, _reference_baseline(reference), acc, cost)
+        if acc == "top1_pct":
+            _draw_published(ax, reference, cost)
+        ax.set(xlabel=xlabel, ylabel=ylabel)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("Top-1 (%)")
-    handles, labels = axes[0].get_legend_handles_labels()
-    handles.append(Line2D([], [], color="0.3", lw=1.5, drawstyle="steps-post"))
-    labels.append("Pareto front (measured)")
-    fig.legend(handles, labels, loc="outside right upper", fontsize=8)
-    fig.suptitle(_title(df))
+    handles, labels = {}, []
+    for ax in axes:
+        for h, l in zip(*ax.get_legend_handles_labels()):
+            if l not in handles:
+                handles[l] = h
+                labels.append(l)
+    hl = [handles[l] for l in labels] + [Line2D([], [], color="0.3", lw=1.5, drawstyle="steps-post")]
+    labels.append("Pareto front (validation top-1 vs FLOPs, seed means)")
+    fig.legend(hl, labels, loc="outside lower center", fontsize=7, ncols=2)
+    note = "" if reference is not None else " · published points left out: " + (
+        "the data is not the official set (fingerprint)" if official is False else "no published points for this model")
+    fig.suptitle(f"{_title(df)}\n{protocol_text(df, official)}{note}", fontsize=8)
     return fig
 
 
@@ -251,9 +394,10 @@ def _save(fig: Figure, path: Path, fmt: str) -> Path:
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=150))
 
 
-def pareto_plot(df: pd.DataFrame, reference: pd.DataFrame | None, out_stem: Path) -> list[Path]:
+def pareto_plot(df: pd.DataFrame, reference: pd.DataFrame | None, out_stem: Path,
+                official: bool | None = None) -> list[Path]:
     """Write <out_stem>.png/.svg/.pdf of `pareto_figure`; returns the paths."""
-    fig = pareto_figure(df, reference)
+    fig = pareto_figure(df, reference, official)
     out_stem = Path(out_stem)
     return [_save(fig, out_stem.with_name(f"{out_stem.name}.{fmt}"), fmt) for fmt in ("png", "svg", "pdf")]
 
@@ -267,6 +411,8 @@ def _millions(v: float) -> str:
 
 
 def _pm(mean: float, std: float, fmt: str = "{:.2f}") -> str:
+    if pd.isna(mean):
+        return "–"
     return fmt.format(mean) if pd.isna(std) else f"{fmt.format(mean)} ± {fmt.format(std)}"
 
 
@@ -274,32 +420,81 @@ def _cost_cell(value: float, reduction: float) -> str:
     return f"{_millions(value)} ({reduction:.1f}%)"
 
 
+def _speedup_cell(r: pd.Series | dict) -> str:
+    if pd.isna(r.get("speedup_b1")):
+        return "–"
+    return f"{r['speedup_b1']:.2f}x ({r['speedup_b1_q1']:.2f}-{r['speedup_b1_q3']:.2f})"
+
+
+def _efficiency_cell(r: pd.Series | dict) -> str:
+    """Speed-up over the FLOPs ratio it was promised (1.0: latency fell as much as FLOPs)."""
+    if pd.isna(r.get("speedup_b1")) or pd.isna(r.get("flops")) or pd.isna(r.get("base_flops")):
+        return "–"
+    return f"{r['speedup_b1'] / (float(r['base_flops']) / float(r['flops'])):.2f}"
+
+
+HEADERS = ["Method · scope · training after the baseline", "Front", "n", "Val top-1 (%)", "Test top-1 (%)",
+           "vs control", "Params (M) (down %)", "FLOPs (M) (down %)", "Speed-up (IQR)", "Efficiency"]
+
+
 def _measured_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """Baseline first, then configurations by FLOPs descending; cells as printed, plus sort keys."""
-    rows, base = [], baseline_point(df)
+    """Baseline, the no-pruning control, then configurations by FLOPs descending; cells as printed."""
+    rows, base, control = [], baseline_point(df), control_point(df)
     if base is not None:
-        rows.append({"cells": ["Baseline", _pm(base["top1_pct"], base["top1_std"]), "–",
-                               _millions(base["params"]), _millions(base["flops"])], "trial": False})
+        b = df[df["row_type"] == "baseline"]
+        val = b["val_top1_pct"].astype(float).mean() if len(b) else math.nan
+        rows.append({"cells": ["Baseline (before pruning)", "", str(base.get("n", 1)), _pm(val, math.nan),
+                               _pm(base["top1_pct"], base["top1_std"]), "", _millions(base["params"]),
+                               _millions(base["flops"]), "1.00x", ""]})
     points = aggregate(df).sort_values("flops", ascending=False, kind="stable")
     for _, r in points.iterrows():
-        rows.append({"trial": True, "cells": [
-            r["label"], _pm(r["top1_pct"], r["top1_std"]), f"{r['top1_drop_pct']:.2f}",
-            _cost_cell(r["params"], r["params_reduction_pct"]), _cost_cell(r["flops"], r["flops_reduction_pct"])]})
+        label = r["label"].rsplit(" · n=", 1)[0]
+        if r["n_failed"]:
+            label += f" (partial: {int(r['n_failed'])} seed(s) failed)"
+        vs = "" if control is None or r["method"] == "control" else f"{r['top1_pct'] - control['top1_pct']:+.2f}"
+        rows.append({"cells": [
+            label, "◆" if r["pareto"] and r["method"] != "control" else "", str(int(r["n"])),
+            _pm(r["val_top1_pct"], r["val_std"]), _pm(r["top1_pct"], r["top1_std"]), vs,
+            _cost_cell(r["params"], r["params_reduction_pct"]), _cost_cell(r["flops"], r["flops_reduction_pct"]),
+            _speedup_cell(r), _efficiency_cell(r)]})
     return rows
 
 
-def _mark_best(rows: list[dict[str, Any]]) -> None:
-    """Flag the best printed value per column among trials: top-1 up, drop/params/FLOPs down."""
-    trials = [r for r in rows if r["trial"]]
-    for r in rows:
-        r["best"] = set()
-    for col, sign in ((1, 1), (2, -1), (3, -1), (4, -1)):
-        # compare the printed numbers, so ties as printed are all marked
-        keyed = [(sign * float(r["cells"][col].split()[0]), r) for r in trials]
-        best = max((k for k, _ in keyed), default=None)
-        for k, r in keyed:
-            if k == best:
-                r["best"].add(col)
+def matched_sets(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """DECORE configurations with their matched partners (rows whose `match_of` names one of its seeds' trials):
+    per partner method the paired rows, seed by seed."""
+    points = aggregate(df)
+    trials = complete_trials(df)
+    out = []
+    for _, d in points[points["method"] == "decore"].iterrows():
+        pairs: dict[str, list[tuple[pd.Series, pd.Series]]] = {}
+        for h in d["hashes"]:
+            own = trials[trials["config_hash"] == h].iloc[0]
+            partners = trials[trials["match_of"].fillna("").str.split(";").map(lambda hs, h=h: h in hs)]
+            for _, p in partners.iterrows():
+                pairs.setdefault(str(p["method"]), []).append((own, p))
+        if pairs:
+            out.append({"decore": d, "pairs": pairs})
+    return out
+
+
+def _matched_rows(df: pd.DataFrame) -> list[list[str]]:
+    rows = []
+    for m in matched_sets(df):
+        d = m["decore"]
+        rows.append([d["label"], _pm(d["top1_pct"], d["top1_std"]), f"{100 * d['flops'] / d['base_flops']:.1f}%", "", ""])
+        for method, pairs in m["pairs"].items():
+            own = np.array([float(a["top1_pct"]) for a, _ in pairs])
+            other = np.array([float(b["top1_pct"]) for _, b in pairs])
+            flops = np.array([float(b["flops"]) / float(b["base_flops"]) for _, b in pairs])
+            diff = other - own
+            n = len(pairs)
+            spread = f" ± {diff.std(ddof=1):.2f}" if n >= 2 else ""
+            scope = pairs[0][1]["scope"]
+            rows.append([f"  {style(method)[0]} at the same FLOPs · {scope} · {training_text(pairs[0][1])} · n={n}",
+                         _pm(other.mean(), other.std(ddof=1) if n >= 2 else math.nan), f"{100 * flops.mean():.1f}%",
+                         f"{diff.mean():+.2f}{spread}", "paired by seed" if n >= 2 else "one seed"])
+    return rows
 
 
 def _reference_name(row: pd.Series) -> str:
@@ -308,6 +503,9 @@ def _reference_name(row: pd.Series) -> str:
     if not variant:
         return name
     return variant if variant.lower().startswith(name.lower()) else f"{name} ({variant})"
+
+
+PUBLISHED_HEADERS = ["Method", "Top-1 (%)", "Acc. drop", "Params (M) (down %)", "FLOPs (M) (down %)"]
 
 
 def _reference_rows(reference: pd.DataFrame | None) -> tuple[list[dict[str, Any]], list[str]]:
@@ -334,23 +532,34 @@ def _reference_rows(reference: pd.DataFrame | None) -> tuple[list[dict[str, Any]
     return rows, sources
 
 
-def _markdown(measured: list[dict], published: list[dict], sources: list[str]) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "| --- |" + " ---: |" * (len(HEADERS) - 1)]
-    blank = " |" * (len(HEADERS) - 1)
-    lines.append("| *Measured here* |" + blank)
-    for r in measured:
-        cells = [f"**{c}**" if i in r.get("best", ()) else c for i, c in enumerate(r["cells"])]
-        lines.append("| " + " | ".join(cells) + " |")
+MATCHED_HEADERS = ["Matched set", "Test top-1 (%)", "FLOPs kept", "Partner minus DECORE (points)", "Seeds"]
+
+
+def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(headers) + " |", "| --- |" + " ---: |" * (len(headers) - 1),
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _markdown(measured: list[dict], published: list[dict], sources: list[str], caption: str,
+              matched: list[list[str]]) -> str:
+    lines = [f"*{caption}*", ""]
+    lines += _md_table(HEADERS, [r["cells"] for r in measured])
+    foot = ("◆: on its series' Pareto front (validation top-1 against FLOPs, on seed means). Mean ± std over n seeds. "
+            "vs control: test top-1 minus the no-pruning control's (the baseline trained on for the same budget), so "
+            "extra training is not read as a pruning gain. (down %): reduction against the baseline. Speed-up: "
+            "baseline time / pruned time at batch 1 on one CPU thread, median (IQR) over interleaved rounds; "
+            "efficiency: speed-up / (baseline FLOPs / pruned FLOPs).")
+    lines += ["", foot]
+    if matched:
+        lines += ["", "**Matched FLOPs.** Each DECORE configuration beside the other methods run at its FLOPs "
+                  "(within 1%, the same scope, the same budget), seed by seed:", ""]
+        lines += _md_table(MATCHED_HEADERS, matched)
     if published:
-        lines.append("| *Reported in the literature* |" + blank)
-        for r in published:
-            cells = [f"{r['cells'][0]} [{r['source']}]", *r["cells"][1:]]
-            lines.append("| " + " | ".join(cells) + " |")
-    notes = [f"[{i}] {s}" for i, s in enumerate(sources, 1)]
-    foot = ("Bold: best among the measured trials. Mean ± std where several seeds ran one configuration. "
-            "Acc. drop: baseline top-1 minus top-1 (points); (down %): reduction against the baseline.")
-    sources_line = f"\n\nSources: {'; '.join(notes)} (full references: results/reference/README.md)" if notes else ""
-    return "\n".join(lines) + "\n\n" + foot + sources_line + "\n"
+        lines += ["", "**Published (their schedules, not comparable to the rows above unless the protocol is):**", ""]
+        lines += _md_table(PUBLISHED_HEADERS, [[f"{r['cells'][0]} [{r['source']}]", *r["cells"][1:]] for r in published])
+        notes = [f"[{i}] {s}" for i, s in enumerate(sources, 1)]
+        lines += ["", f"Sources: {'; '.join(notes)} (full references: results/reference/README.md)"]
+    return "\n".join(lines) + "\n"
 
 
 _LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
@@ -362,23 +571,27 @@ def latex_escape(text: str) -> str:
     return re.sub("|".join(map(re.escape, _LATEX_SPECIALS)), lambda m: _LATEX_SPECIALS[m.group()], text)
 
 
-def _latex(measured: list[dict], published: list[dict], sources: list[str], caption: str) -> str:
-    n = len(HEADERS)
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(caption)}}}",
-             rf"\begin{{tabular}}{{l{'r' * (n - 1)}}}", r"\toprule",
-             " & ".join(latex_escape(h) for h in HEADERS) + r" \\", r"\midrule",
-             rf"\multicolumn{{{n}}}{{l}}{{\emph{{Measured here}}}} \\"]
-    for r in measured:
-        cells = [latex_escape(c) for c in r["cells"]]
-        cells = [rf"\textbf{{{c}}}" if i in r.get("best", ()) else c for i, c in enumerate(cells)]
-        lines.append(" & ".join(cells) + r" \\")
+def _latex_tabular(headers: list[str], rows: list[list[str]]) -> list[str]:
+    n = len(headers)
+    lines = [rf"\begin{{tabular}}{{l{'r' * (n - 1)}}}", r"\toprule",
+             " & ".join(latex_escape(h) for h in headers) + r" \\", r"\midrule"]
+    lines += [" & ".join(latex_escape(c) for c in r) + r" \\" for r in rows]
+    return lines + [r"\bottomrule", r"\end{tabular}"]
+
+
+def _latex(measured: list[dict], published: list[dict], sources: list[str], caption: str,
+           matched: list[list[str]]) -> str:
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(caption)}}}", r"\resizebox{\linewidth}{!}{%"]
+    lines += _latex_tabular(HEADERS, [r["cells"] for r in measured]) + ["}"]
+    if matched:
+        lines += [r"\par\medskip", r"\resizebox{\linewidth}{!}{%"] + _latex_tabular(MATCHED_HEADERS, matched) + ["}"]
     if published:
-        lines += [r"\midrule", rf"\multicolumn{{{n}}}{{l}}{{\emph{{Reported in the literature}}}} \\"]
-        for r in published:
-            cells = [latex_escape(c) for c in r["cells"]]
-            cells[0] += rf"$^{{{r['source']}}}$"
-            lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
+        lines += [r"\par\medskip", rf"{{\small\emph{{Published, their schedules}}}}\par"]
+        rows = [[r["cells"][0], *r["cells"][1:]] for r in published]
+        tab = _latex_tabular(PUBLISHED_HEADERS, rows)
+        for i, r in enumerate(published):  # the source as a superscript on the name
+            tab[4 + i] = tab[4 + i].replace(latex_escape(r["cells"][0]), latex_escape(r["cells"][0]) + rf"$^{{{r['source']}}}$", 1)
+        lines += tab
     if sources:
         notes = "; ".join(f"$^{{{i}}}${latex_escape(s)}" for i, s in enumerate(sources, 1))
         lines += [r"\par\smallskip", rf"{{\footnotesize {notes}}}"]
@@ -386,36 +599,42 @@ def _latex(measured: list[dict], published: list[dict], sources: list[str], capt
     return "\n".join(lines) + "\n"
 
 
-def paper_table(df: pd.DataFrame, reference: pd.DataFrame | None) -> tuple[str, str]:
-    """The paper's table of results as (markdown, latex): measured block, then the literature."""
+def paper_table(df: pd.DataFrame, reference: pd.DataFrame | None, official: bool | None = None) -> tuple[str, str]:
+    """The paper's table of results as (markdown, latex): measured block with Pareto marks and the control,
+    the matched-FLOPs sets, then the literature (a separate block, always: their schedules)."""
     measured = _measured_rows(df)
-    _mark_best(measured)
     published, sources = _reference_rows(reference)
-    caption = f"{_title(df)}: top-1, accuracy drop, parameters and FLOPs (multiply-accumulates)"
-    return _markdown(measured, published, sources), _latex(measured, published, sources, caption)
+    caption = f"{_title(df)}. Protocol: {protocol_text(df, official)}."
+    matched = _matched_rows(df)
+    return _markdown(measured, published, sources, caption, matched), _latex(measured, published, sources, caption, matched)
 
 
 # ---------------------------------------------------------------- layer-wise plot
 
-def _kept(row: pd.Series) -> dict[str, list[int]]:
+MATCH_TOLERANCE = 0.02  # partners in a layer-wise panel lie within 2% of DECORE's FLOPs (the runs match within 1%)
+
+
+def _kept(row: pd.Series) -> dict[str, list]:
     text = row.get("kept_channels")
     return json.loads(text) if isinstance(text, str) and text else {}
 
 
-def pick_layerwise_trials(df: pd.DataFrame) -> list[str]:
-    """The DECORE trial with the largest FLOPs reduction, and the L1 and random trials closest in FLOPs."""
+def pick_layerwise_trials(df: pd.DataFrame, max_sets: int = 3) -> list[list[str]]:
+    """Matched sets for the layer-wise plot: for up to `max_sets` DECORE trials (largest FLOPs reduction first),
+    the DECORE trial and its matched partners (seed 0 where there are several). A DECORE trial without partners
+    forms a set of one: the figure says that no matched partner exists."""
     trials = complete_trials(df).dropna(subset=["kept_channels", "flops"])
-    decore = trials[trials["method"] == "decore"]
+    decore = trials[trials["method"] == "decore"].sort_values("flops_reduction_pct", ascending=False, kind="stable")
     if decore.empty:
-        raise UserError("no complete DECORE trial with kept_channels: pass trials=[config hashes] to choose")
-    pick = decore.loc[decore["flops_reduction_pct"].astype(float).idxmax()]
-    chosen = [str(pick["config_hash"])]
-    for method in ("l1", "random"):
-        part = trials[trials["method"] == method]
-        if not part.empty:
-            near = (part["flops"].astype(float) - float(pick["flops"])).abs().idxmin()
-            chosen.append(str(part.loc[near, "config_hash"]))
-    return chosen
+        raise UserError("no complete DECORE trial with kept_channels: pass trials=[[config hashes]] to choose")
+    with_partners = [h for h in decore["config_hash"]
+                     if trials["match_of"].fillna("").str.split(";").map(lambda hs, h=h: h in hs).any()]
+    order = with_partners or list(decore["config_hash"][:1])
+    sets = []
+    for h in order[:max_sets]:
+        partners = trials[trials["match_of"].fillna("").str.split(";").map(lambda hs, h=h: h in hs)]
+        sets.append([h, *(str(p["config_hash"]) for _, p in partners.drop_duplicates("method").iterrows())])
+    return sets
 
 
 def _chosen_rows(df: pd.DataFrame, hashes: Sequence[str]) -> list[pd.Series]:
@@ -426,33 +645,106 @@ def _chosen_rows(df: pd.DataFrame, hashes: Sequence[str]) -> list[pd.Series]:
     return [r.iloc[0] for r in found.values()]
 
 
-def layerwise_figure(df: pd.DataFrame, trials: Sequence[str] | None = None) -> Figure:
-    """Kept fraction per channel group (graph order) for the chosen trials, as grouped bars."""
-    rows = _chosen_rows(df, list(trials) if trials is not None else pick_layerwise_trials(df))
+def _group_label(gid: str, units: int, kind: str | None) -> str:
+    """Streams are labelled as streams (their id is only the first conv of the stream)."""
+    if kind == "stream":
+        from methods.scored import stage_of
+
+        return f"stage {stage_of(gid) + 1} stream ({units})"
+    return f"{gid} ({units})"
+
+
+def _layer_panel(ax: Axes, rows: list[pd.Series], versions: dict[str, int]) -> None:
     kept = [_kept(r) for r in rows]
-    units: dict[str, int] = {}
+    units: dict[str, tuple[int, str | None]] = {}
     for k in kept:  # union in graph order: methods with another scope prune other groups
-        units.update({g: ku[1] for g, ku in k.items() if g not in units})
+        for g, ku in k.items():
+            units.setdefault(g, (ku[1], ku[2] if len(ku) > 2 else None))
     groups = list(units)
-    fig = Figure(figsize=(max(8.0, 0.3 * len(groups) + 4), 4.8), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
     width, x = 0.8 / len(rows), np.arange(len(groups))
     for i, (r, k) in enumerate(zip(rows, kept)):
-        frac = [k[g][0] / k[g][1] if g in k else np.nan for g in groups]
-        label = f"{trial_label(r)}: FLOPs -{float(r['flops_reduction_pct']):.1f}%, top-1 {float(r['top1_pct']):.2f}%"
-        ax.bar(x + (i - (len(rows) - 1) / 2) * width, frac, width, color=style(str(r["method"]))[1], label=label)
-    ax.set_xticks(x, [f"{g} ({units[g]})" for g in groups], rotation=90, fontsize=7)
-    ax.set_ylim(0, 1.02)
-    ax.set(ylabel="channels kept (fraction)", xlabel="channel group (units), graph order")
-    fig.legend(loc="outside upper center", fontsize=8)
-    ax.set_title(f"{_title(df)}: channels kept per layer")
+        colour = style(str(r["method"]))[1]
+        pos = x + (i - (len(rows) - 1) / 2) * width
+        inside = np.array([g in k for g in groups])
+        frac = np.array([k[g][0] / k[g][1] if g in k else 1.0 for g in groups])
+        label = (f"{trial_label(r)} · {series_label(r, versions).split(' · ', 1)[1]} · seed {r['seed']}: "
+                 f"FLOPs {100 * float(r['flops']) / float(r['base_flops']):.1f}%, test top-1 {float(r['top1_pct']):.2f}%")
+        ax.bar(pos[inside], frac[inside], width, color=colour, label=label)
+        if (~inside).any():  # not in this method's scope: kept whole, drawn hatched
+            ax.bar(pos[~inside], frac[~inside], width, facecolor="none", edgecolor=colour, hatch="///", lw=0.6)
+    ax.set_xticks(x, [_group_label(g, *units[g]) for g in groups], rotation=90, fontsize=6)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("channels kept (fraction)")
+    ax.legend(fontsize=7, loc="lower left")
+
+
+def layerwise_figure(df: pd.DataFrame, trials: Sequence[Sequence[str]] | None = None) -> Figure:
+    """Kept fraction per channel group (graph order): one panel per matched set, DECORE beside the partners
+    that ran at its FLOPs. Partners further than MATCH_TOLERANCE from DECORE's FLOPs are refused. Groups
+    outside a method's scope are drawn kept whole and hatched."""
+    sets = [list(t) for t in trials] if trials is not None else pick_layerwise_trials(df)
+    versions = _versions(df)
+    fig = Figure(figsize=(max(9.0, 0.22 * len(_kept(_chosen_rows(df, sets[0][:1])[0])) + 5), 3.6 * len(sets) + 1.2),
+                 layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(len(sets), 1, squeeze=False)[:, 0])
+    for ax, hashes in zip(axes, sets):
+        rows = _chosen_rows(df, hashes)
+        ref = float(rows[0]["flops"])
+        for r in rows[1:]:
+            if abs(float(r["flops"]) - ref) > MATCH_TOLERANCE * float(r["base_flops"]):
+                raise UserError(f"trial {r['config_hash']} ({style(str(r['method']))[0]}) is at "
+                                f"{100 * float(r['flops']) / float(r['base_flops']):.1f}% of the FLOPs and "
+                                f"{rows[0]['config_hash']} at {100 * ref / float(rows[0]['base_flops']):.1f}%: a layer-wise "
+                                f"panel compares trials within {100 * MATCH_TOLERANCE:.0f}% of the FLOPs (pick matched partners)")
+        _layer_panel(ax, rows, versions)
+        title = "DECORE beside the methods run at its FLOPs (matched within 1%)" if len(rows) > 1 else \
+            "no matched partner exists for this DECORE trial (run the sweep with --match decore)"
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(f"{_title(df)}: channels kept per group (hatched: outside the method's scope, kept whole)", fontsize=10)
     return fig
 
 
-def layerwise_plot(df: pd.DataFrame, out: Path, trials: list[str] | None = None) -> Path:
+def layerwise_plot(df: pd.DataFrame, out: Path, trials: list[list[str]] | None = None) -> Path:
     """Write `layerwise_figure` as a PNG to `out`."""
     return _save(layerwise_figure(df, trials), Path(out), "png")
+
+
+# ---------------------------------------------------------------- DECORE's agents over the joint phase
+
+def agent_histories(folder: Path, df: pd.DataFrame, limit: int = 6) -> list[tuple[pd.Series, list[dict]]]:
+    """(row, per-epoch history of the joint phase) of DECORE trials whose trial folder holds history.json."""
+    out = []
+    trials = complete_trials(df)
+    for _, r in trials[trials["method"] == "decore"].sort_values("knob_value", kind="stable").iterrows():
+        path = Path(folder) / "trials" / f"decore-{r['config_hash']}" / "history.json"
+        if path.is_file():
+            hist = [h for h in json.loads(path.read_text()).get("method", []) if "keep_prob" in h]
+            if hist:
+                out.append((r, hist))
+    return out[:limit]
+
+
+def agents_figure(df: pd.DataFrame, histories: list[tuple[pd.Series, list[dict]]]) -> Figure:
+    """Per DECORE trial: mean keep-probability of each group's agents per joint epoch (left), and the FLOPs the
+    network would have if pruned at that epoch (right)."""
+    fig = Figure(figsize=(12, 2.8 * len(histories) + 0.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(histories), 2, squeeze=False)
+    for (ax_p, ax_f), (r, hist) in zip(axes, histories):
+        epochs = [h["epoch"] for h in hist]
+        gids = list(hist[0]["keep_prob"])
+        cmap = matplotlib.colormaps["viridis"]
+        for i, g in enumerate(gids):
+            ax_p.plot(epochs, [h["keep_prob"][g] for h in hist], color=cmap(i / max(len(gids) - 1, 1)), lw=0.9)
+        ax_p.set(ylim=(0, 1.02), xlabel="joint epoch", ylabel="mean keep-probability")
+        ax_p.set_title(f"{trial_label(r)} (seed {r['seed']}): one line per group, graph order dark to light", fontsize=8)
+        if "flops_if_pruned" in hist[0]:
+            ax_f.plot(epochs, [100 * h["flops_if_pruned"] / float(r["base_flops"]) for h in hist], marker="o", color="tab:blue")
+        ax_f.axhline(100 * float(r["flops"]) / float(r["base_flops"]), color="0.4", ls=":", lw=0.8)
+        ax_f.set(ylim=(0, 105), xlabel="joint epoch", ylabel="FLOPs if pruned now (% of baseline)")
+    fig.suptitle(f"{_title(df)}: DECORE's agents over the joint phase", fontsize=10)
+    return fig
 
 
 # ---------------------------------------------------------------- the whole report
@@ -468,13 +760,33 @@ def _counts(df: pd.DataFrame) -> str:
             f"{len(trials)} trials ({status or 'none'})")
 
 
-def _readme(df: pd.DataFrame, folder: Path, table_md: str, layers: bool) -> str:
-    parts = [f"# {_title(df)}", "", "![Top-1 against FLOPs and params](pareto.png)", "",
-             "Vector versions: [pareto.svg](pareto.svg), [pareto.pdf](pareto.pdf). Filled markers: measured "
-             "here (mean ± std over seeds); lines: each method's Pareto front (max top-1, min cost); "
-             "hollow markers: published numbers (results/reference/).", "", table_md]
+def official_data(folder: Path) -> bool | None:
+    """Whether the experiment ran on the official dataset, as recorded in experiment.json when the data was loaded
+    (a CIFAR download through torchvision, checksum-verified, marks its converted arrays; anything else is not
+    official). None: the experiment predates the record."""
+    path = Path(folder) / "experiment.json"
+    if not path.is_file():
+        return None
+    return bool(json.loads(path.read_text()).get("data", {}).get("official", False))
+
+
+def _readme(df: pd.DataFrame, folder: Path, table_md: str, layers: bool, agents: bool, official: bool | None) -> str:
+    overlay = ("Hollow markers: published numbers (results/reference/), their own schedules."
+               if official else "Published points are not drawn: " +
+               ("this data is not the official set (its fingerprint is not that of a checksum-verified download)."
+                if official is False else "the experiment did not record whether its data is the official set.") +
+               " The published rows stay in their own block of the table.")
+    parts = [f"# {_title(df)}", "", f"Protocol: {protocol_text(df, official)}.", "",
+             "![Validation and test top-1 against FLOPs and params](pareto.png)", "",
+             "Vector versions: [pareto.svg](pareto.svg), [pareto.pdf](pareto.pdf). One colour per series (method, "
+             "scope, training after the baseline, round_to): mean ± std over seeds, hollow where some seeds failed; "
+             "lines: each series' Pareto front, chosen on validation top-1 against FLOPs on seed means (the left "
+             "panel) and drawn through the same configurations on the test panels. Diamond and dashed line: the "
+             "no-pruning control. " + overlay, "", table_md]
     if layers:
-        parts += ["![Channels kept per layer](layers.png)", ""]
+        parts += ["![Channels kept per group at matched FLOPs](layers.png)", ""]
+    if agents:
+        parts += ["![DECORE's agents over the joint phase](agents.png)", ""]
     parts += ["## How this was made", "",
               f"`python -m bench report {folder}` read `runs.csv` ({_counts(df)}); failed, pruned and "
               "infeasible trials are counted but not plotted. LaTeX of the table: [table.tex](table.tex)."]
@@ -496,11 +808,16 @@ def report_experiment(folder: Path, reference_path: Path | None = None) -> dict[
         raise UserError(f"{str(folder / 'runs.csv')!r} has no complete trials yet: nothing to report")
     first = df.iloc[0]
     reference = load_reference(str(first["model"]), str(first["dataset"]), reference_path)
-    out = {p.name: p for p in pareto_plot(df, reference, folder / "pareto")}
-    md, tex = paper_table(df, reference)
+    official = official_data(folder)
+    overlay = reference if official else None  # published points only on the official data
+    out = {p.name: p for p in pareto_plot(df, overlay, folder / "pareto", official)}
+    md, tex = paper_table(df, reference, official)
     out["table.md"], out["table.tex"] = _write_text(folder / "table.md", md), _write_text(folder / "table.tex", tex)
     layers = _has_layers(df)
     if layers:
         out["layers.png"] = layerwise_plot(df, folder / "layers.png")
-    out["README.md"] = _write_text(folder / "README.md", _readme(df, folder, md, layers))
+    histories = agent_histories(folder, df)
+    if histories:
+        out["agents.png"] = _save(agents_figure(df, histories), folder / "agents.png", "png")
+    out["README.md"] = _write_text(folder / "README.md", _readme(df, folder, md, layers, bool(histories), official))
     return out

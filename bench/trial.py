@@ -282,7 +282,7 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
 
     row = _row(cfg, scope, knobs, base, pruned, input_size, before_ft, val, test, result, joint, finetune,
                method.trains, select_seconds, finetune_seconds, time.perf_counter() - t_start, ft_history,
-               method_images, data)
+               method_images, data, groups)
     if device.type == "cuda":
         row["latency_gpu_b1_ms"] = measure_latency(copy.deepcopy(pruned).to(device), input_size, batch_size=1)["median_ms"]
     save_pruned(folder, result.plan, pruned)
@@ -292,11 +292,9 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
 
 
 def _row(cfg, scope, knobs, base: Baseline, pruned, input_size, before_ft, val, test, result, joint, finetune,
-         trains, select_seconds, finetune_seconds, wall, ft_history, method_images, data) -> dict[str, Any]:
+         trains, select_seconds, finetune_seconds, wall, ft_history, method_images, data, groups) -> dict[str, Any]:
     """The trial's result, in the results table's column names (plus a few extras the table ignores)."""
     params, flops = count_params(pruned), count_flops(pruned, input_size)
-    lat = measure_latency(pruned, input_size, batch_size=1, repeats=30)["median_ms"]
-    base_lat = measure_latency(base.model, input_size, batch_size=1, repeats=30)["median_ms"]
     bt, bv = base.meta["test"], base.meta.get("val", base.meta["test"])
     knob_name, knob_value = primary_knob(knobs)
     ft_images = phase_images(ft_history)
@@ -313,13 +311,13 @@ def _row(cfg, scope, knobs, base: Baseline, pruned, input_size, before_ft, val, 
         "flops_reduction_pct": 100 * (1 - flops / base.meta["flops"]),
         "base_val_top1_pct": bv["top1"], "base_top1_pct": bt["top1"], "base_top5_pct": bt["top5"],
         "base_params": base.meta["params"], "base_flops": base.meta["flops"],
-        "latency_cpu_b1_ms": lat, "base_latency_cpu_b1_ms": base_lat,
         "baseline_epochs": base.spec.recipe.epochs if base.meta["source"] == "trained" else 0,
         "joint_epochs": joint.epochs if trains else 0, "finetune_epochs": len(ft_history),
         "method_images": method_images, "finetune_images": ft_images, "budget_images": method_images + ft_images,
         "budget": cfg.budget, "selection": cfg.selection, "data_fingerprint": cfg.data_fingerprint,
         "method_version": methods.code_version(cfg.method),
-        "kept_channels": json.dumps({gid: [len(k), result.plan.units[gid]] for gid, k in result.plan.keep.items()}),
+        "kept_channels": json.dumps({gid: [len(k), result.plan.units[gid], groups.by_id[gid].kind]
+                                     for gid, k in result.plan.keep.items()}),
         "round_to": cfg.round_to, "wall_seconds": wall, "config_hash": cfg.key,
         "git_commit": git_commit(), "packages": json.dumps(package_versions(), sort_keys=True),
         # extras, kept in result.json only
@@ -327,6 +325,21 @@ def _row(cfg, scope, knobs, base: Baseline, pruned, input_size, before_ft, val, 
         "baseline_key": base.spec.key, "info": {k: v for k, v in result.info.items() if k != "keep_prob"},
         "world_size": dist.world_size(), "data": data.split_info() if data is not None else None,
     }
+
+
+def measure_speedup(trial_dir: str | Path, batch_size: int = 1) -> dict[str, Any]:
+    """The latency columns of a finished trial: its pruned model against the unpruned architecture, interleaved
+    in this process on a fixed thread count (bench.measure.speedup). Call it when nothing else trains on this
+    machine (the sweep's measuring pass after its trials; `run` after its trial)."""
+    from .measure import speedup
+    from .pruned import load_pruned
+
+    plan, pruned = load_pruned(trial_dir)
+    base = models.create(plan.model, **plan.model_args)
+    s = speedup(pruned.to(memory_format=torch.channels_last), base.to(memory_format=torch.channels_last),
+                tuple(plan.input_size), batch_size)
+    return {"latency_cpu_b1_ms": s["ms"], "base_latency_cpu_b1_ms": s["base_ms"], "speedup_b1": s["speedup"],
+            "speedup_b1_q1": s["speedup_q1"], "speedup_b1_q3": s["speedup_q3"]}
 
 
 def primary_knob(knobs: dict[str, Any]) -> tuple[str | None, float | None]:

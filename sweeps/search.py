@@ -36,7 +36,7 @@ from bench.baseline import Baseline
 from bench.data import load_dataset
 from bench.errors import UserError
 from bench.io import atomic_write, write_json
-from bench.measure import count_flops, count_params, measure_latency
+from bench.measure import count_flops, count_params, measure_latency, speedup
 from bench.pruned import load_pruned, save_pruned
 from bench.recipe import load_recipe
 from bench.results import ResultsTable
@@ -108,14 +108,17 @@ def fmt(kind: str, value: float) -> str:
     return f"{value:.3f} ms" if kind == "latency_ms" else f"{value / 1e6:.3f}M"
 
 
-def measure_cost(kind: str, model: nn.Module, input_size: tuple[int, ...], device: torch.device) -> float:
-    """The budgeted quantity of a (pruned) model: FLOPs and params are exact; latency is measured on `device`."""
+def measure_cost(kind: str, model: nn.Module, input_size: tuple[int, ...], device: torch.device,
+                 base: nn.Module | None = None) -> float:
+    """The budgeted quantity of a (pruned) model: FLOPs and params are exact; latency is measured on `device`,
+    on CPU as the results table's latency: interleaved with the unpruned `base` on a fixed thread count."""
     if kind == "flops":
         return float(count_flops(model, input_size))
     if kind == "params":
         return float(count_params(model))
-    runner = copy.deepcopy(model).to(device) if device.type == "cuda" else model  # CPU: as the table's latency
-    return measure_latency(runner, input_size, batch_size=1, repeats=30)["median_ms"]
+    if device.type == "cuda":
+        return measure_latency(copy.deepcopy(model).to(device), input_size, batch_size=1, repeats=30)["median_ms"]
+    return speedup(model, model if base is None else base, input_size, batch_size=1)["ms"]
 
 
 def row_cost(kind: str, row: dict[str, Any]) -> float:
@@ -245,7 +248,7 @@ class SearchObjective:
         assert self.planner is not None
         plan = methods.get_method(self.method).select(self.planner, stage_ratios=ratios).plan
         return measure_cost(self.setup.budget.kind, prune_model(self.setup.base.model, plan), self.setup.input_size,
-                            self.setup.device)
+                            self.setup.device, self.setup.base.model)
 
     # -- hooks inside the trial
 
@@ -256,7 +259,7 @@ class SearchObjective:
         kept = {gid: [len(k), plan.units[gid]] for gid, k in plan.keep.items()}
         trial.set_user_attr("flops", flops)
         trial.set_user_attr("params", params)
-        value = measure_cost(s.budget.kind, pruned, s.input_size, s.device)
+        value = measure_cost(s.budget.kind, pruned, s.input_size, s.device, s.base.model)
         if not self._judge(trial, value):
             raise Stopped("infeasible", f"{s.budget.kind} {fmt(s.budget.kind, value)} is over the budget "
                           f"{fmt(s.budget.kind, s.limit)}", self._measured(flops, params, kept))

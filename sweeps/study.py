@@ -43,7 +43,7 @@ from bench.results import ResultsTable
 from bench.train import Diverged, build_optimizer, prepare_model, resolve_device
 from bench.report import report_experiment
 from bench.tracking import Tracker
-from bench.trial import (BREAK_EVEN_IMAGES, TrialConfig, experiment_dir, experiment_name, run_trial,
+from bench.trial import (BREAK_EVEN_IMAGES, TrialConfig, experiment_dir, experiment_name, measure_speedup, run_trial,
                          smallest_flops_fraction, train_accuracy, trial_folder)
 from methods.decore import break_even_from_counts
 
@@ -322,8 +322,22 @@ def run_sweep(cfg: SweepConfig) -> Path:
         run_matches(cfg, profile, data)
     if cfg.control:
         run_control(cfg, profile, data)
+    measure_speedups(cfg)
     write_report(cfg)
     return cfg.folder
+
+
+def measure_speedups(cfg: SweepConfig) -> None:
+    """The measuring pass: after every trial of the sweep has trained (no training process of this sweep runs
+    now), each finished trial's pruned model is timed against the unpruned architecture, interleaved, on one
+    thread (bench.measure.speedup); its latency columns go into the results table."""
+    table = ResultsTable(cfg.folder)
+    df = table.read()
+    todo = df[(df["row_type"] == "trial") & (df["status"] == "complete") & df["speedup_b1"].isna()]
+    for _, row in tqdm(list(todo.iterrows()), desc="latency", unit="model", disable=None):
+        folder = cfg.folder / "trials" / f"{row['method']}-{row['config_hash']}"
+        if (folder / "plan.json").is_file():
+            table.upsert({**row.to_dict(), **measure_speedup(folder)})
 
 
 def write_experiment(cfg: SweepConfig, data: Any) -> None:

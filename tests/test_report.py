@@ -35,12 +35,15 @@ TRIALS = [
 ]
 COMMON = {"experiment": "cifar_resnet56-cifar10-paper", "model": "cifar_resnet56", "dataset": "cifar10",
           "profile": "paper", "base_top1_pct": BASE["top1"], "base_params": BASE["params"],
-          "base_flops": BASE["flops"], "finetune_epochs": 2, "round_to": 1}
+          "base_flops": BASE["flops"], "finetune_epochs": 2, "round_to": 1, "budget": "equal", "selection": "val",
+          "budget_images": 4000, "data_fingerprint": "f00d"}
+STREAMS = {"conv1", "layer2.0.conv2", "layer3.0.conv2"}
 
 
-def _kept(params: int) -> str:
+def _kept(params: int, groups=GROUPS) -> str:
     frac = params / BASE["params"]  # any monotone choice: the plot only needs plausible fractions
-    return json.dumps({g: [max(1, round(u * frac)), u] for g, u in GROUPS.items()})
+    return json.dumps({g: [max(1, round(u * frac)), u, "stream" if g in STREAMS else "internal"]
+                       for g, u in groups.items()})
 
 
 def _trial(i: int, method: str, knob: str, value, seed: int, top1, params, flops) -> dict:
@@ -50,7 +53,7 @@ def _trial(i: int, method: str, knob: str, value, seed: int, top1, params, flops
            "seed": seed, "config_hash": f"hash{i:02d}", "joint_epochs": 2 if method == "decore" else 0}
     if top1 is None:
         return {**row, "status": "failed", "reason": "RuntimeError: out of memory"}
-    return {**row, "status": "complete", "top1_pct": top1, "top1_drop_pct": BASE["top1"] - top1,
+    return {**row, "status": "complete", "top1_pct": top1, "val_top1_pct": top1 - 0.5, "top1_drop_pct": BASE["top1"] - top1,
             "params": params, "flops": flops, "params_reduction_pct": 100 * (1 - params / BASE["params"]),
             "flops_reduction_pct": 100 * (1 - flops / BASE["flops"]), "kept_channels": _kept(params)}
 
@@ -114,61 +117,104 @@ def test_pareto_front_on_hand_chosen_points(table):
     assert list(l1["config_hash"]) == ["hash07", "hash06"]  # ratio 0.1 is beaten by li2017-B
     by_params = report.pareto_front(table[table["method"] == "random"], cost="params")
     assert list(by_params["config_hash"]) == ["hash10", "hash09", "hash08"]
-    assert set(table.loc[table["pareto"].fillna(False), "config_hash"]) == {"hash03", "hash01", "hash00", "hash07",
-                                                                            "hash06", "hash10", "hash09", "hash08"}
+    # the table's flags are per configuration on seed means: both seeds of DECORE-200 carry it
+    assert set(table.loc[table["pareto"].fillna(False), "config_hash"]) == {"hash03", "hash01", "hash02", "hash00",
+                                                                            "hash07", "hash06", "hash10", "hash09",
+                                                                            "hash08"}
 
 
 def test_aggregate_means_over_seeds(table):
     agg = report.aggregate(table)
     assert len(agg) == 9  # 10 complete trials, two of them seeds of one configuration
-    d200 = agg[agg["label"] == "DECORE-200"].iloc[0]
-    assert d200["n"] == 2 and d200["top1_pct"] == pytest.approx(92.85)
+    d200 = agg[agg["label"].str.startswith("DECORE-200 ")].iloc[0]
+    assert d200["label"] == "DECORE-200 · all · 4.0k img (2+2 ep) · n=2"
+    assert d200["n"] == 2 and d200["top1_pct"] == pytest.approx(92.85) and d200["val_top1_pct"] == pytest.approx(92.35)
     assert d200["top1_std"] == pytest.approx(np.std([92.9, 92.8], ddof=1))
     assert d200["flops"] == pytest.approx(63_500_000) and d200["flops_std"] == pytest.approx(np.std([63e6, 64e6], ddof=1))
-    assert agg[agg["label"] == "DECORE-450"]["top1_std"].isna().all()
+    assert agg[agg["label"].str.startswith("DECORE-450")]["top1_std"].isna().all()
+    # lambda 10 failed on its only seed: no mean; a configuration with a failed seed is marked partial
+    assert not agg["label"].str.startswith("DECORE-10 ").any()
+
+
+def test_labels_differ_when_only_budget_scope_or_round_to_differ():
+    rows = [_trial(0, "l1", "ratio", 0.5, 0, 91.0, 500_000, 60_000_000)]
+    rows.append({**rows[0], "config_hash": "b", "budget": "paper", "budget_images": 2000, "finetune_epochs": 40})
+    rows.append({**rows[0], "config_hash": "c", "scope": "all"})
+    rows.append({**rows[0], "config_hash": "d", "round_to": 8})
+    agg = report.aggregate(normalise(rows))
+    assert len(agg) == 4 and agg["label"].is_unique and agg["series"].is_unique
+    assert "round_to 8" in agg.loc[agg["round_to"] == 8, "label"].iloc[0]
+    assert "internal" in agg.loc[0, "label"] and " all " in agg.loc[2, "label"]
+
+
+def test_pareto_flags_are_on_seed_means_not_lucky_seeds():
+    # configuration A: seeds 90 and 80 (mean 85); B: one seed at 88, same FLOPs. A's lucky seed (90) beats B,
+    # but on means B dominates A: only B is flagged, and both of A's rows are not
+    a0 = _trial(0, "l1", "ratio", 0.5, 0, 90.5, 500_000, 60_000_000)
+    a1 = {**_trial(1, "l1", "ratio", 0.5, 1, 80.5, 500_000, 60_000_000)}
+    b = _trial(2, "l1", "ratio", 0.6, 0, 88.5, 500_000, 60_000_000)
+    df = mark_pareto(normalise([a0, a1, b]))
+    assert df.set_index("config_hash")["pareto"].to_dict() == {"hash00": False, "hash01": False, "hash02": True}
+    # the flag reads validation top-1: the test column alone would not change it
+    df2 = mark_pareto(normalise([{**a0, "top1_pct": 99.0}, {**a1, "top1_pct": 99.0}, b]))
+    assert df2.set_index("config_hash")["pareto"].to_dict() == df.set_index("config_hash")["pareto"].to_dict()
 
 
 # ---------------------------------------------------------------- paper table
 
 def _md_rows(md: str) -> list[list[str]]:
-    lines = [ln for ln in md.splitlines() if ln.startswith("|")][2:]  # drop header and separator
+    lines = [ln for ln in md.splitlines() if ln.startswith("|") and not ln.startswith("| ---")]
     return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
 
 
-def _section(rows: list[list[str]], title: str) -> list[list[str]]:
-    start = next(i for i, r in enumerate(rows) if r[0] == f"*{title}*") + 1
-    end = next((i for i in range(start, len(rows)) if rows[i][0].startswith("*")), len(rows))
+def _block(md: str, first_header: str) -> list[list[str]]:
+    rows = _md_rows(md)
+    start = next(i for i, r in enumerate(rows) if r[0] == first_header) + 1
+    end = next((i for i in range(start, len(rows)) if rows[i][0] in ("Matched set", "Method")), len(rows))
     return rows[start:end]
 
 
-def test_markdown_table_rows_numbers_and_order(table, reference):
-    md, _ = report.paper_table(table, reference)
-    rows = _md_rows(md)
-    assert len(rows) == 2 + (1 + 9) + (1 + 10)  # two section rows, baseline + 9 configurations, literature
-    measured = _section(rows, "Measured here")
-    assert [r[0] for r in measured] == ["Baseline", "L1 (ratio 0.1)", "Random (ratio 0.1)", "DECORE-450",
-                                        "L1 (li2017-B)", "Random (ratio 0.3)", "L1 (ratio 0.5)", "DECORE-200",
-                                        "Random (ratio 0.5)", "DECORE-55"]  # FLOPs descending, stable on ties
-    assert measured[0] == ["Baseline", "93.10", "–", "0.853", "125.49"]
-    assert "| DECORE-450 | 93.20 | -0.10 | 0.640 (25.0%) | 92.00 (26.7%) |" in md
-    assert measured[7] == ["DECORE-200", "92.85 ± 0.07", "0.25", "0.435 (49.0%)", "63.50 (49.4%)"]
-    assert "DECORE-10" not in md  # failed
-
-
-def test_best_in_column_is_bold_in_the_measured_block_only(table, reference):
+def test_table_rows_numbers_order_and_no_trivial_bold(table, reference):
     md, tex = report.paper_table(table, reference)
-    measured = _section(_md_rows(md), "Measured here")
-    bold = {(r[0], i) for r in measured for i, c in enumerate(r) if c.startswith("**")}
-    # top-1 and drop: L1 (li2017-B) 93.25; params and FLOPs: DECORE-55; never the baseline
-    assert bold == {("L1 (li2017-B)", 1), ("L1 (li2017-B)", 2), ("DECORE-55", 3), ("DECORE-55", 4)}
-    assert "| DECORE-55 | 90.50 | 2.60 | **0.130 (84.8%)** | **23.50 (81.3%)** |" in md
-    assert md.count("**") == 8  # HRank-1's 93.52 in the literature block is not marked
-    assert r"\textbf{93.25} & \textbf{-0.15}" in tex and tex.count(r"\textbf{") == 4
+    measured = _block(md, report.HEADERS[0])
+    assert len(measured) == 1 + 9  # baseline + 9 configurations
+    assert [r[0].split(" · ")[0] for r in measured] == [
+        "Baseline (before pruning)", "L1 (ratio 0.1)", "Random (ratio 0.1)", "DECORE-450", "L1 (li2017-B)",
+        "Random (ratio 0.3)", "L1 (ratio 0.5)", "DECORE-200", "Random (ratio 0.5)", "DECORE-55"]
+    d200 = measured[7]
+    assert d200[2:5] == ["2", "92.35 ± 0.07", "92.85 ± 0.07"] and d200[7] == "63.50 (49.4%)"
+    # no best-in-column bold in a trade-off table
+    assert not any("**" in c for r in _md_rows(md) for c in r) and r"\textbf" not in tex
+    fronts = {r[0].split(" · ")[0] for r in measured if r[1] == "◆"}
+    assert fronts == {"DECORE-450", "DECORE-200", "DECORE-55", "L1 (li2017-B)", "L1 (ratio 0.5)",
+                      "Random (ratio 0.1)", "Random (ratio 0.3)", "Random (ratio 0.5)"}
+    assert "DECORE-10" not in md  # failed
+    assert "Protocol: selection: validation hold-out" in md and "budget: equal" in md
+
+
+def test_matched_partners_side_by_side_with_paired_difference():
+    rows = []
+    for seed, (d, l1) in enumerate([(91.0, 90.0), (92.0, 90.5)]):
+        dec = _trial(seed, "decore", "lambda", 2.0, seed, d, 500_000, 60_000_000)
+        part = {**_trial(10 + seed, "l1", "flops_target", 0.478 + seed / 1000, seed, l1, 500_000, 60_100_000),
+                "match_of": dec["config_hash"], "scope": "all"}
+        rows += [dec, part]
+    control = {**_trial(20, "control", "ratio", 0.0, 0, 93.0, BASE["params"], BASE["flops"]), "knob_name": None,
+               "knob_value": None, "knobs": "{}", "scope": "all"}
+    md, _ = report.paper_table(normalise(rows + [control]), None)
+    matched = _block(md, "Matched set")
+    assert matched[0][0].startswith("DECORE-2 · all") and matched[0][1] == "91.50 ± 0.71"
+    l1 = matched[1]
+    assert l1[0].strip().startswith("L1 at the same FLOPs · all") and l1[0].endswith("n=2")
+    assert l1[3] == "-1.25 ± 0.35" and l1[4] == "paired by seed"  # (-1.0, -1.5): mean and std of the pairs
+    measured = _block(md, report.HEADERS[0])
+    decore = next(r for r in measured if r[0].startswith("DECORE-2 "))
+    assert decore[5] == "-1.50"  # against the no-pruning control's 93.00
 
 
 def test_reference_block_lists_published_rows_with_sources(table, reference):
     md, tex = report.paper_table(table, reference)
-    published = _section(_md_rows(md), "Reported in the literature")
+    published = _block(md, "Method")
     assert len(published) == 11 and published[0][0].startswith("Baseline [")
     decore200 = next(r for r in published if r[0].startswith("DECORE-200"))
     assert decore200[1:] == ["93.26", "0.00", "0.43 (49.4%)", "62.93 (49.9%)"]
@@ -182,21 +228,17 @@ def test_reference_block_lists_published_rows_with_sources(table, reference):
 
 def test_latex_is_a_well_formed_booktabs_table(table, reference):
     _, tex = report.paper_table(table, reference)
-    spec = re.search(r"\\begin\{tabular\}\{([^}]*)\}", tex).group(1)
-    assert len(spec) == len(report.HEADERS)
+    specs = re.findall(r"\\begin\{tabular\}\{([^}]*)\}", tex)
+    assert [len(s) for s in specs] == [len(report.HEADERS), len(report.PUBLISHED_HEADERS)]
     for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
-        assert rule in tex
-    assert tex.index(r"\toprule") < tex.index(r"\midrule") < tex.index(r"\bottomrule")
-    body = tex[tex.index(r"\toprule"):tex.index(r"\bottomrule")]
-    rows = [ln for ln in body.splitlines() if ln.rstrip().endswith(r"\\")]
-    assert len(rows) == 1 + 2 + 10 + 11  # header, two section rows, measured, literature
-    for ln in rows:
-        if not ln.startswith(r"\multicolumn"):
-            assert len(re.findall(r"(?<!\\)&", ln)) == len(report.HEADERS) - 1, ln
-    assert not re.search(r"(?<!\\)[%_#]", tex), "unescaped LaTeX special character"
+        assert tex.count(rule) == 2
+    for ln in tex.splitlines():
+        if ln.rstrip().endswith(r"\\") and "&" in ln:
+            assert len(re.findall(r"(?<!\\)&", ln)) in (len(report.HEADERS) - 1, len(report.PUBLISHED_HEADERS) - 1), ln
+    assert not re.search(r"(?<!\\)[%_#]", tex.replace("%\n", "\n")), "unescaped LaTeX special character"
     assert r"cifar\_resnet56" in tex and r"$\pm$" in tex
-    for env in ("table", "tabular"):
-        assert tex.count(rf"\begin{{{env}}}") == tex.count(rf"\end{{{env}}}") == 1
+    assert tex.count(r"\begin{table}") == tex.count(r"\end{table}") == 1
+    assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 2
     assert _balanced(tex)
     if shutil.which("pdflatex"):
         _compile(tex)
@@ -214,7 +256,7 @@ def _balanced(tex: str) -> bool:
 def _compile(tex: str) -> None:
     import tempfile
     with tempfile.TemporaryDirectory() as d:
-        doc = "\\documentclass{article}\\usepackage{booktabs}\\begin{document}\n" + tex + "\\end{document}\n"
+        doc = "\\documentclass{article}\\usepackage{booktabs,graphicx}\\begin{document}\n" + tex + "\\end{document}\n"
         Path(d, "t.tex").write_text(doc)
         done = subprocess.run(["pdflatex", "-halt-on-error", "t.tex"], cwd=d, capture_output=True, timeout=60)
         assert done.returncode == 0, done.stdout[-2000:]
@@ -231,24 +273,45 @@ def _scatter_points(ax) -> dict[str, np.ndarray]:
     return {c.get_label(): np.asarray(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection)}
 
 
-def test_pareto_figure_draws_ours_fronts_baselines_and_published(table, reference):
-    fig = report.pareto_figure(table, reference)
-    flops_ax, params_ax = fig.axes[:2]
+SERIES = {"decore": "DECORE · all · 4.0k img (2+2 ep)", "l1": "L1 · internal · 4.0k img (2 ep)",
+          "random": "Random · internal · 4.0k img (2 ep)"}
+
+
+def test_pareto_figure_draws_series_fronts_on_validation_and_published_points(table, reference):
+    fig = report.pareto_figure(table, reference, official=True)
+    val_ax, test_ax, params_ax = fig.axes[:3]
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    for want in ("DECORE", "L1", "Random", "Baseline (measured)", "Baseline (reported)", "DECORE (reported)",
-                 "L1 (reported)", "HRank (reported)", "GAL (reported)", "NISP (reported)"):
+    for want in (*SERIES.values(), "Baseline (measured)", "Baseline (published, their schedule)",
+                 "DECORE (published, their schedule)", "HRank (published, their schedule)"):
         assert want in labels
-    pts = _scatter_points(flops_ax)
+    pts = _scatter_points(test_ax)
     assert [125.485706, 93.10] in pts["Baseline (measured)"].round(6).tolist()
-    assert [62.93, 93.26] in pts["DECORE (reported)"].tolist()
-    assert [63.5, 92.85] in pts["DECORE"].round(6).tolist()  # the mean of two seeds, not each seed
-    assert len(pts["DECORE"]) == 3 and len(pts["Random"]) == 3
-    assert [0.43, 93.26] in _scatter_points(params_ax)["DECORE (reported)"].tolist()
-    assert {"DECORE-200", "Li2017-B", "HRank-1"} <= {t.get_text() for t in flops_ax.texts}
-    steps = [ln for ln in flops_ax.lines if ln.get_drawstyle() == "steps-post"]
+    assert [62.93, 93.26] in pts["DECORE (published, their schedule)"].tolist()
+    assert [63.5, 92.85] in pts[SERIES["decore"]].round(6).tolist()  # the mean of two seeds, not each seed
+    assert [63.5, 92.35] in _scatter_points(val_ax)[SERIES["decore"]].round(6).tolist()  # validation panel
+    assert len(pts[SERIES["decore"]]) == 3 and len(pts[SERIES["random"]]) == 3
+    assert not any("published" in k for k in _scatter_points(val_ax))  # decisions' panel: ours only
+    steps = [ln for ln in val_ax.lines if ln.get_drawstyle() == "steps-post"]
     assert any(ln.get_xdata().tolist() == [23.5, 63.5, 92.0] for ln in steps)  # DECORE's front (means)
     assert any(ln.get_xdata().tolist() == [64.5, 90.9] for ln in steps)       # L1's front
-    assert fig._suptitle.get_text() == "cifar_resnet56 on cifar10 (paper)"
+    title = fig._suptitle.get_text()
+    assert title.startswith("cifar_resnet56 on cifar10 (paper)") and "selection: validation hold-out" in title
+
+
+def test_published_points_vanish_on_data_that_is_not_official(table, reference, tmp_path):
+    fig = report.pareto_figure(table, None, official=False)
+    assert not any("published" in t.get_text() for t in fig.legends[0].get_texts())
+    assert "not the official set" in fig._suptitle.get_text()
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    table.to_csv(folder / "runs.csv", index=False)
+    (folder / "experiment.json").write_text(json.dumps({"data": {"fingerprint": "f00d", "official": False}}))
+    out = report.report_experiment(folder)
+    readme = out["README.md"].read_text()
+    assert "Published points are not drawn: this data is not the official set" in readme
+    assert "DECORE-200 [" in out["table.md"].read_text()  # the published block of the table stays
+    (folder / "experiment.json").write_text(json.dumps({"data": {"fingerprint": "f00d", "official": True}}))
+    assert "Hollow markers: published numbers" in report.report_experiment(folder)["README.md"].read_text()
 
 
 def test_pareto_plot_writes_png_svg_pdf(table, reference, tmp_path):
@@ -259,18 +322,54 @@ def test_pareto_plot_writes_png_svg_pdf(table, reference, tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_layerwise_picks_decore_and_its_nearest_rivals(table, tmp_path):
-    assert report.pick_layerwise_trials(table) == ["hash03", "hash07", "hash10"]
-    fig = report.layerwise_figure(table)
+def _matched_table():
+    internal = {g: u for g, u in GROUPS.items() if g not in STREAMS}
+    dec = {**_trial(0, "decore", "lambda", 2.0, 0, 91.0, 400_000, 60_000_000)}
+    l1 = {**_trial(1, "l1", "flops_target", 0.478, 0, 90.0, 420_000, 60_300_000), "match_of": dec["config_hash"],
+          "kept_channels": _kept(420_000, internal)}
+    far = {**_trial(2, "random", "flops_target", 0.8, 0, 92.0, 700_000, 100_000_000)}
+    return normalise([dec, l1, far])
+
+
+def test_layerwise_pairs_matched_partners_and_draws_unpruned_groups_whole():
+    df = _matched_table()
+    assert report.pick_layerwise_trials(df) == [["hash00", "hash01"]]
+    fig = report.layerwise_figure(df)
     ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_xticklabels()] == [f"{g} ({u})" for g, u in GROUPS.items()]
-    decore = ax.containers[0]
-    want = [json.loads(_kept(130_000))[g][0] / u for g, u in GROUPS.items()]
-    assert [b.get_height() for b in decore] == pytest.approx(want)
-    out = report.layerwise_plot(table, tmp_path / "layers.png", trials=["hash00"])
-    assert out.stat().st_size > 1000
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert "stage 2 stream (32)" in ticks and "stage 1 stream (16)" in ticks and "layer1.0.conv1 (16)" in ticks
+    assert not any(t.startswith("layer2.0.conv2") for t in ticks)  # a stream is not named after one conv
+    # L1's scope is internal: its stream groups are drawn kept whole (1.0), hatched
+    hatched = [p for p in ax.patches if p.get_hatch() == "///"]
+    assert len(hatched) == len(STREAMS) and all(p.get_height() == 1.0 for p in hatched)
+    assert "matched within 1%" in ax.get_title()
+
+
+def test_layerwise_refuses_trials_far_apart_in_flops():
+    df = _matched_table()  # hash02 is at 79.7% of the FLOPs, DECORE at 47.8%
+    with pytest.raises(UserError, match="within 2% of the FLOPs"):
+        report.layerwise_figure(df, [["hash00", "hash02"]])
+    lonely = normalise([r for _, r in df.iterrows() if r["config_hash"] != "hash01"])
+    fig = report.layerwise_figure(lonely)
+    assert "no matched partner exists" in fig.axes[0].get_title()
     with pytest.raises(UserError, match="nope"):
-        report.layerwise_figure(table, ["nope"])
+        report.layerwise_figure(df, [["nope"]])
+
+
+def test_agents_figure_from_history(tmp_path):
+    df = _matched_table()
+    folder = tmp_path / "trials" / "decore-hash00"
+    folder.mkdir(parents=True)
+    hist = [{"epoch": e, "keep_prob": {"conv1": 1 - 0.1 * e, "layer1.0.conv1": 0.9}, "flops_if_pruned": 1e8 - 1e7 * e}
+            for e in (1, 2, 3)]
+    (folder / "history.json").write_text(json.dumps({"method": hist, "finetune": []}))
+    found = report.agent_histories(tmp_path, df)
+    assert len(found) == 1 and found[0][1] == hist
+    fig = report.agents_figure(df, found)
+    lines = fig.axes[0].lines
+    assert len(lines) == 2 and lines[0].get_ydata().tolist() == pytest.approx([0.9, 0.8, 0.7])
+    flops = fig.axes[1].lines[0].get_ydata()
+    assert flops[0] == pytest.approx(100 * 9e7 / BASE["flops"])
 
 
 # ---------------------------------------------------------------- the report
@@ -284,7 +383,7 @@ def test_report_experiment_writes_everything(table, tmp_path):
     for p in out.values():
         assert p.parent == folder and p.stat().st_size > 0
     readme = out["README.md"].read_text()
-    assert "![Top-1 against FLOPs and params](pareto.png)" in readme and "(layers.png)" in readme
+    assert "(pareto.png)" in readme and "(layers.png)" in readme
     assert out["table.md"].read_text() in readme
     assert f"python -m bench report {folder}" in readme
     assert "12 rows: 1 baseline, 11 trials (10 complete, 1 failed)" in readme
@@ -297,7 +396,7 @@ def test_report_experiment_via_upsert_and_without_decore(tmp_path):
             results.upsert({k: v for k, v in row.items() if not pd.isna(v)})
     out = report.report_experiment(tmp_path)
     assert "layers.png" not in out and not (tmp_path / "layers.png").exists()
-    assert "DECORE-" not in _section(_md_rows(out["table.md"].read_text()), "Measured here").__str__()
+    assert "DECORE-" not in str(_block(out["table.md"].read_text(), report.HEADERS[0]))
 
 
 def test_report_experiment_user_errors(table, tmp_path):

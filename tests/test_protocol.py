@@ -1,0 +1,166 @@
+"""The comparison protocol: a validation split for every decision, equal budgets, identities that cannot mix,
+break-even as the agents see it (issue: a comparison people can trust by default)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from bench.baseline import get_baseline
+from bench.data import CIFAR_STATS, DeviceLoader, load_dataset, make_synthetic, with_selection
+from bench.recipe import load_recipe
+from bench.results import ResultsTable
+from bench.trial import TrialConfig, train_accuracy
+from methods.decore import break_even_from_counts
+from sweeps.study import SweepConfig, run_sweep
+
+
+def _rows(split) -> set[bytes]:
+    return {x.tobytes() for x in split.x}
+
+
+def test_validation_split_is_seeded_class_balanced_and_disjoint(synthetic):
+    data = with_selection(synthetic, "val")
+    assert data.selection == "val" and len(data.val.y) == 100 and len(data.train.y) == 900
+    assert np.bincount(data.val.y).tolist() == [10] * 10  # class-balanced
+    # disjoint from what the baseline trains on and from the test set; together they are the training set
+    assert not _rows(data.val) & _rows(data.train) and not _rows(data.val) & _rows(data.test)
+    assert _rows(data.val) | _rows(data.train) == _rows(synthetic.train)
+    again = with_selection(make_synthetic(), "val")  # fixed: the same hold-out every time
+    assert np.array_equal(again.val.x, data.val.x)
+    papers = with_selection(synthetic, "test")  # the papers' practice: train on everything, decide on test
+    assert papers.val is None and papers.selection_split is papers.test and len(papers.train.y) == 1000
+
+
+def test_cifar_holds_out_5000_images(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar10"
+    folder.mkdir()
+    y = np.repeat(np.arange(10), 600)
+    for split, labels in (("train", y), ("test", y[:100])):
+        np.savez(folder / f"{split}.npz", x=rng.integers(0, 255, (len(labels), 8, 8, 3), dtype=np.uint8), y=labels)
+    data = load_dataset("cifar10", tmp_path, selection="val")
+    assert len(data.val.y) == 5000 and len(data.train.y) == 1000 and "cifar10" in CIFAR_STATS
+    assert not data.official  # no checksum-verified download made these arrays
+
+
+def _fake_cifar(root, seed):
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar10"
+    folder.mkdir(parents=True)
+    y = np.repeat(np.arange(10), 20)
+    for split in ("train", "test"):
+        np.savez(folder / f"{split}.npz", x=rng.integers(0, 255, (len(y), 32, 32, 3), dtype=np.uint8), y=y)
+
+
+def test_other_data_content_trains_another_baseline(tmp_path, monkeypatch):
+    recipe = load_recipe("test-micro")
+    _fake_cifar(tmp_path / "a", 0)
+    _fake_cifar(tmp_path / "b", 1)
+    keys = []
+    for d in ("a", "b", "a"):
+        monkeypatch.setenv("DATA_DIR", str(tmp_path / d))
+        keys.append(get_baseline("resnet20", "cifar10", recipe, device=torch.device("cpu"), selection="test"))
+    assert keys[0].spec.key != keys[1].spec.key  # same name, other arrays: another baseline
+    assert keys[2].cached and keys[2].spec.key == keys[0].spec.key  # unchanged data: never trained again
+    assert keys[0].meta["data"]["fingerprint"] != keys[1].meta["data"]["fingerprint"]
+    # trials too: the data fingerprint is in the trial's hash
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "a"))
+    ka = TrialConfig("resnet20", "cifar10", "l1", {"ratio": 0.5}).key
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "b"))
+    assert TrialConfig("resnet20", "cifar10", "l1", {"ratio": 0.5}).key != ka
+
+
+@pytest.mark.parametrize("change", [{"scope": "all"}, {"round_to": 8}, {"budget": "paper"}, {"selection": "test"}])
+def test_protocol_changes_start_a_new_experiment(change):
+    base = SweepConfig("resnet20", "synthetic", profile="test")
+    other = SweepConfig("resnet20", "synthetic", profile="test", **change)
+    assert other.experiment != base.experiment and other.folder != base.folder
+    assert other.study_name("l1") != base.study_name("l1")
+    assert base.experiment.startswith("resnet20-synthetic-test-")
+
+
+def test_method_code_is_part_of_the_identity(monkeypatch):
+    import methods
+
+    key = TrialConfig("resnet20", "synthetic", "l1", {"ratio": 0.5}).key
+    study = SweepConfig("resnet20", "synthetic", profile="test").study_name("l1")
+    monkeypatch.setattr(methods.base, "code_version", lambda name: "changed")
+    monkeypatch.setattr(methods, "code_version", lambda name: "changed")
+    assert TrialConfig("resnet20", "synthetic", "l1", {"ratio": 0.5}).key != key
+    assert SweepConfig("resnet20", "synthetic", profile="test").study_name("l1") != study
+
+
+def test_code_version_follows_the_source():
+    import methods
+
+    assert methods.code_version("l1") != methods.code_version("random")  # own module hashed
+    assert len(methods.code_version("decore")) == 10
+
+
+def test_break_even_counts_train_mode_augmented_predictions(synthetic):
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    loader = DeviceLoader(synthetic.train, synthetic.mean, synthetic.std, 64, train=True, seed=0)
+    correct, seen = train_accuracy(model, loader, torch.device("cpu"), images=300)
+    assert seen == 300
+    # its definition: the same batches (the loader's seeded permutation and augmentation), counted by hand
+    loader = DeviceLoader(synthetic.train, synthetic.mean, synthetic.std, 64, train=True, seed=0)
+    hand, n = 0, 0
+    for x, y in loader:
+        x, y = x[: 300 - n], y[: 300 - n]
+        hand += int((model(x).argmax(1) == y).sum())
+        n += len(y)
+        if n >= 300:
+            break
+    assert correct == hand
+    lam, rule = break_even_from_counts(correct, seen)
+    assert rule == "measured" and lam == pytest.approx(correct / (seen - correct))
+    assert break_even_from_counts(500, 500) == (499.0, "one error in 500: no error in 500 images, counted as one")
+
+
+def test_break_even_leaves_the_baseline_untouched(synthetic):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.LazyLinear(10))
+    model(torch.randn(2, 3, 32, 32))
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_accuracy(model, DeviceLoader(synthetic.train, synthetic.mean, synthetic.std, 64, train=True), torch.device("cpu"), 128)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # running stats too
+    assert not model.training
+
+
+def _decisions(folder, cfg):
+    df = ResultsTable(folder).read()
+    trials = df[df["row_type"] == "trial"].sort_values("config_hash")
+    storage = optuna.storages.RDBStorage(cfg.storage_url)
+    values = {m: [tuple(t.values or ()) for t in optuna.load_study(study_name=cfg.study_name(m), storage=storage).trials]
+              for m in cfg.methods}
+    return (values, list(trials["config_hash"]), list(trials["pareto"].astype(bool)),
+            list(trials["val_top1_pct"].round(6)), list(trials["top1_pct"].round(6)))
+
+
+def test_no_decision_reads_the_test_set(tmp_path, monkeypatch):
+    """Corrupt the test labels: objectives, Pareto flags and the trials chosen stay as they were; only the
+    reported test top-1 changes."""
+    import bench.data as data_mod
+
+    cfg_kw = dict(profile="test", device="cpu", methods=("l1", "random"), trials=2, control=False)
+    monkeypatch.setenv("RESULTS_DIR", str(tmp_path / "clean"))
+    clean_cfg = SweepConfig("resnet20", "synthetic", **cfg_kw)
+    clean = _decisions(run_sweep(clean_cfg), clean_cfg)
+
+    real = data_mod.make_synthetic
+
+    def corrupted(*a, **k):
+        d = real(*a, **k)
+        d.test.y = (d.test.y + 1) % d.num_classes  # every test label wrong; the fingerprint stays the same
+        return d
+    monkeypatch.setattr(data_mod, "make_synthetic", corrupted)
+    monkeypatch.setenv("RESULTS_DIR", str(tmp_path / "corrupt"))
+    bad_cfg = SweepConfig("resnet20", "synthetic", **cfg_kw)
+    bad = _decisions(run_sweep(bad_cfg), bad_cfg)
+    assert bad[:4] == clean[:4]      # objective values, trials, fronts, validation top-1
+    assert bad[4] != clean[4]        # the reported test top-1 did change
