@@ -111,6 +111,16 @@ class ScoredMethod(Method):
         scores = self.scores(ctx)
         return self.select_from(ctx, scores, knobs)
 
+    def plan_shape(self, ctx: Context, **knobs: Any) -> Any:
+        """A plan with the channel counts `select` gives for these knobs, without reading data or weights
+        (every score equal): what FLOPs, params and latency depend on, for costing plans before a trial.
+        With the global allocation a `ratio` or `flops_target` spreads by the scores: only per-group ratios
+        (uniform allocation, `stage_ratios`, `preset`) have a score-free shape."""
+        self.check_combination(knobs)
+        if self._allocation(knobs) == "global" and knobs.get("preset") is None and knobs.get("stage_ratios") is None:
+            raise KnobError(f"{self.name} with allocation global has no score-free plan for a ratio or flops_target")
+        return self.select_from(ctx, {g.id: torch.zeros(g.units) for g in ctx.groups}, knobs).plan
+
     def select_from(self, ctx: Context, scores: Mapping[str, torch.Tensor], knobs: Mapping[str, Any]) -> Result:
         """The plan for given per-group scores (units,) and knobs: the budget half of `select`."""
         allocation = self._allocation(knobs)

@@ -223,6 +223,20 @@ def test_round_to_and_gate_equals_removal(name, trained, synthetic):
     assert ((gated - removed).norm() / gated.norm()).item() < 1e-5
 
 
+def test_plan_shape_needs_no_data(trained, synthetic):
+    """A budgeted search costs plans before any trial: the shape of HRank's plan without its batches."""
+    hrank = methods.get_method("hrank")
+    ctx = _ctx(trained, synthetic, scope="all")
+    real = hrank.select(ctx, stage_ratios="0.5,0.3,0.1", batches=1).plan
+    ctx.train_loader = None
+    with pytest.raises(methods.KnobError, match="the engine must pass train_loader"):
+        hrank.select(ctx, stage_ratios="0.5,0.3,0.1")
+    shape = hrank.plan_shape(ctx, stage_ratios="0.5,0.3,0.1")
+    assert {g: len(k) for g, k in shape.keep.items()} == {g: len(k) for g, k in real.keep.items()}
+    with pytest.raises(methods.KnobError, match="no score-free plan"):
+        methods.get_method("taylor").plan_shape(ctx, ratio=0.5)
+
+
 # ---------------------------------------------------------------- through the engine
 
 def _trial(method: str, knobs: dict):
