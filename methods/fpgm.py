@@ -24,23 +24,12 @@ import torch
 import torch.nn as nn
 
 from .base import Context, register
-from .scored import ScoredMethod
+from .scored import ScoredMethod, filter_scores
 
 
 def fpgm_scores(model: nn.Module, groups) -> dict[str, torch.Tensor]:
     """Per group unit: sum over producing conv/linear layers of the filter's distances to the layer's others."""
-    modules = dict(model.named_modules())
-    scores = {}
-    for g in groups:
-        s = torch.zeros(g.units, dtype=torch.float64)
-        for p in g.producers:
-            layer = modules[p.module]
-            if not isinstance(layer, (nn.Conv2d, nn.Linear)):
-                continue  # norms and shortcuts have no filters
-            w = layer.weight.detach().double().cpu().flatten(1)[p.channels]
-            s.index_add_(0, torch.tensor(p.units), torch.cdist(w, w).sum(1))
-        scores[g.id] = s
-    return scores
+    return filter_scores(model, groups, lambda w: torch.cdist(w.double(), w.double()).sum(1))
 
 
 @register("fpgm")

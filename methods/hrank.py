@@ -22,14 +22,13 @@ as every other method). The ratio is uniform per group (the paper sets one rate 
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 
 from .base import Context, register
-from .scored import ScoredMethod, positive_int, training_batches
+from .scored import DataScoredMethod, ScoredMethod, training_batches
 
 BATCHES = 5  # the official rank_generation.py: --limit 5 batches of 128
 
@@ -105,25 +104,14 @@ def average_ranks(ctx: Context, batches: int) -> tuple[dict[str, torch.Tensor], 
 
 
 @register("hrank")
-class HRank(ScoredMethod):
-    reads_data: ClassVar[bool] = True
-    default_scope: ClassVar[str] = "all"  # the official ResNet-56 code prunes the stage channels too
+class HRank(DataScoredMethod):
+    batches: ClassVar[int] = BATCHES
+    default_scope: ClassVar[str] = "all"  # the official code prunes every conv, blocks' last convs included
     extra_options: ClassVar[dict[str, str]] = {
         **ScoredMethod.extra_options,
         "batches": f"training batches whose feature-map ranks are averaged (paper: {BATCHES} of 128)",
         "allocation": "uniform (paper: every group loses `ratio` of its channels) or global (one rank threshold)",
     }
 
-    def check_combination(self, knobs: Mapping[str, Any]) -> None:
-        super().check_combination(knobs)
-        positive_int(knobs, "batches", BATCHES)
-
-    def select(self, ctx: Context, **knobs: Any):
-        self.check_combination(knobs)
-        ranks, seen = average_ranks(ctx, positive_int(knobs, "batches", BATCHES))
-        result = self.select_from(ctx, ranks, knobs)
-        result.info.update(images_scored=seen, mean_rank={gid: float(r.mean()) for gid, r in ranks.items()})
-        return result
-
-    def scores(self, ctx: Context) -> dict[str, torch.Tensor]:
-        return average_ranks(ctx, BATCHES)[0]
+    def measure(self, ctx: Context, batches: int) -> tuple[dict[str, torch.Tensor], int]:
+        return average_ranks(ctx, batches)

@@ -291,3 +291,44 @@ def training_batches(ctx: Context, n: int, who: str):
                         "(the method sets reads_data)")
     for _, batch in zip(range(n), ctx.train_loader):  # range first: no batch is drawn past the n-th
         yield batch
+
+
+def filter_scores(model: nn.Module, groups, per_layer) -> dict[str, torch.Tensor]:
+    """Per group unit: the sum over its producing conv/linear layers of per_layer(filters), where filters
+    are the layer's flattened weights of the group's channels (channels, fan-in) and per_layer returns one
+    score per channel (L1: their norms; FPGM: their distances to the layer's other filters)."""
+    modules = dict(model.named_modules())
+    scores = {}
+    for g in groups:
+        s = torch.zeros(g.units, dtype=torch.float64)
+        for p in g.producers:
+            layer = modules[p.module]
+            if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+                continue  # norms and shortcuts have no filters
+            s.index_add_(0, torch.tensor(p.units), per_layer(layer.weight.detach().flatten(1)[p.channels]).double().cpu())
+        scores[g.id] = s
+    return scores
+
+
+class DataScoredMethod(ScoredMethod):
+    """Scores measured on a few training batches without training (named option `batches`)."""
+    reads_data: ClassVar[bool] = True
+    batches: ClassVar[int] = 1  # the paper's number of batches
+
+    def measure(self, ctx: Context, batches: int) -> tuple[dict[str, torch.Tensor], int]:
+        """Per-group scores from `batches` training batches, and the number of images they held."""
+        raise NotImplementedError
+
+    def check_combination(self, knobs: Mapping[str, Any]) -> None:
+        super().check_combination(knobs)
+        positive_int(knobs, "batches", self.batches)
+
+    def select(self, ctx: Context, **knobs: Any) -> Result:
+        self.check_combination(knobs)
+        scores, seen = self.measure(ctx, positive_int(knobs, "batches", self.batches))
+        result = self.select_from(ctx, scores, knobs)
+        result.info["images_scored"] = seen
+        return result
+
+    def scores(self, ctx: Context) -> dict[str, torch.Tensor]:
+        return self.measure(ctx, self.batches)[0]

@@ -24,15 +24,14 @@ across ranks before squaring, which equals the one-process gradient of the whole
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 
 from .base import Context, register
 from .core import Gates
-from .scored import ScoredMethod, positive_int, training_batches
+from .scored import DataScoredMethod, ScoredMethod, training_batches
 
 BATCHES = 30  # the official configs: "frequency": 30 minibatches per pruning step
 
@@ -72,8 +71,8 @@ def taylor_scores(ctx: Context, batches: int) -> tuple[dict[str, torch.Tensor], 
 
 
 @register("taylor")
-class Taylor(ScoredMethod):
-    reads_data: ClassVar[bool] = True
+class Taylor(DataScoredMethod):
+    batches: ClassVar[int] = BATCHES
     default_scope: ClassVar[str] = "all"      # the paper prunes skip connections too
     allocation: ClassVar[str] = "global"      # the paper ranks neurons across the whole network
     extra_options: ClassVar[dict[str, str]] = {
@@ -82,16 +81,5 @@ class Taylor(ScoredMethod):
         "allocation": "global (paper: one threshold across layers) or uniform (every group loses `ratio`)",
     }
 
-    def check_combination(self, knobs: Mapping[str, Any]) -> None:
-        super().check_combination(knobs)
-        positive_int(knobs, "batches", BATCHES)
-
-    def select(self, ctx: Context, **knobs: Any):
-        self.check_combination(knobs)
-        scores, seen = taylor_scores(ctx, positive_int(knobs, "batches", BATCHES))
-        result = self.select_from(ctx, scores, knobs)
-        result.info.update(images_scored=seen)
-        return result
-
-    def scores(self, ctx: Context) -> dict[str, torch.Tensor]:
-        return taylor_scores(ctx, BATCHES)[0]
+    def measure(self, ctx: Context, batches: int) -> tuple[dict[str, torch.Tensor], int]:
+        return taylor_scores(ctx, batches)

@@ -246,6 +246,7 @@ def _trial(method: str, knobs: dict):
     return run_trial(cfg, CPU, data=pytest.importorskip("bench.data").make_synthetic())
 
 
+@pytest.mark.slow
 def test_engine_counts_slims_sparsity_epochs():
     """The engine's training counter (joint_epochs, as DECORE's) includes slim's sparsity phase."""
     row = _trial("slim", {"ratio": 0.3})
@@ -254,6 +255,7 @@ def test_engine_counts_slims_sparsity_epochs():
     assert 0 < images <= 1000 and images % 32 == 0
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="engine hook pending: bench/trial.py must pass train_loader when "
                                        "method.reads_data (see methods/base.py); remove this mark with it")
 def test_engine_gives_hrank_its_training_batches():
