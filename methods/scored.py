@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from .base import Context, Knob, KnobError, Method, Result, keep_top, round_up
-from .core import ChannelGroup
+from .core import ChannelGroup, KeepPlan
 
 FLOPS_TOLERANCE = 0.01  # relative
 ALLOCATIONS = ("uniform", "global")
@@ -111,7 +111,7 @@ class ScoredMethod(Method):
         scores = self.scores(ctx)
         return self.select_from(ctx, scores, knobs)
 
-    def plan_shape(self, ctx: Context, **knobs: Any) -> Any:
+    def plan_shape(self, ctx: Context, **knobs: Any) -> KeepPlan:
         """A plan with the channel counts `select` gives for these knobs, without reading data or weights
         (every score equal): what FLOPs, params and latency depend on, for costing plans before a trial.
         With the global allocation a `ratio` or `flops_target` spreads by the scores: only per-group ratios
@@ -184,7 +184,8 @@ class ScoredMethod(Method):
 
     def _to_flops(self, ctx: Context, scores: Mapping[str, torch.Tensor], target: float,
                   allocation: str = "uniform") -> Result:
-        """The uniform ratio whose pruned model's FLOPs land within 1% of `target` (a fraction of the baseline's).
+        """The ratio (spread by `allocation`) whose pruned model's FLOPs land within 1% of `target` (a fraction
+        of the baseline's).
 
         Bisection on the ratio; channel counts are whole numbers, so the FLOPs are a step function of it.
         When two neighbouring ratios straddle the target by more than the tolerance, the groups whose
