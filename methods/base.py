@@ -90,6 +90,9 @@ class Method:
     knobs: ClassVar[tuple[Knob, ...]] = ()
     default_scope: ClassVar[str] = "all"
     trains: ClassVar[bool] = False      # True when select() trains the network (DECORE's joint phase)
+    # True when select() reads training batches without training (HRank's feature maps, Taylor's gradients):
+    # the engine passes train_loader (as for a method that trains) but counts no training images for it
+    reads_data: ClassVar[bool] = False
     example: ClassVar[dict[str, Any]] = {}  # a knob setting that prunes something, for docs and contract tests
 
     def check_knobs(self, values: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,22 +10,11 @@ import torch
 import torch.nn as nn
 
 from .base import Context, register
-from .scored import ScoredMethod
+from .scored import ScoredMethod, filter_scores
 
 
 def l1_scores(model: nn.Module, groups) -> dict[str, torch.Tensor]:
-    modules = dict(model.named_modules())
-    scores = {}
-    for g in groups:
-        s = torch.zeros(g.units, dtype=torch.float64)
-        for p in g.producers:
-            layer = modules[p.module]
-            if not isinstance(layer, (nn.Conv2d, nn.Linear)):
-                continue  # norms and shortcuts have no filters
-            norms = layer.weight.detach().abs().flatten(1).sum(1).double().cpu()
-            s.index_add_(0, torch.tensor(p.units), norms[p.channels])
-        scores[g.id] = s
-    return scores
+    return filter_scores(model, groups, lambda w: w.abs().sum(1))
 
 
 @register("l1")

@@ -4,6 +4,11 @@ Ratios come from exactly one of: a uniform `ratio`, a `flops_target` (the unifor
 model lands within 1% of that fraction of the baseline's FLOPs, found by bisection on the real pruned
 model), per-stage `stage_ratios` with `skip`ped conv layers, or a published `preset`.
 Kept channels per group = int(units * (1 - ratio)), as Li et al. (at least one).
+
+How one `ratio` (or the ratio a `flops_target` searches for) becomes per-group counts is the method's
+`allocation`: "uniform" (every group loses `ratio` of its channels: Li et al., HRank, FPGM) or "global"
+(one threshold on the scores across all groups removes `ratio` of all channels, every group keeping at
+least one: network slimming, Taylor). Methods that offer both take the named option `allocation`.
 """
 from __future__ import annotations
 
@@ -15,9 +20,10 @@ import torch
 import torch.nn as nn
 
 from .base import Context, Knob, KnobError, Method, Result, keep_top, round_up
-from .core import ChannelGroup
+from .core import ChannelGroup, KeepPlan
 
 FLOPS_TOLERANCE = 0.01  # relative
+ALLOCATIONS = ("uniform", "global")
 MAX_RATIO = 1.0 - 1e-6  # every group down to its last channel(s)
 
 # Li et al. 2017 (../shared/reference/li2017.md): conv layers numbered from 1 (the stem), per-stage ratios,
@@ -74,6 +80,7 @@ class ScoredMethod(Method):
     }
     default_scope: ClassVar[str] = "internal"
     example: ClassVar[dict[str, Any]] = {"ratio": 0.5}
+    allocation: ClassVar[str] = "uniform"  # the paper's; "global" ranks every group's scores together
 
     def scores(self, ctx: Context) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -83,6 +90,13 @@ class ScoredMethod(Method):
         if len(given) != 1:
             raise KnobError(f"method {self.name!r} needs exactly one of ratio, flops_target, preset or stage_ratios; "
                             f"got {given or 'none'} (e.g. --knob ratio=0.5)")
+        self._allocation(knobs)
+
+    def _allocation(self, knobs: Mapping[str, Any]) -> str:
+        value = str(knobs.get("allocation") or self.allocation)
+        if value not in ALLOCATIONS:
+            raise KnobError(f"allocation={value!r} is unknown: use {' or '.join(ALLOCATIONS)}")
+        return value
 
     structural_knobs: ClassVar[tuple[str, ...]] = ("flops_target",)
 
@@ -101,10 +115,32 @@ class ScoredMethod(Method):
     def select(self, ctx: Context, **knobs: Any) -> Result:
         self.check_combination(knobs)
         scores = self.scores(ctx)
+        return self.select_from(ctx, scores, knobs)
+
+    def plan_shape(self, ctx: Context, **knobs: Any) -> KeepPlan:
+        """A plan with the channel counts `select` gives for these knobs, without reading data or weights
+        (every score equal): what FLOPs, params and latency depend on, for costing plans before a trial.
+        With the global allocation a `ratio` or `flops_target` spreads by the scores: only per-group ratios
+        (uniform allocation, `stage_ratios`, `preset`) have a score-free shape."""
+        self.check_combination(knobs)
+        if self._allocation(knobs) == "global" and knobs.get("preset") is None and knobs.get("stage_ratios") is None:
+            raise KnobError(f"{self.name} with allocation global has no score-free plan for a ratio or flops_target")
+        return self.select_from(ctx, {g.id: torch.zeros(g.units) for g in ctx.groups}, knobs).plan
+
+    def select_from(self, ctx: Context, scores: Mapping[str, torch.Tensor], knobs: Mapping[str, Any]) -> Result:
+        """The plan for given per-group scores (units,) and knobs: the budget half of `select`."""
+        allocation = self._allocation(knobs)
         if knobs.get("flops_target") is not None:
-            return self._to_flops(ctx, scores, float(knobs["flops_target"]))
-        ratios = self._ratios(ctx, knobs)
-        return Result(ctx.plan(self._masks(ctx, scores, ratios)), info={"ratios": ratios})
+            result = self._to_flops(ctx, scores, float(knobs["flops_target"]), allocation)
+        elif allocation == "global" and knobs.get("ratio") is not None:
+            counts = global_counts(ctx, scores, float(knobs["ratio"]))
+            result = Result(ctx.plan(self._masks(ctx, scores, {}, counts)), info={"ratio": float(knobs["ratio"])})
+        else:  # a uniform ratio, or per-group ratios from a preset or stage_ratios (whatever the allocation)
+            ratios = self._ratios(ctx, knobs)
+            result = Result(ctx.plan(self._masks(ctx, scores, ratios)), info={"ratios": ratios})
+        if "allocation" in self.extra_options:
+            result.info["allocation"] = allocation
+        return result
 
     def _ratios(self, ctx: Context, knobs: Mapping[str, Any]) -> dict[str, float]:
         groups = list(ctx.groups)
@@ -152,14 +188,16 @@ class ScoredMethod(Method):
         counts = counts or cls._counts(ctx, ratios)
         return {g.id: keep_top(scores[g.id], counts[g.id]) for g in ctx.groups}
 
-    def _to_flops(self, ctx: Context, scores: Mapping[str, torch.Tensor], target: float) -> Result:
-        """The uniform ratio whose pruned model's FLOPs land within 1% of `target` (a fraction of the baseline's).
+    def _to_flops(self, ctx: Context, scores: Mapping[str, torch.Tensor], target: float,
+                  allocation: str = "uniform") -> Result:
+        """The ratio (spread by `allocation`) whose pruned model's FLOPs land within 1% of `target` (a fraction
+        of the baseline's).
 
         Bisection on the ratio; channel counts are whole numbers, so the FLOPs are a step function of it.
         When two neighbouring ratios straddle the target by more than the tolerance, the groups whose
         counts differ between them are moved one at a time (smallest FLOPs step first) until it fits.
         """
-        fraction, uniform = self._flops_curve(ctx, scores)
+        fraction, uniform = self._flops_curve(ctx, scores, allocation)
         tol = FLOPS_TOLERANCE * target
         lo, hi = 0.0, MAX_RATIO
         f_lo, plan_lo = fraction(uniform(lo))
@@ -178,8 +216,9 @@ class ScoredMethod(Method):
                 break
         return self._straddle(ctx, uniform(lo), uniform(hi), fraction, target, tol, lo)
 
-    def _flops_curve(self, ctx: Context, scores: Mapping[str, torch.Tensor]):
-        """fraction(counts) -> (pruned FLOPs / baseline FLOPs, plan), and uniform(ratio) -> counts."""
+    def _flops_curve(self, ctx: Context, scores: Mapping[str, torch.Tensor], allocation: str = "uniform"):
+        """fraction(counts) -> (pruned FLOPs / baseline FLOPs, plan), and uniform(ratio) -> counts (with the
+        global allocation: the counts of one threshold across groups, nested as the ratio grows)."""
         if ctx.plan_cost is None:
             raise KnobError("flops_target needs the engine's plan_cost")
         base = ctx.plan_cost(ctx.plan({}))["flops"]
@@ -189,6 +228,8 @@ class ScoredMethod(Method):
             return ctx.plan_cost(plan)["flops"] / base, plan
 
         def uniform(r: float) -> dict[str, int]:
+            if allocation == "global":
+                return global_counts(ctx, scores, r)
             return self._counts(ctx, {g.id: r for g in ctx.groups})
         return fraction, uniform
 
@@ -216,3 +257,85 @@ class ScoredMethod(Method):
                 return Result(plan, info={"ratio": ratio, "flops_fraction": f, "adjusted_groups": True})
         raise KnobError(f"flops_target {target:g}: the closest reachable is {f:.4f} of the baseline's FLOPs "
                         "(channel counts are whole numbers); pick a target nearby")
+
+
+def global_counts(ctx: Context, scores: Mapping[str, torch.Tensor], ratio: float) -> dict[str, int]:
+    """Kept channels per group when one threshold across all groups removes `ratio` of all mask units.
+
+    int(total * (1 - ratio)) units are kept, as Li et al. count; each group's best unit is never removed
+    (a group keeps at least one), ties go to the lower group and index; then round_to rounds counts up.
+    Counts are nested: a larger ratio removes a superset, so the FLOPs fall monotonically with it.
+    """
+    groups = list(ctx.groups)
+    units = torch.tensor([g.units for g in groups])
+    flat = torch.cat([scores[g.id].detach().double().cpu().flatten() for g in groups])
+    owner = torch.repeat_interleave(torch.arange(len(groups)), units)
+    starts = torch.cumsum(units, 0) - units
+    best = torch.stack([scores[g.id].detach().double().cpu().argmax() for g in groups]) + starts
+    flat[best] = float("inf")  # protected: every group keeps at least one unit
+    kept_total = max(len(groups), int(int(units.sum()) * (1.0 - ratio) + 1e-9))
+    n_remove = int(units.sum()) - kept_total
+    removed = torch.bincount(owner[torch.argsort(flat, stable=True)[:n_remove]], minlength=len(groups))
+    return {g.id: round_up(int(g.units - removed[i]), ctx.round_to, g.units) for i, g in enumerate(groups)}
+
+
+def positive_int(knobs: Mapping[str, Any], name: str, default: int) -> int:
+    """A named option that counts something (batches), at least 1."""
+    value = knobs.get(name, default)
+    try:
+        n = float(value)
+    except (TypeError, ValueError):
+        n = float("nan")
+    if not (n >= 1 and n == int(n)):
+        raise KnobError(f"option {name}={value!r} must be a whole number of at least 1, e.g. {name}={default}")
+    return int(n)
+
+
+def training_batches(ctx: Context, n: int, who: str):
+    """The first `n` batches (images, labels) of the engine's training loader (fewer if it has fewer)."""
+    if ctx.train_loader is None:
+        raise KnobError(f"{who} scores channels on training batches: the engine must pass train_loader "
+                        "(the method sets reads_data)")
+    for _, batch in zip(range(n), ctx.train_loader):  # range first: no batch is drawn past the n-th
+        yield batch
+
+
+def filter_scores(model: nn.Module, groups, per_layer) -> dict[str, torch.Tensor]:
+    """Per group unit: the sum over its producing conv/linear layers of per_layer(filters), where filters
+    are the layer's flattened weights of the group's channels (channels, fan-in) and per_layer returns one
+    score per channel (L1: their norms; FPGM: their distances to the layer's other filters)."""
+    modules = dict(model.named_modules())
+    scores = {}
+    for g in groups:
+        s = torch.zeros(g.units, dtype=torch.float64)
+        for p in g.producers:
+            layer = modules[p.module]
+            if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+                continue  # norms and shortcuts have no filters
+            s.index_add_(0, torch.tensor(p.units), per_layer(layer.weight.detach().flatten(1)[p.channels]).double().cpu())
+        scores[g.id] = s
+    return scores
+
+
+class DataScoredMethod(ScoredMethod):
+    """Scores measured on a few training batches without training (named option `batches`)."""
+    reads_data: ClassVar[bool] = True
+    batches: ClassVar[int] = 1  # the paper's number of batches
+
+    def measure(self, ctx: Context, batches: int) -> tuple[dict[str, torch.Tensor], int]:
+        """Per-group scores from `batches` training batches, and the number of images they held."""
+        raise NotImplementedError
+
+    def check_combination(self, knobs: Mapping[str, Any]) -> None:
+        super().check_combination(knobs)
+        positive_int(knobs, "batches", self.batches)
+
+    def select(self, ctx: Context, **knobs: Any) -> Result:
+        self.check_combination(knobs)
+        scores, seen = self.measure(ctx, positive_int(knobs, "batches", self.batches))
+        result = self.select_from(ctx, scores, knobs)
+        result.info["images_scored"] = seen
+        return result
+
+    def scores(self, ctx: Context) -> dict[str, torch.Tensor]:
+        return self.measure(ctx, self.batches)[0]
