@@ -61,7 +61,8 @@ def _point_info(r: pd.Series, partners: list[str], folder: Path) -> str:
         links.append(f'<a href="{esc(url)}">W&amp;B run</a>')
     elif isinstance(r.get("wandb_id"), str) and r["wandb_id"]:
         links.append(f"W&amp;B run id <code>{esc(r['wandb_id'])}</code> (open it in your W&amp;B project)")
-    partner_text = ", ".join(esc(p) for p in partners) or "none"
+    partner_text = (", ".join(esc(p) for p in partners) if partners else
+                    "none (the layers below compare it with the closest point in FLOPs of each other method)")
     return (f"<b>{esc(r['label'])}</b> (trial <code>{esc(r['id'])}</code>), top-1 {r['top1']:.2f}%, "
             f"FLOPs {r['flops'] / 1e6:.2f}M ({r['rel_flops']:.0%} of the baseline)<br>"
             f"matched partners: {partner_text}<br>" + (" | ".join(links) or "no trial folder stored"))
@@ -69,11 +70,10 @@ def _point_info(r: pd.Series, partners: list[str], folder: Path) -> str:
 
 def _per_point(pts: pd.DataFrame, folder: Path) -> tuple[dict, dict, dict]:
     """SITE.points (info, match key), SITE.layers and SITE.dynamics, keyed by point id."""
-    from .layers import partners
     info, layers, dyn = {}, {}, {}
     for _, r in pts.iterrows():
         pid = str(r["id"])
-        mates = [p for p in partners(pts, pid)[1:]] if r["match_key"] else []
+        mates = pts.loc[(pts["match_key"] == r["match_key"]) & (pts["id"] != pid), "id"].tolist() if r["match_key"] else []
         info[pid] = {"key": r["match_key"], "info": _point_info(r, mates, folder)}
         fig = layerwise_figure(pts, pid, folder)
         if fig.data and any(any(v is not None for v in t.y) for t in fig.data):
@@ -95,7 +95,8 @@ def _select(pts: pd.DataFrame) -> str:
 
 def _studies_section(folder: Path, data: dict[str, Any]) -> str:
     parts = ["<h2>Optuna studies</h2>",
-             f'<p class="note">Browse the studies interactively: <code>{esc(studies.dashboard_command(folder))}</code></p>']
+             f'<p class="note">Browse the studies interactively, from this experiment\'s folder: '
+             f"<code>{esc(studies.dashboard_command())}</code></p>"]
     found = studies.load_studies(folder)
     if not found:
         parts.append(f'<p class="note">No readable {studies.DB} in this folder (studies on PostgreSQL or a journal '

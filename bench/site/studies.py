@@ -6,6 +6,7 @@ another storage (PostgreSQL, a journal file) are skipped; `dashboard_command` te
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import optuna
@@ -14,8 +15,9 @@ import plotly.graph_objects as go
 DB = "optuna.db"
 
 
-def dashboard_command(folder: Path) -> str:
-    return f"pip install optuna-dashboard && optuna-dashboard sqlite:///{(Path(folder) / DB).resolve()}"
+def dashboard_command() -> str:
+    """Run in the experiment folder (a relative path, so the line holds on any machine)."""
+    return f"pip install optuna-dashboard && optuna-dashboard sqlite:///{DB}"
 
 
 def load_studies(folder: Path) -> list[optuna.Study]:
@@ -54,9 +56,14 @@ def importance_figure(study: optuna.Study) -> go.Figure | None:
     """optuna.visualization.plot_param_importances; None when Optuna cannot compute them (too few trials)."""
     target, name = _target(study)
     try:
-        # fANOVA with a fixed seed: undirected (top-1 is maximised) and the same figure on every run
-        fig = optuna.visualization.plot_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), target=target, target_name=name)
+        # Optuna's default evaluator (PED-ANOVA, deterministic) ranks params for *low* target values:
+        # a maximised objective is negated, which leaves the importances' meaning (and the name) intact
+        if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE:
+            first = target or (lambda t: t.value)
+            target = lambda t: -first(t)  # noqa: E731
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "importances will be equal" with few trials
+            fig = optuna.visualization.plot_param_importances(study, target=target, target_name=name)
     except (ValueError, RuntimeError, ZeroDivisionError):
         return None
     fig.update_layout(title=f"Parameter importances: {study.study_name}", height=320)
