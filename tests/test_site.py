@@ -3,12 +3,14 @@
 The results folder is built by hand from the committed smoke experiment's runs.csv (real columns) plus a
 second experiment in the columns the results table is moving to (`test_top1`, `match_of`, `speedup`,
 `n_seeds`, control rows), with trial folders (history.json as DECORE writes it) and an Optuna study.
-Browser tests skip, with the reason, where Chromium, chromedriver or selenium is missing.
+Browser tests skip, with the reason, where Chromium, chromedriver or selenium is missing, and fail
+instead where REQUIRE_CHROMIUM=1 (CI, see .ci/run).
 """
 from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -150,13 +152,22 @@ def test_seeds_are_summarised_per_configuration(site: Path) -> None:
 
 # ------------------------------------------------------------------ in headless Chromium
 
+def _skip(reason: str) -> None:
+    if os.environ.get("REQUIRE_CHROMIUM") == "1":
+        pytest.fail(f"REQUIRE_CHROMIUM=1 but {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def browser():
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed: pip install -e '.[dev]'")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        _skip("selenium is not installed: pip install -e '.[dev]'")
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip("headless Chromium is missing: apt-get install -y chromium chromium-driver "
-                    "(the CI script .ci/run installs it)")
-    from selenium.webdriver.chrome.service import Service
+        _skip(f"headless Chromium is missing ({CHROMIUM}, {CHROMEDRIVER}): apt-get install -y chromium chromium-driver "
+              "(the CI script .ci/run installs it)")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000"):
