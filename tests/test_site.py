@@ -24,7 +24,9 @@ from bench.site.data import find_experiments, points, read_runs
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "results" / "resnet20-cifar10-smoke"
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+# Debian's packages; elsewhere point these at a Chromium/Chrome and its matching driver
+CHROMIUM = Path(os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium"))
+CHROMEDRIVER = Path(os.environ.get("CHROMEDRIVER_BIN", "/usr/bin/chromedriver"))
 
 
 # ------------------------------------------------------------------ the results folder
