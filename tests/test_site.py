@@ -127,7 +127,7 @@ def test_pages_are_written_self_contained(site: Path) -> None:
         assert plotly_js == (0 if page.name == "index.html" and page.parent == site else 1), (page, plotly_js)
     index = (site / "index.html").read_text()
     assert 'href="resnet20-cifar10-smoke/index.html"' in index and 'href="compare.html"' in index
-    assert "<td>DECORE-0.4</td>" in index and "no-runs-here" not in index
+    assert "<td>DECORE-0.4</td>" in index and "<h3>Paper tables</h3>" in index and "no-runs-here" not in index
 
 
 def test_points_are_the_complete_trials(site: Path) -> None:
@@ -281,6 +281,14 @@ def test_compare_checkboxes_choose_the_experiments(site: Path, browser) -> None:
     assert set(d.execute_script(visible)) == {"resnet56-cifar10-fast"}
     x = d.execute_script("return document.getElementById('compare').data.flatMap(t => t.x)")
     assert x and all(0 < v <= 1.0 for v in x)  # relative FLOPs
+    d.find_elements("css selector", "#compare .updatemenu-button")[1].click()  # y: drop against own baseline
+    deadline = time.monotonic() + 10
+    while "drop" not in d.execute_script("return document.getElementById('compare').layout.yaxis.title.text"):
+        assert time.monotonic() < deadline, "the drop button did not switch the y axis"
+        time.sleep(0.1)
+    pts = points(read_runs(site / "resnet20-cifar10-smoke"))
+    first = d.execute_script("return document.getElementById('compare').data[0]")
+    assert first["y"] == pytest.approx(pts.loc[pts["method"] == first["meta"]["method"], "drop"].tolist())
     assert_no_errors(d, "compare")
 
 

@@ -49,6 +49,7 @@ def compare_figure(experiments: dict[str, pd.DataFrame]) -> go.Figure:
         title=dict(text="Experiments compared: top-1 against FLOPs relative to each experiment's baseline", x=0.01),
         xaxis=dict(title="FLOPs / baseline FLOPs", tickformat=".0%"), yaxis_title="Top-1 (%)",
         template="plotly_white", height=620, hovermode="closest",
-        updatemenus=[dict(type="buttons", direction="right", x=0, xanchor="left", y=1.1, yanchor="top",
+        margin=dict(t=110),
+        updatemenus=[dict(type="buttons", direction="right", x=0, xanchor="left", y=1.01, yanchor="bottom",
                           buttons=buttons)] if traces else [])
     return fig

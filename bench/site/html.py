@@ -15,7 +15,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 aut
 h1{font-size:1.5em;margin:18px 0 4px} h2{font-size:1.2em;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
 .sub{color:#666;margin:0 0 12px} .note{color:#666;font-size:.92em} nav a{margin-right:14px}
 table{border-collapse:collapse;margin:8px 0;font-size:.93em} td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
-td:first-child,th:first-child{text-align:left} code{background:#f4f4f4;padding:1px 4px;border-radius:3px}
+td:first-child,th:first-child,table.text td,table.text th{text-align:left} code{background:#f4f4f4;padding:1px 4px;border-radius:3px}
 .plot{width:100%} .card{border:1px solid #ddd;border-radius:6px;padding:8px 12px;margin:8px 0;background:#fafafa}
 .grid{display:grid;grid-template-columns:1fr 1fr;gap:12px} label{margin-right:16px;white-space:nowrap}
 """
@@ -111,11 +111,11 @@ def page(title: str, body: str, data: dict[str, Any] | None = None, script: str 
     return f"<!DOCTYPE html>\n<html lang=\"en\"><head>{head}</head><body>{body}{tail}</body></html>\n"
 
 
-def table(header: list[str], rows: list[list[str]]) -> str:
-    """An HTML table; cells are HTML already (escape them with `esc`)."""
+def table(header: list[str], rows: list[list[str]], css_class: str = "") -> str:
+    """An HTML table; cells are HTML already (escape them with `esc`). Numbers right-aligned unless class text."""
     head = "".join(f"<th>{h}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<table class="{esc(css_class)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 # ------------------------------------------------------------------ a small Markdown subset (paper.md)
@@ -142,8 +142,8 @@ def _inline(text: str, prefix: str) -> str:
     return "".join(out)
 
 
-def markdown(text: str, prefix: str = "") -> str:
-    """Headings, tables, lists, code blocks and paragraphs; relative links get `prefix`."""
+def markdown(text: str, prefix: str = "", shift: int = 1) -> str:
+    """Headings (moved down `shift` levels), tables, lists, code blocks, paragraphs; relative links get `prefix`."""
     out, para, rows, items, code = [], [], [], [], None
     def flush() -> None:
         if para:
@@ -173,7 +173,7 @@ def markdown(text: str, prefix: str = "") -> str:
             code = []
         elif m := re.match(r"(#{1,6})\s+(.*)", s):
             flush()
-            level = min(len(m.group(1)) + 1, 6)  # the page has its own h1
+            level = min(len(m.group(1)) + shift, 6)  # the page has its own h1
             out.append(f"<h{level}>{_inline(m.group(2), prefix)}</h{level}>")
         elif s.startswith("|"):
             rows.append(s)

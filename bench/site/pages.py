@@ -169,9 +169,9 @@ def index_page(results_dir: Path, tables: dict[str, pd.DataFrame]) -> str:
                      esc(_counts(df)), " ".join(extra)])
     body = ["<h1>Results</h1>", f'<p class="sub">{len(tables)} experiment(s) under {esc(Path(results_dir).name)}/; '
             '<a href="compare.html">compare experiments on one plot</a>.</p>',
-            table(["Experiment", "Model and data", "Methods", "Trials", "Files"], rows) if rows else "<p>No runs.csv found.</p>"]
+            table(["Experiment", "Model and data", "Methods", "Trials", "Files"], rows, "text") if rows else "<p>No runs.csv found.</p>"]
     paper = Path(results_dir) / "paper" / "paper.md"
     if paper.is_file():
-        body += ['<h2>Paper tables</h2>', '<p class="note">From <a href="paper/paper.md">paper/paper.md</a>.</p>',
-                 markdown(paper.read_text(errors="replace"), prefix="paper/")]
+        body += ['<h2>Paper</h2>', '<p class="note">The tables of <a href="paper/paper.md">paper/paper.md</a>, as written '
+                 "there:</p>", markdown(paper.read_text(errors="replace"), prefix="paper/", shift=2)]
     return page("Results", "\n".join(body))

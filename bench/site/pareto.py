@@ -110,7 +110,7 @@ def _toggles(traces: list[go.Scatter]) -> list[dict[str, Any]]:
         if idx:
             buttons.append(dict(label=f"toggle {label}", method="restyle",
                                 args=[{"visible": False}, idx], args2=[{"visible": True}, idx]))
-    return [dict(type="buttons", direction="right", x=0, xanchor="left", y=1.13, yanchor="top",
+    return [dict(type="buttons", direction="right", x=0, xanchor="left", y=1.01, yanchor="bottom",
                  buttons=buttons, showactive=False, pad=dict(r=4))] if buttons else []
 
 
@@ -126,6 +126,6 @@ def pareto_figure(pts: pd.DataFrame, base: dict[str, float] | None, reference: p
     fig.update_layout(
         title=dict(text=f"Top-1 against {xtitle.split(' (')[0]}<br><sup>{subtitle}</sup>", x=0.01),
         xaxis_title=xtitle, yaxis_title="Top-1 (%)", hovermode="closest", template="plotly_white",
-        height=520, margin=dict(t=110, r=20), legend=dict(groupclick="togglegroup"),
+        height=540, margin=dict(t=125, r=20), legend=dict(groupclick="togglegroup"),
         updatemenus=_toggles(traces))
     return fig
