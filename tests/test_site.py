@@ -295,3 +295,17 @@ def test_compare_checkboxes_choose_the_experiments(site: Path, browser) -> None:
 def test_index_page_opens(site: Path, browser) -> None:
     d = open_page(browser, site / "index.html")
     assert len(d.find_elements("css selector", "table a[href$='index.html']")) == 2
+
+
+def test_experiments_without_complete_trials_get_a_page(tmp_path: Path, browser) -> None:
+    smoke = read_runs(SMOKE)
+    tables = {"only-baseline": smoke.iloc[:1], "empty": smoke.iloc[0:0],
+              "all-failed": smoke.iloc[1:3].assign(status="failed", top1_pct=None, reason="diverged")}
+    for name, df in tables.items():
+        (tmp_path / name).mkdir()
+        df.to_csv(tmp_path / name / "runs.csv", index=False)
+    write_site(tmp_path)
+    for name in tables:
+        assert "No complete trials yet" in (tmp_path / name / "index.html").read_text()
+        open_page(browser, tmp_path / name / "index.html")
+    open_page(browser, tmp_path / "compare.html")

@@ -15,7 +15,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 aut
 h1{font-size:1.5em;margin:18px 0 4px} h2{font-size:1.2em;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
 .sub{color:#666;margin:0 0 12px} .note{color:#666;font-size:.92em} nav a{margin-right:14px}
 table{border-collapse:collapse;margin:8px 0;font-size:.93em} td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
-td:first-child,th:first-child,table.text td,table.text th{text-align:left} code{background:#f4f4f4;padding:1px 4px;border-radius:3px}
+td:first-child,th:first-child,table.text td,table.text th{text-align:left} th{white-space:nowrap} code{background:#f4f4f4;padding:1px 4px;border-radius:3px}
 .plot{width:100%} .card{border:1px solid #ddd;border-radius:6px;padding:8px 12px;margin:8px 0;background:#fafafa}
 .grid{display:grid;grid-template-columns:1fr 1fr;gap:12px} label{margin-right:16px;white-space:nowrap}
 """
@@ -34,6 +34,7 @@ EXPERIMENT_JS = """
 function sitePage(SITE) {
   const fronts = Array.from(document.querySelectorAll('.pareto'));
   const select = document.getElementById('point-select');
+  if (!select) return;  // no complete trials: nothing to choose
   function swap(divId, fig, message) {
     const div = document.getElementById(divId), note = document.getElementById(divId + '-note');
     if (!div) return;

@@ -158,18 +158,29 @@ def compare_page(tables: dict[str, pd.DataFrame]) -> str:
     return page("Compare experiments", "\n".join(body), data, COMPARE_JS)
 
 
+def _other_results(results_dir: Path, tables: dict[str, pd.DataFrame]) -> str:
+    """Folders without a runs.csv that hold notes (curated experiments, perf tables), linked as they are."""
+    links = []
+    for folder in sorted(p for p in results_dir.iterdir() if p.is_dir() and p.name not in tables and p.name != "paper"):
+        notes = sorted(folder.glob("*.md"))
+        links += [f'<a href="{esc(folder.name)}/{esc(n.name)}">{esc(folder.name)}/{esc(n.name)}</a>' for n in notes]
+    return f'<p class="note">Other results (no runs.csv): {", ".join(links)}</p>' if links else ""
+
+
 def index_page(results_dir: Path, tables: dict[str, pd.DataFrame]) -> str:
     """The list of experiments, links to their pages, and the paper's tables when paper/paper.md exists."""
     rows = []
     for name, df in tables.items():
         folder = Path(results_dir) / name
-        methods = ", ".join(style(m)[0] for m in method_order(df.loc[is_trial(df), "method"].astype(str)))
+        pts, base = points(df), baseline(df)
+        methods = ", ".join(f"{style(m)[0]} ({(pts['method'] == m).sum()})" for m in method_order(pts["method"]))
         extra = [f'<a href="{esc(name)}/{f}">{f}</a>' for f in ("README.md", "table.md", "pareto.png") if (folder / f).is_file()]
-        rows.append([f'<a href="{esc(name)}/{EXPERIMENT_PAGE}">{esc(name)}</a>', esc(title(df)), esc(methods or "-"),
-                     esc(_counts(df)), " ".join(extra)])
+        rows.append([f'<a href="{esc(name)}/{EXPERIMENT_PAGE}">{esc(name)}</a>', esc(title(df)),
+                     "-" if base is None else f"{base['top1']:.2f}%", esc(methods or "-"), esc(_counts(df)), " ".join(extra)])
     body = ["<h1>Results</h1>", f'<p class="sub">{len(tables)} experiment(s) under {esc(Path(results_dir).name)}/; '
             '<a href="compare.html">compare experiments on one plot</a>.</p>',
-            table(["Experiment", "Model and data", "Methods", "Trials", "Files"], rows, "text") if rows else "<p>No runs.csv found.</p>"]
+            table(["Experiment", "Model and data", "Baseline top-1", "Points per method", "Trials", "Files"], rows, "text")
+            if rows else "<p>No runs.csv found.</p>", _other_results(Path(results_dir), tables)]
     paper = Path(results_dir) / "paper" / "paper.md"
     if paper.is_file():
         body += ['<h2>Paper</h2>', '<p class="note">The tables of <a href="paper/paper.md">paper/paper.md</a>, as written '
