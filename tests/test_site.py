@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 from bench.site import write_site
-from bench.site.data import find_experiments, points, read_runs
+from bench.site.data import HOVER_FIELDS, find_experiments, hover_data, points, read_runs
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "results" / "resnet20-cifar10-smoke"
@@ -150,6 +150,14 @@ def test_seeds_are_summarised_per_configuration(site: Path) -> None:
     decore = pts[pts["method"] == "decore"]
     assert (decore["n"] == 2).all()
     assert decore["top1_sd"].round(3).eq(round(pd.Series([0.0, 0.4]).std(), 3)).all()
+
+
+def test_rows_already_averaged_over_seeds_keep_their_n_and_std() -> None:
+    smoke = read_runs(SMOKE)
+    pts = points(smoke.assign(n_seeds=3, test_top1_std=0.5))
+    assert (pts["n"] == 3).all() and (pts["top1_sd"] == 0.5).all()
+    first = hover_data(pts.iloc[:1])[0]
+    assert first[HOVER_FIELDS.index("seeds")] == f"n=3: top-1 {pts['top1'].iloc[0]:.2f} ± 0.50"
 
 
 # ------------------------------------------------------------------ in headless Chromium

@@ -16,8 +16,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.results import non_dominated  # noqa: F401  (the fronts' rule, said once)
-
 # site name -> names the results table may use for it, first found wins
 ALIASES: dict[str, tuple[str, ...]] = {
     "id": ("trial_id", "config_hash"),
@@ -122,7 +120,8 @@ def _seed_stats(pts: pd.DataFrame) -> pd.DataFrame:
     out["top1_mean"] = grouped.transform("mean") if keys else pts["top1"]
     out["top1_sd"] = grouped.transform("std") if keys else np.nan
     given_n = pd.to_numeric(pts["n_seeds"], errors="coerce")
-    aggregated = given_n.notna() & (given_n > 1)  # a row that is already a mean over seeds
+    # a row that is already a mean over seeds: n_seeds > 1 and no other row of its configuration
+    aggregated = given_n.notna() & (given_n > 1) & (out["n"] == 1)
     out.loc[aggregated, "n"] = given_n[aggregated]
     out.loc[aggregated, "top1_mean"] = pts.loc[aggregated, "top1"]
     out.loc[aggregated, "top1_sd"] = pd.to_numeric(pts.loc[aggregated, "top1_std"], errors="coerce")

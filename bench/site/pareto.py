@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .data import CONTROL, HOVER_TEMPLATE, hover_data, non_dominated, style
+from bench.results import non_dominated
+
+from .data import CONTROL, HOVER_TEMPLATE, hover_data, style
 
 # axis name -> (x column of the points table, scale, axis title, larger is better)
 AXES: dict[str, tuple[str, float, str, bool]] = {
