@@ -234,7 +234,8 @@ def title(df: pd.DataFrame) -> str:
 
 
 def load_reference(df: pd.DataFrame, results_dir: Path | None = None) -> pd.DataFrame:
-    """Published points for the experiment's model and dataset (baseline rows excluded); empty when none.
+    """Published points for the experiment's model and dataset; empty when none. The published baseline
+    (top1, params_m, flops_m, reported_in) is in `.attrs["baseline"]`, or None.
 
     RESULTS_DIR/reference/published_results.csv is used when present, else the repository's copy.
     """
@@ -245,8 +246,11 @@ def load_reference(df: pd.DataFrame, results_dir: Path | None = None) -> pd.Data
     ref = pd.read_csv(path, dtype={"variant": str, "reported_in": str, "note": str})
     model = str(df["model"].dropna().iloc[0]).removeprefix("cifar_") if df["model"].notna().any() else ""
     dataset = str(df["dataset"].dropna().iloc[0]) if df["dataset"].notna().any() else ""
-    ref = ref[(ref["model"] == model) & (ref["dataset"] == dataset) & (ref["method"] != "baseline")]
-    return ref.reset_index(drop=True)
+    ref = ref[(ref["model"] == model) & (ref["dataset"] == dataset)]
+    base = ref[ref["method"] == "baseline"]
+    out = ref[ref["method"] != "baseline"].reset_index(drop=True)
+    out.attrs["baseline"] = None if base.empty else base.iloc[0][["top1", "params_m", "flops_m", "reported_in"]].to_dict()
+    return out
 
 
 def _fmt(v: float, fmt: str, none: str = "-") -> str:

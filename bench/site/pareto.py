@@ -81,6 +81,14 @@ def _published(reference: pd.DataFrame, axis: str) -> list[go.Scatter]:
         return []
     col = f"{axis}_m"
     traces = []
+    base = reference.attrs.get("baseline")
+    if base:
+        traces.append(go.Scatter(
+            x=[float(base[col])], y=[float(base["top1"])], mode="markers", name="Baseline (reported)",
+            legendgroup="published", meta={"kind": "published", "method": "baseline"},
+            marker=dict(symbol="star-open", size=15, color="black"),
+            hovertemplate=f"<b>Baseline</b> (published, in {base['reported_in']})<br>top-1 %{{y:.2f}}%<br>"
+                          "%{x:.2f}M<extra></extra>"))
     for method, part in reference.groupby("method", sort=False):
         name, colour = style(str(method))
         variant = part["variant"].fillna(name).astype(str).tolist()
