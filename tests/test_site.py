@@ -317,3 +317,27 @@ def test_experiments_without_complete_trials_get_a_page(tmp_path: Path, browser)
         assert "No complete trials yet" in (tmp_path / name / "index.html").read_text()
         open_page(browser, tmp_path / name / "index.html")
     open_page(browser, tmp_path / "compare.html")
+
+
+def test_buttons_and_legend_toggle_published_points_control_and_methods(site: Path, browser) -> None:
+    d = open_page(browser, site / "resnet56-cifar10-fast" / "index.html")
+    state = ("return document.getElementById('pareto-flops').data.filter(t => arguments[0](t.meta))"
+             ".map(t => t.visible === undefined ? true : t.visible)")
+
+    def visible(pick: str) -> set:
+        return set(d.execute_script(state.replace("arguments[0]", pick)))
+
+    published, control = "(m => m.kind === 'published')", "(m => m.method === 'control')"
+    assert visible(published) == {True} and visible(control) == {True}
+    buttons = d.find_elements("css selector", "#pareto-flops .updatemenu-button")
+    assert [b.text for b in buttons] == ["toggle published points", "toggle no-pruning control"]
+    buttons[0].click()
+    buttons[1].click()
+    assert visible(published) == {False} and visible(control) == {False}
+    d.find_elements("css selector", "#pareto-flops .legend .traces .legendtoggle")[0].click()  # DECORE
+    deadline = time.monotonic() + 5  # Plotly waits out a possible double click before it toggles
+    while visible("(m => m.method === 'decore' && ['measured', 'front'].includes(m.kind))") != {"legendonly"}:
+        assert time.monotonic() < deadline, "a legend click did not hide DECORE's points and front"
+        time.sleep(0.1)
+    assert visible("(m => m.method === 'l1' && m.kind === 'measured')") == {True}
+    assert_no_errors(d, "toggles")

@@ -121,7 +121,7 @@ def _toggles(traces: list[go.Scatter]) -> list[dict[str, Any]]:
             buttons.append(dict(label=f"toggle {label}", method="restyle",
                                 args=[{"visible": False}, idx], args2=[{"visible": True}, idx]))
     return [dict(type="buttons", direction="right", x=0, xanchor="left", y=1.01, yanchor="bottom",
-                 buttons=buttons, showactive=False, pad=dict(r=4))] if buttons else []
+                 buttons=buttons, showactive=False, active=-1, pad=dict(r=4))] if buttons else []  # -1: the first click hides
 
 
 def pareto_figure(pts: pd.DataFrame, base: dict[str, float] | None, reference: pd.DataFrame, axis: str,
