@@ -11,12 +11,11 @@ import pandas as pd
 
 from . import studies
 from .compare import compare_figure
-from .data import (baseline, find_experiments, load_reference, points, read_runs, style, title, trial_json,
-                   col, is_trial)
+from .data import baseline, col, is_trial, load_reference, points, style, title, trial_json
 from .dynamics import dynamics_figure, has_dynamics
 from .html import COMPARE_JS, EXPERIMENT_JS, esc, fig_dict, markdown, page, plot_div, table
 from .layers import layerwise_figure
-from .pareto import AXES, axes_available, method_order, pareto_figure
+from .pareto import axes_available, method_order, pareto_figure
 
 EXPERIMENT_PAGE = "index.html"
 
