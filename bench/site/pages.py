@@ -1,6 +1,7 @@
 """The site's pages: RESULTS_DIR/index.html, RESULTS_DIR/<experiment>/index.html, RESULTS_DIR/compare.html.
 
-Each page function takes what was read from disk and returns HTML; `write_site` reads and writes.
+Each page function returns the HTML of one page from runs.csv (as a frame) and the files beside it (trial
+folders, optuna.db, paper/paper.md); `write_site` reads the tables and writes the pages.
 """
 from __future__ import annotations
 
