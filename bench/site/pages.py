@@ -1,0 +1,188 @@
+"""The site's pages: RESULTS_DIR/index.html, RESULTS_DIR/<experiment>/index.html, RESULTS_DIR/compare.html.
+
+Each page function returns the HTML of one page from runs.csv (as a frame) and the files beside it (trial
+folders, optuna.db, paper/paper.md); `write_site` reads the tables and writes the pages.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import studies
+from .compare import compare_figure
+from .data import baseline, col, is_trial, load_reference, points, style, title, trial_json
+from .dynamics import dynamics_figure, has_dynamics
+from .html import COMPARE_JS, EXPERIMENT_JS, esc, fig_dict, markdown, page, plot_div, table
+from .layers import layerwise_figure
+from .pareto import axes_available, method_order, pareto_figure
+
+EXPERIMENT_PAGE = "index.html"
+
+
+def _counts(df: pd.DataFrame) -> str:
+    trials = df[is_trial(df)]
+    status = col(trials, "status").fillna("complete").astype(str).value_counts()
+    return ", ".join(f"{n} {s}" for s, n in status.items()) or "no trials"
+
+
+def _protocol(df: pd.DataFrame) -> str:
+    """The protocol, said once per page: model, dataset, profile, epochs, devices."""
+    parts = [title(df)]
+    for c, text in (("baseline_epochs", "baseline epochs"), ("joint_epochs", "joint epochs"),
+                    ("finetune_epochs", "fine-tune epochs")):
+        vals = sorted({int(v) for v in pd.to_numeric(col(df[is_trial(df)], c), errors="coerce").dropna()})
+        if vals:
+            parts.append(f"{text} {'/'.join(map(str, vals))}")
+    devices = sorted({str(d) for d in col(df, "device").dropna()})
+    if devices:
+        parts.append("on " + ", ".join(devices))
+    return "; ".join(parts)
+
+
+def default_point(pts: pd.DataFrame) -> str | None:
+    """The point shown first: the DECORE point with the smallest FLOPs, else the first point."""
+    if pts.empty:
+        return None
+    decore = pts[pts["method"] == "decore"]
+    pool = decore if not decore.empty else pts
+    return str(pool.loc[pool["flops"].idxmin(), "id"])
+
+
+def _point_info(r: pd.Series, partners: list[str], folder: Path) -> str:
+    links = []
+    if r["trial_dir"]:
+        links.append(f'<a href="{esc(r["trial_dir"])}/">trial folder</a>')
+        links += [f'<a href="{esc(r["trial_dir"])}/{n}">{n}</a>' for n in ("result.json", "history.json", "plan.json")
+                  if (folder / r["trial_dir"] / n).is_file()]
+    url = r.get("wandb_url")
+    if isinstance(url, str) and url.startswith("http"):
+        links.append(f'<a href="{esc(url)}">W&amp;B run</a>')
+    elif isinstance(r.get("wandb_id"), str) and r["wandb_id"]:
+        links.append(f"W&amp;B run id <code>{esc(r['wandb_id'])}</code> (open it in your W&amp;B project)")
+    partner_text = (", ".join(esc(p) for p in partners) if partners else
+                    "none (the layers below compare it with the closest point in FLOPs of each other method)")
+    return (f"<b>{esc(r['label'])}</b> (trial <code>{esc(r['id'])}</code>), top-1 {r['top1']:.2f}%, "
+            f"FLOPs {r['flops'] / 1e6:.2f}M ({r['rel_flops']:.0%} of the baseline)<br>"
+            f"matched partners: {partner_text}<br>" + (" | ".join(links) or "no trial folder stored"))
+
+
+def _per_point(pts: pd.DataFrame, folder: Path) -> tuple[dict, dict, dict]:
+    """SITE.points (info, match key), SITE.layers and SITE.dynamics, keyed by point id."""
+    info, layers, dyn = {}, {}, {}
+    for _, r in pts.iterrows():
+        pid = str(r["id"])
+        mates = pts.loc[(pts["match_key"] == r["match_key"]) & (pts["id"] != pid), "id"].tolist() if r["match_key"] else []
+        info[pid] = {"key": r["match_key"], "info": _point_info(r, mates, folder)}
+        fig = layerwise_figure(pts, pid, folder)
+        if fig.data and any(any(v is not None for v in t.y) for t in fig.data):
+            layers[pid] = fig_dict(fig)
+        history = trial_json(folder, r["trial_dir"], "history.json")
+        if has_dynamics(history):
+            dyn[pid] = fig_dict(dynamics_figure(history, r["base_flops"], f"{r['label']} (trial {pid})"))
+    return info, layers, dyn
+
+
+def _select(pts: pd.DataFrame) -> str:
+    opts = []
+    for m in method_order(pts["method"]):
+        for _, r in pts[pts["method"] == m].sort_values("flops").iterrows():
+            opts.append(f'<option value="{esc(r["id"])}">{esc(r["label"])}: FLOPs {r["flops"] / 1e6:.2f}M, '
+                        f'top-1 {r["top1"]:.2f}% ({esc(r["id"])})</option>')
+    return f'<select id="point-select">{"".join(opts)}</select>'
+
+
+def _studies_section(folder: Path, data: dict[str, Any]) -> str:
+    parts = ["<h2>Optuna studies</h2>",
+             f'<p class="note">Browse the studies interactively, from this experiment\'s folder: '
+             f"<code>{esc(studies.dashboard_command())}</code></p>"]
+    found = studies.load_studies(folder)
+    if not found:
+        parts.append(f'<p class="note">No readable {studies.DB} in this folder (studies on PostgreSQL or a journal '
+                     "file are not drawn here).</p>")
+    for i, study in enumerate(found):
+        parts.append(f"<h3>{esc(study.study_name)}</h3>")
+        for kind, make in (("history", studies.history_figure), ("importance", studies.importance_figure)):
+            fig = make(study)
+            if fig is None:
+                parts.append(f'<p class="note">{kind}: not enough complete trials.</p>')
+                continue
+            div = f"study-{i}-{kind}"
+            data["figures"][div] = fig_dict(fig)
+            parts.append(plot_div(div))
+    return "\n".join(parts)
+
+
+def experiment_page(folder: Path, df: pd.DataFrame, results_dir: Path | None = None) -> str:
+    """One experiment: fronts, chosen point (partners, layers, agent dynamics), Optuna's figures."""
+    folder = Path(folder)
+    pts = points(df, folder)
+    base, reference = baseline(df), load_reference(df, results_dir)
+    data: dict[str, Any] = {"figures": {}, "points": {}, "layers": {}, "dynamics": {}, "initial": default_point(pts)}
+    protocol = _protocol(df)
+    body = [f'<nav><a href="../index.html">all experiments</a><a href="../compare.html">compare experiments</a></nav>',
+            f"<h1>{esc(folder.name)}</h1>", f'<p class="sub">{esc(protocol)}. runs.csv: {esc(_counts(df))}.</p>',
+            "<h2>Pareto fronts</h2>",
+            '<p class="note">One point per complete trial (hover: method, knob, scope, budget, seeds as mean ± std '
+            "of its configuration, top-1/top-5, params, FLOPs, latency); lines: each method's front. Click a legend "
+            "entry to hide a method; hollow markers are published numbers (their schedule). Click a point to ring "
+            "it and its matched partners and to show its layers and links below.</p>"]
+    if pts.empty:
+        body.append("<p>No complete trials yet.</p>")
+    else:
+        for axis in axes_available(pts):
+            data["figures"][f"pareto-{axis}"] = fig_dict(pareto_figure(pts, base, reference, axis, protocol))
+            body.append(plot_div(f"pareto-{axis}", "plot pareto"))
+        data["points"], data["layers"], data["dynamics"] = _per_point(pts, folder)
+        body += ["<h2>Chosen point</h2>", f"<p>Point: {_select(pts)}</p>", '<div class="card" id="point-info"></div>',
+                 '<p class="note" id="layers-note"></p>', plot_div("layers"),
+                 "<h2>DECORE's agents</h2>", '<p class="note" id="dynamics-note"></p>', plot_div("dynamics")]
+    body.append(_studies_section(folder, data))
+    body.append(f'<p class="note">Made by <code>bench.site.write_site</code> from {esc(folder.name)}/runs.csv, '
+                "its trials/ folders and results/reference/; plotly.js is inlined: the page works offline.</p>")
+    return page(f"{folder.name}: results", "\n".join(body), data, EXPERIMENT_JS)
+
+
+def compare_page(tables: dict[str, pd.DataFrame]) -> str:
+    """Every experiment on top-1 against relative FLOPs; checkboxes choose the experiments shown."""
+    pts = {name: points(df) for name, df in tables.items()}
+    boxes = " ".join(f'<label><input type="checkbox" class="experiment" value="{esc(n)}" checked> {esc(n)} '
+                     f'<span class="note">({esc(title(tables[n]))}, {len(p)} points)</span></label>'
+                     for n, p in pts.items())
+    data = {"figures": {"compare": fig_dict(compare_figure(pts))}}
+    body = ['<nav><a href="index.html">all experiments</a></nav>', "<h1>Compare experiments</h1>",
+            '<p class="sub">FLOPs relative to each experiment\'s own baseline, so models of any size share the axis. '
+            "Marker shape: experiment; colour: method; lines: fronts.</p>",
+            f'<p id="experiment-boxes">{boxes or "No experiments."}</p>', plot_div("compare")]
+    return page("Compare experiments", "\n".join(body), data, COMPARE_JS)
+
+
+def _other_results(results_dir: Path, tables: dict[str, pd.DataFrame]) -> str:
+    """Folders without a runs.csv that hold notes (curated experiments, perf tables), linked as they are."""
+    links = []
+    for folder in sorted(p for p in results_dir.iterdir() if p.is_dir() and p.name not in tables and p.name != "paper"):
+        notes = sorted(folder.glob("*.md"))
+        links += [f'<a href="{esc(folder.name)}/{esc(n.name)}">{esc(folder.name)}/{esc(n.name)}</a>' for n in notes]
+    return f'<p class="note">Other results (no runs.csv): {", ".join(links)}</p>' if links else ""
+
+
+def index_page(results_dir: Path, tables: dict[str, pd.DataFrame]) -> str:
+    """The list of experiments, links to their pages, and the paper's tables when paper/paper.md exists."""
+    rows = []
+    for name, df in tables.items():
+        folder = Path(results_dir) / name
+        pts, base = points(df), baseline(df)
+        methods = ", ".join(f"{style(m)[0]} ({(pts['method'] == m).sum()})" for m in method_order(pts["method"]))
+        extra = [f'<a href="{esc(name)}/{f}">{f}</a>' for f in ("README.md", "table.md", "pareto.png") if (folder / f).is_file()]
+        rows.append([f'<a href="{esc(name)}/{EXPERIMENT_PAGE}">{esc(name)}</a>', esc(title(df)),
+                     "-" if base is None else f"{base['top1']:.2f}%", esc(methods or "-"), esc(_counts(df)), " ".join(extra)])
+    body = ["<h1>Results</h1>", f'<p class="sub">{len(tables)} experiment(s) under {esc(Path(results_dir).name)}/; '
+            '<a href="compare.html">compare experiments on one plot</a>.</p>',
+            table(["Experiment", "Model and data", "Baseline top-1", "Points per method", "Trials", "Files"], rows, "text")
+            if rows else "<p>No runs.csv found.</p>", _other_results(Path(results_dir), tables)]
+    paper = Path(results_dir) / "paper" / "paper.md"
+    if paper.is_file():
+        body += ['<h2>Paper</h2>', '<p class="note">The tables of <a href="paper/paper.md">paper/paper.md</a>, as written '
+                 "there:</p>", markdown(paper.read_text(errors="replace"), prefix="paper/", shift=2)]
+    return page("Results", "\n".join(body))
