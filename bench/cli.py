@@ -208,6 +208,10 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise UserError(f"{str(folder)!r} holds no runs.csv: pass an experiment folder such as results/resnet20-cifar10-smoke")
         written = report_experiment(folder)
         print(f"{folder}: {', '.join(sorted(p.name for p in written.values()))}")
+    from .site import write_site
+
+    write_site(results_dir() if not args.experiments else folders[0].parent)
+    print(f"site: {results_dir() if not args.experiments else folders[0].parent}/index.html")
     return 0
 
 

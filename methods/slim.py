@@ -123,7 +123,7 @@ class NetworkSlimming(ScoredMethod):
                 desc=f"slim s={s:g} ")
         result = self.select_from(ctx, self.scores(ctx), knobs)
         result.history = history
-        result.info.update(sparsity=s, penalise=which, trained_images=int(sum(r["images"] for r in history)))
+        result.info.update(sparsity=s, penalise=which, trained_images=int(sum(r["train_images"] for r in history)))
         return result
 
     def scores(self, ctx: Context) -> dict[str, torch.Tensor]:

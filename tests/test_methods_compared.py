@@ -140,7 +140,7 @@ def test_slim_penalty_shrinks_bn_scales_and_counts_its_images(trained, synthetic
         result = slim.select(ctx, **slim.check_knobs({"ratio": 0.5, "sparsity": s}))
         sums[s] = _bn_l1(ctx.model)
         assert result.info["trained_images"] == 200  # one epoch of the joint recipe on 200 images
-        assert len(result.history) == 1 and result.history[0]["images"] == 200
+        assert len(result.history) == 1 and result.history[0]["train_images"] == 200
     assert sums[0.1] < sums[0.0] - 1.0  # same data, same seed: only the penalty differs
 
 
@@ -242,7 +242,7 @@ def test_plan_shape_needs_no_data(trained, synthetic):
 def _trial(method: str, knobs: dict):
     from bench.trial import TrialConfig, run_trial
     cfg = TrialConfig("resnet20", "synthetic", method, knobs, baseline_recipe="test-micro", joint_recipe="test-micro",
-                      finetune_recipe="test-micro", profile="test")
+                      finetune_recipe="test-micro", profile="test", selection="test")
     return run_trial(cfg, CPU, data=pytest.importorskip("bench.data").make_synthetic())
 
 
@@ -253,11 +253,13 @@ def test_engine_counts_slims_sparsity_epochs():
     assert row["status"] == "complete" and row["joint_epochs"] == 1 and row["flops"] < row["base_flops"]
     images = row["info"]["trained_images"]  # one epoch of full batches of 32 from the 1,000 training images
     assert 0 < images <= 1000 and images % 32 == 0
+    # the equal budget: the sparsity phase is the method's share, the fine-tuning the rest
+    assert row["method_images"] == images and row["budget_images"] == images + row["finetune_images"]
+    l1 = _trial("l1", {"ratio": 0.3})
+    assert l1["method_images"] == 0 and l1["budget_images"] == row["budget_images"]
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="engine hook pending: bench/trial.py must pass train_loader when "
-                                       "method.reads_data (see methods/base.py); remove this mark with it")
 def test_engine_gives_hrank_its_training_batches():
     row = _trial("hrank", {"ratio": 0.3, "batches": 1})
     assert row["joint_epochs"] == 0 and row["info"]["images_scored"] == 32

@@ -26,14 +26,14 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "top1_std": ("test_top1_std", "top1_std"),
     "n_seeds": ("n_seeds",),
     "match": ("match_of", "matched_to"),
-    "speedup": ("speedup",),
+    "speedup": ("speedup", "speedup_b1"),
     "budget": ("budget_images", "budget"),
     "wandb_url": ("wandb_url",),
     "wandb_id": ("wandb_run_id",),
 }
 # columns that tell one configuration from another when only the seed differs
 CONFIG_KEY = ("method", "scope", "knob_name", "knob_value", "knobs", "round_to", "joint_epochs",
-              "finetune_epochs", "budget_images")
+              "finetune_epochs", "budget_images", "budget", "selection", "method_version")
 CONTROL = "control"
 REFERENCE_CSV = Path(__file__).parents[2] / "results" / "reference" / "published_results.csv"
 # method -> (name in the site, colour); our methods in colour, other literature in greys

@@ -118,9 +118,16 @@ def experiment_page(folder: Path, df: pd.DataFrame, results_dir: Path | None = N
     """One experiment: fronts, chosen point (partners, layers, agent dynamics), Optuna's figures."""
     folder = Path(folder)
     pts = points(df, folder)
+    from bench.report import official_data, protocol_text
+
     base, reference = baseline(df), load_reference(df, results_dir)
+    official = official_data(folder)
+    if not official:  # published points only where the data is the official set (the report's rule)
+        attrs = dict(reference.attrs)
+        reference = reference.iloc[0:0]
+        reference.attrs = {**attrs, "baseline": None}
     data: dict[str, Any] = {"figures": {}, "points": {}, "layers": {}, "dynamics": {}, "initial": default_point(pts)}
-    protocol = _protocol(df)
+    protocol = _protocol(df) + (f". Protocol: {protocol_text(df, official)}" if "budget" in df.columns else "")
     body = [f'<nav><a href="../index.html">all experiments</a><a href="../compare.html">compare experiments</a></nav>',
             f"<h1>{esc(folder.name)}</h1>", f'<p class="sub">{esc(protocol)}. runs.csv: {esc(_counts(df))}.</p>',
             "<h2>Pareto fronts</h2>",
