@@ -81,8 +81,9 @@ def validate(cfg: TrialConfig) -> tuple[methods.Method, dict[str, Any], str]:
 
 
 def precheck(cfg: TrialConfig, method: methods.Method, knobs: dict[str, Any], scope: str, data: ArrayDataset) -> None:
-    """Knob values the architecture alone decides (a FLOPs target), checked on an untrained model: an
-    impossible one fails before the baseline trains, so nothing is written."""
+    """What the architecture alone decides, checked on an untrained model before the baseline trains, so
+    nothing is written: a model with nothing to prune at `scope` (channel_groups refuses it), and knob
+    values such as a FLOPs target it cannot meet."""
     name = _resolve_name(cfg.model)
     input_size = (3, *data.train.x.shape[1:3])
     model = models.create(name, num_classes=data.num_classes).eval()
@@ -90,6 +91,8 @@ def precheck(cfg: TrialConfig, method: methods.Method, knobs: dict[str, Any], sc
     ctx = methods.Context(model, groups, name, {"num_classes": data.num_classes}, input_size, torch.device("cpu"),
                           cfg.seed, plan_cost=lambda plan: profile_model(prune_model(model, plan), input_size),
                           round_to=cfg.round_to)
+    if not any(knobs.get(k) is not None for k in method.structural_knobs):
+        return
     try:
         method.precheck(ctx, **knobs)
     except methods.KnobError as e:
@@ -145,7 +148,7 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
     if dist.all_true((folder / "result.json").is_file()):
         return read_json(folder / "result.json")
     data = data if data is not None or cfg.dataset.startswith("imagefolder:") else load_dataset(cfg.dataset)
-    if data is not None and any(knobs.get(k) is not None for k in method.structural_knobs):
+    if data is not None:
         precheck(cfg, method, knobs, scope, data)
     t_start = time.perf_counter()
     base = get_baseline(cfg.model, cfg.dataset, load_recipe(cfg.baseline_recipe), seed=cfg.seed, device=device,
