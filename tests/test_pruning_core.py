@@ -157,6 +157,12 @@ def test_densenet_concat_group_flops():
     assert count_flops(model) - count_flops(pruned) == own + later + trans
     assert pruned.dense1[11].bn1.num_features == 156 - 5 and pruned.trans1.conv1.weight.shape == (168, 163, 1, 1)
     assert pruned.dense2[0].bn1.num_features == 168
+    # torch-pruning's concat index mapping: the layer's channels sit at offset 24 of every later input
+    group = channel_groups(model, torch.randn(1, 3, 32, 32), "all")["dense1.0.conv1"]
+    offsets = {p.module: p.channels for p in group.producers}
+    assert offsets["dense1.0.conv1"] == list(range(12))
+    assert offsets["dense1.5.bn1"] == offsets["trans1.bn1"] == list(range(24, 36))
+    assert len(offsets) == 1 + 11 + 1 and all(p.units == list(range(12)) for p in group.producers)
 
 
 def test_googlenet_branch_group_flops():
