@@ -123,3 +123,12 @@ def test_ghostnet_cheap_branch_channels_are_tied():
     assert {p.module for p in stream.producers} >= {"blocks.0.0.ghost2.primary_conv.1", "blocks.0.0.ghost2.cheap_operation.1"}
     kept = KeepPlan.from_masks(groups, {stream.id: torch.arange(8) < 3}, "ghostnet_100").keep[stream.id]
     assert kept == [0, 1, 2]
+
+
+def test_coupling_ties_only_a_regular_pattern():
+    from methods.core.groups import _coupling_tie
+
+    assert _coupling_tie([], 16) == (1, "")
+    assert _coupling_tie([[c, c + 8] for c in range(8)], 16) == (2, "")
+    tie, why = _coupling_tie([[0, 5]], 16)  # one pair only: no mask unit layout can gate it exactly
+    assert tie == 1 and "coupled unevenly" in why and "[0, 5]" in why

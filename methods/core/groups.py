@@ -4,7 +4,9 @@ A group is a set of coupled channels that are kept or removed together: a block-
 outputs, a residual stream shared by all blocks of a stage, a depthwise chain. A group's id is the
 name of its root layer (stable across rebuilds of the same architecture). Every group records its
 *gate points*: the modules whose outputs carry its channels after normalisation, where multiplying
-by 0 is exactly removing the channel (DESIGN.md section 4).
+by 0 is exactly removing the channel (DESIGN.md section 4). Channels reached through a concatenation
+keep their offsets (DenseNet, Inception); root channels that torch-pruning can only remove together (GhostNet's
+primary and cheap halves) share one mask unit, like the conv groups of a grouped convolution.
 """
 from __future__ import annotations
 
