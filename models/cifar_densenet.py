@@ -3,7 +3,8 @@
 Growth rate 12, three dense blocks of 12 layers each: a layer is BN-ReLU-3x3 conv to 12 channels whose
 output is concatenated onto its input (no bottleneck, no compression). A 3x3 stem conv to 24 channels;
 transitions BN-ReLU-1x1 conv (same width)-2x2 average pool; head BN-ReLU-global pool-Linear.
-1.04M params and 282.92M conv+linear MACs at 32x32 with 10 classes.
+1.04M conv+linear params (the published count; 1.06M with BatchNorm) and 282.92M conv+linear MACs at
+32x32 with 10 classes.
 
 For pruning, each layer's 12 new channels are one channel group whose consumers are every later layer
 of the block and the transition (torch-pruning maps the concatenation's channel offsets).
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ._cfg import cifar_cfg, refuse_pretrained
+from ._layers import init_conv_bn, pooled_head
 
 __all__ = ["CifarDenseNet", "DenseLayer", "Transition"]
 
@@ -72,15 +74,7 @@ class CifarDenseNet(nn.Module):
         self.bn = nn.BatchNorm2d(c)
         self.num_features = c
         self.fc = nn.Linear(c, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     def get_classifier(self) -> nn.Module:
         return self.fc
@@ -92,10 +86,7 @@ class CifarDenseNet(nn.Module):
         return F.relu(self.bn(self.dense3(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        if self.drop_rate:
-            x = F.dropout(x, self.drop_rate, self.training)
-        return x if pre_logits else self.fc(x)
+        return pooled_head(x, self.fc, self.drop_rate, self.training, pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

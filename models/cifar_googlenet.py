@@ -2,7 +2,8 @@
 
 A 3x3 stem conv to 192 channels, nine Inception blocks (a3 b3, max pool, a4 b4 c4 d4 e4, max pool,
 a5 b5) and global pool-Linear(1024, classes). Every conv has a bias and is followed by BN+ReLU; the
-"5x5" branch is two stacked 3x3 convs. 6.15M params and 1.52G conv+linear MACs at 32x32, 10 classes.
+"5x5" branch is two stacked 3x3 convs. 6.15M conv+linear params (6.17M with BatchNorm) and 1.52G
+conv+linear MACs at 32x32, 10 classes. Weights keep PyTorch's default init, as in that code.
 
 For pruning, each branch's output is one channel group whose consumers are the four branches of the
 next Inception block (or the classifier), through the concatenation.
@@ -16,6 +17,7 @@ import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ._cfg import cifar_cfg, refuse_pretrained
+from ._layers import pooled_head
 
 __all__ = ["CifarGoogLeNet", "Inception"]
 
@@ -75,10 +77,7 @@ class CifarGoogLeNet(nn.Module):
         return self.b5(self.a5(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)
-        if self.drop_rate:
-            x = torch.nn.functional.dropout(x, self.drop_rate, self.training)
-        return x if pre_logits else self.linear(x)
+        return pooled_head(x, self.linear, self.drop_rate, self.training, pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
