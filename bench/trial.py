@@ -119,9 +119,12 @@ def untrained_context(model_name: str, scope: str, data: ArrayDataset, seed: int
 
 
 def precheck(cfg: TrialConfig, method: methods.Method, knobs: dict[str, Any], scope: str, data: ArrayDataset) -> None:
-    """Knob values the architecture alone decides (a FLOPs target), checked on an untrained model: an
-    impossible one fails before the baseline trains, so nothing is written."""
+    """What the architecture alone decides, checked on an untrained model before the baseline trains, so
+    nothing is written: a model with nothing to prune at `scope` (channel_groups refuses it), and knob
+    values such as a FLOPs target it cannot meet."""
     ctx = untrained_context(cfg.model, scope, data, cfg.seed, cfg.round_to)
+    if not any(knobs.get(k) is not None for k in method.structural_knobs):
+        return
     try:
         method.precheck(ctx, **knobs)
     except methods.KnobError as e:
@@ -223,7 +226,7 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
         data = load_dataset(cfg.dataset, selection=cfg.selection)
     if data is not None and data.selection != cfg.selection:
         raise ValueError(f"data loaded with selection {data.selection!r} for a trial of selection {cfg.selection!r}")
-    if data is not None and any(knobs.get(k) is not None for k in method.structural_knobs):
+    if data is not None:
         precheck(cfg, method, knobs, scope, data)
     t_start = time.perf_counter()
     base = get_baseline(cfg.model, cfg.dataset, load_recipe(cfg.baseline_recipe), seed=cfg.seed, device=device,

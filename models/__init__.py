@@ -1,6 +1,7 @@
 """The model zoo: CIFAR ResNets and VGG-16-BN registered in timm, and name resolution.
 
-Importing this package registers `cifar_resnet{20,32,44,56,110}` and `cifar_vgg16_bn` with timm,
+Importing this package registers `cifar_resnet{20,32,44,56,110}`, `cifar_vgg16_bn`, `cifar_densenet40` and
+`cifar_googlenet` with timm,
 so `timm.create_model("cifar_resnet56", num_classes=10)` works once `models` is imported.
 """
 from __future__ import annotations
@@ -11,17 +12,21 @@ from typing import Any
 import timm
 import torch.nn as nn
 
-from . import cifar_resnet, cifar_vgg  # noqa: F401  (registers the entrypoints)
+from . import cifar_densenet, cifar_googlenet, cifar_resnet, cifar_vgg  # noqa: F401  (registers the entrypoints)
+from .cifar_densenet import CifarDenseNet
+from .cifar_googlenet import CifarGoogLeNet
 from .cifar_resnet import CifarResNet, ShortcutA
 from .cifar_vgg import CifarVGG
 
-__all__ = ["ALIASES", "CifarResNet", "CifarVGG", "ShortcutA", "UnknownModelError", "create", "resolve"]
+__all__ = ["ALIASES", "CifarDenseNet", "CifarGoogLeNet", "CifarResNet", "CifarVGG", "ShortcutA", "UnknownModelError", "create", "resolve"]
 
 # Names users type -> registered timm names.
 ALIASES: dict[str, str] = {
     **{f"resnet{d}": f"cifar_resnet{d}" for d in (20, 32, 44, 56, 110)},
     "vgg16": "cifar_vgg16_bn",
     "vgg16_bn": "cifar_vgg16_bn",
+    "densenet40": "cifar_densenet40",
+    "googlenet": "cifar_googlenet",
 }
 
 

@@ -12,6 +12,7 @@ import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ._cfg import cifar_cfg, refuse_pretrained
+from ._layers import init_conv_bn
 
 __all__ = ["CifarVGG"]
 
@@ -41,15 +42,7 @@ class CifarVGG(nn.Module):
             nn.Linear(c, 512), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Dropout(drop_rate),
         )
         self.fc = nn.Linear(512, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     def get_classifier(self) -> nn.Module:
         return self.fc

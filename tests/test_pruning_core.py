@@ -17,6 +17,8 @@ CASES = [
     ("cifar_resnet56", {}, 32, "all"),
     ("cifar_resnet56", {}, 32, "internal"),
     ("cifar_vgg16_bn", {}, 32, "all"),
+    ("cifar_densenet40", {}, 32, "all"),
+    ("cifar_googlenet", {}, 16, "all"),  # a CIFAR model at 16x16 (global pooling): same groups, 4x faster
     ("resnet18", {}, 64, "all"),
     ("mobilenetv3_small_100", {}, 64, "all"),
     ("efficientnet_b0", {}, 64, "all"),
@@ -128,6 +130,49 @@ def test_cifar_resnet_groups_are_per_stage():
     stage2 = streams[1]
     names = [p.module for p in stage2.producers]
     assert "layer2.0.shortcut" in names and all(not n.startswith("layer3") for n in names)
+
+
+def _prune_one(name, gid, n_removed, size):
+    """The model and its copy with the first `n_removed` units of group `gid` removed (gated check too)."""
+    model = _randomize(models.create(name))
+    x = torch.randn(2, 3, size, size)
+    groups = channel_groups(model, x[:1], "all", name=name)
+    mask = torch.ones(groups[gid].units, dtype=torch.bool)
+    mask[:n_removed] = False
+    plan = KeepPlan.from_masks(groups, {gid: mask}, name, input_size=[3, size, size])
+    pruned = prune_model(model, plan)
+    with Gates(model, groups) as gates, torch.no_grad():
+        gates.set({gid: mask.float()})
+        assert torch.allclose(model(x), pruned(x), rtol=1e-5, atol=1e-5)
+    return model, pruned
+
+
+def test_densenet_concat_group_flops():
+    """A dense layer's 12 new channels feed every later layer of its block and the transition."""
+    model, pruned = _prune_one("cifar_densenet40", "dense1.0.conv1", 5, 32)
+    hw = 32 * 32
+    own = 5 * 24 * 9 * hw                # the layer's own 3x3 conv from 24 channels
+    later = 5 * 11 * 12 * 9 * hw         # input channels of the 11 later 3x3 convs of block 1
+    trans = 5 * 168 * hw                 # input channels of trans1's 1x1 conv (its output is untouched)
+    assert count_flops(model) - count_flops(pruned) == own + later + trans
+    assert pruned.dense1[11].bn1.num_features == 156 - 5 and pruned.trans1.conv1.weight.shape == (168, 163, 1, 1)
+    assert pruned.dense2[0].bn1.num_features == 168
+    # torch-pruning's concat index mapping: the layer's channels sit at offset 24 of every later input
+    group = channel_groups(model, torch.randn(1, 3, 32, 32), "all")["dense1.0.conv1"]
+    offsets = {p.module: p.channels for p in group.producers}
+    assert offsets["dense1.0.conv1"] == list(range(12))
+    assert offsets["dense1.5.bn1"] == offsets["trans1.bn1"] == list(range(24, 36))
+    assert len(offsets) == 1 + 11 + 1 and all(p.units == list(range(12)) for p in group.producers)
+
+
+def test_googlenet_branch_group_flops():
+    """An Inception branch's output feeds the four branches of the next block through the concatenation."""
+    model, pruned = _prune_one("cifar_googlenet", "a3.b2.3", 8, 32)  # a3's 3x3 branch: 128 channels at 32x32
+    hw = 32 * 32
+    own = 8 * 96 * 9 * hw                   # a3.b2's 3x3 conv from 96 channels
+    consumers = 8 * (128 + 128 + 32 + 64) * hw  # b3's 1x1 convs: b1, b2 reduce, b3 reduce, pool projection
+    assert count_flops(model) - count_flops(pruned) == own + consumers
+    assert pruned.b3.b1[0].in_channels == 256 - 8 and pruned.a4.b1[0].in_channels == 480
 
 
 def test_tied_masks_for_grouped_convs():

@@ -4,7 +4,9 @@ A group is a set of coupled channels that are kept or removed together: a block-
 outputs, a residual stream shared by all blocks of a stage, a depthwise chain. A group's id is the
 name of its root layer (stable across rebuilds of the same architecture). Every group records its
 *gate points*: the modules whose outputs carry its channels after normalisation, where multiplying
-by 0 is exactly removing the channel (DESIGN.md section 4).
+by 0 is exactly removing the channel (DESIGN.md section 4). Channels reached through a concatenation
+keep their offsets (DenseNet, Inception); root channels that torch-pruning can only remove together (GhostNet's
+primary and cheap halves) share one mask unit, like the conv groups of a grouped convolution.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import functools
 import logging
 import warnings
 from dataclasses import dataclass, field
+from unittest import mock
 
 import torch
 import torch.nn as nn
@@ -26,7 +29,7 @@ _CROSS_CHANNEL_NORMS = (nn.LayerNorm, nn.GroupNorm)
 
 
 class PruningError(RuntimeError):
-    """A model whose graph cannot be traced or pruned."""
+    """A model whose graph cannot be traced or pruned, or that has nothing to prune at the asked scope."""
 
 
 @dataclass
@@ -94,25 +97,44 @@ def build_graph(model: nn.Module, example: torch.Tensor, name: str = "model") ->
 
 def channel_groups(model: nn.Module, example: torch.Tensor, scope: str = "all", name: str = "model",
                    graph: tp.DependencyGraph | None = None) -> GroupSet:
-    """The prunable channel groups of `model` at `scope` ("internal": inside blocks; "all": streams too)."""
+    """The prunable channel groups of `model` at `scope` ("internal": inside blocks; "all": streams too).
+
+    A model with no group at `scope` is refused (PruningError): every method would prune nothing and
+    report success.
+    """
     if scope not in SCOPES:
         raise ValueError(f"scope {scope!r} is unknown: use one of {', '.join(SCOPES)}")
     dg = graph or build_graph(model, example, name)
     names = {m: n for n, m in model.named_modules()}
     classifier = _classifier(model)
-    groups, excluded = [], {}
+    groups, excluded, streams = [], {}, 0
     ignored = [classifier] if classifier is not None else []
-    for tp_group in dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
+    for tp_group in _all_groups(dg, ignored):
         root = tp_group[0].dep.target.module
         g, reason = _describe(dg, tp_group, names, root)
         if reason:
             excluded[g.id] = reason
         elif scope == "all" or g.kind == "internal":
             groups.append(g)
+        else:
+            streams += 1
     if excluded:
         listing = "; ".join(f"{gid} ({why})" for gid, why in excluded.items())
         log.warning("%s: %d channel groups cannot be gated exactly and are left unpruned: %s", name, len(excluded), listing)
+    if not groups:
+        raise PruningError(_nothing_to_prune(name, scope, streams, excluded))
     return GroupSet(groups, excluded, scope, dg)
+
+
+def _nothing_to_prune(name: str, scope: str, streams: int, excluded: dict[str, str]) -> str:
+    if streams:
+        return (f"{name} has nothing to prune at scope {scope!r}: all {streams} of its prunable channel groups "
+                "carry a residual stream; use scope all (--scope all)")
+    if excluded:
+        gid, why = next(iter(excluded.items()))
+        return (f"{name} has nothing to prune: all {len(excluded)} channel groups are excluded (e.g. {gid}: {why}); "
+                "choose another model")
+    return f"{name} has no prunable conv or linear layer besides its classifier: choose another model"
 
 
 def _classifier(model: nn.Module) -> nn.Module | None:
@@ -125,16 +147,87 @@ def _classifier(model: nn.Module) -> nn.Module | None:
     return leaves[-1] if leaves else None
 
 
+def _is_join(dg: tp.DependencyGraph, op: tp.ops._ElementWiseOp) -> bool:
+    """An element-wise op that adds two tensors: `a + b`, or an in-place `x += y` on a view (timm's GhostNet
+    adds its shortcut onto a slice, which autograd records as CopySlices; an in-place product on a view
+    would be counted too, which only makes the group a stream)."""
+    grad_fn = str(op._grad_fn)
+    return "Add" in grad_fn or ("CopySlices" in grad_fn and len(dg.module2node[op].inputs) > 1)
+
+
+class _PathGroup(tp.dependency.group.Group):
+    """torch-pruning's Group, also keeping every (layer, handler, channel, root channel) it merges away."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: list[tuple[object, object, list]] = []
+
+    def add_and_merge(self, dep, idxs):
+        self.paths.append((dep.target, dep.handler, idxs))
+        super().add_and_merge(dep, idxs)
+
+
+def _all_groups(dg: tp.DependencyGraph, ignored: list[nn.Module]) -> list:
+    """dg.get_all_groups, with each group's traversal paths kept (`.paths`, see `coupled_channels`)."""
+    with mock.patch.object(tp.dependency.graph, "Group", _PathGroup):
+        return list(dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)))
+
+
+def coupled_channels(tp_group, channels: int) -> list[list[int]]:
+    """The root's channels that torch-pruning removes together: classes of size > 1 (sorted), else [].
+
+    Two root channels are coupled when two paths of the dependency graph reach the same channel of a
+    layer from them, e.g. GhostNet's cheap branch x2 = depthwise(x1), concatenated with x1 onto a residual
+    stream: stream channels j and j + width/2 both lead to x1's channel j, so removing one removes both.
+    torch-pruning's group keeps only the first path's root channel per layer channel; the paths come from
+    its traversal before it merges them (`_all_groups`).
+    """
+    parent = list(range(channels))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+    first: dict[tuple, int] = {}
+    for target, handler, idxs in getattr(tp_group, "paths", ()):
+        for hi in idxs:
+            key = (id(target), handler, int(hi.idx))
+            r = int(hi.root_idx)
+            if key in first:
+                parent[find(r)] = find(first[key])
+            else:
+                first[key] = r
+    classes: dict[int, list[int]] = {}
+    for c in range(channels):
+        classes.setdefault(find(c), []).append(c)
+    return sorted(c for c in classes.values() if len(c) > 1)
+
+
+def _coupling_tie(classes: list[list[int]], channels: int) -> tuple[int, str]:
+    """Coupled root channels as a tie (channel c and c + k * units share a mask unit), or why they are not one."""
+    if not classes:
+        return 1, ""
+    tie = len(classes[0])
+    units = channels // tie
+    modular = channels % tie == 0 and len(classes) == units and all(
+        cls == [cls[0] + k * units for k in range(tie)] for cls in classes)
+    if modular:
+        return tie, ""
+    return 1, f"channels coupled unevenly through a concatenation (e.g. {classes[0][:4]} are removed together)"
+
+
 def _describe(dg: tp.DependencyGraph, tp_group, names: dict, root: nn.Module) -> tuple[ChannelGroup, str]:
     """Turn a torch-pruning group into a ChannelGroup, or give the reason it cannot be gated exactly."""
     root_name = names[root]
     channels = dg.get_pruner_of_module(root).get_out_channels(root)
     producers: dict[nn.Module, tuple[list[int], list[int]]] = {}
-    layers, reasons, conv_groups, residual = [], [], [], False
+    layers, reasons, conv_groups, residual, concat = [], [], [], False, False
     for item in tp_group:
         module, handler = item.dep.target.module, item.dep.handler
         if isinstance(module, tp.ops._ElementWiseOp):
-            residual |= "Add" in str(module._grad_fn)
+            residual |= _is_join(dg, module)
+        concat |= isinstance(module, tp.ops._ConcatOp)
         name = names.get(module)
         if name is None:
             continue  # graph-only ops and unwrapped parameters (layer scale, tokens) follow their group
@@ -154,6 +247,11 @@ def _describe(dg: tp.DependencyGraph, tp_group, names: dict, root: nn.Module) ->
     tie = max(conv_groups, default=1)
     if tie > 1 and (any(tie % g for g in conv_groups) or channels % tie):
         reason = reason or f"grouped convolutions with incompatible group counts {sorted(set(conv_groups))}"
+    if concat and not reason:  # paths that part and meet again at shifted offsets go through a concatenation
+        coupled, why = _coupling_tie(coupled_channels(tp_group, channels), channels)
+        if coupled > 1 and tie > 1 and coupled != tie:
+            why = f"channels tied both by grouped convolutions ({tie}) and by a concatenation ({coupled})"
+        reason, tie = why, max(tie, coupled)
     # a residual stream: an add that joins the outputs of several layers (a bias add alone does not count)
     joined = [m for m in producers if not isinstance(m, _NORMS)]
     kind = "stream" if residual and len(joined) > 1 else "internal"
