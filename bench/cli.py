@@ -74,8 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scope", default=None, choices=["internal", "all"], help="default: each method's")
     p.add_argument("--match", default="decore", choices=["decore", "none"],
                    help="decore (default): the other methods also run at every DECORE trial's FLOPs; none: off")
-    p.add_argument("--no-control", dest="control", action="store_false",
-                   help="skip the no-pruning control (the baseline trained on for the same budget)")
+    p.add_argument("--control", default="keep",
+                   help="controls, comma-separated: keep (default: the baseline trained on for the same budget, no "
+                        "pruning), scratch (also Scratch-B of every DECORE trial: its architecture re-initialised and "
+                        "trained from scratch for the baseline's images plus the trial's), none")
     p.add_argument("--budget", default="equal", choices=["equal", "paper"],
                    help="equal (default): every method trains for the same images after the baseline; paper: each "
                         "paper's own schedule (unequal, labelled so)")
@@ -177,7 +179,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cfg = SweepConfig(args.model, args.dataset, args.profile, tuple(m.strip() for m in args.methods.split(",") if m.strip()),
                       args.trials, args.seeds, args.storage, args.workers, args.device, args.scope,
                       None if args.match == "none" else args.match, args.round_to, args.wandb, compile=args.compile,
-                      budget=args.budget, selection=args.selection, control=args.control)
+                      budget=args.budget, selection=args.selection, **_controls(args.control))
     folder = run_sweep(cfg)
     print(f"results: {folder / 'runs.csv'}")
     return 0
@@ -213,6 +215,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     write_site(results_dir() if not args.experiments else folders[0].parent)
     print(f"site: {results_dir() if not args.experiments else folders[0].parent}/index.html")
     return 0
+
+
+def _controls(text: str) -> dict[str, bool]:
+    names = {c.strip() for c in text.split(",") if c.strip()}
+    unknown = names - {"keep", "scratch", "none"}
+    if unknown or not names or ("none" in names and len(names) > 1):
+        raise UserError(f"--control {text!r} is not a list of keep, scratch (or none): e.g. --control keep,scratch")
+    return {"control": "keep" in names, "scratch": "scratch" in names}
 
 
 def _parse_knobs(pairs: list[str]) -> dict[str, str]:

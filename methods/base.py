@@ -8,6 +8,7 @@ from the engine (training loop, FLOPs of a plan) arrives in the `Context`, so me
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -148,9 +149,11 @@ def register(name: str) -> Callable[[type[Method]], type[Method]]:
     return deco
 
 
+@functools.lru_cache(maxsize=None)
 def code_version(name: str) -> str:
     """A hash of the source of a method's class and of the `methods` modules it inherits from (the interface
-    in methods.base aside): part of every trial's identity, so a changed method trains again."""
+    in methods.base aside): part of every trial's identity, so a changed method trains again. Computed once
+    per process (the code that runs is the code imported), so editing a file during a sweep changes nothing."""
     import hashlib
     import inspect
     import sys

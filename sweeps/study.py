@@ -74,6 +74,7 @@ class SweepConfig:
     budget: str = "equal"               # equal: the same training images after the baseline; paper: each its own
     selection: str = "val"              # val: decisions read a hold-out of the training set; test: papers' practice
     control: bool = True                # the no-pruning control per seed (the baseline trained on, same budget)
+    scratch: bool = False               # Scratch-B of every DECORE trial (Liu et al. 2019), --control scratch
 
     def identity(self) -> dict[str, Any]:
         """Everything that changes a number, except the method's own code (in the study name and trial hash)."""
@@ -101,7 +102,7 @@ class SweepConfig:
 
     def protocol(self) -> dict[str, Any]:
         return {"budget": self.budget, "selection": self.selection, "match": self.match, "scope": self.scope,
-                "round_to": self.round_to, "control": self.control}
+                "round_to": self.round_to, "control": self.control, "scratch": self.scratch}
 
 
 def validate(cfg: SweepConfig) -> Profile:
@@ -322,6 +323,8 @@ def run_sweep(cfg: SweepConfig) -> Path:
         run_matches(cfg, profile, data)
     if cfg.control:
         run_control(cfg, profile, data)
+    if cfg.scratch:
+        run_scratch_controls(cfg, profile, data)
     measure_speedups(cfg)
     write_report(cfg)
     return cfg.folder
@@ -510,6 +513,28 @@ def run_matches(cfg: SweepConfig, profile: Profile, data: Any) -> None:
             tc = Objective(cfg, profile, method, None, data).config({"flops_target": target}, int(row["seed"]),
                            scope=str(row["scope"]))
             run_and_record(cfg, tc, data, cfg.study_name(method) + "-match", None, match_of=str(row["config_hash"]))
+
+
+def run_scratch_controls(cfg: SweepConfig, profile: Profile, data: Any) -> None:
+    """Scratch-B of every finished DECORE trial: its pruned architecture re-initialised and trained from scratch
+    for the baseline's images plus the trial's (bench.scratch); rows of method `scratch` name it in match_of."""
+    from bench.scratch import run_scratch
+
+    df = ResultsTable(cfg.folder).read()
+    done = df[(df["method"] == "decore") & (df["status"] == "complete") & (df["row_type"] == "trial")]
+    device = resolve_device(cfg.device)
+    for _, row in done.iterrows():
+        tc = Objective(cfg, profile, "decore", None, data).config(json.loads(row["knobs"]), int(row["seed"]))
+        if tc.key != row["config_hash"]:
+            tqdm.write(f"scratch control: trial {row['config_hash']} is not of this sweep's configuration; skipped")
+            continue
+        result = run_scratch(tc, device, data)
+        table = ResultsTable(cfg.folder)
+        if result["config_hash"] not in table.finished_hashes():
+            table.upsert(table_row(result, study=f"{cfg.experiment}-scratch", optuna_trial=None, device=device,
+                                   match_of=result["match_of"]))
+            tqdm.write(f"  scratch of {row['config_hash']} seed {row['seed']}: top-1 {result['top1_pct']:6.2f}% "
+                       f"(the pruned trial: {float(row['top1_pct']):.2f}%)  {result['rule']}")
 
 
 def run_control(cfg: SweepConfig, profile: Profile, data: Any) -> None:

@@ -164,3 +164,27 @@ def test_no_decision_reads_the_test_set(tmp_path, monkeypatch):
     bad = _decisions(run_sweep(bad_cfg), bad_cfg)
     assert bad[:4] == clean[:4]      # objective values, trials, fronts, validation top-1
     assert bad[4] != clean[4]        # the reported test top-1 did change
+
+
+def test_scratch_control_has_the_architecture_and_none_of_the_weights(tmp_path):
+    """Scratch-B: the pruned trial's architecture, fresh weights, the baseline's images plus the trial's."""
+    from bench.pruned import load_pruned
+    from bench.scratch import run_scratch, scratch_folder
+
+    data = with_selection(make_synthetic(), "val")
+    tc = TrialConfig("resnet20", "synthetic", "l1", {"ratio": 0.5}, baseline_recipe="test-micro",
+                     joint_recipe="test-micro", finetune_recipe="test-micro", profile="test")
+    from bench.trial import run_trial, trial_folder
+    trial = run_trial(tc, torch.device("cpu"), data=data)
+    row = run_scratch(tc, torch.device("cpu"), data)
+    _, pruned = load_pruned(trial_folder(tc))
+    _, scratch = load_pruned(scratch_folder(tc))
+    a, b = pruned.state_dict(), scratch.state_dict()
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}  # exactly the architecture
+    weights = [k for k, v in a.items() if v.dim() > 1]
+    assert weights and not any(torch.equal(a[k], b[k]) for k in weights)  # none of its weights
+    base = get_baseline("resnet20", "synthetic", load_recipe("test-micro"), data=data)
+    assert row["budget_images"] == base.meta["train_images"] + trial["budget_images"]  # engine-counted
+    assert row["method"] == "scratch" and row["match_of"] == trial["config_hash"]
+    assert row["flops"] == trial["flops"] and row["params"] == trial["params"]
+    assert run_scratch(tc, torch.device("cpu"), data) == row  # finished: read back, not trained again

@@ -1,0 +1,105 @@
+"""The scratch control (Liu et al., "Rethinking the Value of Network Pruning", ICLR 2019, Scratch-B).
+
+For a finished trial: the same pruned architecture, re-initialised, trained from scratch for the images the
+trial's network has seen in all (its baseline's training plus the trial's budget after the baseline), on
+the baseline recipe's schedule stretched to that length. If it does as well as the pruned trial, the
+method found an architecture, not weights worth keeping. Its row (method `scratch`) names the trial in
+`match_of`; reports show it as a separate, labelled series.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+import models
+from methods.core import KeepPlan, rebuild
+
+from .baseline import get_baseline
+from .data import ArrayDataset, load_dataset
+from .env import git_commit, package_versions
+from .errors import UserError
+from .io import config_hash, read_json, write_json
+from .measure import count_flops, count_params
+from .pruned import save_pruned
+from .recipe import load_recipe
+from .train import autocast_for, evaluate, fit, prepare_model
+from .trial import TrialConfig, _loaders, phase_images, trial_folder
+
+SCRATCH_VERSION = 1
+
+
+def reinitialised(plan: KeepPlan, seed: int) -> nn.Module:
+    """The plan's pruned architecture with fresh weights: every layer's own initialisation at its pruned
+    width (`reset_parameters`), then, for the CIFAR zoo, the literature's init (Kaiming fan-out convs)."""
+    torch.manual_seed(seed)
+    model = rebuild(plan)
+    for m in model.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    if type(model).__module__.startswith("models."):
+        from models._layers import init_conv_bn
+
+        init_conv_bn(model)
+    return model
+
+
+def scratch_key(source: TrialConfig) -> str:
+    return config_hash({"scratch": SCRATCH_VERSION, "source": source.key,
+                        "baseline_recipe": load_recipe(source.baseline_recipe).to_dict()})
+
+
+def scratch_folder(source: TrialConfig) -> Path:
+    return trial_folder(source).parent / f"scratch-{scratch_key(source)}"
+
+
+def run_scratch(source: TrialConfig, device: torch.device, data: ArrayDataset | None = None) -> dict[str, Any]:
+    """Scratch-B of a finished trial: returns its row (from disk when it ran before)."""
+    folder = scratch_folder(source)
+    if (folder / "result.json").is_file():
+        return read_json(folder / "result.json")
+    src = trial_folder(source)
+    if not (src / "result.json").is_file():
+        raise UserError(f"trial {source.key} has not finished ({src}): the scratch control needs its pruned architecture")
+    trial = read_json(src / "result.json")
+    plan = KeepPlan.from_json((src / "plan.json").read_text())
+    if data is None and not source.dataset.startswith("imagefolder:"):
+        data = load_dataset(source.dataset, selection=source.selection)
+    recipe = load_recipe(source.baseline_recipe)
+    base = get_baseline(source.model, source.dataset, recipe, seed=source.seed, device=device, data=data,
+                        selection=source.selection)
+    budget = int(base.meta["train_images"]) + int(trial["budget_images"])
+    t0 = time.perf_counter()
+    model = reinitialised(plan, source.seed)
+    loaders = _loaders(data, source.dataset, recipe, device, source.seed, source.selection)
+    runner = prepare_model(model, device)
+    history = fit(runner, loaders.train, None, recipe, device, images=budget, desc=f"scratch of {source.method} ")
+    amp = autocast_for(device)
+    val, test = evaluate(runner, loaders.val, device, amp), evaluate(runner, loaders.test, device, amp)
+    model = model.cpu().to(memory_format=torch.contiguous_format).eval()
+    input_size = tuple(plan.input_size)
+    params, flops = count_params(model), count_flops(model, input_size)
+    row = {**{k: trial[k] for k in ("experiment", "model", "dataset", "profile", "scope", "seed", "base_val_top1_pct",
+                                    "base_top1_pct", "base_top5_pct", "base_params", "base_flops", "kept_channels",
+                                    "round_to", "budget", "selection", "data_fingerprint")},
+           "row_type": "trial", "method": "scratch", "knob_name": None, "knob_value": None,
+           "knobs": json.dumps({"of": source.key}), "status": "complete", "reason": None,
+           "val_top1_pct": val["top1"], "top1_pct": test["top1"], "top5_pct": test["top5"],
+           "top1_drop_pct": trial["base_top1_pct"] - test["top1"], "params": params, "flops": flops,
+           "params_reduction_pct": 100 * (1 - params / trial["base_params"]),
+           "flops_reduction_pct": 100 * (1 - flops / trial["base_flops"]),
+           "baseline_epochs": 0, "joint_epochs": 0, "finetune_epochs": len(history), "method_images": 0,
+           "finetune_images": phase_images(history), "budget_images": phase_images(history),
+           "method_version": f"scratch-b-{SCRATCH_VERSION}", "match_of": trial["config_hash"],
+           "config_hash": scratch_key(source), "wall_seconds": time.perf_counter() - t0,
+           "git_commit": git_commit(), "packages": json.dumps(package_versions(), sort_keys=True),
+           "rule": f"Scratch-B: {budget:,} images = the baseline's {int(base.meta['train_images']):,} + the trial's "
+                   f"{int(trial['budget_images']):,}, recipe {recipe.name} stretched"}
+    save_pruned(folder, plan, model)
+    write_json(folder / "history.json", {"scratch": history})
+    write_json(folder / "result.json", row)
+    return row
