@@ -22,7 +22,8 @@ import torch.nn as nn
 import models
 
 from . import dist
-from .data import ArrayDataset, check_selection, data_fingerprint, load_dataset, open_loaders
+from .data import (ArrayDataset, check_selection, data_fingerprint, image_folder_train_images, load_dataset,
+                   open_loaders)
 from .env import environment
 from .errors import UserError
 from .faults import crash_point
@@ -142,7 +143,12 @@ def get_baseline(model_name: str, dataset: str, recipe: Recipe, *, seed: int = 0
         ckpt_sha = sha256_file(checkpoint)
     if data is None and not dataset.startswith("imagefolder:"):
         data = load_dataset(dataset, selection=selection)  # bad input (unknown or missing data) fails here
-    fingerprint = data.fingerprint if data is not None else data_fingerprint(dataset)
+    fingerprint = data.fingerprint if data is not None else data_fingerprint(dataset)  # checks an image folder
+    n_train = len(data.train.subset_per_class(subset).y) if data is not None else \
+        image_folder_train_images(dataset.split(":", 1)[1], selection)
+    if checkpoint is None and n_train < recipe.batch_size:
+        raise UserError(f"{dataset} has {n_train} training images, fewer than one batch of recipe {recipe.name!r} "
+                        f"({recipe.batch_size}): add images or use a recipe with a smaller batch_size")
     spec = BaselineSpec(name, dataset, recipe, seed, subset, ckpt_sha, selection, fingerprint)
     folder = (results_dir() if root is None else Path(root)) / "baselines" / spec.key
     cached = _load_cached(spec, folder)

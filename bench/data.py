@@ -153,9 +153,57 @@ def file_fingerprint(*paths: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def imagefolder_fingerprint(root: str | Path) -> str:
-    """Hash of an image folder's file list and sizes (relative paths under train/ and val/)."""
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def check_image_folder(root: str | Path) -> None:
+    """An ImageNet-layout folder a run can use, checked when it is opened (before anything is written):
+    train/ and val/ exist, hold the same two or more classes, every class has images, and the first image
+    of every class opens."""
+    from PIL import Image, UnidentifiedImageError
+
     root = Path(root)
+    classes = {}
+    for split in ("train", "val"):
+        folder = root / split
+        if not folder.is_dir():
+            raise UserError(f"image folder {str(folder)!r} does not exist: expected {root}/train/<class>/ and "
+                            f"{root}/val/<class>/ (ImageNet layout)")
+        classes[split] = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        if len(classes[split]) < 2:
+            raise UserError(f"image folder {str(folder)!r} has {len(classes[split])} class folder(s): a classifier "
+                            "needs at least 2 (one sub-folder of images per class)")
+        for c in classes[split]:
+            images = sorted(p for p in (folder / c).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not images:
+                raise UserError(f"class folder {str(folder / c)!r} holds no image ({', '.join(IMAGE_EXTENSIONS)}): "
+                                "add images or remove the folder")
+            try:
+                with Image.open(images[0]) as im:
+                    im.verify()
+            except (UnidentifiedImageError, OSError) as e:
+                raise UserError(f"{str(images[0])!r} is not a readable image ({type(e).__name__}): remove or "
+                                "replace it") from None
+    if classes["train"] != classes["val"]:
+        raise UserError(f"image folder {str(root)!r}: train/ and val/ hold different classes "
+                        f"({len(classes['train'])} and {len(classes['val'])}): give both the same class folders")
+
+
+def image_folder_train_images(root: str | Path, selection: str = "val") -> int:
+    """Training images of an image folder after the validation hold-out (as image_folder_loaders splits it)."""
+    counts = [sum(1 for f in c.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
+              for c in sorted((Path(root) / "train").iterdir()) if c.is_dir()]
+    if selection != "val" or not counts:
+        return sum(counts)
+    per_class = max(1, min(IMAGEFOLDER_VAL_MAX, int(VAL_FRACTION * min(counts))))
+    return sum(n - min(per_class, n - 1) for n in counts)
+
+
+def imagefolder_fingerprint(root: str | Path) -> str:
+    """Hash of an image folder's file list and sizes (relative paths under train/ and val/); the folder is
+    checked first (check_image_folder)."""
+    root = Path(root)
+    check_image_folder(root)
     h = hashlib.sha256()
     for split in ("train", "val"):
         for p in sorted((root / split).rglob("*")):

@@ -108,6 +108,8 @@ class SweepConfig:
 def validate(cfg: SweepConfig) -> Profile:
     """Everything typed by the user, checked before anything trains or is written."""
     profile = load_profile(cfg.profile)
+    if not cfg.methods:
+        raise UserError("no method given (--methods / METHODS is empty): name one or more, e.g. --methods decore,l1,random")
     for m in cfg.methods:
         try:
             methods.get_method(m)

@@ -31,7 +31,13 @@ CIFAR = ["baseline", "--model", "resnet20", "--dataset", "cifar10", *MICRO]
 RUN = ["run", "--model", "resnet20", "--dataset", "synthetic", "--device", "cpu", "--baseline-recipe", "test-micro",
        "--joint-recipe", "test-micro", "--finetune-recipe", "test-micro"]
 SWEEP = ["sweep", "--model", "resnet20", "--dataset", "synthetic", "--profile", "test", "--device", "cpu", "--wandb", "off"]
-EXPERIMENT = "resnet20-synthetic-test"  # where SWEEP keeps its runs.csv
+IMAGES = ["baseline", "--model", "resnet20", *MICRO, "--dataset"]
+
+
+def _experiment() -> str:
+    """Where SWEEP keeps its runs.csv (the folder's name carries the experiment's identity hash)."""
+    from sweeps.study import SweepConfig
+    return SweepConfig("resnet20", "synthetic", profile="test").experiment
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +52,14 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.save(models.create("resnet20", num_classes=10), d / "module.pt")  # a pickled nn.Module
     torch.save(models.create("resnet56", num_classes=10).state_dict(), d / "r56.pt")
     torch.save(models.create("resnet20", num_classes=100).state_dict(), d / "r20c100.pt")
+    from PIL import Image
+    for name, classes, per_class in (("oneclass", ["a"], 4), ("fewimages", ["a", "b"], 2), ("notimages", ["a", "b"], 2)):
+        for split in ("train", "val"):
+            for c in classes:
+                (d / name / split / c).mkdir(parents=True)
+                for i in range(per_class):
+                    Image.new("RGB", (16, 16), (i * 40, 0, 0)).save(d / name / split / c / f"{i}.png")
+    (d / "notimages" / "train" / "a" / "0.png").write_bytes(b"this is text, not a picture")
     (d / "emptydata" / "cifar10").mkdir(parents=True)
     (d / "corrupt" / "cifar10").mkdir(parents=True)
     for split in ("train", "test"):
@@ -104,6 +118,15 @@ CASES = [
     ("runs.csv with text in a number column", SWEEP + ["--trials", "1"], {}, "bad-number",
      ["runs.csv", "'ninety'", "restore it from runs.parquet or git"]),
     ("report of a broken runs.csv", ["report"], {}, "bad-number", ["runs.csv", "'ninety'", "restore it"]),
+    ("no method", SWEEP + ["--methods", ","], {}, None, ["no method given", "--methods decore,l1,random"]),
+    ("unknown control", SWEEP + ["--control", "scrach"], {}, None, ["--control 'scrach'", "keep, scratch"]),
+    ("missing image folder", IMAGES + ["imagefolder:{F}/nofolder"], {}, None, ["nofolder/train", "ImageNet layout"]),
+    ("image folder with one class", IMAGES + ["imagefolder:{F}/oneclass"], {}, None,
+     ["oneclass/train", "1 class folder(s)", "at least 2"]),
+    ("image folder with a file that is no image", IMAGES + ["imagefolder:{F}/notimages"], {}, None,
+     ["notimages/train/a/0.png", "not a readable image", "remove or replace it"]),
+    ("image folder smaller than one batch", IMAGES + ["imagefolder:{F}/fewimages"], {}, None,
+     ["fewimages", "fewer than one batch", "smaller batch_size"]),
 ]
 
 
@@ -127,8 +150,8 @@ def test_bad_input_is_one_line_and_writes_nothing(argv, env, table, expected, fi
         monkeypatch.setenv(k, v.format(F=files))
     results = Path(os.environ["RESULTS_DIR"])
     if table:
-        (results / EXPERIMENT).mkdir(parents=True)
-        (results / EXPERIMENT / "runs.csv").write_text(_csv(table))
+        (results / _experiment()).mkdir(parents=True)
+        (results / _experiment() / "runs.csv").write_text(_csv(table))
     before, fixtures = _tree(results), _tree(files)
     try:
         code = main([a.format(F=files) for a in argv])
@@ -198,7 +221,7 @@ def test_wandb_unreachable_and_no_credential_written(tmp_path, monkeypatch, caps
     assert main(argv + ["--methods", "random", "--trials", "1", "--storage", url, "--wandb", "online"]) == 0
     out = capsys.readouterr()
     assert any("writing runs offline instead" in r.getMessage() for r in caplog.records)
-    folder = Path(os.environ["RESULTS_DIR"]) / EXPERIMENT
+    folder = Path(os.environ["RESULTS_DIR"]) / _experiment()
     runs = sorted((folder / "wandb").glob("offline-run-*"))
     configs = [read_offline_run(r)["config"] for r in runs]
     assert {"storage": "postgresql://bench:***@db.invalid:5432/optuna"}.items() <= next(c for c in configs if c).items()
