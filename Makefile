@@ -11,7 +11,7 @@ DATASET ?= cifar10
 RECIPE ?= cifar-standard
 SEED ?= 0
 DEVICE ?= auto
-PROFILE ?= fast
+PROFILE ?= auto
 METHODS ?= decore,l1,random
 TRIALS ?=
 SEEDS ?= 1
@@ -38,7 +38,7 @@ help:
 	@echo "make test                      run the test suite"
 	@echo "make baseline MODEL=resnet20 DATASET=cifar10 RECIPE=cpu-tiny   train/cache a baseline"
 	@echo "make measure MODEL=resnet110   params, FLOPs, latency of a model"
-	@echo "make bench MODEL=resnet110 DATASET=cifar10 [PROFILE=fast] [METHODS=decore,l1,random] [TRIALS=8] [SEEDS=1]"
+	@echo "make bench MODEL=resnet110 DATASET=cifar10 [PROFILE=auto|smoke|cpu|fast|paper] [METHODS=decore,l1,random] [TRIALS=8] [SEEDS=1]"
 	@echo "make search MODEL=resnet56 DATASET=cifar10 BUDGET=flops:0.5 [PROFILE=fast] [METHODS=...] [TRIALS=8]   best model per method under a budget"
 	@echo "make worker STORAGE=postgresql://... MODEL=... DATASET=...   join a running sweep from another machine"
 	@echo "make report / make tables    plots and tables from stored results (no training)"
@@ -75,13 +75,14 @@ bench: env
 # winners, plan + weights and README.md go to RESULTS_DIR/<model>-<dataset>-<profile>/search/<budget>/
 search: env
 	@test -n "$(BUDGET)" || { echo "make search needs BUDGET=flops:0.5 (or params:0.4, flops:60M, params:0.4M, latency_ms:2.5)"; exit 2; }
-	$(PY) -m bench search --model $(MODEL) --dataset $(DATASET) --profile $(PROFILE) --budget '$(BUDGET)' \
+	$(PY) -m bench search --model $(MODEL) --dataset $(DATASET) --profile $(if $(filter auto,$(PROFILE)),fast,$(PROFILE)) --budget '$(BUDGET)' \
 		--methods $(METHODS) --device $(DEVICE) --wandb $(WANDB) $(if $(TRIALS),--trials $(TRIALS)) \
 		$(SEARCH_ARGS)
 
 # the same sweep, joined from another machine through a shared storage (PostgreSQL, journal file)
 worker: env
 	@test -n "$(STORAGE)" || { echo "make worker needs STORAGE=postgresql://user@host/db (the study's storage)"; exit 2; }
+	@test "$(PROFILE)" != auto || { echo "make worker needs the running sweep's PROFILE (e.g. PROFILE=fast): auto may pick another profile on another machine"; exit 2; }
 	$(SWEEP)
 
 # a benchmark, not a test: training loops, DECORE's gated step, pruned-model speed -> RESULTS_DIR/perf/

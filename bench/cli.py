@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="Optuna studies over each method's knob: the Pareto fronts (make bench)")
     _common_model_args(p)
     p.add_argument("--dataset", required=True)
-    p.add_argument("--profile", default="smoke", help="smoke (CPU, minutes), fast (one GPU, ~1 h), paper")
+    p.add_argument("--profile", default="smoke", help="smoke (CPU, minutes), cpu (CPU, ~1 h for resnet20), fast (one GPU, "
+                   "~1 h), paper, or auto (the profile that fits this machine, said in the plan)")
     p.add_argument("--methods", default="decore,l1,random", help="comma-separated")
     p.add_argument("--trials", type=int, default=None, help="trials per method (default: the profile's)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per suggested knob value (baseline included)")
@@ -176,7 +177,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if dist.launched():
         raise UserError("sweep does not run under torchrun: start the sweep with python -m bench, or run single "
                         "trials with torchrun ... -m bench run")
-    cfg = SweepConfig(args.model, args.dataset, args.profile, tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+    profile = args.profile
+    if profile == "auto":
+        from sweeps.study import choose_profile
+        from .train import resolve_device
+
+        probe = SweepConfig(args.model, args.dataset, "smoke", tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+                            args.trials, args.seeds, selection=args.selection, budget=args.budget)
+        profile, line = choose_profile(probe, resolve_device(args.device))
+        print(line)
+    cfg = SweepConfig(args.model, args.dataset, profile, tuple(m.strip() for m in args.methods.split(",") if m.strip()),
                       args.trials, args.seeds, args.storage, args.workers, args.device, args.scope,
                       None if args.match == "none" else args.match, args.round_to, args.wandb, compile=args.compile,
                       budget=args.budget, selection=args.selection, **_controls(args.control))

@@ -23,7 +23,7 @@ from matplotlib.lines import Line2D
 
 from .errors import UserError
 from .io import atomic_write
-from .results import CONFIG_KEYS, ResultsTable, non_dominated
+from .results import CONFIG_KEYS, ResultsTable, mark_pareto, non_dominated
 
 REFERENCE_CSV = Path(__file__).parents[1] / "results" / "reference" / "published_results.csv"
 
@@ -375,6 +375,9 @@ def pareto_figure(df: pd.DataFrame, reference: pd.DataFrame | None, official: bo
     styles = _series_styles(points)
     for ax, (acc, cost, ylabel, xlabel) in zip(axes, _PANELS):
         _draw_measured(ax, points, acc, cost, styles)
+        if acc == "val_top1_pct" and not points[acc].astype(float).notna().any():
+            ax.text(0.5, 0.5, "no validation top-1 recorded\n(rows from before the selection split)",
+                    ha="center", va="center", transform=ax.transAxes, fontsize=9, color="0.4")
         _draw_baselines(ax, ours, control, _reference_baseline(reference), acc, cost)
         if acc == "top1_pct":
             _draw_published(ax, reference, cost)
@@ -808,7 +811,7 @@ def report_experiment(folder: Path, reference_path: Path | None = None) -> dict[
     folder = Path(folder)
     if not (folder / "runs.csv").is_file():
         raise UserError(f"{str(folder / 'runs.csv')!r} does not exist: pass an experiment folder that holds runs.csv")
-    df = ResultsTable(folder).read()
+    df = mark_pareto(ResultsTable(folder).read())  # flags as today's rule sets them (tables written before: per seed)
     if complete_trials(df).empty:
         raise UserError(f"{str(folder / 'runs.csv')!r} has no complete trials yet: nothing to report")
     first = df.iloc[0]

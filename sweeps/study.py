@@ -548,11 +548,11 @@ def run_control(cfg: SweepConfig, profile: Profile, data: Any) -> None:
 
 # ---------------------------------------------------------------- the plan printed before training
 
-def print_plan(cfg: SweepConfig, profile: Profile, trials: int, device: torch.device, data: Any) -> None:
+def plan_images(cfg: SweepConfig, profile: Profile, trials: int, data: Any) -> dict[str, float]:
+    """Training images the sweep will feed, per phase kind: baselines, and trials with matches and controls."""
     base_r = load_recipe(profile.baseline_for(_timm(cfg.model)))
     joint, ft = load_recipe(profile.joint_recipe), load_recipe(profile.finetune_recipe)
     n = {r.name: _images(data, r) for r in (base_r, joint, ft)}
-    sec = _seconds_per_image(cfg.model, data, ft, device) if data is not None else float("nan")
     joint_images, ft_images = joint.epochs * n[joint.name], ft.epochs * n[ft.name]
     equal = joint_images + ft_images
 
@@ -566,7 +566,48 @@ def print_plan(cfg: SweepConfig, profile: Profile, trials: int, device: torch.de
     per_trial = {m: images(m) for m in cfg.methods}
     partners = [m for m in cfg.methods if m not in MATCH_METHODS_EXCLUDED] if cfg.match == "decore" and "decore" in cfg.methods else []
     extra = sum(per_trial[m] for m in partners) * trials + (equal if cfg.control else 0)
-    total = (sum(per_trial.values()) * trials + extra) * cfg.seeds * sec + base_r.epochs * n[base_r.name] * cfg.seeds * sec
+    return {"baseline": base_r.epochs * n[base_r.name] * cfg.seeds, "trials": (sum(per_trial.values()) * trials + extra) * cfg.seeds,
+            "equal": equal, "joint": joint_images, "finetune": ft_images, **{f"n:{k}": v for k, v in n.items()}}
+
+
+AUTO_CPU_MINUTES = 35  # `--profile auto` on a CPU: the most thorough profile estimated under this
+
+
+def choose_profile(cfg: SweepConfig, device: torch.device) -> tuple[str, str]:
+    """`--profile auto`: `fast` on a GPU; on a CPU the most thorough of smoke < cpu < fast < paper whose
+    estimate (from a few measured training steps here) is under AUTO_CPU_MINUTES, else smoke. Returns the
+    profile and the plan line that says which, why, and what the others would cost here."""
+    order = ("smoke", "cpu", "fast", "paper")
+    if cfg.dataset.startswith("imagefolder:"):
+        return "fast", "profile auto -> fast (image folders: no CPU profile)"
+    data = load_dataset(cfg.dataset, selection=cfg.selection)
+    sec = _seconds_per_image(cfg.model, data, load_recipe(load_profile("smoke").finetune_recipe), device)
+    minutes = {}
+    for name in order:
+        p = load_profile(name)
+        c = dataclasses.replace(cfg, profile=name)
+        imgs = plan_images(c, p, cfg.trials or p.trials, data)
+        minutes[name] = (imgs["baseline"] + imgs["trials"]) * sec / 60
+    if device.type == "cuda":
+        chosen, why = "fast", "a GPU is here"
+    else:
+        fits = [n for n in order if minutes[n] <= AUTO_CPU_MINUTES]
+        chosen = fits[-1] if fits else "smoke"
+        why = (f"CPU only: the most thorough profile estimated under {AUTO_CPU_MINUTES} min" if fits else
+               f"CPU only, and no profile fits {AUTO_CPU_MINUTES} min here: the cheapest")
+    others = ", ".join(f"{n} ~{minutes[n]:.0f} min" for n in order)
+    return chosen, f"profile auto -> {chosen} ({why}; estimates here at {1 / sec:.0f} img/s: {others})"
+
+
+def print_plan(cfg: SweepConfig, profile: Profile, trials: int, device: torch.device, data: Any) -> None:
+    base_r = load_recipe(profile.baseline_for(_timm(cfg.model)))
+    joint, ft = load_recipe(profile.joint_recipe), load_recipe(profile.finetune_recipe)
+    imgs = plan_images(cfg, profile, trials, data)
+    n = {r.name: imgs[f"n:{r.name}"] for r in (base_r, joint, ft)}
+    equal = imgs["equal"]
+    sec = _seconds_per_image(cfg.model, data, ft, device) if data is not None else float("nan")
+    total = (imgs["baseline"] + imgs["trials"]) * sec
+    partners = [m for m in cfg.methods if m not in MATCH_METHODS_EXCLUDED] if cfg.match == "decore" and "decore" in cfg.methods else []
     info = data.split_info() if data is not None else {"fingerprint": data_fingerprint(cfg.dataset), "selection": cfg.selection}
     print(f"plan: {cfg.folder.name} on {device}, storage {scrub(cfg.storage_url)}")
     print(f"  data: {cfg.dataset} (fingerprint {info['fingerprint']}); selection split: " +
