@@ -32,7 +32,7 @@ export DATA_DIR RESULTS_DIR
 PERF_MODELS ?= resnet20,resnet56,resnet110
 PERF_ARGS ?=
 
-.PHONY: env test baseline bench search worker report tables measure perf clean-env help
+.PHONY: env test baseline bench search worker report tables paper measure perf clean-env help
 
 help:
 	@echo "make test                      run the test suite"
@@ -93,6 +93,11 @@ report: env
 	$(PY) -m bench report
 
 tables: report
+
+# DECORE's tables (CIFAR-10: VGG-16, ResNet-56/110, GoogLeNet, DenseNet-40; ImageNet ResNet-50) from every stored
+# experiment, beside the published rows; no training -> RESULTS_DIR/paper/
+paper: env
+	$(PY) -m bench paper
 
 clean-env:
 	rm -rf $(VENV)

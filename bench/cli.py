@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--image-size", type=int, default=None, help="default: the model's")
 
+    p = sub.add_parser("paper", help="DECORE's tables from every stored experiment beside the published rows (make paper)")
+    p.add_argument("--results-dir", default=None, help="default: RESULTS_DIR")
+
     p = sub.add_parser("measure", help="params, FLOPs and latency of an untrained model")
     _common_model_args(p)
     p.add_argument("--num-classes", type=int, default=10)
@@ -233,6 +236,16 @@ def _controls(text: str) -> dict[str, bool]:
     if unknown or not names or ("none" in names and len(names) > 1):
         raise UserError(f"--control {text!r} is not a list of keep, scratch (or none): e.g. --control keep,scratch")
     return {"control": "keep" in names, "scratch": "scratch" in names}
+
+
+@command
+def cmd_paper(args: argparse.Namespace) -> int:
+    from .baseline import results_dir
+    from .paper import write_paper
+
+    written = write_paper(Path(args.results_dir) if args.results_dir else results_dir())
+    print(f"paper tables: {written['paper.md']} (LaTeX: {written['paper.tex']})")
+    return 0
 
 
 def _parse_knobs(pairs: list[str]) -> dict[str, str]:

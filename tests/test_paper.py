@@ -1,0 +1,25 @@
+"""`make paper`: the paper's tables from stored experiments; missing models listed with their command."""
+from __future__ import annotations
+
+from bench.cli import main
+from bench.paper import write_paper
+from test_report import make_table
+
+
+def test_paper_lists_measured_and_missing_models(tmp_path, capsys):
+    folder = tmp_path / "resnet56-cifar10-paper-abcd1234"
+    folder.mkdir()
+    make_table().to_csv(folder / "runs.csv", index=False)  # a ResNet-56 experiment, nothing else
+    written = write_paper(tmp_path)
+    md = written["paper.md"].read_text()
+    resnet56 = md.split("### resnet56")[1].split("###")[0]
+    assert "Measured here, `resnet56-cifar10-paper-abcd1234`" in resnet56 and "DECORE-200 · all" in resnet56
+    assert "DECORE-200 [" in resnet56  # the published row beside ours
+    for model in ("vgg16", "resnet110", "googlenet", "densenet40"):
+        part = md.split(f"### {model}")[1].split("###")[0]
+        assert "**Not run yet.**" in part and f"make bench MODEL={model} DATASET=cifar10 PROFILE=paper" in part
+    imagenet = md.split("### resnet50")[1]
+    assert "Not run yet" in imagenet and "DECORE-5 [" in imagenet and "| 90." in imagenet  # published top-5 shown
+    tex = written["paper.tex"].read_text()
+    assert tex.count(r"\begin{table}") == 6 == tex.count(r"\end{table}")
+    assert main(["paper", "--results-dir", str(tmp_path)]) == 0 and "paper tables:" in capsys.readouterr().out
