@@ -21,7 +21,8 @@ from sweeps.study import SweepConfig, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = [sys.executable, "-m", "bench", "sweep", "--model", "resnet20", "--dataset", "synthetic", "--profile", "test",
-         "--methods", "decore", "--trials", "2", "--device", "cpu", "--wandb", "off"]
+         "--methods", "decore", "--trials", "2", "--device", "cpu", "--wandb", "off", "--control", "none"]
+CFG = SweepConfig("resnet20", "synthetic", profile="test", methods=("decore",), control=False)
 COMPLETE, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
 
 
@@ -41,7 +42,7 @@ def _trial_rows(folder: Path) -> pd.DataFrame:
 
 
 def test_sigkill_in_every_phase_then_rerun(tmp_path):
-    folder = tmp_path / "resnet20-synthetic-test"
+    folder = tmp_path / CFG.experiment
     _sweep(tmp_path, "baseline")  # killed after the baseline's epoch, before its cache entry is written
     assert not list((tmp_path / "baselines").glob("*/meta.json")) and not (folder / "runs.csv").exists()
 
@@ -66,7 +67,7 @@ def test_sigkill_in_every_phase_then_rerun(tmp_path):
     assert pd.read_parquet(folder / "runs.parquet").shape == ResultsTable(folder).read().shape
     assert base.stat().st_mtime_ns == base_mtime and sha256_file(base.parent / "model.pt") == base_sha
 
-    study = optuna.load_study(study_name="resnet20-synthetic-test-decore", storage=f"sqlite:///{folder / 'optuna.db'}")
+    study = optuna.load_study(study_name=CFG.study_name("decore"), storage=f"sqlite:///{folder / 'optuna.db'}")
     states = [t.state for t in study.trials]
     assert states.count(COMPLETE) == 2 and states.count(FAIL) == 3  # killed in joint, fine-tune, results
     killed = [t for t in study.trials if t.state == FAIL]

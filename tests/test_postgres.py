@@ -21,9 +21,11 @@ import optuna
 import pytest
 
 from bench.results import ResultsTable
+from sweeps.study import SweepConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIALS = 3
+CFG = SweepConfig("resnet20", "synthetic", profile="test", methods=("random",), control=False, match=None)
 
 
 def _pg_bin() -> Path | None:
@@ -109,7 +111,8 @@ def test_three_workers_one_killed_every_trial_once(postgres, tmp_path):
     env = {**os.environ, "RESULTS_DIR": str(tmp_path), "PYTHONPATH": str(ROOT), "SWEEP_HEARTBEAT_S": "1",
            "SWEEP_GRACE_S": "3", "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
     sweep = [sys.executable, "-m", "bench", "sweep", "--model", "resnet20", "--dataset", "synthetic", "--profile",
-             "test", "--methods", "random", "--trials", str(TRIALS), "--device", "cpu", "--storage", url]
+             "test", "--methods", "random", "--trials", str(TRIALS), "--device", "cpu", "--storage", url,
+             "--control", "none", "--match", "none"]
     logs = [tmp_path / f"worker{i}.log" for i in range(3)]
     # worker 0 (to be killed) on "another machine"; worker 1 mirrors to W&B offline: its config is checked below
     cmds = [_other_host_prefix() + sweep + ["--wandb", "off"], sweep + ["--wandb", "offline"], sweep + ["--wandb", "off"]]
@@ -127,16 +130,16 @@ def test_three_workers_one_killed_every_trial_once(postgres, tmp_path):
                 p.kill()
                 p.wait()
 
-    study = optuna.load_study(study_name="resnet20-synthetic-test-random", storage=storage)
+    study = optuna.load_study(study_name=CFG.study_name("random"), storage=storage)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == TRIALS
     killed = storage.get_trial(victim)
     assert killed.state == optuna.trial.TrialState.FAIL
     assert [t for t in complete if t.params == killed.params]  # the killed trial was run again, to the end
-    trials = ResultsTable(tmp_path / "resnet20-synthetic-test").read().query("row_type == 'trial'")
+    trials = ResultsTable(tmp_path / CFG.experiment).read().query("row_type == 'trial'")
     assert len(trials) == TRIALS and trials["config_hash"].is_unique and (trials["status"] == "complete").all()
     assert set(trials["optuna_trial"]) == {t.number for t in complete}
-    assert list((tmp_path / "resnet20-synthetic-test").rglob("*.wandb"))  # W&B wrote its records (config inside)
+    assert list((tmp_path / CFG.experiment).rglob("*.wandb"))  # W&B wrote its records (config inside)
     leaks = [str(p) for p in tmp_path.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
     assert not leaks  # nowhere: results, logs, W&B run records
 
@@ -146,7 +149,7 @@ def _running_trial_of(storage: optuna.storages.RDBStorage, proc: subprocess.Pope
     while time.time() < deadline:
         assert proc.poll() is None, "the worker to kill ended before it started a trial"
         try:
-            study_id = storage.get_study_id_from_name("resnet20-synthetic-test-random")
+            study_id = storage.get_study_id_from_name(CFG.study_name("random"))
         except KeyError:
             time.sleep(0.5)
             continue

@@ -81,9 +81,9 @@ def test_bad_sweep_input(kw, message, tmp_path):
 def test_sigkill_mid_trial_loses_and_duplicates_nothing(tmp_path):
     env = {**os.environ, "RESULTS_DIR": str(tmp_path)}
     args = [sys.executable, "-m", "bench", "sweep", "--model", "resnet20", "--dataset", "synthetic", "--profile", "test",
-            "--methods", "l1", "--trials", "3", "--device", "cpu"]
+            "--methods", "l1", "--trials", "3", "--device", "cpu", "--control", "none", "--match", "none"]
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    csv = tmp_path / "resnet20-synthetic-test" / "runs.csv"
+    csv = tmp_path / SweepConfig("resnet20", "synthetic", profile="test").experiment / "runs.csv"
     deadline = time.time() + 240
     while time.time() < deadline:  # kill once the first trial is in the table: the second is running
         if csv.exists() and (pd.read_csv(csv)["row_type"] == "trial").sum() >= 1:
