@@ -514,7 +514,10 @@ def run_matches(cfg: SweepConfig, profile: Profile, data: Any) -> None:
         for method in partners:
             tc = Objective(cfg, profile, method, None, data).config({"flops_target": target}, int(row["seed"]),
                            scope=str(row["scope"]))
-            run_and_record(cfg, tc, data, cfg.study_name(method) + "-match", None, match_of=str(row["config_hash"]))
+            try:
+                run_and_record(cfg, tc, data, cfg.study_name(method) + "-match", None, match_of=str(row["config_hash"]))
+            except UserError as e:  # e.g. a FLOPs target this method cannot reach: no partner, said, the sweep goes on
+                tqdm.write(f"  {method:7s} no partner for DECORE trial {row['config_hash']} at {target:g} of the FLOPs: {e}")
 
 
 def run_scratch_controls(cfg: SweepConfig, profile: Profile, data: Any) -> None:
