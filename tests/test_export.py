@@ -69,3 +69,17 @@ def test_export_cli(tmp_path, capsys):
     (folder / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(export.UserError, match="not a readable safetensors"):
         export.load_exported(folder)
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_vgg16_bn"])
+def test_folded_model_equals_unfolded_in_eval_mode(name):
+    from bench.deploy import count_bn, fold_bn
+
+    model = _randomize(models.create(name, num_classes=10))
+    groups = channel_groups(model, torch.randn(1, 3, 32, 32), "all", name=name)
+    pruned = prune_model(model, _random_plan(groups, name, {}, 32, 1)[1]).eval()
+    folded = fold_bn(pruned)
+    assert count_bn(pruned) > 0 and count_bn(folded) == 0     # every BatchNorm went into a conv / linear
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), pruned(x), rtol=1e-4, atol=1e-5)
