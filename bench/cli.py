@@ -373,10 +373,10 @@ def cmd_gpu_check(args: argparse.Namespace) -> int:
     _check_results_dir()
     device = resolve_device(args.device)
     out = Path(args.out) if args.out else results_dir() / "perf"
-    md = gpucheck.run(device, out, reduced=args.reduced or device.type != "cuda")
+    md, ok = gpucheck.run(device, out, reduced=args.reduced or device.type != "cuda")
     print(Path(md).read_text())
-    print(f"wrote {md}")
-    return 0
+    print(f"wrote {md}" + ("" if ok else " (some checks failed: see the table)"))
+    return 0 if ok else 1
 
 
 COMMANDS["gpu-check"] = cmd_gpu_check  # the subcommand's name has a dash

@@ -460,8 +460,8 @@ def latency_section(model_name: str, base: nn.Module, plans: list[Plan], base_fl
 
 # ---------------------------------------------------------------------------------------------- run
 
-def bench_model(model_name: str, cfg: PerfConfig, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """All measurements of one model; a list of long-format rows (median, quartiles, rounds, settled)."""
+def make_plans(model_name: str, cfg: PerfConfig) -> tuple[nn.Module, dict[str, int], list[Plan]]:
+    """The untrained base model (seed 0), its params and FLOPs, and its pruned L1 models."""
     import models
     from methods.core import prune_model
 
@@ -473,26 +473,37 @@ def bench_model(model_name: str, cfg: PerfConfig, log: Callable[[str], None] = p
         m = prune_model(base, plan)
         p = profile_model(m, (3, 32, 32))
         plans.append(Plan(label, target, rnd, m, p["flops"], p["params"]))
+    return base, prof, plans
 
-    sections = {"train": train_section(model_name, base, plans, prof["flops"], cfg, log)}
-    sections["latency"], layout = latency_section(model_name, base, plans, prof["flops"], cfg, log)
+
+def bench_model(model_name: str, cfg: PerfConfig, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """All measurements of one model; a list of long-format rows (median, quartiles, rounds, settled)."""
+    base, prof, plans = make_plans(model_name, cfg)
+    rows = section_rows(model_name, "train", train_section(model_name, base, plans, prof["flops"], cfg, log),
+                        plans, prof, cfg)
+    rounds, layout = latency_section(model_name, base, plans, prof["flops"], cfg, log)
+    return rows + section_rows(model_name, "latency", rounds, plans, prof, cfg, layout)
+
+
+def section_rows(model_name: str, section: str, rounds: Rounds, plans: list[Plan], prof: dict[str, int],
+                 cfg: PerfConfig, layout: str | None = None) -> list[dict[str, Any]]:
+    """Long-format rows of one section: one per measured quantity, its median, quartiles and rounds."""
     info = {p.label: p for p in plans}
     rows = []
-    for section, rounds in sections.items():
-        for (measure, variant, form, b), values in rounds.series.items():
-            s = spread(values)
-            p = info.get(variant)
-            rows.append({
-                "model": model_name, "section": section, "measure": measure, "variant": variant, "form": form,
-                "batch": b, "value": s.median, "q1": s.q1, "q3": s.q3, "iqr": s.iqr, "rounds": s.n,
-                "settled": rounds.settled, "section_seconds": rounds.seconds,
-                "unit": UNITS.get(measure, "ratio"), "steps": cfg.steps if section == "train" else None,
-                "layout": layout if form == "folded" else None,
-                "flops": p.flops if p else prof["flops"], "params": p.params if p else prof["params"],
-                "flops_fraction": p.flops / prof["flops"] if p else 1.0,
-                "params_fraction": p.params / prof["params"] if p else 1.0,
-                "round_to": p.round_to if p else 1,
-            })
+    for (measure, variant, form, b), values in rounds.series.items():
+        s = spread(values)
+        p = info.get(variant)
+        rows.append({
+            "model": model_name, "section": section, "measure": measure, "variant": variant, "form": form,
+            "batch": b, "value": s.median, "q1": s.q1, "q3": s.q3, "iqr": s.iqr, "rounds": s.n,
+            "settled": rounds.settled, "section_seconds": rounds.seconds,
+            "unit": UNITS.get(measure, "ratio"), "steps": cfg.steps if section == "train" else None,
+            "layout": layout if form == "folded" else None,
+            "flops": p.flops if p else prof["flops"], "params": p.params if p else prof["params"],
+            "flops_fraction": p.flops / prof["flops"] if p else 1.0,
+            "params_fraction": p.params / prof["params"] if p else 1.0,
+            "round_to": p.round_to if p else 1,
+        })
     return rows
 
 
