@@ -2,8 +2,10 @@
 
 Everything here is a benchmark, not a test: the numbers land in RESULTS_DIR/perf/ (perf.csv and perf.md)
 with the machine they came from. Variants that are compared (harness vs reference loop, gated vs plain
-step, pruned vs unpruned) are measured in interleaved rounds inside one process, and each reported value
-is the median over rounds, so their ratios survive a noisy machine.
+step, pruned vs unpruned) are measured in interleaved rounds inside one process (the order rotates every
+round); every ratio is taken within a round, and every reported value is the median with its IQR over
+rounds. Rounds repeat until every ratio's IQR is within `rel_iqr` of its median, or a cap on rounds and
+seconds is hit, in which case the table says *not settled*.
 
 - reference loop: what most pruning repositories do (torchvision DataLoader with per-sample PIL
   transforms, contiguous layout, `.item()` twice per step);
@@ -11,7 +13,9 @@ is the median over rounds, so their ratios survive a noisy machine.
   channels_last, no host sync in the step);
 - DECORE's gated step: the same loop with the per-sample Bernoulli gates and the agents' update;
 - pruned models: L1 plans landing on 70/50/30% of the baseline's FLOPs (optionally with kept channels
-  rounded to a multiple), inference latency at batch 1 and the batch size, and training throughput.
+  rounded to a multiple), inference latency at batch 1 and `latency_batch`, and training throughput;
+- deployment form (bench.deploy): the same plans with BatchNorm folded into the convs, in inference mode
+  and the faster memory layout, and as ONNX in onnxruntime (CPU).
 """
 from __future__ import annotations
 

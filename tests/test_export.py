@@ -83,3 +83,16 @@ def test_folded_model_equals_unfolded_in_eval_mode(name):
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(folded(x), pruned(x), rtol=1e-4, atol=1e-5)
+
+
+def test_save_pruned_exports_on_request(tmp_path):
+    """What the budgeted search's winners get: save_pruned(..., export=True)."""
+    model = _randomize(models.create("cifar_resnet20", num_classes=10))
+    groups = channel_groups(model, torch.randn(1, 3, 32, 32), "all", name="cifar_resnet20")
+    plan = _random_plan(groups, "cifar_resnet20", {"num_classes": 10}, 32, 2)[1]
+    pruned = prune_model(model, plan)
+    folder = save_pruned(tmp_path / "winner", plan, pruned, export=True)
+    assert {p.name for p in folder.iterdir()} >= {"plan.json", "model.pt", "model.safetensors", "model.onnx"}
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(export.load_exported(folder)[1](x), pruned(x))
