@@ -1,7 +1,8 @@
 """`make gpu-check`: every CUDA path of the harness in one short run (under 10 minutes on one GPU).
 
 Writes RESULTS_DIR/perf/gpu.md. The checks, each timed and recorded as ok / failed (a failure does not stop
-the others; the command exits 1 if any failed):
+the others; the command exits 1 if any failed; they run cheapest first and any not started within
+`deadline_s` are skipped, so the run stays within its time):
 1. loader: the device-resident CIFAR loader (CIFAR-10 when it is on disk, else a CIFAR-sized synthetic set);
 2. train: seconds per CIFAR-10-sized epoch of resnet56 and resnet110, bf16 autocast, eager and torch.compile
    (compile time reported apart);
@@ -56,15 +57,16 @@ class CheckConfig:
     sweep_methods: str
     sweep_trials: int
     subprocess_timeout: int
+    deadline_s: float                 # checks not started by then are skipped (the 10-minute promise)
     notes: list[str] = field(default_factory=list)
 
 
 def check_config(device: torch.device, reduced: bool) -> CheckConfig:
     if reduced:
         return CheckConfig(device, True, ("resnet20",), 16, 6, 4, False, 1, "resnet20", 2, 2, "resnet20", (0.5,), 4,
-                           "l1", 1, 300)    # DECORE already ran under torchrun
+                           "l1", 1, 300, 3600.0)    # DECORE already ran under torchrun
     return CheckConfig(device, False, ("resnet56", "resnet110"), 128, 5000, 1000, True, 20, "resnet56", 20, 5,
-                       "resnet56", (0.7, 0.5, 0.3), 256, "decore,l1,random", 2, 240)
+                       "resnet56", (0.7, 0.5, 0.3), 256, "decore,l1,random", 2, 180, 540.0)
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -128,7 +130,7 @@ def check_train(cfg: CheckConfig, state: dict[str, Any]) -> tuple[str, list[str]
     if not cfg.compile:
         lines.append("\ntorch.compile: skipped in the reduced form (it takes minutes on a small CPU).")
     best = min(rows, key=lambda r: r["s per epoch"])
-    return f"{len(rows)} epochs timed; fastest {best['model']} compile={best['compile']}: {best['s per epoch']:.1f} s", lines
+    return f"{len(rows)} epoch(s) timed; fastest {best['model']} compile={best['compile']}: {best['s per epoch']:.1f} s", lines
 
 
 @torch.inference_mode()
@@ -280,9 +282,10 @@ def check_sweep(cfg: CheckConfig, state: dict[str, Any]) -> tuple[str, list[str]
         [_md(trials[cols])]
 
 
+# cheap checks first; the epochs (compile: minutes) last, so a slow compile cannot starve the others
 CHECKS: dict[str, Callable[[CheckConfig, dict[str, Any]], tuple[str, list[str]]]] = {
-    "loader": check_loader, "train": check_train, "eval": check_eval, "gated": check_gated,
-    "torchrun": check_torchrun, "latency": check_latency, "sweep": check_sweep,
+    "loader": check_loader, "gated": check_gated, "torchrun": check_torchrun, "latency": check_latency,
+    "sweep": check_sweep, "train": check_train, "eval": check_eval,
 }
 NEEDS = {"train": "loader", "eval": "train", "gated": "loader"}
 
@@ -307,10 +310,14 @@ def _one_line(e: BaseException) -> str:
 def run_checks(cfg: CheckConfig, scratch: Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     state: dict[str, Any] = {"scratch": scratch}
     done: list[dict[str, Any]] = []
+    start = time.perf_counter()
     for name, fn in CHECKS.items():
         need = NEEDS.get(name)
-        if need and not any(d["check"] == need and d["status"] == "ok" for d in done):
-            done.append({"check": name, "status": "skipped", "result": f"needs {need}", "seconds": 0.0, "detail": []})
+        why = f"needs {need}" if need and not any(d["check"] == need and d["status"] == "ok" for d in done) else None
+        if why is None and time.perf_counter() - start > cfg.deadline_s:
+            why = f"time budget: {cfg.deadline_s:.0f} s had passed"
+        if why:
+            done.append({"check": name, "status": "skipped", "result": why, "seconds": 0.0, "detail": []})
             continue
         t0 = time.perf_counter()
         try:
