@@ -116,7 +116,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: Iterable[int], o
 
 def _onnx_export(model: nn.Module, x: torch.Tensor, path: str, opset: int) -> None:
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with warnings.catch_warnings(), _quiet("torch.onnx", "onnxscript"):
+    with warnings.catch_warnings(), _quiet("torch.onnx", "onnxscript", "onnx_ir"):
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(model, (x,), dynamo=True, opset_version=opset, input_names=["input"],
