@@ -56,7 +56,7 @@ class PerfConfig:
     rounds: int = 3                    # interleaved rounds at least; values are medians over rounds
     max_rounds: int = 15               # ... repeated until every ratio's IQR <= rel_iqr x its median,
     rel_iqr: float = 0.03              #     or max_rounds, or max_seconds per model and section
-    max_seconds: float = 240.0
+    max_seconds: float = 150.0
     latency_batch: int = 64            # the throughput batch of the latency rows (and batch 1)
     deploy: bool = True                # also time the deployment forms: BN folded, onnxruntime (CPU)
     flops_targets: tuple[float, ...] = (0.7, 0.5, 0.3)   # kept fraction of the baseline's FLOPs
@@ -664,4 +664,5 @@ def run(cfg: PerfConfig, out: Path, command: str = "python -m bench perf") -> tu
         t0 = time.perf_counter()
         rows += bench_model(name, cfg, log=lambda s: tqdm.write(s))
         tqdm.write(f"{name}: measured in {time.perf_counter() - t0:.0f} s")
-    return write(rows, cfg, out, command)
+        written = write(rows, cfg, out, command)  # after every model: an interrupted run keeps what it measured
+    return written
