@@ -32,7 +32,7 @@ export DATA_DIR RESULTS_DIR
 PERF_MODELS ?= resnet20,resnet56,resnet110
 PERF_ARGS ?=
 
-.PHONY: env test baseline bench search worker report tables paper measure perf clean-env help
+.PHONY: env test baseline bench search worker report tables paper measure perf gpu-check clean-env help
 
 help:
 	@echo "make test                      run the test suite"
@@ -43,6 +43,7 @@ help:
 	@echo "make worker STORAGE=postgresql://... MODEL=... DATASET=...   join a running sweep from another machine"
 	@echo "make report / make tables    plots and tables from stored results (no training)"
 	@echo "make perf [PERF_MODELS=resnet20,resnet56,resnet110]   speed benchmark -> RESULTS_DIR/perf/"
+	@echo "make gpu-check                 every CUDA path in one short run (<10 min) -> RESULTS_DIR/perf/gpu.md"
 
 env: $(STAMP)
 
@@ -88,6 +89,11 @@ worker: env
 # a benchmark, not a test: training loops, DECORE's gated step, pruned-model speed -> RESULTS_DIR/perf/
 perf: env
 	$(PY) -m bench perf --models $(PERF_MODELS) --device $(DEVICE) $(PERF_ARGS)
+
+# loader, bf16 + compile epochs, fp32 vs bf16 eval, gated step, torchrun (nccl), pruned latency, a short sweep;
+# on a CPU-only machine the same checks in a reduced form (tiny sizes, synthetic data, gloo)
+gpu-check: env
+	$(PY) -m bench gpu-check --device $(DEVICE)
 
 report: env
 	$(PY) -m bench report

@@ -139,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the CIFAR models and their aliases")
     p.add_argument("pattern", nargs="?", default=None, help="a timm wildcard, e.g. 'resnet*', to list timm models too")
+    _deploy_parsers(sub)
     return parser
 
 
@@ -407,6 +408,46 @@ def cmd_models(args: argparse.Namespace) -> int:
         for name in timm.list_models(args.pattern):
             print(name)
     return 0
+
+
+# ---------------------------------------------------------------------------------------------- deployment (issue #18)
+
+def _deploy_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="a finished trial folder as model.safetensors and model.onnx (checked by onnxruntime)")
+    p.add_argument("folder", help="a trial folder holding plan.json + model.pt (RESULTS_DIR/<experiment>/trials/...)")
+    p.add_argument("--format", default="both", choices=["onnx", "safetensors", "both"])
+
+    p = sub.add_parser("gpu-check", help="every CUDA path in one short run -> RESULTS_DIR/perf/gpu.md (make gpu-check)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cuda, cpu (the reduced CPU form)")
+    p.add_argument("--reduced", action="store_true", help="tiny sizes and synthetic data (what the CPU form always uses)")
+    p.add_argument("--out", default=None, help="output folder (default RESULTS_DIR/perf)")
+
+
+@command
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import FORMATS, export_folder
+
+    formats = FORMATS if args.format == "both" else (args.format,)
+    for fmt, path in export_folder(args.folder, formats).items():
+        print(f"{fmt}: {path}")
+    return 0
+
+
+def cmd_gpu_check(args: argparse.Namespace) -> int:
+    from . import gpucheck
+    from .baseline import results_dir
+    from .train import resolve_device
+
+    _check_results_dir()
+    device = resolve_device(args.device)
+    out = Path(args.out) if args.out else results_dir() / "perf"
+    md, ok = gpucheck.run(device, out, reduced=args.reduced or device.type != "cuda")
+    print(Path(md).read_text())
+    print(f"wrote {md}" + ("" if ok else " (some checks failed: see the table)"))
+    return 0 if ok else 1
+
+
+COMMANDS["gpu-check"] = cmd_gpu_check  # the subcommand's name has a dash
 
 
 def _user_errors() -> tuple[type[Exception], ...]:

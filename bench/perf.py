@@ -2,8 +2,10 @@
 
 Everything here is a benchmark, not a test: the numbers land in RESULTS_DIR/perf/ (perf.csv and perf.md)
 with the machine they came from. Variants that are compared (harness vs reference loop, gated vs plain
-step, pruned vs unpruned) are measured in interleaved rounds inside one process, and each reported value
-is the median over rounds, so their ratios survive a noisy machine.
+step, pruned vs unpruned) are measured in interleaved rounds inside one process (the order rotates every
+round); every ratio is taken within a round, and every reported value is the median with its IQR over
+rounds. Rounds repeat until every ratio's IQR is within `rel_iqr` of its median, or a cap on rounds and
+seconds is hit, in which case the table says *not settled*.
 
 - reference loop: what most pruning repositories do (torchvision DataLoader with per-sample PIL
   transforms, contiguous layout, `.item()` twice per step);
@@ -11,7 +13,9 @@ is the median over rounds, so their ratios survive a noisy machine.
   channels_last, no host sync in the step);
 - DECORE's gated step: the same loop with the per-sample Bernoulli gates and the agents' update;
 - pruned models: L1 plans landing on 70/50/30% of the baseline's FLOPs (optionally with kept channels
-  rounded to a multiple), inference latency at batch 1 and the batch size, and training throughput.
+  rounded to a multiple), inference latency at batch 1 and `latency_batch`, and training throughput;
+- deployment form (bench.deploy): the same plans with BatchNorm folded into the convs, in inference mode
+  and the faster memory layout, and as ONNX in onnxruntime (CPU).
 """
 from __future__ import annotations
 
@@ -20,7 +24,6 @@ import copy
 import math
 import os
 import platform
-import statistics
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -50,7 +53,12 @@ class PerfConfig:
     models: tuple[str, ...] = ("resnet20", "resnet56", "resnet110")
     batch_size: int = 128
     steps: int = 10                    # timed training steps per round and variant
-    rounds: int = 3                    # interleaved rounds; values are medians over rounds
+    rounds: int = 3                    # interleaved rounds at least; values are medians over rounds
+    max_rounds: int = 15               # ... repeated until every ratio's IQR <= rel_iqr x its median,
+    rel_iqr: float = 0.03              #     or max_rounds, or max_seconds per model and section
+    max_seconds: float = 150.0
+    latency_batch: int = 64            # the throughput batch of the latency rows (and batch 1)
+    deploy: bool = True                # also time the deployment forms: BN folded, onnxruntime (CPU)
     flops_targets: tuple[float, ...] = (0.7, 0.5, 0.3)   # kept fraction of the baseline's FLOPs
     round_to: tuple[int, ...] = (8, 16)  # also measure the 50% plan with kept channels rounded to these multiples
     ref_workers: int = 2               # DataLoader workers of the reference loop (pytorch-cifar's value)
@@ -264,160 +272,337 @@ def pruned_plans(model_name: str, base: nn.Module, cfg: PerfConfig) -> list[tupl
     return out
 
 
-# ---------------------------------------------------------------------------------------------- run
+# ---------------------------------------------------------------------------------------------- spread
 
-def _median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
+Key = tuple[str, str, str, int]   # (measure, variant, form, batch)
 
 
-def bench_model(model_name: str, cfg: PerfConfig, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """All measurements of one model; a list of long-format rows."""
+@dataclass(frozen=True)
+class Spread:
+    """Median and quartiles of one quantity over rounds."""
+    median: float
+    q1: float
+    q3: float
+    n: int
+
+    @property
+    def iqr(self) -> float:
+        return self.q3 - self.q1
+
+    @property
+    def rel_iqr(self) -> float:
+        return self.iqr / abs(self.median) if self.median else math.inf
+
+
+def spread(values: Iterable[float]) -> Spread:
+    v = np.asarray(list(values), dtype=float)
+    if not len(v):
+        return Spread(math.nan, math.nan, math.nan, 0)
+    q1, med, q3 = np.percentile(v, [25, 50, 75])
+    return Spread(float(med), float(q1), float(q3), len(v))
+
+
+@dataclass
+class Rounds:
+    """Every value of a section over its rounds; `settled`: every ratio's IQR <= rel_iqr x its median."""
+    series: dict[Key, list[float]]
+    ratios: set[Key]
+    settled: bool
+    seconds: float
+
+
+def repeat_rounds(one_round: Callable[[int], tuple[dict[Key, float], dict[Key, float]]], cfg: PerfConfig,
+                  desc: str) -> Rounds:
+    """Call one_round(r) -> (values, ratios) for cfg.rounds rounds, then again until every ratio is settled,
+    cfg.max_rounds rounds are done or cfg.max_seconds have passed."""
+    series: dict[Key, list[float]] = {}
+    ratios: set[Key] = set()
+    settled, t0 = False, time.perf_counter()
+    bar = tqdm(total=max(cfg.max_rounds, cfg.rounds), desc=desc, leave=False, disable=None)
+    for r in range(max(cfg.max_rounds, cfg.rounds)):
+        values, rat = one_round(r)
+        for k, v in {**values, **rat}.items():
+            series.setdefault(k, []).append(v)
+        ratios |= set(rat)
+        bar.update()
+        if r + 1 >= cfg.rounds:
+            settled = all(spread(series[k]).rel_iqr <= cfg.rel_iqr for k in ratios)
+            if settled or time.perf_counter() - t0 > cfg.max_seconds:
+                break
+    bar.close()
+    return Rounds(series, ratios, settled, time.perf_counter() - t0)
+
+
+def _rotated(items: list, r: int) -> list:
+    """The round's order: rotated each round, so no variant always runs first (or right after another)."""
+    k = r % len(items) if items else 0
+    return items[k:] + items[:k]
+
+
+UNITS = {"train img/s": "img/s", "train peak MB": "MB", "eval img/s": "img/s", "latency ms": "ms"}
+
+
+# ---------------------------------------------------------------------------------------------- sections
+
+@dataclass
+class Plan:
+    label: str
+    target: float
+    round_to: int
+    model: nn.Module
+    flops: int
+    params: int
+
+    def promise(self, base_flops: int) -> float:
+        return base_flops / self.flops
+
+
+def train_section(model_name: str, base: nn.Module, plans: list[Plan], base_flops: int, cfg: PerfConfig,
+                  log: Callable[[str], None]) -> Rounds:
+    """Training throughput of the harness, the reference loop, DECORE's gated step and the pruned models."""
+    from methods.core import channel_groups
+
     import models
-    from methods.core import channel_groups, prune_model
-
     dev, bs = cfg.device, cfg.batch_size
-    torch.manual_seed(0)
-    base = models.create(model_name, num_classes=10).eval()
-    name = models.resolve(model_name)
-    prof = profile_model(base, (3, 32, 32))
     train_split = cifar_like(bs * (cfg.steps + 2) * 2, seed=1)
-    test_split = cifar_like(cfg.eval_images, seed=2)
-    harness_loader = DeviceLoader(train_split, MEAN, STD, bs, dev, train=True)
-    eval_loader = DeviceLoader(test_split, MEAN, STD, 500, dev)
-
-    # the contestants, each warmed up once
+    loader = DeviceLoader(train_split, MEAN, STD, bs, dev, train=True)
     plain = plain_trainer(prepare_model(copy.deepcopy(base), dev).train(), cfg)
     ref_model = copy.deepcopy(base).to(dev).train()
     ref_opt = build_optimizer(ref_model.parameters(), _recipe(bs))
     ref_batches = _cycle(reference_loader(train_split, bs, cfg.ref_workers, dev))
     gated_model = prepare_model(copy.deepcopy(base), dev).train()
-    groups = channel_groups(gated_model, torch.randn(1, 3, 32, 32, device=dev), "all", name=name)
+    groups = channel_groups(gated_model, torch.randn(1, 3, 32, 32, device=dev), "all", name=models.resolve(model_name))
     gated, gates = gated_trainer(gated_model, groups, cfg)
     contestants: dict[str, Callable[[int], Timing]] = {
-        "harness": lambda n: harness_train(plain, harness_loader, n, bs),
+        "harness": lambda n: harness_train(plain, loader, n, bs),
         "reference": lambda n: reference_train(ref_model, ref_opt, ref_batches, n, dev),
-        "decore_gated": lambda n: harness_train(gated, harness_loader, n, bs),
+        "decore_gated": lambda n: harness_train(gated, loader, n, bs),
     }
     if cfg.compile:
         compiled = plain_trainer(prepare_model(copy.deepcopy(base), dev, compile=True).train(), cfg)
-        contestants["harness_compiled"] = lambda n: harness_train(compiled, harness_loader, n, bs)
-
-    plans = pruned_plans(model_name, base, cfg)
-    pruned_models = {label: (target, rnd, prune_model(base, plan)) for label, target, rnd, plan in plans}
-    pruned_trainers = {label: plain_trainer(prepare_model(copy.deepcopy(m), dev).train(), cfg)
-                       for label, (_, _, m) in pruned_models.items()}
-    for label, tr in pruned_trainers.items():
-        contestants[f"train {label}"] = (lambda n, tr=tr: harness_train(tr, harness_loader, n, bs))
-
-    log(f"{model_name}: warming up {len(contestants)} variants")
+        contestants["harness_compiled"] = lambda n: harness_train(compiled, loader, n, bs)
+    for p in plans:
+        tr = plain_trainer(prepare_model(copy.deepcopy(p.model), dev).train(), cfg)
+        contestants[p.label] = (lambda n, tr=tr: harness_train(tr, loader, n, bs))
+    log(f"{model_name}: warming up {len(contestants)} training variants")
     for fn in contestants.values():  # first calls: allocator, oneDNN primitives, worker start, compile
         fn(2)
 
-    timings: dict[str, list[Timing]] = {k: [] for k in contestants}
-    for r in tqdm(range(cfg.rounds), desc=f"{model_name} rounds", leave=False, disable=None):
-        for key, fn in contestants.items():
-            timings[key].append(fn(cfg.steps))
+    def one_round(r: int) -> tuple[dict[Key, float], dict[Key, float]]:
+        t = {k: contestants[k](cfg.steps) for k in _rotated(list(contestants), r)}
+        values = {("train img/s", k, "", bs): v.img_s for k, v in t.items()}
+        values.update({("train peak MB", k, "", bs): v.peak_mb for k, v in t.items()})
+        ratios = {("harness / reference", "harness", "", bs): t["harness"].img_s / t["reference"].img_s,
+                  ("gated / plain", "decore_gated", "", bs): t["decore_gated"].seconds / t["harness"].seconds}
+        for p in plans:
+            up = t["harness"].seconds / t[p.label].seconds   # equal images: time ratio = throughput ratio
+            ratios[("train speed-up", p.label, "", bs)] = up
+            ratios[("train efficiency", p.label, "", bs)] = up / p.promise(base_flops)
+        return values, ratios
+
+    out = repeat_rounds(one_round, cfg, f"{model_name} training rounds")
     gates.remove()
+    return out
 
-    rows: list[dict[str, Any]] = []
 
-    def add(measure: str, variant: str, value: float, unit: str, **extra: Any) -> None:
-        rows.append({"model": model_name, "measure": measure, "variant": variant, "value": value, "unit": unit,
-                     "batch_size": bs, **extra})
+def latency_runners(base: nn.Module, plans: list[Plan], cfg: PerfConfig, log: Callable[[str], None]
+                    ) -> dict[tuple[str, str], Any]:
+    """(form, variant) -> runner: eager (eval, channels_last) for every plan; with cfg.deploy, BatchNorm
+    folded (channels_last where it measures faster) and, on CPU, onnxruntime for the unrounded plans."""
+    from .deploy import OnnxRunner, TorchRunner, faster_channels_last, fold_bn
 
-    for key, ts in timings.items():
-        variant = key.removeprefix("train ")
-        measure = "train_pruned" if key.startswith("train ") else "train"
-        add(measure, variant, _median([t.img_s for t in ts]), "img/s", rounds=len(ts), steps=cfg.steps)
-        add(f"{measure}_peak_mem", variant, _median([t.peak_mb for t in ts]), "MB")
+    dev, size = cfg.device, (3, 32, 32)
+    variants = {"baseline": base, **{p.label: p.model for p in plans}}
+    runners: dict[tuple[str, str], Any] = {("eager", k): TorchRunner(copy.deepcopy(m), size, dev) for k, m in variants.items()}
+    if not cfg.deploy:
+        return runners
+    deploy = {k: m for k, m in variants.items() if k == "baseline" or next(p for p in plans if p.label == k).round_to == 1}
+    folded = {k: fold_bn(m) for k, m in deploy.items()}
+    cl = faster_channels_last(folded["baseline"], size, dev, cfg.latency_batch)
+    log(f"deployment form: BatchNorm folded, inference mode, {'channels_last' if cl else 'contiguous'} (measured faster)")
+    runners.update({("folded", k): TorchRunner(m, size, dev, cl) for k, m in folded.items()})
+    if dev.type == "cpu":
+        runners.update({("onnxruntime", k): OnnxRunner(m, size) for k, m in deploy.items()})
+    return runners
 
-    # evaluation throughput and inference latency, interleaved over rounds as well
+
+def latency_section(model_name: str, base: nn.Module, plans: list[Plan], base_flops: int, cfg: PerfConfig,
+                    log: Callable[[str], None]) -> tuple[Rounds, str]:
+    """Latency of every (form, variant) at batch 1 and cfg.latency_batch, and evaluation throughput."""
+    dev = cfg.device
+    runners = latency_runners(base, plans, cfg, log)
+    layout = "channels_last" if runners.get(("folded", "baseline")) and runners[("folded", "baseline")].channels_last else "contiguous"
     eval_runner = prepare_model(copy.deepcopy(base), dev).eval()
-    lat_models = {"baseline": (1.0, 1, prepare_model(copy.deepcopy(base), dev).eval())}
-    lat_models.update({label: (t, r, prepare_model(copy.deepcopy(m), dev).eval())
-                       for label, (t, r, m) in pruned_models.items()})
-    eval_s: list[float] = []
-    lat: dict[tuple[str, int], list[float]] = {(k, b): [] for k in lat_models for b in (1, bs)}
+    test_split = cifar_like(cfg.eval_images, seed=2)
+    eval_loader = DeviceLoader(test_split, MEAN, STD, 500, dev)
     amp = autocast_for(dev)
-    for _ in range(cfg.rounds):
+    batches = (1, cfg.latency_batch)
+    promise = {p.label: p.promise(base_flops) for p in plans}
+
+    def one_round(r: int) -> tuple[dict[Key, float], dict[Key, float]]:
         _sync(dev)
         t0 = time.perf_counter()
         evaluate(eval_runner, eval_loader, dev, amp, desc="perf eval")
         _sync(dev)
-        eval_s.append(time.perf_counter() - t0)
-        for (label, b) in lat:
-            m = lat_models[label][2]
-            lat[(label, b)].append(measure_latency(m, (3, 32, 32), b, warmup=3, repeats=cfg.latency_repeats)["median_ms"])
-    add("eval", "harness", _median([len(test_split.y) / s for s in eval_s]), "img/s", rounds=cfg.rounds)
+        values = {("eval img/s", "harness", "", 500): len(test_split.y) / (time.perf_counter() - t0)}
+        for b in batches:
+            repeats = cfg.latency_repeats if b == 1 else max(2, cfg.latency_repeats // 4)
+            for form, variant in _rotated(list(runners), r):
+                values[("latency ms", variant, form, b)] = runners[(form, variant)].latency_ms(b, 1, repeats)
+        ratios = {}
+        for (form, variant) in runners:
+            if variant == "baseline":
+                continue
+            for b in batches:
+                up = values[("latency ms", "baseline", form, b)] / values[("latency ms", variant, form, b)]
+                ratios[("speed-up", variant, form, b)] = up
+                ratios[("efficiency", variant, form, b)] = up / promise[variant]
+        return values, ratios
 
-    base_flops, base_params = prof["flops"], prof["params"]
-    for label, (target, rnd, m) in lat_models.items():
-        p = prof if label == "baseline" else profile_model(m.cpu(), (3, 32, 32))
-        m.to(dev)
-        for b in (1, bs):
-            add("latency", label, _median(lat[(label, b)]), "ms", latency_batch=b, flops=p["flops"],
-                params=p["params"], flops_fraction=p["flops"] / base_flops, params_fraction=p["params"] / base_params,
-                round_to=rnd)
+    return repeat_rounds(one_round, cfg, f"{model_name} latency rounds"), layout
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+def make_plans(model_name: str, cfg: PerfConfig) -> tuple[nn.Module, dict[str, int], list[Plan]]:
+    """The untrained base model (seed 0), its params and FLOPs, and its pruned L1 models."""
+    import models
+    from methods.core import prune_model
+
+    torch.manual_seed(0)
+    base = models.create(model_name, num_classes=10).eval()
+    prof = profile_model(base, (3, 32, 32))
+    plans = []
+    for label, target, rnd, plan in pruned_plans(model_name, base, cfg):
+        m = prune_model(base, plan)
+        p = profile_model(m, (3, 32, 32))
+        plans.append(Plan(label, target, rnd, m, p["flops"], p["params"]))
+    return base, prof, plans
+
+
+def bench_model(model_name: str, cfg: PerfConfig, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """All measurements of one model; a list of long-format rows (median, quartiles, rounds, settled)."""
+    base, prof, plans = make_plans(model_name, cfg)
+    rows = section_rows(model_name, "train", train_section(model_name, base, plans, prof["flops"], cfg, log),
+                        plans, prof, cfg)
+    rounds, layout = latency_section(model_name, base, plans, prof["flops"], cfg, log)
+    return rows + section_rows(model_name, "latency", rounds, plans, prof, cfg, layout)
+
+
+def section_rows(model_name: str, section: str, rounds: Rounds, plans: list[Plan], prof: dict[str, int],
+                 cfg: PerfConfig, layout: str | None = None) -> list[dict[str, Any]]:
+    """Long-format rows of one section: one per measured quantity, its median, quartiles and rounds."""
+    info = {p.label: p for p in plans}
+    rows = []
+    for (measure, variant, form, b), values in rounds.series.items():
+        s = spread(values)
+        p = info.get(variant)
+        rows.append({
+            "model": model_name, "section": section, "measure": measure, "variant": variant, "form": form,
+            "batch": b, "value": s.median, "q1": s.q1, "q3": s.q3, "iqr": s.iqr, "rounds": s.n,
+            "settled": rounds.settled, "section_seconds": rounds.seconds,
+            "unit": UNITS.get(measure, "ratio"), "steps": cfg.steps if section == "train" else None,
+            "layout": layout if form == "folded" else None,
+            "flops": p.flops if p else prof["flops"], "params": p.params if p else prof["params"],
+            "flops_fraction": p.flops / prof["flops"] if p else 1.0,
+            "params_fraction": p.params / prof["params"] if p else 1.0,
+            "round_to": p.round_to if p else 1,
+        })
     return rows
 
 
+def _cell(g: pd.DataFrame, measure: str, variant: str, form: str = "", batch: int | None = None) -> Spread | None:
+    sel = g[(g.measure == measure) & (g.variant == variant) & (g.form.fillna("") == form)]
+    if batch is not None:
+        sel = sel[sel.batch == batch]
+    if sel.empty:
+        return None
+    r = sel.iloc[0]
+    return Spread(r.value, r.q1, r.q3, int(r.rounds))
+
+
+def _rounds_note(g: pd.DataFrame, section: str) -> str:
+    sel = g[g.section == section]
+    if sel.empty:
+        return "-"
+    r = sel.iloc[0]
+    return f"{int(r.rounds)}" + ("" if bool(r.settled) else " (not settled)")
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
-    """The two tables of perf.md: training loops, and pruned models against their FLOPs promise."""
+    """The tables of perf.md; each measured cell is a Spread (median and IQR over rounds)."""
     df = pd.DataFrame(rows)
     out = {}
     train = []
     for model, g in df.groupby("model", sort=False):
-        v = {(r.measure, r.variant): r.value for r in g.itertuples()}
+        harness = _cell(g, "train img/s", "harness")
         row = {
             "model": model,
-            "reference img/s": v.get(("train", "reference")),
-            "harness img/s": v.get(("train", "harness")),
-            "harness / reference": v.get(("train", "harness")) / v.get(("train", "reference")),
-            "s per CIFAR-10 epoch": 50000 / v.get(("train", "harness")),
-            "DECORE gated img/s": v.get(("train", "decore_gated")),
-            "gated step / plain step": v.get(("train", "harness")) / v.get(("train", "decore_gated")),
-            "eval img/s": v.get(("eval", "harness")),
-            "peak MB harness": v.get(("train_peak_mem", "harness")),
-            "peak MB reference": v.get(("train_peak_mem", "reference")),
-            "peak MB gated": v.get(("train_peak_mem", "decore_gated")),
+            "reference img/s": _cell(g, "train img/s", "reference"),
+            "harness img/s": harness,
+            "harness / reference": _cell(g, "harness / reference", "harness"),
+            "s per CIFAR-10 epoch": 50000 / harness.median if harness else None,
+            "DECORE gated img/s": _cell(g, "train img/s", "decore_gated"),
+            "gated step / plain step": _cell(g, "gated / plain", "decore_gated"),
+            "eval img/s": _cell(g, "eval img/s", "harness"),
+            "peak MB harness": _cell(g, "train peak MB", "harness"),
+            "peak MB reference": _cell(g, "train peak MB", "reference"),
+            "peak MB gated": _cell(g, "train peak MB", "decore_gated"),
         }
-        if ("train", "harness_compiled") in v:
-            row["compiled img/s"] = v[("train", "harness_compiled")]
-            row["compiled s per CIFAR-10 epoch"] = 50000 / v[("train", "harness_compiled")]
+        if (g.variant == "harness_compiled").any():
+            row["compiled img/s"] = _cell(g, "train img/s", "harness_compiled")
+        row["rounds"] = _rounds_note(g, "train")
         train.append(row)
     out["train"] = pd.DataFrame(train)
-
-    pruned = []
-    lat = df[df.measure == "latency"]
-    for model, g in lat.groupby("model", sort=False):
-        base = {int(r.latency_batch): r.value for r in g[g.variant == "baseline"].itertuples()}
-        tr = df[(df.model == model) & (df.measure.isin(["train", "train_pruned"]))]
-        train_v = {r.variant: r.value for r in tr.itertuples()}
-        for variant, gv in g[g.variant != "baseline"].groupby("variant", sort=False):
-            by_b = {int(r.latency_batch): r for r in gv.itertuples()}
-            r1 = next(iter(by_b.values()))
-            promise = 1.0 / r1.flops_fraction
-            bs = max(by_b)
-            row = {"model": model, "plan": variant, "FLOPs red. %": 100 * (1 - r1.flops_fraction),
-                   "params red. %": 100 * (1 - r1.params_fraction), "FLOPs promise": promise}
-            for b in sorted(by_b):
-                row[f"speed-up b{b}"] = base[b] / by_b[b].value
-            row[f"efficiency b{bs}"] = row[f"speed-up b{bs}"] / promise
-            if variant in train_v and "harness" in train_v:
-                row["train speed-up"] = train_v[variant] / train_v["harness"]
-                row["train efficiency"] = row["train speed-up"] / promise
-            pruned.append(row)
-    out["pruned"] = pd.DataFrame(pruned)
+    out["pruned"] = _pruned_table(df, "eager", train_columns=True)
+    out["deploy"] = pd.concat([_pruned_table(df, f) for f in ("folded", "onnxruntime")], ignore_index=True)
     return out
 
 
+def _pruned_table(df: pd.DataFrame, form: str, train_columns: bool = False) -> pd.DataFrame:
+    """One row per (model, plan) of a latency form: speed-up and efficiency at each batch."""
+    rows = []
+    lat = df[(df.measure == "latency ms") & (df.form == form)]
+    for model, g in lat.groupby("model", sort=False):
+        gm = df[df.model == model]
+        batches = sorted(int(b) for b in g.batch.unique())
+        for variant, gv in g[g.variant != "baseline"].groupby("variant", sort=False):
+            r1 = gv.iloc[0]
+            row: dict[str, Any] = {"model": model, "plan": variant}
+            if not train_columns:
+                row["form"] = form + (f" ({r1.layout})" if isinstance(r1.layout, str) else "")
+            row.update({"FLOPs red. %": 100 * (1 - r1.flops_fraction), "params red. %": 100 * (1 - r1.params_fraction),
+                        "FLOPs promise": 1.0 / r1.flops_fraction})
+            for b in batches:
+                row[f"baseline ms b{b}"] = _cell(gm, "latency ms", "baseline", form, b)
+                row[f"speed-up b{b}"] = _cell(gm, "speed-up", variant, form, b)
+                row[f"efficiency b{b}"] = _cell(gm, "efficiency", variant, form, b)
+            if train_columns:
+                row["train speed-up"] = _cell(gm, "train speed-up", variant)
+                row["train efficiency"] = _cell(gm, "train efficiency", variant)
+            row["rounds"] = _rounds_note(gm, "latency")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _num(v: float) -> str:
+    if math.isnan(v):
+        return "-"
+    return f"{v:.2f}" if abs(v) < 100 else f"{v:.0f}"
+
+
 def _md(df: pd.DataFrame) -> str:
+    """Markdown; a Spread cell reads "median (IQR)"."""
     def fmt(v: Any) -> str:
+        if isinstance(v, Spread):
+            return f"{_num(v.median)} ({_num(v.iqr)})"
+        if v is None:
+            return "-"
         if isinstance(v, float):
-            if math.isnan(v):
-                return "-"
-            return f"{v:.2f}" if abs(v) < 100 else f"{v:.0f}"
+            return _num(v)
         return str(v)
+    if df.empty:
+        return "(nothing measured)"
     lines = ["| " + " | ".join(df.columns) + " |", "| " + " | ".join("---" for _ in df.columns) + " |"]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
@@ -445,7 +630,12 @@ def write(rows: list[dict[str, Any]], cfg: PerfConfig, out: Path, command: str) 
         f"- command: `{command}`",
         f"- machine: {machine}; {os.cpu_count()} CPUs visible; torch {torch.__version__}; commit {env['git_commit']}",
         f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}",
-        f"- batch {cfg.batch_size}, {cfg.steps} timed steps per variant and round, median of {cfg.rounds} interleaved rounds",
+        f"- batch {cfg.batch_size}, {cfg.steps} timed steps per variant and round; latency at batch 1 and "
+        f"{cfg.latency_batch}",
+        f"- every cell: median (IQR) over interleaved rounds (order rotated each round); ratios are taken within a "
+        f"round, then summarised. Rounds repeat from {cfg.rounds} until every ratio's IQR is at most "
+        f"{cfg.rel_iqr:.0%} of its median, up to {cfg.max_rounds} rounds or {cfg.max_seconds:.0f} s per model and "
+        "section; *not settled* marks a section that hit the cap first (its spread is wider).",
         "", "## Training loops", "",
         "img/s of one training step at the batch size. *reference*: torchvision DataLoader with per-sample PIL",
         f"transforms ({cfg.ref_workers} workers), contiguous layout, `.item()` per step. *harness*: device-resident",
@@ -454,8 +644,15 @@ def write(rows: list[dict[str, Any]], cfg: PerfConfig, out: Path, command: str) 
         "", _md(tables["train"]), "",
         "## Pruned models (L1 plans) against their FLOPs promise", "",
         "speed-up = baseline time / pruned time; promise = baseline FLOPs / pruned FLOPs; efficiency =",
-        "speed-up / promise (1.0 = as fast as the FLOPs say). Inference in eval mode; *train* is the harness's",
-        "training step.", "", _md(tables["pruned"]), "",
+        "speed-up / promise (1.0 = as fast as the FLOPs say). Eager PyTorch, eval mode, channels_last;",
+        "*train* is the harness's training step.", "", _md(tables["pruned"]), "",
+        "## Deployment form", "",
+        "The same plans (and the baseline) as they would be deployed: *folded* = BatchNorm folded into the",
+        "preceding conv (`torch.fx.experimental.optimization.fuse`), inference mode, the memory layout that",
+        "measured faster for the folded baseline; *onnxruntime* = the ONNX export (opset 18, checked against",
+        "PyTorch) in an onnxruntime CPU session with all graph optimisations, as many threads as torch.",
+        "Speed-up and efficiency compare the pruned and the unpruned model in the same form.",
+        "", _md(tables["deploy"]), "",
     ]
     md = atomic_write(out / "perf.md", lambda p: Path(p).write_text("\n".join(text)))
     return csv, md
@@ -467,4 +664,5 @@ def run(cfg: PerfConfig, out: Path, command: str = "python -m bench perf") -> tu
         t0 = time.perf_counter()
         rows += bench_model(name, cfg, log=lambda s: tqdm.write(s))
         tqdm.write(f"{name}: measured in {time.perf_counter() - t0:.0f} s")
-    return write(rows, cfg, out, command)
+        written = write(rows, cfg, out, command)  # after every model: an interrupted run keeps what it measured
+    return written

@@ -1,6 +1,11 @@
-"""A pruned model on disk: plan.json + model.pt (a state_dict), rebuilt without unpickling modules."""
+"""A pruned model on disk: plan.json + model.pt (a state_dict), rebuilt without unpickling modules.
+
+With `export=True` (what a budgeted search's winners get) the deployable files are written beside them:
+model.safetensors and model.onnx (see bench.export).
+"""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch.nn as nn
@@ -11,11 +16,22 @@ from .errors import UserError
 from .io import atomic_write, load_state_dict, save_state_dict
 
 
-def save_pruned(folder: str | Path, plan: KeepPlan, model: nn.Module) -> Path:
-    """Write plan.json and model.pt, each atomically."""
+def save_pruned(folder: str | Path, plan: KeepPlan, model: nn.Module, export: bool = False) -> Path:
+    """Write plan.json and model.pt, each atomically; with `export`, also model.safetensors and model.onnx.
+
+    A failed ONNX check is logged, not raised: the plan and weights are saved either way, and
+    `python -m bench export FOLDER` repeats the export with its one-line error.
+    """
     folder = Path(folder)
     atomic_write(folder / "plan.json", lambda tmp: Path(tmp).write_text(plan.to_json()))
     save_state_dict(folder / "model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
+    if export:
+        from .export import ExportError, export_model
+
+        try:
+            export_model(folder, plan, model)
+        except ExportError as e:
+            logging.getLogger(__name__).warning("%s: not exported (%s)", folder, e)
     return folder
 
 

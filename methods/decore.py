@@ -70,60 +70,106 @@ def agent_loss(weights: Sequence[torch.Tensor], actions: Sequence[torch.Tensor],
 
     weights[i]: (units_i,) agent weights; actions[i]: (N, units_i) or (1, units_i) in {0, 1};
     correct: (N,) bool; lam: one lambda, or one per group (option lambda_per_stage).
-    Implements -(1/N) sum_b sum_i R_bi sum_j log pi(a_bij).
+    Implements -(1/N) sum_b sum_i R_bi sum_j log pi(a_bij), through `flat_agent_loss` on the concatenation.
     """
-    lams = [float(lam)] * len(weights) if isinstance(lam, (int, float)) else [float(v) for v in lam]
-    loss = correct.new_zeros((), dtype=torch.float32)
-    rewards = []
-    signs = {v: torch.where(correct, 1.0, -v) for v in set(lams)}    # +1 right, -lambda wrong
-    for w, a, lam_i in zip(weights, actions, lams):
-        sign = signs[lam_i]
-        dropped = (1.0 - a).sum(1)                                    # (N,) or (1,)
-        reward = dropped * sign                                       # (N,)
-        if reward_baseline:
-            reward = reward - reward.mean()
-        log_pi = -F.binary_cross_entropy_with_logits(w.expand_as(a), a, reduction="none").sum(1)
-        loss = loss - (reward.detach() * log_pi).mean()
-        rewards.append(reward.detach().mean())
-    return loss, torch.stack(rewards) if rewards else loss.new_zeros(0)
+    if not weights:
+        zero = correct.new_zeros((), dtype=torch.float32)
+        return zero, zero.new_zeros(0)
+    segments = segment_ids([len(w) for w in weights], correct.device)
+    lams = lambda_vector(lam, len(weights), correct.device)
+    return flat_agent_loss(torch.cat(list(weights)), torch.cat(list(actions), 1), segments, correct, lams,
+                           reward_baseline)
+
+
+def segment_ids(sizes: Sequence[int], device: torch.device) -> torch.Tensor:
+    """(units,) group index of every agent in the flat vector: [0]*sizes[0] + [1]*sizes[1] + ..."""
+    return torch.repeat_interleave(torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device))
+
+
+def lambda_vector(lam: float | Sequence[float], groups: int, device: torch.device) -> torch.Tensor:
+    values = [float(lam)] * groups if isinstance(lam, (int, float)) else [float(v) for v in lam]
+    return torch.tensor(values, dtype=torch.float32, device=device)
+
+
+def flat_agent_loss(w: torch.Tensor, a: torch.Tensor, segments: torch.Tensor, correct: torch.Tensor,
+                    lams: torch.Tensor, reward_baseline: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """`agent_loss` over one flat agent vector, in a few batched operations instead of a loop over groups.
+
+    w: (U,) every group's agents, concatenated; a: (N or 1, U) actions; segments: (U,) group of each agent
+    (`segment_ids`); lams: (G,) lambda per group. Per-group sums are index_add over `segments` (exact sums
+    of 0/1 counts, and neither autocast nor TF32 touches them, unlike a matmul with a one-hot matrix).
+    """
+    groups = len(lams)
+    n = a.shape[0]
+    log_pi_j = -F.binary_cross_entropy_with_logits(w.float().expand_as(a), a.float(), reduction="none")  # (n, U)
+    log_pi = log_pi_j.new_zeros(n, groups).index_add(1, segments, log_pi_j)                          # (n, G)
+    dropped = log_pi_j.new_zeros(n, groups).index_add_(1, segments, 1.0 - a.float())                # (n, G)
+    sign = torch.where(correct[:, None], 1.0, -lams[None, :])                                        # (N, G)
+    reward = dropped * sign                                                                          # (N, G)
+    if reward_baseline:
+        reward = reward - reward.mean(0)
+    reward = reward.detach()
+    loss = -(reward * log_pi).mean(0).sum()
+    return loss, reward.mean(0)
+
+
+class Agents(nn.Module):
+    """Every group's agent weights as one flat parameter; iterating yields each group's (units_i,) view."""
+
+    def __init__(self, sizes: Sequence[int], init: float, device: torch.device) -> None:
+        super().__init__()
+        self.sizes = [int(s) for s in sizes]
+        self.weight = nn.Parameter(torch.full((sum(self.sizes),), float(init), device=device))
+        self.register_buffer("segments", segment_ids(self.sizes, device), persistent=False)
+
+    def __iter__(self):
+        return iter(self.weight.split(self.sizes))
+
+    def __len__(self) -> int:
+        return len(self.sizes)
 
 
 def make_agents(groups: Sequence[Any], init: float, lr: float, device: torch.device,
                 all_reduce: Callable[[Sequence[torch.Tensor], str], None] = lambda tensors, op="sum": None,
-                ) -> tuple[nn.ParameterList, Callable[[], None]]:
+                ) -> tuple[Agents, Callable[[], None]]:
     """One agent weight per channel of every group, and the Adam update to run after each training step."""
-    agents = nn.ParameterList([nn.Parameter(torch.full((g.units,), init, device=device)) for g in groups])
-    opt = torch.optim.Adam(agents.parameters(), lr=lr)
+    agents = Agents([g.units for g in groups], init, device)
+    opt = torch.optim.Adam([agents.weight], lr=lr)
 
     def agent_update() -> None:
         # each rank's loss is a mean over its B samples: the average of the ranks' gradients is the
         # gradient of the mean over all N * B samples, and keeps the agents identical on every rank
-        all_reduce([w.grad for w in agents], "mean")
+        all_reduce([agents.weight.grad], "mean")
         opt.step()
         opt.zero_grad(set_to_none=True)
     return agents, agent_update
 
 
 class DecoreStep:
-    """The gated training step: sample actions, gate, forward, cross-entropy + the agents' REINFORCE loss."""
+    """The gated training step: sample actions, gate, forward, cross-entropy + the agents' REINFORCE loss.
 
-    def __init__(self, agents: nn.ParameterList, gates: Gates, ids: list[str], lam: float | list[float],
+    Every group's actions are drawn by one Bernoulli call over the flat agent vector and the loss is
+    `flat_agent_loss`: a handful of operations per step whatever the number of groups.
+    """
+
+    def __init__(self, agents: Agents, gates: Gates, ids: list[str], lam: float | list[float],
                  reward_baseline: bool, per_batch: bool, device: torch.device,
                  all_reduce: Callable[[Sequence[torch.Tensor], str], None] = lambda tensors, op="sum": None) -> None:
         self.agents, self.gates, self.ids, self.all_reduce = agents, gates, ids, all_reduce
-        self.lam, self.reward_baseline, self.per_batch = lam, reward_baseline, per_batch
+        self.lams = lambda_vector(lam, len(ids), device)
+        self.reward_baseline, self.per_batch = reward_baseline, per_batch
         self.ce = nn.CrossEntropyLoss()
         self.stats = torch.zeros(3 + len(ids), device=device)   # [samples, ce sum, correct, reward per group...]
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = 1 if self.per_batch else x.shape[0]
-        probs = [torch.sigmoid(w.detach()) for w in self.agents]
-        actions = [torch.bernoulli(p.expand(n, -1)) for p in probs]
-        self.gates.set(dict(zip(self.ids, actions)))
+        w = self.agents.weight
+        actions = torch.bernoulli(torch.sigmoid(w.detach()).expand(n, -1))        # (n, U), one call
+        self.gates.set(dict(zip(self.ids, actions.split(self.agents.sizes, 1))))
         logits = model(x)
         ce = self.ce(logits, y)
         correct = logits.detach().argmax(1) == y
-        a_loss, rewards = agent_loss(list(self.agents), actions, correct, self.lam, self.reward_baseline)
+        a_loss, rewards = flat_agent_loss(w, actions, self.agents.segments, correct, self.lams, self.reward_baseline)
         self.stats += torch.cat([torch.stack([ce.new_tensor(float(len(y))), ce.detach() * len(y),
                                               correct.sum().float()]), rewards * len(y)])
         return ce + a_loss, logits
@@ -187,10 +233,10 @@ class Decore(Method):
                     after_step=[agent_update], on_epoch=on_epoch, desc=f"decore lambda={lam:g} ")
         plan = ctx.plan(self._final_masks(agents, ids, ctx.round_to))
         return Result(plan, history, info={"lambda": lam, **{k: v for k, v in opts.items()},
-                                           "keep_prob": {i: torch.sigmoid(w).tolist() for i, w in zip(ids, agents)}})
+                                           "keep_prob": {i: torch.sigmoid(w.detach()).tolist() for i, w in zip(ids, agents)}})
 
     @staticmethod
-    def _final_masks(agents: nn.ParameterList, ids: list[str], round_to: int = 1) -> dict[str, torch.Tensor]:
+    def _final_masks(agents: Agents, ids: list[str], round_to: int = 1) -> dict[str, torch.Tensor]:
         """Remove every channel with sigmoid(w) < 0.5; a group that would be emptied keeps its likeliest channel.
 
         With the named option round_to > 1 (beyond the paper), the kept count is rounded up to a multiple
@@ -204,7 +250,7 @@ class Decore(Method):
             masks[gid] = keep if count == int(keep.sum()) else keep_top(w, count)
         return masks
 
-    def _policy_stats(self, ctx: Context, agents: nn.ParameterList, ids: list[str]) -> dict[str, Any]:
+    def _policy_stats(self, ctx: Context, agents: Agents, ids: list[str]) -> dict[str, Any]:
         probs = {gid: torch.sigmoid(w.detach()) for gid, w in zip(ids, agents)}
         stats: dict[str, Any] = {
             "keep_prob": {gid: float(p.mean()) for gid, p in probs.items()},

@@ -8,25 +8,43 @@ from bench.cli import main
 
 
 def test_perf_writes_tables_with_every_measurement(tmp_path):
-    cfg = perf.PerfConfig(models=("resnet20",), batch_size=8, steps=1, rounds=1, flops_targets=(0.5,), round_to=(8,),
-                          ref_workers=0, eval_images=64, latency_repeats=2, device=torch.device("cpu"))
+    cfg = perf.PerfConfig(models=("resnet20",), batch_size=8, steps=1, rounds=2, max_rounds=3, flops_targets=(0.5,),
+                          round_to=(8,), ref_workers=0, eval_images=64, latency_repeats=2, latency_batch=4,
+                          device=torch.device("cpu"))
     csv, md = perf.run(cfg, tmp_path / "perf", "pytest")
     df = pd.read_csv(csv)
     assert set(df.variant) >= {"harness", "reference", "decore_gated", "baseline", "l1@0.5", "l1@0.5 round8"}
-    assert (df.value > 0).all()
-    lat = df[df.measure == "latency"]
-    assert sorted(set(lat.latency_batch)) == [1, 8]
+    assert (df.value > 0).all() and (df.q1 <= df.value).all() and (df.value <= df.q3).all()
+    assert df.rounds.between(2, 3).all()                              # at least `rounds`, at most `max_rounds`
+    lat = df[df.measure == "latency ms"]
+    assert sorted(set(lat.batch)) == [1, 4]
+    assert set(lat.form) == {"eager", "folded", "onnxruntime"}
+    assert set(lat[lat.form == "onnxruntime"].variant) == {"baseline", "l1@0.5"}  # deployment: unrounded plans
     half = lat[lat.variant == "l1@0.5"].iloc[0]
     assert half.flops_fraction == pytest.approx(0.5, abs=0.01)       # the plan meets its FLOPs target
-    rounded = lat[lat.variant == "l1@0.5 round8"].iloc[0]
-    assert rounded.round_to == 8
+    assert lat[lat.variant == "l1@0.5 round8"].iloc[0].round_to == 8
     text = md.read_text()
-    for heading in ("## Training loops", "## Pruned models", "harness / reference", "gated step / plain step",
-                    "efficiency b8", "train speed-up"):
+    for heading in ("## Training loops", "## Pruned models", "## Deployment form", "harness / reference",
+                    "gated step / plain step", "efficiency b4", "train speed-up", "median (IQR)"):
         assert heading in text
     tables = perf.summarise(df.drop(columns="device").to_dict("records"))
-    row = tables["train"].iloc[0]
-    assert row["harness / reference"] == pytest.approx(row["harness img/s"] / row["reference img/s"])
+    cell = tables["train"].iloc[0]["gated step / plain step"]
+    ratios = df[(df.measure == "gated / plain")].iloc[0]
+    assert isinstance(cell, perf.Spread) and cell.median == pytest.approx(ratios.value)
+    assert f"{cell.median:.2f} ({cell.iqr:.2f})" in text
+
+
+def test_rounds_repeat_until_ratios_settle():
+    cfg = perf.PerfConfig(rounds=3, max_rounds=12, rel_iqr=0.05, max_seconds=60)
+    noisy = iter([1.0, 2.0, 0.5, 1.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    r = perf.repeat_rounds(lambda i: ({}, {("x", "v", "", 1): next(noisy)}), cfg, "test")
+    assert r.settled and 3 < len(r.series[("x", "v", "", 1)]) < 12     # more rounds than the minimum, then stops
+    steady = perf.repeat_rounds(lambda i: ({}, {("x", "v", "", 1): 2.0}), cfg, "test")
+    assert steady.settled and len(steady.series[("x", "v", "", 1)]) == 3
+    wild = perf.repeat_rounds(lambda i: ({}, {("x", "v", "", 1): float(i % 2 + 1)}), cfg, "test")
+    assert not wild.settled and len(wild.series[("x", "v", "", 1)]) == 12
+    s = perf.spread([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert (s.median, s.q1, s.q3, s.iqr) == (3.0, 2.0, 4.0, 2.0)
 
 
 def test_perf_cli_refuses_bad_values(capsys):
