@@ -273,7 +273,8 @@ def _summary_line(row: dict[str, Any]) -> None:
         return
     value = "" if row["knob_value"] is None else f"={row['knob_value']:<10.4g}"  # None: a preset or stage ratios
     tqdm.write(f"  {row['method']:7s} {row['knob_name']}{value} seed {row['seed']}: "
-               f"top-1 {row['top1_pct']:6.2f}%  FLOPs -{row['flops_reduction_pct']:5.1f}%  "
+               f"val top-1 {row['val_top1_pct']:6.2f}%  test top-1 {row['top1_pct']:6.2f}%  "
+               f"FLOPs -{row['flops_reduction_pct']:5.1f}%  "
                f"params -{row['params_reduction_pct']:5.1f}%  ({row['wall_seconds']:.0f}s)")
 
 
