@@ -402,7 +402,7 @@ def save_winner(setup: Setup, method: str, study: optuna.Study) -> dict[str, Any
     row = _plain(rows.iloc[0].to_dict())
     folder = setup.cfg.folder / method
     plan, model = load_pruned(best.user_attrs["trial_folder"])
-    save_pruned(folder, plan, model)
+    save_pruned(folder, plan, model, export=True)  # deployable: model.safetensors + model.onnx (checked)
     _mark(table, df, method, row["config_hash"], setup.budget.text)
     winner = {"method": method, "budget": setup.budget.text, "limit": setup.limit,
               "budget_value": best.user_attrs["budget_value"], "found_at_trial": best.number + 1,
