@@ -88,11 +88,12 @@ def test_a_diverging_trial_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path,
     (profiles / "diverge.json").write_text(json.dumps({**profile, "joint_recipe": str(tmp_path / "explode.json")}))
     monkeypatch.setattr("sweeps.profile.PROFILE_DIR", profiles)
 
-    folder = run_sweep(SweepConfig("resnet20", "synthetic", profile="diverge", methods=("decore", "random"), trials=1,
-                                   device="cpu", wandb="off"))
+    cfg = SweepConfig("resnet20", "synthetic", profile="diverge", methods=("decore", "random"), trials=1, device="cpu",
+                      wandb="off", control=False)
+    folder = run_sweep(cfg)
     trials = _trial_rows(folder).set_index("method")
     assert trials.loc["decore", "status"] == "failed" and "loss became" in trials.loc["decore", "reason"]
     assert trials.loc["random", "status"] == "complete"
-    study = optuna.load_study(study_name="resnet20-synthetic-diverge-decore", storage=f"sqlite:///{folder / 'optuna.db'}")
+    study = optuna.load_study(study_name=cfg.study_name("decore"), storage=f"sqlite:///{folder / 'optuna.db'}")
     (t,) = study.trials
     assert t.state == FAIL and "loss became" in t.user_attrs["reason"]
