@@ -36,9 +36,11 @@ def layerwise_figure(pts: pd.DataFrame, point_id: str, folder: Path | None = Non
     fig = go.Figure()
     for r, k in zip(rows, kept):
         name, colour = style(r["method"])
-        fig.add_bar(x=[f"{g} ({units[g]})" for g in groups], y=[k[g][0] / k[g][1] if g in k else None for g in groups],
+        fig.add_bar(x=[f"{g} ({units[g]})" for g in groups], y=[k[g][0] / k[g][1] if g in k else 1.0 for g in groups],
                     name=f"{r['label']}: FLOPs {r['rel_flops']:.0%} of the baseline, top-1 {r['top1']:.2f}%",
-                    marker_color=colour, customdata=[f"{k[g][0]}/{k[g][1]}" if g in k else "not pruned" for g in groups],
+                    marker_color=colour, customdata=[f"{k[g][0]}/{k[g][1]}" if g in k else "all: outside its scope, kept whole"
+                                 for g in groups],
+                    marker_pattern_shape=["" if g in k else "/" for g in groups],
                     hovertemplate="%{x}: kept %{customdata}<extra>" + r["label"] + "</extra>")
     chosen = rows[0]
     fig.update_layout(title=dict(text=f"Channels kept per layer: {chosen['label']} (trial {chosen['id']}) and its "
