@@ -171,7 +171,7 @@ def _summary(summary: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _kept_table(wandb: Any, kept: Mapping[str, list[int]]) -> Any:
-    rows = [[gid, int(k), int(u), k / u] for gid, (k, u) in kept.items()]
+    rows = [[gid, int(k), int(u), k / u] for gid, (k, u, *_) in kept.items()]
     return wandb.Table(columns=["group", "kept", "units", "fraction"], data=rows)
 
 

@@ -121,11 +121,17 @@ def measure_cost(kind: str, model: nn.Module, input_size: tuple[int, ...], devic
     return speedup(model, model if base is None else base, input_size, batch_size=1)["ms"]
 
 
-def row_cost(kind: str, row: dict[str, Any]) -> float:
-    """The same quantity read from a results-table row (a trial the search found already finished)."""
+def row_cost(kind: str, row: dict[str, Any], folder: Path | None = None) -> float:
+    """The same quantity read from a results-table row (a trial the search found already finished); a CPU latency
+    the measuring pass has not filled yet is measured now, on the trial's saved model (the same measurement)."""
     if kind == "latency_ms":
-        gpu = row.get("latency_gpu_b1_ms")
-        return float(gpu if gpu is not None and gpu == gpu else row["latency_cpu_b1_ms"])
+        gpu, cpu = row.get("latency_gpu_b1_ms"), row.get("latency_cpu_b1_ms")
+        if gpu is not None and gpu == gpu:
+            return float(gpu)
+        if (cpu is None or cpu != cpu) and folder is not None:
+            from bench.trial import measure_speedup
+            cpu = measure_speedup(folder)["latency_cpu_b1_ms"]
+        return float(cpu)
     return float(row[kind])
 
 
@@ -204,7 +210,7 @@ class SearchObjective:
             trial.set_user_attr("reason", row.get("reason"))
             return float("nan")  # Optuna records a failed trial; the search goes on
         if "budget_value" not in trial.user_attrs:  # finished before (the trial cache): judge its row
-            self._judge(trial, row_cost(s.budget.kind, row))
+            self._judge(trial, row_cost(s.budget.kind, row, trial_folder(tc)))
         return float(row["val_top1_pct"])  # validation: the test set decides nothing
 
     # -- the search space
@@ -450,15 +456,16 @@ def write_search_report(setup: Setup, winners: dict[str, dict[str, Any] | None])
              f"Budget: {setup.budget.describe(b)}. Baseline: top-1 {meta['test']['top1']:.2f}%, "
              f"{fmt('flops', b['flops'])} FLOPs, {fmt('params', b['params'])} params. Pruner: {cfg.pruner}"
              f"{', DECORE per-stage lambda on' if cfg.decore_per_stage else ''}.", "",
-             "| method | top-1 (%) | FLOPs | params | latency (ms) | knobs | found at trial | trials (complete / infeasible / pruned / failed) |",
-             "| --- | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
+             "| method | val top-1 (%) (chose it) | test top-1 (%) | FLOPs | params | latency (ms) | knobs | found at trial | trials (complete / infeasible / pruned / failed) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
     for method, w in winners.items():
         if w is None:
-            lines.append(f"| {method} | no feasible model | | | | | | |")
+            lines.append(f"| {method} | no feasible model | | | | | | | |")
             continue
         r = w["row"]
-        lines.append(f"| {method} | {r['top1_pct']:.2f} | {fmt('flops', r['flops'])} (-{r['flops_reduction_pct']:.1f}%) | "
-                     f"{fmt('params', r['params'])} (-{r['params_reduction_pct']:.1f}%) | {_latency(r):.3f} | "
+        val = r.get("val_top1_pct")
+        lines.append(f"| {method} | {'–' if val is None else f'{val:.2f}'} | {r['top1_pct']:.2f} | {fmt('flops', r['flops'])} (-{r['flops_reduction_pct']:.1f}%) | "
+                     f"{fmt('params', r['params'])} (-{r['params_reduction_pct']:.1f}%) | {_latency(r, w['folder']):.3f} | "
                      f"`{r['knobs']}` | {w['found_at_trial']} | {w['trials']} ({w['complete']} / {w['infeasible']} / "
                      f"{w['pruned']} / {w['failed']}) |")
     for method, w in winners.items():
@@ -467,7 +474,7 @@ def write_search_report(setup: Setup, winners: dict[str, dict[str, Any] | None])
         kept = json.loads(w["row"]["kept_channels"])
         lines += ["", f"## {method}", "", f"Rebuild: `from bench.pruned import load_pruned; plan, model = "
                   f"load_pruned({w['folder']!r})`", "", "| layer group | kept | of |", "| --- | ---: | ---: |"]
-        lines += [f"| {gid} | {k} | {n} |" for gid, (k, n) in kept.items()]
+        lines += [f"| {gid} | {k} | {n} |" for gid, (k, n, *_) in kept.items()]
     path = cfg.folder / "README.md"
     cfg.folder.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
@@ -475,10 +482,10 @@ def write_search_report(setup: Setup, winners: dict[str, dict[str, Any] | None])
     for method, w in winners.items():
         tqdm.write(f"  {method:7s} " + ("no feasible model" if w is None else
                    f"winner top-1 {w['row']['top1_pct']:.2f}%  FLOPs {fmt('flops', w['row']['flops'])}  "
-                   f"params {fmt('params', w['row']['params'])}  latency {_latency(w['row']):.3f} ms  "
+                   f"params {fmt('params', w['row']['params'])}  latency {_latency(w['row'], w['folder']):.3f} ms  "
                    f"(trial {w['found_at_trial']} of {w['trials']}) -> {w['folder']}"))
     return path
 
 
-def _latency(row: dict[str, Any]) -> float:
-    return row_cost("latency_ms", row)
+def _latency(row: dict[str, Any], folder: str | Path | None = None) -> float:
+    return row_cost("latency_ms", row, Path(folder) if folder is not None else None)

@@ -7,7 +7,8 @@ from bench.results import COLUMNS, ResultsTable, mark_pareto, normalise
 
 
 def _row(h, method="l1", top1=90.0, flops=100, status="complete"):
-    return {"row_type": "trial", "method": method, "config_hash": h, "status": status, "top1_pct": top1, "flops": flops}
+    return {"row_type": "trial", "method": method, "config_hash": h, "status": status, "top1_pct": top1, "flops": flops,
+            "knobs": f'{{"ratio": "{h}"}}'}  # each hash its own configuration (flags are per configuration)
 
 
 def test_upsert_is_keyed_and_keeps_order(tmp_path):
