@@ -109,7 +109,7 @@ def test_nothing_to_prune_is_refused_before_training(synthetic, tmp_path):
     """The engine refuses repvgg_a0 at scope internal before any baseline trains (nothing is written)."""
     from bench.trial import TrialConfig, run_trial
 
-    cfg = TrialConfig("repvgg_a0", "synthetic", "l1", {"ratio": 0.5}, scope="internal")
+    cfg = TrialConfig("repvgg_a0", "synthetic", "l1", {"ratio": 0.5}, scope="internal", selection="test")
     with pytest.raises(PruningError, match="repvgg_a0 has nothing to prune at scope 'internal'"):
         run_trial(cfg, torch.device("cpu"), data=synthetic)
     assert not any((tmp_path / "results").rglob("*.pt"))
