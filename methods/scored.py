@@ -98,9 +98,12 @@ class ScoredMethod(Method):
             raise KnobError(f"allocation={value!r} is unknown: use {' or '.join(ALLOCATIONS)}")
         return value
 
-    structural_knobs: ClassVar[tuple[str, ...]] = ("flops_target",)
+    structural_knobs: ClassVar[tuple[str, ...]] = ("flops_target", "preset", "stage_ratios")
 
     def precheck(self, ctx: Context, **knobs: Any) -> None:
+        # a preset or per-stage ratios must fit the architecture (an unknown preset is refused before training)
+        if knobs.get("preset") is not None or knobs.get("stage_ratios") is not None:
+            self._ratios(ctx, knobs)
         # the FLOPs of a plan depend on its channel counts only, never on the scores: zeros will do
         if knobs.get("flops_target") is not None:
             zeros = {g.id: torch.zeros(g.units) for g in ctx.groups}

@@ -118,6 +118,8 @@ CASES = [
     ("runs.csv with text in a number column", SWEEP + ["--trials", "1"], {}, "bad-number",
      ["runs.csv", "'ninety'", "restore it from runs.parquet or git"]),
     ("report of a broken runs.csv", ["report"], {}, "bad-number", ["runs.csv", "'ninety'", "restore it"]),
+    ("unknown L1 preset", RUN + ["--method", "l1", "--knob", "preset=li2017-Z"], {}, None,
+     ["preset 'li2017-Z' is not defined for cifar_resnet20", "presets are"]),
     ("no method", SWEEP + ["--methods", ","], {}, None, ["no method given", "--methods decore,l1,random"]),
     ("unknown control", SWEEP + ["--control", "scrach"], {}, None, ["--control 'scrach'", "keep, scratch"]),
     ("missing image folder", IMAGES + ["imagefolder:{F}/nofolder"], {}, None, ["nofolder/train", "ImageNet layout"]),
