@@ -10,8 +10,6 @@ RESULTS_DIR/paper/paper.md, paper.tex and README.md.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
 import pandas as pd
 
 from .errors import UserError
@@ -79,8 +77,7 @@ def _published_rows(model: str, dataset: str, reference: Path | None) -> tuple[l
     out = []
     for r in rows:
         c = r["cells"]
-        top5 = "–"
-        out.append([f"{c[0]} [{r['source']}]", c[1], c[2], top5, c[3], c[4]])
+        out.append([f"{c[0]} [{r['source']}]", c[1], c[2], "–", c[3], c[4]])
     if dataset == "imagenet":  # the reference holds top-5 for ImageNet rows: put it in its column
         full = pd.read_csv(reference or REFERENCE_CSV)
         full = full[(full["model"] == model.removeprefix("cifar_")) & (full["dataset"] == dataset)]

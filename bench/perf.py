@@ -19,7 +19,6 @@ seconds is hit, in which case the table says *not settled*.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
@@ -41,7 +40,7 @@ from tqdm.auto import tqdm
 from .data import ArraySplit, CIFAR_STATS, DeviceLoader
 from .env import environment
 from .io import atomic_write
-from .measure import measure_latency, profile_model
+from .measure import profile_model
 from .recipe import Recipe
 from .train import Trainer, autocast_for, build_optimizer, ce_step, evaluate, prepare_model
 

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-import models
 from methods.core import KeepPlan, rebuild
 
 from .baseline import get_baseline
