@@ -25,6 +25,14 @@ def _common_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
 
 
+def _weights_args(p: argparse.ArgumentParser) -> None:
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--checkpoint", default=None, help="the baseline is your own trained state_dict (not trained here)")
+    w.add_argument("--pretrained", action="store_true",
+                   help="the baseline is timm's pretrained weights for --model (downloaded once; a tag picks them, "
+                        "e.g. resnet50.tv_in1k for torchvision's), not trained here")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description="decore-bench: DECORE and baseline pruners, measured fairly.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -37,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--subset", type=int, default=None, metavar="N", help="N training images per class (default: the recipe's)")
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
-    p.add_argument("--checkpoint", default=None, help="your own trained state_dict instead of training")
+    _weights_args(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the model (pays on GPUs)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
 
@@ -60,12 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--selection", default="val", choices=["val", "test"],
                    help="val (default): decisions read a hold-out of the training set; test: the papers' practice")
     p.add_argument("--compile", action="store_true", help="torch.compile the method's training and the fine-tuning (pays on GPUs)")
+    _weights_args(p)
 
     p = sub.add_parser("sweep", help="Optuna studies over each method's knob: the Pareto fronts (make bench)")
     _common_model_args(p)
     p.add_argument("--dataset", required=True)
     p.add_argument("--profile", default="smoke", help="smoke (CPU, minutes), cpu (CPU, ~1 h for resnet20), fast (one GPU, "
-                   "~1 h), paper, or auto (the profile that fits this machine, said in the plan)")
+                   "~1 h), paper, imagenet (ResNet-50 from --pretrained or --checkpoint weights), or auto (the "
+                   "profile that fits this machine, said in the plan)")
     p.add_argument("--methods", default="decore,l1,random", help="comma-separated")
     p.add_argument("--trials", type=int, default=None, help="trials per method (default: the profile's)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per suggested knob value (baseline included)")
@@ -88,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "off"])
     p.add_argument("--compile", action="store_true", help="torch.compile training (pays on GPUs; models of one "
                    "architecture reuse the compiled graph across trials)")
+    _weights_args(p)
 
     p = sub.add_parser("search", help="the most accurate pruned model per method under a budget (make search)")
     _common_model_args(p)
@@ -103,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stops hopeless trials on their test top-1 after each fine-tune epoch")
     p.add_argument("--decore-per-stage", action="store_true", help="also search one lambda factor per stage (beyond the paper)")
     p.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "off"])
+    _weights_args(p)
 
     p = sub.add_parser("report", help="Pareto plots, paper-style tables and README of stored results (no training)")
     p.add_argument("experiments", nargs="*", help="experiment folders (default: every RESULTS_DIR/*/runs.csv)")
@@ -159,7 +171,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         raise UserError(f"--subset {args.subset} must be a positive number of images per class")
     t0 = time.perf_counter()
     b = get_baseline(args.model, args.dataset, recipe, seed=args.seed, subset_per_class=args.subset,
-                     checkpoint=args.checkpoint, device=dist.setup(resolve_device(args.device)),
+                     checkpoint=args.checkpoint, pretrained=args.pretrained, device=dist.setup(resolve_device(args.device)),
                      channels_last=args.channels_last, compile=args.compile)
     if not dist.is_main():
         return 0
@@ -193,7 +205,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cfg = SweepConfig(args.model, args.dataset, profile, tuple(m.strip() for m in args.methods.split(",") if m.strip()),
                       args.trials, args.seeds, args.storage, args.workers, args.device, args.scope,
                       None if args.match == "none" else args.match, args.round_to, args.wandb, compile=args.compile,
-                      budget=args.budget, selection=args.selection, **_controls(args.control))
+                      budget=args.budget, selection=args.selection, **_controls(args.control),
+                      pretrained=args.pretrained, checkpoint=args.checkpoint)
     folder = run_sweep(cfg)
     print(f"results: {folder / 'runs.csv'}")
     return 0
@@ -205,7 +218,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     cfg = SearchConfig(args.model, args.dataset, args.budget, args.profile,
                        tuple(m.strip() for m in args.methods.split(",") if m.strip()), args.trials, args.storage,
-                       args.device, args.scope, args.decore_per_stage, args.pruner, args.wandb)
+                       args.device, args.scope, args.decore_per_stage, args.pruner, args.wandb,
+                       pretrained=args.pretrained, checkpoint=args.checkpoint)
     run_search(cfg)
     print(f"results: {cfg.folder / 'README.md'}")
     return 0
@@ -268,7 +282,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = TrialConfig(model=args.model, dataset=args.dataset, method=args.method, knobs=_parse_knobs(args.knob),
                       scope=args.scope, seed=args.seed, baseline_recipe=args.baseline_recipe,
                       joint_recipe=args.joint_recipe, finetune_recipe=args.finetune_recipe, round_to=args.round_to,
-                      profile=args.label, budget=args.budget, selection=args.selection)
+                      profile=args.label, budget=args.budget, selection=args.selection, pretrained=args.pretrained,
+                      checkpoint=args.checkpoint)
     row = run_trial(cfg, dist.setup(resolve_device(args.device)), compile=args.compile)
     if not dist.is_main():
         return 0

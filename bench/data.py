@@ -25,13 +25,12 @@ import torch
 
 from . import dist
 from .errors import UserError
-from .io import atomic_write
+from .io import atomic_write, sha256_file_cached
 
 CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 10),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 100),
 }
-IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 DATASETS = ("cifar10", "cifar100", "synthetic", "imagefolder:<path>")
 SELECTIONS = ("val", "test")
 SPLIT_SEED = 0                 # the hold-out is the same for every trial seed: one split per experiment
@@ -135,21 +134,11 @@ def array_fingerprint(*arrays: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=32)
-def _file_sha(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def file_fingerprint(*paths: Path) -> str:
     """Content hash of files (memoised per path, size and mtime: a changed file is hashed again)."""
     h = hashlib.sha256()
     for p in paths:
-        st = os.stat(p)
-        h.update(_file_sha(str(Path(p).resolve()), st.st_size, st.st_mtime_ns).encode())
+        h.update(sha256_file_cached(p).encode())
     return h.hexdigest()[:16]
 
 
@@ -197,6 +186,22 @@ def image_folder_train_images(root: str | Path, selection: str = "val") -> int:
         return sum(counts)
     per_class = max(1, min(IMAGEFOLDER_VAL_MAX, int(VAL_FRACTION * min(counts))))
     return sum(n - min(per_class, n - 1) for n in counts)
+
+
+def image_folder_split_info(dataset: str, selection: str) -> dict[str, object]:
+    """ArrayDataset.split_info of an image folder (imagefolder:<path>), from its file list: nothing is decoded."""
+    root = Path(dataset.split(":", 1)[1])
+    total, test = (sum(1 for f in (root / split).rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+                   for split in ("train", "val"))
+    train = image_folder_train_images(root, selection)
+    return {"dataset": dataset, "fingerprint": data_fingerprint(dataset), "official": False, "selection": selection,
+            "split_seed": SPLIT_SEED if selection == "val" else None, "train_images": train,
+            "val_images": total - train, "test_images": test}
+
+
+def image_folder_classes(root: str | Path) -> int:
+    """Number of classes of an image folder (its train/ sub-folders; check_image_folder holds val/ to the same)."""
+    return sum(1 for c in (Path(root) / "train").iterdir() if c.is_dir())
 
 
 def imagefolder_fingerprint(root: str | Path) -> str:
@@ -410,28 +415,50 @@ class DeviceLoader:
         return x
 
 
-def image_folder_loaders(root: str | Path, batch_size: int, image_size: int = 224, workers: int = 8,
+def image_data_config(model: str) -> dict[str, object]:
+    """timm's data config of a model: input size, interpolation, crop_pct, crop mode and mean/std, from the
+    pretrained_cfg of the name as given (a tag such as resnet50.tv_in1k selects that weights' preprocessing)."""
+    return dict(_image_data_config(model))
+
+
+@functools.lru_cache(maxsize=16)
+def _image_data_config(model: str) -> dict[str, object]:
+    from timm.data import resolve_model_data_config
+
+    import models
+
+    return resolve_model_data_config(models.create(model))  # use_test_size False: train and test at one size
+
+
+def image_transforms(config: dict[str, object]) -> tuple[object, object]:
+    """timm's standard ImageNet transforms for a data config: (training: random-resized crop, flip and colour
+    jitter; evaluation: resize to size / crop_pct, centre crop), both normalised with the config's mean/std."""
+    from timm.data import create_transform
+
+    return create_transform(**config, is_training=True), create_transform(**config, is_training=False)
+
+
+def image_folder_loaders(root: str | Path, batch_size: int, config: dict[str, object], workers: int = 8,
                          device: torch.device | str = "cpu", seed: int = 0,
                          selection: str = "val") -> tuple[object, object, object, int]:
-    """ImageNet-layout folders root/{train,val}/<class>/* through torchvision's DataLoader: (train, selection,
-    test, classes). The folder's `val/` is the test split; with selection "val" a seeded, class-balanced hold-out
-    of `train/` (VAL_FRACTION of each class, at most IMAGEFOLDER_VAL_MAX) is the selection split, evaluated with
-    the test transforms; with "test" the selection split is `val/` itself (the papers' practice).
+    """ImageNet-layout folders root/{train,val}/<class>/* through torchvision's DataLoader and timm's transforms
+    for the data `config` (image_data_config): (train, selection, test, classes). The folder's `val/` is the test
+    split; with selection "val" a seeded, class-balanced hold-out of `train/` (VAL_FRACTION of each class, at most
+    IMAGEFOLDER_VAL_MAX) is the selection split, evaluated with the test transforms; with "test" the selection split
+    is `val/` itself (the papers' practice).
 
     Under torchrun every split goes through DistributedSampler (training: equal shards, reshuffled per
     epoch with the same seed on every rank; evaluation: unshuffled shards whose counts evaluate() sums;
     the sampler pads it to equal shards, repeating at most N - 1 images).
     """
     from torch.utils.data import DataLoader, DistributedSampler, Subset
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
 
     root = Path(root)
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise UserError(f"image folder {str(root / split)!r} does not exist: expected {root}/train/<class>/ and {root}/val/<class>/")
-    norm = T.Normalize(*IMAGENET_STATS)
-    train_tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
-    val_tf = T.Compose([T.Resize(int(image_size / 0.875)), T.CenterCrop(image_size), T.ToTensor(), norm])
+    train_tf, val_tf = image_transforms(config)
     train = datasets.ImageFolder(str(root / "train"), train_tf)
     test = datasets.ImageFolder(str(root / "val"), val_tf)
     select = test
@@ -488,11 +515,12 @@ class Loaders:
 
 def open_loaders(dataset: str, batch_size: int, device: torch.device, *, seed: int = 0,
                  subset_per_class: int | None = None, channels_last: bool = True,
-                 data: ArrayDataset | None = None, selection: str = "val") -> Loaders:
+                 data: ArrayDataset | None = None, selection: str = "val", model: str | None = None) -> Loaders:
     """Train and test loaders for a dataset name: cifar10, cifar100, synthetic or imagefolder:<path>.
 
-    Under torchrun `batch_size` stays the global batch (so a recipe means the same on any number of
-    GPUs): each of the N ranks loads batch_size / N images of it.
+    Image folders need the `model` (a timm name): its pretrained_cfg decides the input size and the transforms
+    (image_data_config). Under torchrun `batch_size` stays the global batch (so a recipe means the same on any
+    number of GPUs): each of the N ranks loads batch_size / N images of it.
     """
     rank, world = dist.rank(), dist.world_size()
     if batch_size % world:
@@ -502,9 +530,12 @@ def open_loaders(dataset: str, batch_size: int, device: torch.device, *, seed: i
     if dataset.startswith("imagefolder:"):
         if subset_per_class:
             raise UserError("--subset works for array datasets (cifar10, cifar100, synthetic), not image folders")
-        train, val, test, n = image_folder_loaders(dataset.split(":", 1)[1], batch_size, device=device, seed=seed,
-                                                   selection=selection)
-        return Loaders(train, test, n, (3, 224, 224), val)
+        if model is None:
+            raise ValueError("open_loaders needs the model for an image folder: its data config sets the transforms")
+        config = image_data_config(model)
+        train, val, test, n = image_folder_loaders(dataset.split(":", 1)[1], batch_size, config, device=device,
+                                                   seed=seed, selection=selection)
+        return Loaders(train, test, n, tuple(config["input_size"]), val)  # type: ignore[arg-type]
     data = data or load_dataset(dataset, selection=selection)
     train = DeviceLoader(data.train.subset_per_class(subset_per_class), data.mean, data.std, batch_size,
                          device, train=True, channels_last=channels_last, seed=seed, rank=rank, world=world)

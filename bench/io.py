@@ -1,6 +1,7 @@
 """Atomic files, hashes and safe checkpoint loading: nothing half-written, nothing pickled."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -27,6 +28,18 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def sha256_file_cached(path: str | Path) -> str:
+    """sha256_file memoised per path, size and mtime (a changed file is hashed again): for inputs a run names
+    many times, such as data files and user checkpoints."""
+    st = os.stat(path)
+    return _sha256_memo(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_memo(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:

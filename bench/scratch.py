@@ -70,11 +70,11 @@ def run_scratch(source: TrialConfig, device: torch.device, data: ArrayDataset | 
         data = load_dataset(source.dataset, selection=source.selection)
     recipe = load_recipe(source.baseline_recipe)
     base = get_baseline(source.model, source.dataset, recipe, seed=source.seed, device=device, data=data,
-                        selection=source.selection)
+                        selection=source.selection, pretrained=source.pretrained, checkpoint=source.checkpoint)
     budget = int(base.meta["train_images"]) + int(trial["budget_images"])
     t0 = time.perf_counter()
     model = reinitialised(plan, source.seed)
-    loaders = _loaders(data, source.dataset, recipe, device, source.seed, source.selection)
+    loaders = _loaders(data, source, recipe, device)
     runner = prepare_model(model, device)
     history = fit(runner, loaders.train, None, recipe, device, images=budget, desc=f"scratch of {source.method} ")
     amp = autocast_for(device)

@@ -90,10 +90,11 @@ def flatten(row: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 
 
 def check_reachable(url: str, timeout: float = 5.0) -> None:
-    """Raise ConnectionError when the W&B server's port does not answer. wandb.init would retry for its
-    init_timeout (90 s) per process before failing; a closed port or a dead network is known in seconds."""
+    """Raise ConnectionError when a server's port does not answer (the W&B server, the Hugging Face hub).
+    wandb.init would retry for its init_timeout (90 s) per process before failing, huggingface_hub for about a
+    minute; a closed port or a dead network is known in seconds."""
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
-        return  # wandb goes through the proxy: a direct connection proves nothing
+        return  # the client goes through the proxy: a direct connection proves nothing
     parsed = urlparse(url)
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:

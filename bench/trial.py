@@ -31,7 +31,7 @@ import models
 from methods.core import KeepPlan, channel_groups, prune_model
 
 from . import dist
-from .baseline import Baseline, get_baseline, results_dir
+from .baseline import Baseline, get_baseline, results_dir, weights_identity
 from .data import ArrayDataset, check_selection, data_fingerprint, load_dataset, open_loaders
 from .env import git_commit, package_versions
 from .errors import UserError
@@ -60,6 +60,8 @@ class TrialConfig:
     budget: str = "equal"                 # equal: the same training images after the baseline; paper: each its own
     selection: str = "val"                # the split decisions read: val (hold-out of the training set) or test
     experiment: str | None = None         # the experiment folder's name (a sweep's); None: from this config
+    pretrained: bool = False              # the baseline is timm's pretrained weights for `model`, not trained here
+    checkpoint: str | None = None         # the baseline is this state_dict of the user's, not trained here
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -69,9 +71,15 @@ class TrialConfig:
         return data_fingerprint(self.dataset)
 
     @functools.cached_property
+    def weights(self) -> dict[str, str]:
+        """The baseline's weights in the identity (timm's <architecture>.<tag>, or the checkpoint's sha256: its
+        content, not its path); {} when the baseline trains here."""
+        return weights_identity(self.model, self.pretrained, self.checkpoint)
+
+    @functools.cached_property
     def key(self) -> str:
-        d = {k: v for k, v in self.to_dict().items() if k != "experiment"}
-        return config_hash({**d, "recipes": {r: load_recipe(r).to_dict() for r in self.recipes()},
+        d = {k: v for k, v in self.to_dict().items() if k not in ("experiment", "pretrained", "checkpoint")}
+        return config_hash({**d, **self.weights, "recipes": {r: load_recipe(r).to_dict() for r in self.recipes()},
                             "data": self.data_fingerprint, "method_code": methods.code_version(self.method)})
 
     def recipes(self) -> tuple[str, ...]:
@@ -82,7 +90,8 @@ class TrialConfig:
         if self.experiment:
             return self.experiment
         identity = {"scope": self.scope, "round_to": self.round_to, "budget": self.budget, "selection": self.selection,
-                    "data": self.data_fingerprint, "recipes": [load_recipe(r).to_dict() for r in self.recipes()]}
+                    "data": self.data_fingerprint, "recipes": [load_recipe(r).to_dict() for r in self.recipes()],
+                    **self.weights}
         return experiment_name(self.model, self.dataset, self.profile, identity)
 
 
@@ -144,10 +153,9 @@ def smallest_flops_fraction(model_name: str, method_name: str, scope: str | None
 BUDGETS = ("equal", "paper")
 
 
-def _loaders(data: ArrayDataset | None, dataset: str, recipe: Recipe, device: torch.device, seed: int,
-             selection: str = "val"):
-    return open_loaders(dataset, recipe.batch_size, device, seed=seed, subset_per_class=recipe.subset_per_class,
-                        data=data, selection=selection)
+def _loaders(data: ArrayDataset | None, cfg: TrialConfig, recipe: Recipe, device: torch.device):
+    return open_loaders(cfg.dataset, recipe.batch_size, device, seed=cfg.seed, subset_per_class=recipe.subset_per_class,
+                        data=data, selection=cfg.selection, model=_resolve_name(cfg.model))
 
 
 def epoch_images(loader: Any, recipe: Recipe) -> int:
@@ -230,7 +238,7 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
         precheck(cfg, method, knobs, scope, data)
     t_start = time.perf_counter()
     base = get_baseline(cfg.model, cfg.dataset, load_recipe(cfg.baseline_recipe), seed=cfg.seed, device=device,
-                        data=data, selection=cfg.selection)
+                        data=data, selection=cfg.selection, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint)
     input_size = tuple(base.meta["input_size"])
     model_args = {"num_classes": base.meta["num_classes"]}
     joint, finetune = load_recipe(cfg.joint_recipe), load_recipe(cfg.finetune_recipe)
@@ -245,7 +253,7 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
 
     # the method's phase loaders exist for every method: they feed a method's training (DECORE), its importance
     # batches (methods that only look), and define the image count of the equal budget
-    joint_loaders = _loaders(data, cfg.dataset, joint, device, cfg.seed, cfg.selection)
+    joint_loaders = _loaders(data, cfg, joint, device)
     ctx = methods.Context(work, groups, base.spec.model, model_args, input_size, device, cfg.seed,
                           train_loader=joint_loaders.train, test_loader=joint_loaders.val,
                           recipe=joint, fit=functools.partial(fit, compile=compile), plan_cost=plan_cost,
@@ -265,7 +273,7 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
     pruned = prune_model(source, result.plan)
     if admit is not None:
         admit(result.plan, pruned)
-    ft_loaders = _loaders(data, cfg.dataset, finetune, device, cfg.seed, cfg.selection)
+    ft_loaders = _loaders(data, cfg, finetune, device)
     ft_images = None  # the recipe's epochs
     if cfg.budget == "equal" and not method.trains:  # the images of the joint phase too, on the same schedule shape
         ft_images = joint.epochs * epoch_images(joint_loaders.train, joint) + finetune.epochs * epoch_images(ft_loaders.train, finetune)

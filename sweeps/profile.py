@@ -1,7 +1,9 @@
 """Run profiles as data: sweeps/profiles/<name>.json names the recipes of each phase and each method's
-search space (DECORE's lambda as a fraction range of the baseline's break-even lambda, log scale)."""
+search space (DECORE's lambda as a fraction range of the baseline's break-even lambda, log scale). A profile
+with "start_from_weights" (imagenet) never trains its baseline: the sweep needs --pretrained or --checkpoint."""
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 from dataclasses import dataclass, field
@@ -32,9 +34,17 @@ class Profile:
     methods: dict[str, MethodSpace]
     baseline_recipe_by_model: dict[str, str] = field(default_factory=dict)
     paper_finetune: dict[str, str] = field(default_factory=dict)  # --budget paper: a method's own fine-tuning recipe
+    start_from_weights: bool = False  # the baseline is imported (--pretrained or --checkpoint), never trained here
 
     def baseline_for(self, model: str) -> str:
         return self.baseline_recipe_by_model.get(model, self.baseline_recipe)
+
+    def identity(self) -> dict[str, Any]:
+        """What of the profile changes a number. start_from_weights is a rule about what the user must pass (the
+        weights themselves are part of the experiment's identity), so it is left out: earlier hashes stay."""
+        d = dataclasses.asdict(self)
+        d.pop("start_from_weights")
+        return d
 
 
 def list_profiles() -> list[str]:

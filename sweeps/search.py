@@ -152,12 +152,15 @@ class SearchConfig:
     pruner: str = "median"
     wandb: str = "auto"
     sampler_seed: int = 0
+    pretrained: bool = False            # the baseline is timm's pretrained weights (--pretrained)
+    checkpoint: str | None = None       # the baseline is the user's state_dict (--checkpoint)
 
     @property
     def sweep(self) -> SweepConfig:
         """The same experiment as `make bench`: folder, storage, trial cache and results table are shared."""
         return SweepConfig(self.model, self.dataset, self.profile, self.methods, self.trials, 1, self.storage, 1,
-                           self.device, self.scope, wandb=self.wandb, sampler_seed=self.sampler_seed)
+                           self.device, self.scope, wandb=self.wandb, sampler_seed=self.sampler_seed,
+                           pretrained=self.pretrained, checkpoint=self.checkpoint)
 
     @property
     def folder(self) -> Path:

@@ -34,8 +34,9 @@ import torch
 from tqdm.auto import tqdm
 
 import methods
-from bench.baseline import get_baseline
-from bench.data import check_selection, data_fingerprint, load_dataset, open_loaders
+from bench.baseline import get_baseline, weights_identity, weights_source
+from bench.data import (check_selection, data_fingerprint, image_folder_split_info, image_folder_train_images, load_dataset,
+                        open_loaders)
 from bench.errors import UserError
 from bench.faults import crash_point
 from bench.recipe import load_recipe
@@ -75,15 +76,17 @@ class SweepConfig:
     selection: str = "val"              # val: decisions read a hold-out of the training set; test: papers' practice
     control: bool = True                # the no-pruning control per seed (the baseline trained on, same budget)
     scratch: bool = False               # Scratch-B of every DECORE trial (Liu et al. 2019), --control scratch
+    pretrained: bool = False            # the baseline is timm's pretrained weights for the model (--pretrained)
+    checkpoint: str | None = None       # the baseline is this state_dict of the user's (--checkpoint)
 
     def identity(self) -> dict[str, Any]:
         """Everything that changes a number, except the method's own code (in the study name and trial hash)."""
         profile = load_profile(self.profile)
         recipes = sorted({profile.baseline_for(_timm(self.model)), profile.joint_recipe, profile.finetune_recipe,
                           *profile.paper_finetune.values()})
-        return {"profile": dataclasses.asdict(profile), "recipes": {r: load_recipe(r).to_dict() for r in recipes},
+        return {"profile": profile.identity(), "recipes": {r: load_recipe(r).to_dict() for r in recipes},
                 "scope": self.scope, "round_to": self.round_to, "budget": self.budget, "selection": self.selection,
-                "data": data_fingerprint(self.dataset)}
+                "data": data_fingerprint(self.dataset), **weights_identity(self.model, self.pretrained, self.checkpoint)}
 
     @functools.cached_property
     def experiment(self) -> str:
@@ -103,6 +106,10 @@ class SweepConfig:
     def protocol(self) -> dict[str, Any]:
         return {"budget": self.budget, "selection": self.selection, "match": self.match, "scope": self.scope,
                 "round_to": self.round_to, "control": self.control, "scratch": self.scratch}
+
+    def baseline_weights(self) -> dict[str, Any]:
+        """get_baseline's arguments for where the baseline's weights come from."""
+        return {"pretrained": self.pretrained, "checkpoint": self.checkpoint}
 
 
 def validate(cfg: SweepConfig) -> Profile:
@@ -127,8 +134,21 @@ def validate(cfg: SweepConfig) -> Profile:
         raise UserError(f"--budget {cfg.budget!r} is unknown: use equal (the default) or paper")
     check_selection(cfg.selection)
     resolve_device(cfg.device)
+    _check_weights(cfg, profile)
     ResultsTable(cfg.folder).read()  # a table broken by hand is refused before anything trains or is written
     return profile
+
+
+def _check_weights(cfg: SweepConfig, profile: Profile) -> None:
+    """A profile that starts from trained weights gets them; weights exist (a file, timm's for this model)."""
+    weights = weights_source(cfg.model, cfg.pretrained, cfg.checkpoint)
+    if weights is None and profile.start_from_weights:
+        raise UserError(f"profile {cfg.profile!r} starts from trained weights and does not train {cfg.model} itself: "
+                        "pass --pretrained (timm's weights, downloaded once; with make: SWEEP_ARGS=--pretrained) "
+                        "or --checkpoint PATH (a state_dict of your own)")
+    if weights is not None and cfg.scratch:
+        raise UserError("--control scratch trains for the baseline's images plus a trial's, and a baseline from "
+                        "--pretrained or --checkpoint has no image count here: use --control keep")
 
 
 # ---------------------------------------------------------------- one trial of a study
@@ -174,7 +194,7 @@ class Objective:
         return TrialConfig(self.cfg.model, self.cfg.dataset, self.method, knobs, scope or self.cfg.scope, seed,
                            self.profile.baseline_for(_timm(self.cfg.model)), self.profile.joint_recipe, finetune,
                            self.cfg.round_to, self.profile.name, self.cfg.budget, self.cfg.selection,
-                           self.cfg.experiment)
+                           self.cfg.experiment, **self.cfg.baseline_weights())
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         mark_owner(trial)
@@ -354,8 +374,7 @@ def write_experiment(cfg: SweepConfig, data: Any) -> None:
     if not path.is_file():
         write_json(path, {"experiment": cfg.experiment, "model": cfg.model, "dataset": cfg.dataset,
                           "protocol": cfg.protocol(), "identity": cfg.identity(),
-                          "data": data.split_info() if data is not None else {"dataset": cfg.dataset,
-                                                                                "fingerprint": data_fingerprint(cfg.dataset)}})
+                          "data": _split_info(cfg, data)})
 
 
 def prepare_baseline(cfg: SweepConfig, profile: Profile, device: torch.device, data: Any, seed: int) -> tuple[Any, float | None]:
@@ -363,13 +382,13 @@ def prepare_baseline(cfg: SweepConfig, profile: Profile, device: torch.device, d
     baseline, measured as the agents see it (train mode, training augmentation, gates open) on the joint
     phase's training images; None when no method of the sweep searches a break-even range."""
     base = get_baseline(cfg.model, cfg.dataset, load_recipe(profile.baseline_for(_timm(cfg.model))), seed=seed,
-                        device=device, data=data, selection=cfg.selection)
+                        device=device, data=data, selection=cfg.selection, **cfg.baseline_weights())
     ResultsTable(cfg.folder).upsert(baseline_row(base, cfg.folder.name, profile.name, seed, cfg.protocol()))
     if not any(profile.methods[m].break_even_range is not None for m in cfg.methods):
         return base, None
     joint = load_recipe(profile.joint_recipe)
     loader = open_loaders(cfg.dataset, joint.batch_size, device, seed=seed, subset_per_class=joint.subset_per_class,
-                          data=data, selection=cfg.selection).train
+                          data=data, selection=cfg.selection, model=_timm(cfg.model)).train
     correct, seen = train_accuracy(base.model, loader, device, BREAK_EVEN_IMAGES)
     try:
         break_even, rule = break_even_from_counts(correct, seen)
@@ -556,7 +575,7 @@ def plan_images(cfg: SweepConfig, profile: Profile, trials: int, data: Any) -> d
     """Training images the sweep will feed, per phase kind: baselines, and trials with matches and controls."""
     base_r = load_recipe(profile.baseline_for(_timm(cfg.model)))
     joint, ft = load_recipe(profile.joint_recipe), load_recipe(profile.finetune_recipe)
-    n = {r.name: _images(data, r) for r in (base_r, joint, ft)}
+    n = {r.name: _images(cfg, data, r) for r in (base_r, joint, ft)}
     joint_images, ft_images = joint.epochs * n[joint.name], ft.epochs * n[ft.name]
     equal = joint_images + ft_images
 
@@ -566,11 +585,12 @@ def plan_images(cfg: SweepConfig, profile: Profile, trials: int, data: Any) -> d
         if cfg.budget == "equal":
             return equal
         r = load_recipe(profile.paper_finetune.get(m, profile.finetune_recipe))
-        return r.epochs * _images(data, r)
+        return r.epochs * _images(cfg, data, r)
     per_trial = {m: images(m) for m in cfg.methods}
     partners = [m for m in cfg.methods if m not in MATCH_METHODS_EXCLUDED] if cfg.match == "decore" and "decore" in cfg.methods else []
     extra = sum(per_trial[m] for m in partners) * trials + (equal if cfg.control else 0)
-    return {"baseline": base_r.epochs * n[base_r.name] * cfg.seeds, "trials": (sum(per_trial.values()) * trials + extra) * cfg.seeds,
+    trained = not (cfg.pretrained or cfg.checkpoint)  # an imported baseline trains no image
+    return {"baseline": base_r.epochs * n[base_r.name] * cfg.seeds * trained, "trials": (sum(per_trial.values()) * trials + extra) * cfg.seeds,
             "equal": equal, "joint": joint_images, "finetune": ft_images, **{f"n:{k}": v for k, v in n.items()}}
 
 
@@ -612,7 +632,7 @@ def print_plan(cfg: SweepConfig, profile: Profile, trials: int, device: torch.de
     sec = _seconds_per_image(cfg.model, data, ft, device) if data is not None else float("nan")
     total = (imgs["baseline"] + imgs["trials"]) * sec
     partners = [m for m in cfg.methods if m not in MATCH_METHODS_EXCLUDED] if cfg.match == "decore" and "decore" in cfg.methods else []
-    info = data.split_info() if data is not None else {"fingerprint": data_fingerprint(cfg.dataset), "selection": cfg.selection}
+    info = _split_info(cfg, data)
     print(f"plan: {cfg.folder.name} on {device}, storage {scrub(cfg.storage_url)}")
     print(f"  data: {cfg.dataset} (fingerprint {info['fingerprint']}); selection split: " +
           (f"validation hold-out of {info.get('val_images', '?')} training images (seeded, class-balanced), "
@@ -620,7 +640,12 @@ def print_plan(cfg: SweepConfig, profile: Profile, trials: int, device: torch.de
            if cfg.selection == "val" else "the test set (the papers' practice: every decision reads test accuracy)"))
     print(f"  studies: {', '.join(cfg.study_name(m) for m in cfg.methods)}; {trials} trials each x {cfg.seeds} seed(s)"
           f"{', ' + str(cfg.workers) + ' workers' if cfg.workers > 1 else ''}")
-    print(f"  baseline: {base_r.epochs} epochs ({base_r.name}) on {n[base_r.name]} images, once per seed, cached")
+    weights = weights_source(cfg.model, cfg.pretrained, cfg.checkpoint)
+    if weights is None:
+        print(f"  baseline: {base_r.epochs} epochs ({base_r.name}) on {n[base_r.name]} images, once per seed, cached")
+    else:
+        print("  baseline: imported, not trained: " + (f"timm's pretrained {weights.removeprefix('timm:')}"
+              if cfg.pretrained else f"checkpoint {cfg.checkpoint} ({weights})") + "; measured once per seed, cached")
     if cfg.budget == "equal":
         print(f"  budget: equal, {equal:,} training images after the baseline for every method: DECORE's joint phase "
               f"{joint.epochs} x {n[joint.name]} ({joint.name}) + fine-tuning {ft.epochs} x {n[ft.name]} ({ft.name}); "
@@ -638,10 +663,15 @@ def print_plan(cfg: SweepConfig, profile: Profile, trials: int, device: torch.de
               "cached baselines and finished trials cost nothing)")
 
 
-def _images(data: Any, recipe: Any) -> int:
+def _images(cfg: SweepConfig, data: Any, recipe: Any) -> int:
+    """Training images of one epoch of `recipe` (image folders: the training split, no subsets)."""
     if data is None:
-        return 0
+        return image_folder_train_images(cfg.dataset.split(":", 1)[1], cfg.selection)
     return len(data.train.subset_per_class(recipe.subset_per_class).y)
+
+
+def _split_info(cfg: SweepConfig, data: Any) -> dict[str, Any]:
+    return data.split_info() if data is not None else image_folder_split_info(cfg.dataset, cfg.selection)
 
 
 def _seconds_per_image(model_name: str, data: Any, recipe: Any, device: torch.device, steps: int = 4) -> float:

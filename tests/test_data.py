@@ -115,11 +115,13 @@ def test_image_folder_loader(tmp_path):
             (tmp_path / split / c).mkdir(parents=True)
             for i in range(4):
                 Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(tmp_path / split / c / f"{i}.png")
-    loaders = open_loaders(f"imagefolder:{tmp_path}", batch_size=4, device=torch.device("cpu"))
+    loaders = open_loaders(f"imagefolder:{tmp_path}", batch_size=4, device=torch.device("cpu"), model="resnet18")
     x, y = next(iter(loaders.test))
-    assert loaders.num_classes == 2 and x.shape == (4, 3, 224, 224)
+    assert loaders.num_classes == 2 and x.shape == (4, 3, 224, 224) and loaders.input_size == (3, 224, 224)
+    cifar = open_loaders(f"imagefolder:{tmp_path}", batch_size=4, device=torch.device("cpu"), model="resnet20")
+    assert next(iter(cifar.train))[0].shape == (4, 3, 32, 32) and cifar.input_size == (3, 32, 32)  # the model's size
     with pytest.raises(UserError, match="does not exist"):
-        open_loaders(f"imagefolder:{tmp_path / 'nope'}", batch_size=4, device=torch.device("cpu"))
+        open_loaders(f"imagefolder:{tmp_path / 'nope'}", batch_size=4, device=torch.device("cpu"), model="resnet18")
 
 
 @pytest.mark.skipif(shared_cifar10() is None, reason="no CIFAR-10 copy in DATA_DIR or ../shared/data")

@@ -20,6 +20,18 @@ def test_paper_lists_measured_and_missing_models(tmp_path, capsys):
         assert "**Not run yet.**" in part and f"make bench MODEL={model} DATASET=cifar10 PROFILE=paper" in part
     imagenet = md.split("### resnet50")[1]
     assert "Not run yet" in imagenet and "DECORE-5 [" in imagenet and "| 90." in imagenet  # published top-5 shown
+    assert ("make bench MODEL=resnet50.tv_in1k DATASET=imagefolder:/path/to/imagenet PROFILE=imagenet "
+            "SWEEP_ARGS=--pretrained" in imagenet and "--checkpoint PATH" in imagenet)
     tex = written["paper.tex"].read_text()
     assert tex.count(r"\begin{table}") == 6 == tex.count(r"\end{table}")
     assert main(["paper", "--results-dir", str(tmp_path)]) == 0 and "paper tables:" in capsys.readouterr().out
+
+
+def test_an_image_folder_experiment_fills_the_imagenet_table(tmp_path):
+    folder = tmp_path / "resnet50.tv_in1k-imagefolder__data_imagenet-imagenet-abcd1234"
+    folder.mkdir()
+    table = make_table()
+    table["model"], table["dataset"] = "resnet50.tv_in1k", "imagefolder:/data/imagenet"  # a tag: which weights
+    table.to_csv(folder / "runs.csv", index=False)
+    imagenet = write_paper(tmp_path)["paper.md"].read_text().split("### resnet50")[1]
+    assert f"Measured here, `{folder.name}`" in imagenet and "Not run yet" not in imagenet
