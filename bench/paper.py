@@ -39,12 +39,45 @@ def _command(user: str, dataset: str) -> str:
     return f"`make bench MODEL={user} DATASET={dataset} PROFILE=paper`"
 
 
-def _estimate(dataset: str) -> str:
+class _SplitSizes:
+    """The sizes plan_images reads, without loading data: CIFAR-10 under the default protocol (45,000 training
+    images, 5,000 held out for selection, 10,000 test; 10 balanced classes)."""
+
+    def __init__(self, train: int = 45_000, val: int = 5_000, test: int = 10_000, classes: int = 10) -> None:
+        self.n, self.info, self.classes = train, {"val_images": val, "test_images": test}, classes
+        self.y = range(train)
+
+    @property
+    def train(self) -> "_SplitSizes":
+        return self
+
+    def subset_per_class(self, per_class: int | None) -> "_SplitSizes":
+        return self if not per_class else _SplitSizes(min(self.n, per_class * self.classes), **self.info)
+
+    def split_info(self) -> dict[str, int]:
+        return self.info
+
+
+def _paper_images(user: str, dataset: str) -> dict[str, float]:
+    """The images `make bench ... PROFILE=paper` would train and evaluate (sweeps.study.plan_images)."""
+    from sweeps.profile import load_profile
+    from sweeps.study import SweepConfig, plan_images
+
+    cfg = SweepConfig(model=user, dataset=dataset, profile="paper")
+    profile = load_profile("paper")
+    return plan_images(cfg, profile, profile.trials, _SplitSizes())
+
+
+def _estimate(dataset: str, user: str = "") -> str:
     if dataset == "imagenet":
         return ("not measured (no GPU was available to this project, and the plan prints no estimate for image "
                 "folders): every trial trains 30 epochs over the training images, about 21 trials with the profile's "
                 "4 per method, matched partners and the control")
-    return "not measured (no GPU step time is stored yet: the plan prints one when the command starts on a GPU)"
+    imgs = _paper_images(user, dataset)
+    return (f"not measured (no GPU step time is stored yet: the plan prints one when the command starts on a GPU); "
+            f"the sweep trains {(imgs['baseline'] + imgs['trials']) / 1e6:.1f}M images (baseline "
+            f"{imgs['baseline'] / 1e6:.1f}M, {imgs['n_trials']:.0f} trials) and evaluates {imgs['evals'] / 1e6:.1f}M, "
+            f"so at R training images per second on your GPU it takes about {(imgs['baseline'] + imgs['trials']) / 3600:,.0f} / R hours")
 
 
 def _paper_key(model: str, dataset: str) -> tuple[str, str]:
@@ -125,7 +158,7 @@ def paper_tables(results: Path, reference: Path | None = None) -> tuple[str, str
                 ours += _our_rows(folder)
             if not folders:
                 missing.append(user)
-                md += [f"**Not run yet.** Command: {_command(user, ds)}. Estimated time on one GPU: {_estimate(ds)}.", ""]
+                md += [f"**Not run yet.** Command: {_command(user, ds)}. Estimated time on one GPU: {_estimate(ds, user)}.", ""]
             published, sources = _published_rows(timm_name, ds, reference)
             if ours:
                 md += ["Ours (rows on their series' Pareto front, and the no-pruning control):", ""]

@@ -14,6 +14,7 @@ whose worker dies is failed (heartbeat, or a dead pid on this host) and must be 
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -590,8 +591,28 @@ def plan_images(cfg: SweepConfig, profile: Profile, trials: int, data: Any) -> d
     partners = [m for m in cfg.methods if m not in MATCH_METHODS_EXCLUDED] if cfg.match == "decore" and "decore" in cfg.methods else []
     extra = sum(per_trial[m] for m in partners) * trials + (equal if cfg.control else 0)
     trained = not (cfg.pretrained or cfg.checkpoint)  # an imported baseline trains no image
+    # evaluation (forward passes): every trial reads the selection split before and after fine-tuning and the test
+    # set once; every seed's baseline reads both once, and the break-even pass its training images
+    n_trials = (len(cfg.methods) + len(partners)) * trials + (1 if cfg.control else 0)
+    info = _split_info(cfg, data)
+    test = int(info.get("test_images") or 0)
+    val = int(info.get("val_images") or 0) if cfg.selection == "val" else test
+    evals = (n_trials * (2 * val + test) + val + test + BREAK_EVEN_IMAGES) * cfg.seeds
     return {"baseline": base_r.epochs * n[base_r.name] * cfg.seeds * trained, "trials": (sum(per_trial.values()) * trials + extra) * cfg.seeds,
+            "evals": evals, "n_trials": n_trials * cfg.seeds,
             "equal": equal, "joint": joint_images, "finetune": ft_images, **{f"n:{k}": v for k, v in n.items()}}
+
+
+# what a trial costs besides its images: tracing the channel groups, the FLOPs of candidate plans (a flops_target's
+# bisection counts 10-20 pruned models with fvcore), saving; estimated as this many FLOPs counts of the unpruned
+# model, timed in the plan (the smoke sweep of resnet20 on 2 cores: trials took 13 s each beyond their images)
+TRIAL_FLOPS_COUNTS = 16
+
+
+def estimate_seconds(imgs: dict[str, float], sec: tuple[float, float, float]) -> float:
+    """The plan's time estimate: training images at the measured step time, evaluation images at the measured
+    forward time, and per trial TRIAL_FLOPS_COUNTS FLOPs counts at the measured time of one."""
+    return (imgs["baseline"] + imgs["trials"]) * sec[0] + imgs["evals"] * sec[1] + imgs["n_trials"] * TRIAL_FLOPS_COUNTS * sec[2]
 
 
 AUTO_CPU_MINUTES = 35  # `--profile auto` on a CPU: the most thorough profile estimated under this
@@ -610,8 +631,7 @@ def choose_profile(cfg: SweepConfig, device: torch.device) -> tuple[str, str]:
     for name in order:
         p = load_profile(name)
         c = dataclasses.replace(cfg, profile=name)
-        imgs = plan_images(c, p, cfg.trials or p.trials, data)
-        minutes[name] = (imgs["baseline"] + imgs["trials"]) * sec / 60
+        minutes[name] = estimate_seconds(plan_images(c, p, cfg.trials or p.trials, data), sec) / 60
     if device.type == "cuda":
         chosen, why = "fast", "a GPU is here"
     else:
@@ -620,7 +640,7 @@ def choose_profile(cfg: SweepConfig, device: torch.device) -> tuple[str, str]:
         why = (f"CPU only: the most thorough profile estimated under {AUTO_CPU_MINUTES} min" if fits else
                f"CPU only, and no profile fits {AUTO_CPU_MINUTES} min here: the cheapest")
     others = ", ".join(f"{n} ~{minutes[n]:.0f} min" for n in order)
-    return chosen, f"profile auto -> {chosen} ({why}; estimates here at {1 / sec:.0f} img/s: {others})"
+    return chosen, f"profile auto -> {chosen} ({why}; estimates here at {1 / sec[0]:.0f} img/s training, {1 / sec[1]:.0f} evaluation: {others})"
 
 
 def print_plan(cfg: SweepConfig, profile: Profile, trials: int, device: torch.device, data: Any) -> None:
@@ -629,8 +649,8 @@ def print_plan(cfg: SweepConfig, profile: Profile, trials: int, device: torch.de
     imgs = plan_images(cfg, profile, trials, data)
     n = {r.name: imgs[f"n:{r.name}"] for r in (base_r, joint, ft)}
     equal = imgs["equal"]
-    sec = _seconds_per_image(cfg.model, data, ft, device) if data is not None else float("nan")
-    total = (imgs["baseline"] + imgs["trials"]) * sec
+    sec = _seconds_per_image(cfg.model, data, ft, device) if data is not None else (float("nan"),) * 3
+    total = estimate_seconds(imgs, sec)
     partners = [m for m in cfg.methods if m not in MATCH_METHODS_EXCLUDED] if cfg.match == "decore" and "decore" in cfg.methods else []
     info = _split_info(cfg, data)
     print(f"plan: {cfg.folder.name} on {device}, storage {scrub(cfg.storage_url)}")
@@ -654,12 +674,14 @@ def print_plan(cfg: SweepConfig, profile: Profile, trials: int, device: torch.de
         own = {m: load_recipe(profile.paper_finetune.get(m, profile.finetune_recipe)).name for m in cfg.methods}
         print(f"  budget: paper budgets, unequal: DECORE joint {joint.epochs} ({joint.name}) + fine-tune {ft.epochs}; "
               + ", ".join(f"{m} fine-tunes with {r}" for m, r in own.items() if not methods.get_method(m).trains))
-    print(f"  matching: " + (f"{', '.join(partners)} at every DECORE trial's FLOPs (within 1%, DECORE's scope)"
+    print("  matching: " + (f"{', '.join(partners)} at every DECORE trial's FLOPs (within 1%, DECORE's scope)"
                              if partners else "off") +
           f"; no-pruning control: {'one per seed, same budget' if cfg.control else 'off'}; "
           f"scope {cfg.scope or 'each method its default'}; round_to {cfg.round_to}")
     if math.isfinite(total):
-        print(f"  estimate: about {total / 60:.0f} min if nothing is cached yet ({1 / sec:.0f} img/s measured; "
+        print(f"  estimate: about {total / 60:.0f} min if nothing is cached yet ({imgs['baseline'] + imgs['trials']:,.0f} "
+              f"training images at {1 / sec[0]:.0f} img/s, {imgs['evals']:,.0f} evaluation images at {1 / sec[1]:.0f} img/s, "
+              f"{imgs['n_trials']:.0f} trials at {TRIAL_FLOPS_COUNTS} x {sec[2]:.2f} s of FLOPs counting; measured here; "
               "cached baselines and finished trials cost nothing)")
 
 
@@ -674,26 +696,43 @@ def _split_info(cfg: SweepConfig, data: Any) -> dict[str, Any]:
     return data.split_info() if data is not None else image_folder_split_info(cfg.dataset, cfg.selection)
 
 
-def _seconds_per_image(model_name: str, data: Any, recipe: Any, device: torch.device, steps: int = 4) -> float:
-    """A short measured warm-up: a few training steps of the unpruned model."""
+def _seconds_per_image(model_name: str, data: Any, recipe: Any, device: torch.device, steps: int = 4) -> tuple[float, float, float]:
+    """A short measured warm-up of the unpruned model: seconds per image of a training step and of an evaluation
+    forward pass (inference mode), and seconds of one FLOPs count (a copy on the CPU, as plan_cost does)."""
+    from bench.measure import count_flops
+
     import models
 
     model = prepare_model(models.create(model_name, num_classes=data.num_classes), device)
     opt = build_optimizer(model.parameters(), recipe)
     loader = open_loaders(data.name, recipe.batch_size, device, data=data, subset_per_class=100).train
-    it = iter(loader)
-    x, y = next(it)
-    t0 = None
-    for i in range(steps + 2):
-        if i == 2:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
+    x, y = next(iter(loader))
+
+    def timed(step: Callable[[], None]) -> float:
+        t0 = 0.0
+        for i in range(steps + 2):
+            if i == 2:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / (steps * len(y))
+
+    def train_step() -> None:
         loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / (steps * len(y))
 
+    def eval_step() -> None:
+        with torch.inference_mode():
+            model(x)
+
+    train = timed(train_step)
+    model.eval()
+    forward = timed(eval_step)
+    t0 = time.perf_counter()
+    count_flops(copy.deepcopy(model).cpu().float(), tuple(x.shape[1:]))
+    return train, forward, time.perf_counter() - t0

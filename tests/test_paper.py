@@ -18,6 +18,14 @@ def test_paper_lists_measured_and_missing_models(tmp_path, capsys):
     for model in ("vgg16", "resnet110", "googlenet", "densenet40"):
         part = md.split(f"### {model}")[1].split("###")[0]
         assert "**Not run yet.**" in part and f"make bench MODEL={model} DATASET=cifar10 PROFILE=paper" in part
+    # the image count behind the GPU estimate, from the recipes: baseline + 41 trials (3 methods x 8, 2 partners x 8,
+    # the control) of 300 epochs over the 45,000 training images (DECORE's gated joint epochs count 1.1)
+    from bench.recipe import load_recipe
+    base = load_recipe("cifar-standard").epochs * 45_000
+    decore = (260 * 1.1 + 40) * 45_000
+    trials = 8 * decore + (2 * 8 + 2 * 8 + 1) * 300 * 45_000
+    part = md.split("### resnet110")[1].split("###")[0]
+    assert f"trains {(base + trials) / 1e6:.1f}M images (baseline {base / 1e6:.1f}M, 41 trials)" in part
     imagenet = md.split("### resnet50")[1]
     assert "Not run yet" in imagenet and "DECORE-5 [" in imagenet and "| 90." in imagenet  # published top-5 shown
     assert ("make bench MODEL=resnet50.tv_in1k DATASET=imagefolder:/path/to/imagenet PROFILE=imagenet "
