@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -394,7 +395,9 @@ def pareto_figure(df: pd.DataFrame, reference: pd.DataFrame | None, official: bo
     fig.legend(hl, labels, loc="outside lower center", fontsize=7, ncols=2)
     note = "" if reference is not None else " · published points left out: " + (
         "the data is not the official set (fingerprint)" if official is False else "no published points for this model")
-    fig.suptitle(f"{_title(df)}\n{protocol_text(df, official)}{note}", fontsize=8)
+    # the protocol line wrapped to the figure's width (about 15 characters per inch at 8 pt): never clipped
+    protocol = textwrap.fill(f"{protocol_text(df, official)}{note}", width=int(fig.get_figwidth() * 15))
+    fig.suptitle(f"{_title(df)}\n{protocol}", fontsize=8)
     return fig
 
 
@@ -594,7 +597,7 @@ def _latex(measured: list[dict], published: list[dict], sources: list[str], capt
     if matched:
         lines += [r"\par\medskip", r"\resizebox{\linewidth}{!}{%"] + _latex_tabular(MATCHED_HEADERS, matched) + ["}"]
     if published:
-        lines += [r"\par\medskip", rf"{{\small\emph{{Published, their schedules}}}}\par"]
+        lines += [r"\par\medskip", r"{\small\emph{Published, their schedules}}\par"]
         rows = [[r["cells"][0], *r["cells"][1:]] for r in published]
         tab = _latex_tabular(PUBLISHED_HEADERS, rows)
         for i, r in enumerate(published):  # the source as a superscript on the name
