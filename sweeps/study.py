@@ -603,9 +603,10 @@ def plan_images(cfg: SweepConfig, profile: Profile, trials: int, data: Any) -> d
             "equal": equal, "joint": joint_images, "finetune": ft_images, **{f"n:{k}": v for k, v in n.items()}}
 
 
-# what a trial costs besides its images: tracing the channel groups, the FLOPs of candidate plans (a flops_target's
-# bisection counts 10-20 pruned models with fvcore), saving; estimated as this many FLOPs counts of the unpruned
-# model, timed in the plan (the smoke sweep of resnet20 on 2 cores: trials took 13 s each beyond their images)
+# the FLOPs of candidate plans a trial counts (a flops_target's bisection counts 10-20 pruned models with fvcore),
+# timed in the plan on the unpruned model. Not estimated: the rest of a trial's fixed cost (loaders, tracing,
+# saving); in the smoke sweep of resnet20 on 2 cores trials took about 13 s each beyond their images and this term
+# (0.04 s per count there)
 TRIAL_FLOPS_COUNTS = 16
 
 
