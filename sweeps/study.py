@@ -14,7 +14,6 @@ whose worker dies is failed (heartbeat, or a dead pid on this host) and must be 
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import json
@@ -603,17 +602,11 @@ def plan_images(cfg: SweepConfig, profile: Profile, trials: int, data: Any) -> d
             "equal": equal, "joint": joint_images, "finetune": ft_images, **{f"n:{k}": v for k, v in n.items()}}
 
 
-# the FLOPs of candidate plans a trial counts (a flops_target's bisection counts 10-20 pruned models with fvcore),
-# timed in the plan on the unpruned model. Not estimated: the rest of a trial's fixed cost (loaders, tracing,
-# saving); in the smoke sweep of resnet20 on 2 cores trials took about 13 s each beyond their images and this term
-# (0.04 s per count there)
-TRIAL_FLOPS_COUNTS = 16
-
-
-def estimate_seconds(imgs: dict[str, float], sec: tuple[float, float, float]) -> float:
+def estimate_seconds(imgs: dict[str, float], sec: tuple[float, float]) -> float:
     """The plan's time estimate: training images at the measured step time, evaluation images at the measured
-    forward time, and per trial TRIAL_FLOPS_COUNTS FLOPs counts at the measured time of one."""
-    return (imgs["baseline"] + imgs["trials"]) * sec[0] + imgs["evals"] * sec[1] + imgs["n_trials"] * TRIAL_FLOPS_COUNTS * sec[2]
+    forward time. Not estimated: a trial's fixed cost (loaders, tracing, FLOPs matching, saving); in the smoke
+    sweep of resnet20 on 2 cores trials took about 13 s each beyond their images."""
+    return (imgs["baseline"] + imgs["trials"]) * sec[0] + imgs["evals"] * sec[1]
 
 
 AUTO_CPU_MINUTES = 35  # `--profile auto` on a CPU: the most thorough profile estimated under this
@@ -650,7 +643,7 @@ def print_plan(cfg: SweepConfig, profile: Profile, trials: int, device: torch.de
     imgs = plan_images(cfg, profile, trials, data)
     n = {r.name: imgs[f"n:{r.name}"] for r in (base_r, joint, ft)}
     equal = imgs["equal"]
-    sec = _seconds_per_image(cfg.model, data, ft, device) if data is not None else (float("nan"),) * 3
+    sec = _seconds_per_image(cfg.model, data, ft, device) if data is not None else (float("nan"),) * 2
     total = estimate_seconds(imgs, sec)
     partners = [m for m in cfg.methods if m not in MATCH_METHODS_EXCLUDED] if cfg.match == "decore" and "decore" in cfg.methods else []
     info = _split_info(cfg, data)
@@ -682,8 +675,8 @@ def print_plan(cfg: SweepConfig, profile: Profile, trials: int, device: torch.de
     if math.isfinite(total):
         print(f"  estimate: about {total / 60:.0f} min if nothing is cached yet ({imgs['baseline'] + imgs['trials']:,.0f} "
               f"training images at {1 / sec[0]:.0f} img/s, {imgs['evals']:,.0f} evaluation images at {1 / sec[1]:.0f} img/s, "
-              f"{imgs['n_trials']:.0f} trials at {TRIAL_FLOPS_COUNTS} x {sec[2]:.2f} s of FLOPs counting; measured here; "
-              "cached baselines and finished trials cost nothing)")
+              f"{imgs['n_trials']:.0f} trials; measured here; a trial's fixed cost is not counted; cached baselines "
+              "and finished trials cost nothing)")
 
 
 def _images(cfg: SweepConfig, data: Any, recipe: Any) -> int:
@@ -697,11 +690,9 @@ def _split_info(cfg: SweepConfig, data: Any) -> dict[str, Any]:
     return data.split_info() if data is not None else image_folder_split_info(cfg.dataset, cfg.selection)
 
 
-def _seconds_per_image(model_name: str, data: Any, recipe: Any, device: torch.device, steps: int = 4) -> tuple[float, float, float]:
+def _seconds_per_image(model_name: str, data: Any, recipe: Any, device: torch.device, steps: int = 4) -> tuple[float, float]:
     """A short measured warm-up of the unpruned model: seconds per image of a training step and of an evaluation
-    forward pass (inference mode), and seconds of one FLOPs count (a copy on the CPU, as plan_cost does)."""
-    from bench.measure import count_flops
-
+    forward pass (inference mode)."""
     import models
 
     model = prepare_model(models.create(model_name, num_classes=data.num_classes), device)
@@ -733,7 +724,4 @@ def _seconds_per_image(model_name: str, data: Any, recipe: Any, device: torch.de
 
     train = timed(train_step)
     model.eval()
-    forward = timed(eval_step)
-    t0 = time.perf_counter()
-    count_flops(copy.deepcopy(model).cpu().float(), tuple(x.shape[1:]))
-    return train, forward, time.perf_counter() - t0
+    return train, timed(eval_step)
