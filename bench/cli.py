@@ -75,9 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--profile", default="smoke", help="smoke (CPU, minutes), cpu (CPU, ~1 h for resnet20), fast (one GPU, "
                    "~1 h), paper, imagenet (ResNet-50 from --pretrained or --checkpoint weights), or auto (the "
-                   "profile that fits this machine, said in the plan)")
+                   "profile that fits this machine, said in the plan; on a CPU where none fits, smoke with fewer trials)")
     p.add_argument("--methods", default="decore,l1,random", help="comma-separated")
-    p.add_argument("--trials", type=int, default=None, help="trials per method (default: the profile's)")
+    p.add_argument("--trials", type=int, default=None, help="trials per method (default: the profile's; "
+                   "always obeyed, also under --profile auto)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per suggested knob value (baseline included)")
     p.add_argument("--storage", default=os.environ.get("BENCH_STORAGE") or None, help="Optuna storage URL (or env BENCH_STORAGE, which keeps a password off the command line): sqlite:///f.db (default, in the experiment "
                    "folder), postgresql://user@host/db, journal:path.log")
@@ -200,7 +201,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         probe = SweepConfig(args.model, args.dataset, "smoke", tuple(m.strip() for m in args.methods.split(",") if m.strip()),
                             args.trials, args.seeds, selection=args.selection, budget=args.budget)
-        profile, line = choose_profile(probe, resolve_device(args.device))
+        profile, args.trials, line = choose_profile(probe, resolve_device(args.device))
         print(line)
     cfg = SweepConfig(args.model, args.dataset, profile, tuple(m.strip() for m in args.methods.split(",") if m.strip()),
                       args.trials, args.seeds, args.storage, args.workers, args.device, args.scope,

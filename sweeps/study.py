@@ -41,7 +41,7 @@ from bench.errors import UserError
 from bench.faults import crash_point
 from bench.recipe import load_recipe
 from bench.results import ResultsTable
-from bench.train import Diverged, build_optimizer, prepare_model, resolve_device
+from bench.train import Diverged, prepare_model, resolve_device
 from bench.report import report_experiment
 from bench.tracking import Tracker
 from bench.trial import (BREAK_EVEN_IMAGES, TrialConfig, experiment_dir, experiment_name, measure_speedup, run_trial,
@@ -597,44 +597,61 @@ def plan_images(cfg: SweepConfig, profile: Profile, trials: int, data: Any) -> d
     test = int(info.get("test_images") or 0)
     val = int(info.get("val_images") or 0) if cfg.selection == "val" else test
     evals = (n_trials * (2 * val + test) + val + test + BREAK_EVEN_IMAGES) * cfg.seeds
+    # trials that meet a FLOPs target by bisection: every matched partner, and methods whose knob is flops_target
+    own = sum(1 for m in cfg.methods if m in profile.methods and profile.methods[m].knob == "flops_target")
     return {"baseline": base_r.epochs * n[base_r.name] * cfg.seeds * trained, "trials": (sum(per_trial.values()) * trials + extra) * cfg.seeds,
-            "evals": evals, "n_trials": n_trials * cfg.seeds,
+            "evals": evals, "n_trials": n_trials * cfg.seeds, "n_bisect": (len(partners) + own) * trials * cfg.seeds,
             "equal": equal, "joint": joint_images, "finetune": ft_images, **{f"n:{k}": v for k, v in n.items()}}
 
 
-def estimate_seconds(imgs: dict[str, float], sec: tuple[float, float]) -> float:
-    """The plan's time estimate: training images at the measured step time, evaluation images at the measured
-    forward time. Not estimated: a trial's fixed cost (loaders, tracing, FLOPs matching, saving); in the smoke
-    sweep of resnet20 on 2 cores trials took about 13 s each beyond their images."""
-    return (imgs["baseline"] + imgs["trials"]) * sec[0] + imgs["evals"] * sec[1]
+def estimate_seconds(imgs: dict[str, float], rates: Rates) -> float:
+    """The plan's time estimate: training images at the measured training rate (the real loader and step),
+    evaluation images at the measured evaluation rate, and every trial's measured fixed cost (tracing, counts,
+    the FLOPs bisection of matched and flops_target trials, its latency pass). Not counted: the report at the end
+    and process start-up (seconds)."""
+    return (imgs["baseline"] * rates.train + imgs["trials"] * rates.trial_train + imgs["evals"] * rates.trial_eval
+            + imgs["n_trials"] * rates.per_trial(False) + imgs["n_bisect"] * (rates.per_trial(True) - rates.per_trial(False)))
 
 
 AUTO_CPU_MINUTES = 35  # `--profile auto` on a CPU: the most thorough profile estimated under this
 
 
-def choose_profile(cfg: SweepConfig, device: torch.device) -> tuple[str, str]:
+def choose_profile(cfg: SweepConfig, device: torch.device) -> tuple[str, int | None, str]:
     """`--profile auto`: `fast` on a GPU; on a CPU the most thorough of smoke < cpu < fast < paper whose
-    estimate (from a few measured training steps here) is under AUTO_CPU_MINUTES, else smoke. Returns the
-    profile and the plan line that says which, why, and what the others would cost here."""
+    estimate (from rates measured here, `measure_rates`) is under AUTO_CPU_MINUTES; when none is and no trial count
+    was given, smoke with the most trials per method that fit (at least 1). Returns the profile, the trial count
+    (None: the profile's or the user's) and the plan line that says which, why, and what the others would cost."""
     order = ("smoke", "cpu", "fast", "paper")
     if cfg.dataset.startswith("imagefolder:"):
-        return "fast", "profile auto -> fast (image folders: no CPU profile)"
+        return "fast", cfg.trials, "profile auto -> fast (image folders: no CPU profile)"
     data = load_dataset(cfg.dataset, selection=cfg.selection)
-    sec = _seconds_per_image(cfg.model, data, load_recipe(load_profile("smoke").finetune_recipe), device)
-    minutes = {}
-    for name in order:
+    rates = measure_rates(cfg.model, data, load_recipe(load_profile("smoke").finetune_recipe), device)
+
+    def minutes(name: str, trials: int | None = None) -> float:
         p = load_profile(name)
         c = dataclasses.replace(cfg, profile=name)
-        minutes[name] = estimate_seconds(plan_images(c, p, cfg.trials or p.trials, data), sec) / 60
+        return estimate_seconds(plan_images(c, p, trials or cfg.trials or p.trials, data), rates) / 60
+    est = {name: minutes(name) for name in order}
+    trials = cfg.trials
     if device.type == "cuda":
         chosen, why = "fast", "a GPU is here"
     else:
-        fits = [n for n in order if minutes[n] <= AUTO_CPU_MINUTES]
+        fits = [n for n in order if est[n] <= AUTO_CPU_MINUTES]
         chosen = fits[-1] if fits else "smoke"
-        why = (f"CPU only: the most thorough profile estimated under {AUTO_CPU_MINUTES} min" if fits else
-               f"CPU only, and no profile fits {AUTO_CPU_MINUTES} min here: the cheapest")
-    others = ", ".join(f"{n} ~{minutes[n]:.0f} min" for n in order)
-    return chosen, f"profile auto -> {chosen} ({why}; estimates here at {1 / sec[0]:.0f} img/s training, {1 / sec[1]:.0f} evaluation: {others})"
+        if fits:
+            why = f"CPU only: the most thorough profile estimated under {AUTO_CPU_MINUTES} min"
+        elif cfg.trials is None:
+            fewer = [k for k in range(1, load_profile("smoke").trials) if minutes("smoke", k) <= AUTO_CPU_MINUTES]
+            trials = fewer[-1] if fewer else 1
+            why = (f"CPU only, and no profile fits {AUTO_CPU_MINUTES} min here at its trial count: smoke with {trials} "
+                   f"trial(s) per method, ~{minutes('smoke', trials):.0f} min" +
+                   ("" if fewer else f", the least there is; PROFILE=smoke TRIALS={trials} names it"))
+        else:
+            why = f"CPU only, and no profile fits {AUTO_CPU_MINUTES} min here with {cfg.trials} trials: the cheapest"
+    others = ", ".join(f"{n} ~{est[n]:.0f} min" for n in order)
+    return chosen, trials, (f"profile auto -> {chosen} ({why}; estimates here at {1 / rates.trial_train:.0f} img/s training, "
+                            f"{1 / rates.trial_eval:.0f} evaluation, {rates.per_trial(False):.0f}-{rates.per_trial(True):.0f} s "
+                            f"fixed per trial: {others})")
 
 
 def print_plan(cfg: SweepConfig, profile: Profile, trials: int, device: torch.device, data: Any) -> None:
@@ -643,8 +660,8 @@ def print_plan(cfg: SweepConfig, profile: Profile, trials: int, device: torch.de
     imgs = plan_images(cfg, profile, trials, data)
     n = {r.name: imgs[f"n:{r.name}"] for r in (base_r, joint, ft)}
     equal = imgs["equal"]
-    sec = _seconds_per_image(cfg.model, data, ft, device) if data is not None else (float("nan"),) * 2
-    total = estimate_seconds(imgs, sec)
+    rates = measure_rates(cfg.model, data, ft, device) if data is not None else None
+    total = estimate_seconds(imgs, rates) if rates is not None else float("nan")
     partners = [m for m in cfg.methods if m not in MATCH_METHODS_EXCLUDED] if cfg.match == "decore" and "decore" in cfg.methods else []
     info = _split_info(cfg, data)
     print(f"plan: {cfg.folder.name} on {device}, storage {scrub(cfg.storage_url)}")
@@ -673,9 +690,10 @@ def print_plan(cfg: SweepConfig, profile: Profile, trials: int, device: torch.de
           f"; no-pruning control: {'one per seed, same budget' if cfg.control else 'off'}; "
           f"scope {cfg.scope or 'each method its default'}; round_to {cfg.round_to}")
     if math.isfinite(total):
-        print(f"  estimate: about {total / 60:.0f} min if nothing is cached yet ({imgs['baseline'] + imgs['trials']:,.0f} "
-              f"training images at {1 / sec[0]:.0f} img/s, {imgs['evals']:,.0f} evaluation images at {1 / sec[1]:.0f} img/s, "
-              f"{imgs['n_trials']:.0f} trials; measured here; a trial's fixed cost is not counted; cached baselines "
+        print(f"  estimate: about {total / 60:.0f} min if nothing is cached yet ({imgs['baseline']:,.0f} baseline "
+              f"training images at {1 / rates.train:.0f} img/s, {imgs['trials']:,.0f} trial training images at "
+              f"{1 / rates.trial_train:.0f} img/s, {imgs['evals']:,.0f} evaluation images at {1 / rates.trial_eval:.0f} img/s, {imgs['n_trials']:.0f} trials at {rates.per_trial(False):.0f} s fixed "
+              f"({imgs['n_bisect']:.0f} matching FLOPs at {rates.per_trial(True):.0f} s); measured here; cached baselines "
               "and finished trials cost nothing)")
 
 
@@ -690,38 +708,100 @@ def _split_info(cfg: SweepConfig, data: Any) -> dict[str, Any]:
     return data.split_info() if data is not None else image_folder_split_info(cfg.dataset, cfg.selection)
 
 
-def _seconds_per_image(model_name: str, data: Any, recipe: Any, device: torch.device, steps: int = 4) -> tuple[float, float]:
-    """A short measured warm-up of the unpruned model: seconds per image of a training step and of an evaluation
-    forward pass (inference mode)."""
+@dataclass(frozen=True)
+class Rates:
+    """What the plan's estimate multiplies, measured on this machine before anything trains (`measure_rates`).
+    Seconds per image of the unpruned model and of a pruned copy (every group at 85% of its channels): on CPUs a
+    pruned network at odd widths can train slower per image than the unpruned one (resnet110: 73 against 90 img/s),
+    so trials are estimated at the slower of the two."""
+    train: float          # seconds per training image: the real loader (augmentation), optimizer step and schedule
+    eval: float           # seconds per evaluation image: evaluate() over an evaluation loader at its batch size
+    trace: float          # seconds to trace the model's channel groups (once per trial)
+    count: float          # seconds of one FLOPs/params count of a pruned copy (prune_model + fvcore)
+    latency: float        # seconds of one latency measurement at batch 1 (bench.measure.speedup at its round limit)
+    train_pruned: float = 0.0
+    eval_pruned: float = 0.0
+
+    @property
+    def trial_train(self) -> float:
+        return max(self.train, self.train_pruned)
+
+    @property
+    def trial_eval(self) -> float:
+        return max(self.eval, self.eval_pruned)
+
+    def per_trial(self, bisects: bool) -> float:
+        """A trial's seconds beyond its images: tracing, the final counts, its latency pass, and for a trial that
+        meets a FLOPs target (flops_target knobs, matched partners) the bisection's counts."""
+        return self.trace + 2 * self.count + self.latency + (BISECTION_COUNTS * self.count if bisects else 0.0)
+
+
+BISECTION_COUNTS = 30  # FLOPs counts one flops_target trial makes (ScoredMethod._to_flops; measured: 31 on resnet110)
+PRUNED_KEEP = 0.85     # the pruned copy measure_rates times: every group keeps this fraction of its channels
+_RATES: dict[tuple[str, ...], Rates] = {}
+
+
+def measure_rates(model_name: str, data: Any, recipe: Any, device: torch.device, batches: int = 6) -> Rates:
+    """Measure `Rates` here (cached per model, data, recipe and device): for the unpruned model and a pruned copy,
+    `batches` training batches of the real loader through `fit` after one warm-up batch and two evaluation batches
+    of `evaluate`; one trace, one count (after a first, warm-up count), and one batch-1 forward pass on one thread
+    scaled to the latency pass's most rounds."""
+    key = (model_name, str(data.fingerprint), recipe.name, str(device))
+    if key in _RATES:
+        return _RATES[key]
+    import copy
+
     import models
+    from bench.data import DeviceLoader
+    from bench.measure import LATENCY_ROUNDS, LATENCY_THREADS, profile_model
+    from bench.train import evaluate, fit
+    from methods.core import channel_groups, prune_model
 
-    model = prepare_model(models.create(model_name, num_classes=data.num_classes), device)
-    opt = build_optimizer(model.parameters(), recipe)
     loader = open_loaders(data.name, recipe.batch_size, device, data=data, subset_per_class=100).train
-    x, y = next(iter(loader))
+    bs = recipe.batch_size
+    split = data.test.subset_per_class(max(1, 1000 // data.num_classes))
+    evals = DeviceLoader(split, data.mean, data.std, max(bs, 500), device)
 
-    def timed(step: Callable[[], None]) -> float:
-        t0 = 0.0
-        for i in range(steps + 2):
-            if i == 2:
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-            step()
+    def clock(fn: Callable[[], Any]) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return (time.perf_counter() - t0) / (steps * len(y))
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
 
-    def train_step() -> None:
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    def speeds(net: torch.nn.Module) -> tuple[float, float]:
+        model = prepare_model(net, device)
+        fit(model, loader, None, recipe, device, images=bs)  # warm-up
+        train = clock(lambda: fit(model, loader, None, recipe, device, images=batches * bs)) / (batches * bs)
+        evaluate(model, evals, device)  # warm-up
+        return train, clock(lambda: evaluate(model, evals, device)) / len(split.y)
 
-    def eval_step() -> None:
+    cpu = models.create(model_name, num_classes=data.num_classes).eval()
+    x = torch.randn(1, 3, *data.train.x.shape[1:3])
+    t0 = time.perf_counter()
+    groups = channel_groups(cpu, x, "all", name=model_name)
+    trace = time.perf_counter() - t0
+    ctx = methods.Context(cpu, groups, model_name, {"num_classes": data.num_classes}, tuple(x.shape[1:]),
+                          torch.device("cpu"), 0)
+    plan = ctx.plan({})
+    profile_model(prune_model(cpu, plan), tuple(x.shape[1:]))  # warm-up: the first count pays fvcore's set-up
+    count = clock(lambda: profile_model(prune_model(cpu, plan), tuple(x.shape[1:])))
+    masks = {g.id: (torch.arange(g.units) < max(1, round(g.units * PRUNED_KEEP))).float() for g in groups}
+    pruned = prune_model(cpu, ctx.plan(masks))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(LATENCY_THREADS)
+    try:
         with torch.inference_mode():
-            model(x)
-
-    train = timed(train_step)
-    model.eval()
-    return train, timed(eval_step)
+            xl = x.contiguous(memory_format=torch.channels_last)
+            cl = copy.deepcopy(cpu).to(memory_format=torch.channels_last)
+            cl(xl)
+            call = min(clock(lambda: cl(xl)) for _ in range(5))
+    finally:
+        torch.set_num_threads(threads)
+    latency = call * 2 * 10 * (3 + LATENCY_ROUNDS[1])  # two models, 10 calls a round, 3 warm-up rounds
+    train, evaluation = speeds(copy.deepcopy(cpu))
+    train_pruned, eval_pruned = speeds(pruned)
+    _RATES[key] = rates = Rates(train, evaluation, trace, count, latency, train_pruned, eval_pruned)
+    return rates

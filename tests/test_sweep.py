@@ -9,6 +9,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+import torch
 
 from bench.errors import UserError
 from bench.results import COLUMNS, ResultsTable
@@ -121,3 +122,38 @@ def test_matched_partners_by_default_at_decores_scope():
     trials = df[df["row_type"] == "trial"]
     assert (trials["budget_images"] == decore["budget_images"]).all()
     assert int(decore["method_images"]) > 0 and (trials[trials["method"] != "decore"]["method_images"] == 0).all()
+
+
+def test_measure_rates_counts_a_pruned_copy_and_fixed_costs():
+    from bench.data import load_dataset
+    from bench.recipe import load_recipe
+    from sweeps.study import measure_rates
+
+    r = measure_rates("resnet20", load_dataset("synthetic", selection="val"), load_recipe("test-micro"),
+                      torch.device("cpu"), batches=1)
+    for v in (r.train, r.eval, r.train_pruned, r.eval_pruned, r.trace, r.count, r.latency):
+        assert 0 < v < 60
+    assert r.trial_train >= r.train and r.trial_eval >= r.eval
+    assert r.per_trial(True) > r.per_trial(False) > r.latency
+
+
+def test_profile_auto_on_a_cpu_takes_fewer_trials_when_no_profile_fits(monkeypatch):
+    from sweeps import study
+
+    rates = study.Rates(train=1e-3, eval=1e-4, trace=0.1, count=0.5, latency=10.0, train_pruned=2e-3, eval_pruned=1e-4)
+    monkeypatch.setattr(study, "measure_rates", lambda *a, **k: rates)
+    cfg = study.SweepConfig("resnet20", "synthetic", profile="auto", device="cpu")
+    imgs = {k: study.plan_images(study.dataclasses.replace(cfg, profile="smoke"), study.load_profile("smoke"), k,
+                                 study.load_dataset("synthetic", selection="val")) for k in (1, 3)}
+    one, three = (study.estimate_seconds(imgs[k], rates) / 60 for k in (1, 3))
+    # the estimate counts every trial's fixed cost, and the FLOPs bisection of matched and flops_target trials
+    assert imgs[3]["n_trials"] == 16 and imgs[3]["n_bisect"] == 12
+    fixed = (16 * rates.per_trial(False) + 12 * (rates.per_trial(True) - rates.per_trial(False))) / 60
+    assert three > fixed > 0
+    monkeypatch.setattr(study, "AUTO_CPU_MINUTES", (one + three) / 2)  # smoke fits with 1 trial, not with 3
+    profile, trials, line = study.choose_profile(cfg, torch.device("cpu"))
+    assert (profile, trials) in {("smoke", 1), ("smoke", 2)} and f"smoke with {trials} trial(s) per method" in line
+    profile, trials, line = study.choose_profile(study.dataclasses.replace(cfg, trials=3), torch.device("cpu"))
+    assert (profile, trials) == ("smoke", 3) and "the cheapest" in line  # an explicit trial count is obeyed
+    monkeypatch.setattr(study, "AUTO_CPU_MINUTES", one / 2)  # not even one trial fits: one, and it says so
+    assert study.choose_profile(cfg, torch.device("cpu"))[1] == 1
