@@ -142,8 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default="resnet20,resnet56,resnet110", help="comma-separated CIFAR models")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda ...")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=8, help="timed training steps per variant and round")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; reported values are medians")
+    p.add_argument("--steps", type=int, default=3, help="timed training steps per variant and round, each variant's "
+                   "beside a harness timing of as many steps")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds at least; reported values are medians")
     p.add_argument("--flops-targets", default="0.7,0.5,0.3", help="kept FLOPs fractions of the pruned models")
     p.add_argument("--round-to", default="8,16", help="also measure the 0.5 plan with kept channels rounded to these multiples")
     p.add_argument("--ref-workers", type=int, default=2, help="DataLoader workers of the reference loop")

@@ -3,8 +3,9 @@
 Everything here is a benchmark, not a test: the numbers land in RESULTS_DIR/perf/ (perf.csv and perf.md)
 with the machine they came from. Variants that are compared (harness vs reference loop, gated vs plain
 step, pruned vs unpruned) are measured in interleaved rounds inside one process (the order rotates every
-round); every ratio is taken within a round, and every reported value is the median with its IQR over
-rounds. Rounds repeat until every ratio's IQR is within `rel_iqr` of its median, or a cap on rounds and
+round); every ratio is taken within a round from two timings made right beside each other (a variant and
+its own baseline timing, which goes first alternates by round), so that a drift in the machine's speed over
+a round cancels in it, and every reported value is the median with its IQR over rounds. Rounds repeat until every ratio's IQR is within `rel_iqr` of its median, or a cap on rounds and
 seconds is hit, in which case the table says *not settled*.
 
 - reference loop: what most pruning repositories do (torchvision DataLoader with per-sample PIL
@@ -51,8 +52,8 @@ MEAN, STD, _ = CIFAR_STATS["cifar10"]
 class PerfConfig:
     models: tuple[str, ...] = ("resnet20", "resnet56", "resnet110")
     batch_size: int = 128
-    steps: int = 10                    # timed training steps per round and variant
-    rounds: int = 3                    # interleaved rounds at least; values are medians over rounds
+    steps: int = 3                     # timed training steps per round and variant (each beside its own harness timing)
+    rounds: int = 5                    # interleaved rounds at least; values are medians over rounds
     max_rounds: int = 15               # ... repeated until every ratio's IQR <= rel_iqr x its median,
     rel_iqr: float = 0.03              #     or max_rounds, or max_seconds per model and section
     max_seconds: float = 150.0
@@ -387,14 +388,27 @@ def train_section(model_name: str, base: nn.Module, plans: list[Plan], base_flop
     for fn in contestants.values():  # first calls: allocator, oneDNN primitives, worker start, compile
         fn(2)
 
+    harness = contestants.pop("harness")
+
     def one_round(r: int) -> tuple[dict[Key, float], dict[Key, float]]:
-        t = {k: contestants[k](cfg.steps) for k in _rotated(list(contestants), r)}
-        values = {("train img/s", k, "", bs): v.img_s for k, v in t.items()}
-        values.update({("train peak MB", k, "", bs): v.peak_mb for k, v in t.items()})
-        ratios = {("harness / reference", "harness", "", bs): t["harness"].img_s / t["reference"].img_s,
-                  ("gated / plain", "decore_gated", "", bs): t["decore_gated"].seconds / t["harness"].seconds}
+        # every variant is timed right beside its own harness timing (which goes first alternates by round): a
+        # ratio compares two timings seconds apart, so a drift in the machine's speed over a round cancels in it
+        t, h = {}, {}
+        for k in _rotated(list(contestants), r):
+            if r % 2 == 0:
+                h[k] = harness(cfg.steps)
+                t[k] = contestants[k](cfg.steps)
+            else:
+                t[k] = contestants[k](cfg.steps)
+                h[k] = harness(cfg.steps)
+        base = Timing(sum(v.seconds for v in h.values()), sum(v.images for v in h.values()),
+                      max(v.peak_mb for v in h.values()))
+        values = {("train img/s", k, "", bs): v.img_s for k, v in {"harness": base, **t}.items()}
+        values.update({("train peak MB", k, "", bs): v.peak_mb for k, v in {"harness": base, **t}.items()})
+        ratios = {("harness / reference", "harness", "", bs): h["reference"].img_s / t["reference"].img_s,
+                  ("gated / plain", "decore_gated", "", bs): t["decore_gated"].seconds / h["decore_gated"].seconds}
         for p in plans:
-            up = t["harness"].seconds / t[p.label].seconds   # equal images: time ratio = throughput ratio
+            up = h[p.label].seconds / t[p.label].seconds   # equal images: time ratio = throughput ratio
             ratios[("train speed-up", p.label, "", bs)] = up
             ratios[("train efficiency", p.label, "", bs)] = up / p.promise(base_flops)
         return values, ratios
@@ -444,18 +458,24 @@ def latency_section(model_name: str, base: nn.Module, plans: list[Plan], base_fl
         evaluate(eval_runner, eval_loader, dev, amp, desc="perf eval")
         _sync(dev)
         values = {("eval img/s", "harness", "", 500): len(test_split.y) / (time.perf_counter() - t0)}
+        ratios = {}
         for b in batches:
             repeats = cfg.latency_repeats if b == 1 else max(2, cfg.latency_repeats // 4)
-            for form, variant in _rotated(list(runners), r):
-                values[("latency ms", variant, form, b)] = runners[(form, variant)].latency_ms(b, 1, repeats)
-        ratios = {}
-        for (form, variant) in runners:
-            if variant == "baseline":
-                continue
-            for b in batches:
-                up = values[("latency ms", "baseline", form, b)] / values[("latency ms", variant, form, b)]
+            base_ms: dict[str, list[float]] = {}
+            for form, variant in _rotated([k for k in runners if k[1] != "baseline"], r):
+                # each pruned variant right beside its form's baseline (which goes first alternates by round)
+                pair = [(form, "baseline"), (form, variant)]
+                ms = {k: runners[k].latency_ms(b, 1, repeats) for k in (pair if r % 2 == 0 else pair[::-1])}
+                base_ms.setdefault(form, []).append(ms[(form, "baseline")])
+                values[("latency ms", variant, form, b)] = ms[(form, variant)]
+                up = ms[(form, "baseline")] / ms[(form, variant)]
                 ratios[("speed-up", variant, form, b)] = up
                 ratios[("efficiency", variant, form, b)] = up / promise[variant]
+            for form, variant in runners:  # a form with no pruned variant: its baseline alone
+                if variant == "baseline" and form not in base_ms:
+                    base_ms[form] = [runners[(form, variant)].latency_ms(b, 1, repeats)]
+            for form, times in base_ms.items():
+                values[("latency ms", "baseline", form, b)] = float(np.median(times))
         return values, ratios
 
     return repeat_rounds(one_round, cfg, f"{model_name} latency rounds"), layout
@@ -629,7 +649,8 @@ def write(rows: list[dict[str, Any]], cfg: PerfConfig, out: Path, command: str) 
         f"- command: `{command}`",
         f"- machine: {machine}; {os.cpu_count()} CPUs visible; torch {torch.__version__}; commit {env['git_commit']}",
         f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}",
-        f"- batch {cfg.batch_size}, {cfg.steps} timed steps per variant and round; latency at batch 1 and "
+        f"- batch {cfg.batch_size}, {cfg.steps} timed steps per variant and round, each variant timed right beside "
+        f"a harness timing of as many steps (training ratios are taken within that pair); latency at batch 1 and "
         f"{cfg.latency_batch}",
         f"- every cell: median (IQR) over interleaved rounds (order rotated each round); ratios are taken within a "
         f"round, then summarised. Rounds repeat from {cfg.rounds} until every ratio's IQR is at most "
