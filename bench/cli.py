@@ -145,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=3, help="timed training steps per variant and round, each variant's "
                    "beside a harness timing of as many steps")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds at least; reported values are medians")
+    p.add_argument("--max-rounds", type=int, default=15, help="rounds at most per model and section (more until "
+                   "every ratio's IQR is within 3%% of its median)")
+    p.add_argument("--max-seconds", type=float, default=400.0, help="no new round after this many seconds per model "
+                   "and section")
     p.add_argument("--flops-targets", default="0.7,0.5,0.3", help="kept FLOPs fractions of the pruned models")
     p.add_argument("--round-to", default="8,16", help="also measure the 0.5 plan with kept channels rounded to these multiples")
     p.add_argument("--ref-workers", type=int, default=2, help="DataLoader workers of the reference loop")
@@ -400,10 +404,12 @@ def cmd_perf(args: argparse.Namespace) -> int:
     except ValueError:
         raise UserError(f"--round-to {args.round_to!r} is not a list of whole numbers: use e.g. 8,16") from None
     for flag, value in (("--batch-size", args.batch_size), ("--steps", args.steps), ("--rounds", args.rounds),
+                        ("--max-rounds", args.max_rounds), ("--max-seconds", args.max_seconds),
                         ("--round-to", min(round_to, default=1))):
         if value < 1:
             raise UserError(f"{flag} {value} must be at least 1")
     cfg = perf.PerfConfig(models=names, batch_size=args.batch_size, steps=args.steps, rounds=args.rounds,
+                          max_rounds=args.max_rounds, max_seconds=args.max_seconds,
                           flops_targets=targets, round_to=round_to, ref_workers=max(args.ref_workers, 0),
                           device=resolve_device(args.device), compile=args.compile)
     out = Path(args.out) if args.out else results_dir() / "perf"

@@ -251,6 +251,7 @@ def check_latency(cfg: CheckConfig, state: dict[str, Any]) -> tuple[str, list[st
     pcfg = perf.PerfConfig(batch_size=cfg.batch_size, device=cfg.device, flops_targets=cfg.flops_targets, round_to=(),
                            rounds=3, max_rounds=3 if cfg.reduced else 10, max_seconds=60,
                            latency_batch=cfg.latency_batch, latency_repeats=2 if cfg.reduced else 20,
+                           throughput_repeats=2 if cfg.reduced else 5,
                            eval_images=64 if cfg.reduced else 2000, deploy=True)
     base, prof, plans = perf.make_plans(cfg.latency_model, pcfg)
     rounds, layout = perf.latency_section(cfg.latency_model, base, plans, prof["flops"], pcfg, lambda s: None)

@@ -56,7 +56,7 @@ class PerfConfig:
     rounds: int = 5                    # interleaved rounds at least; values are medians over rounds
     max_rounds: int = 15               # ... repeated until every ratio's IQR <= rel_iqr x its median,
     rel_iqr: float = 0.03              #     or max_rounds, or max_seconds per model and section
-    max_seconds: float = 150.0
+    max_seconds: float = 400.0         # (resnet110's latency round takes ~25 s on 2 CPU cores: 15 rounds fit)
     latency_batch: int = 64            # the throughput batch of the latency rows (and batch 1)
     deploy: bool = True                # also time the deployment forms: BN folded, onnxruntime (CPU)
     flops_targets: tuple[float, ...] = (0.7, 0.5, 0.3)   # kept fraction of the baseline's FLOPs
@@ -65,7 +65,8 @@ class PerfConfig:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     compile: bool = False              # also measure the harness step with torch.compile
     eval_images: int = 2000
-    latency_repeats: int = 10
+    latency_repeats: int = 20          # timed calls per latency at batch 1 (their median) ...
+    throughput_repeats: int = 2        # ... and at latency_batch
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -460,7 +461,7 @@ def latency_section(model_name: str, base: nn.Module, plans: list[Plan], base_fl
         values = {("eval img/s", "harness", "", 500): len(test_split.y) / (time.perf_counter() - t0)}
         ratios = {}
         for b in batches:
-            repeats = cfg.latency_repeats if b == 1 else max(2, cfg.latency_repeats // 4)
+            repeats = cfg.latency_repeats if b == 1 else cfg.throughput_repeats
             base_ms: dict[str, list[float]] = {}
             for form, variant in _rotated([k for k in runners if k[1] != "baseline"], r):
                 # each pruned variant right beside its form's baseline (which goes first alternates by round)
@@ -650,8 +651,9 @@ def write(rows: list[dict[str, Any]], cfg: PerfConfig, out: Path, command: str) 
         f"- machine: {machine}; {os.cpu_count()} CPUs visible; torch {torch.__version__}; commit {env['git_commit']}",
         f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}",
         f"- batch {cfg.batch_size}, {cfg.steps} timed steps per variant and round, each variant timed right beside "
-        f"a harness timing of as many steps (training ratios are taken within that pair); latency at batch 1 and "
-        f"{cfg.latency_batch}",
+        f"a harness timing of as many steps (training ratios are taken within that pair); latency at batch 1 "
+        f"(median of {cfg.latency_repeats} calls) and {cfg.latency_batch} (median of {cfg.throughput_repeats}), each "
+        "pruned variant timed right beside its form's baseline",
         f"- every cell: median (IQR) over interleaved rounds (order rotated each round); ratios are taken within a "
         f"round, then summarised. Rounds repeat from {cfg.rounds} until every ratio's IQR is at most "
         f"{cfg.rel_iqr:.0%} of its median, up to {cfg.max_rounds} rounds or {cfg.max_seconds:.0f} s per model and "
