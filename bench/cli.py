@@ -155,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="also measure the harness step under torch.compile")
     p.add_argument("--out", default=None, help="output folder (default RESULTS_DIR/perf)")
 
+    p = sub.add_parser("perf-compare", help="do two `make perf` runs agree? every ratio against the printed spreads")
+    p.add_argument("run1", help="perf.csv, or the folder holding it")
+    p.add_argument("run2", help="perf.csv, or the folder holding it")
+
     p = sub.add_parser("models", help="list the CIFAR models and their aliases")
     p.add_argument("pattern", nargs="?", default=None, help="a timm wildcard, e.g. 'resnet*', to list timm models too")
     _deploy_parsers(sub)
@@ -417,6 +421,18 @@ def cmd_perf(args: argparse.Namespace) -> int:
     print(Path(md).read_text())
     print(f"wrote {csv} and {md}")
     return 0
+
+
+def cmd_perf_compare(args: argparse.Namespace) -> int:
+    from . import perf
+
+    a, b = perf.read_perf(args.run1), perf.read_perf(args.run2)
+    m = perf.compare(a, b)
+    print(perf.compare_text(m, int((a["unit"] == "ratio").sum()), int((b["unit"] == "ratio").sum())))
+    return 0
+
+
+COMMANDS["perf-compare"] = cmd_perf_compare
 
 
 @command

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from .data import ArraySplit, CIFAR_STATS, DeviceLoader
 from .env import environment
+from .errors import UserError
 from .io import atomic_write
 from .measure import profile_model
 from .recipe import Recipe
@@ -678,6 +679,57 @@ def write(rows: list[dict[str, Any]], cfg: PerfConfig, out: Path, command: str) 
     ]
     md = atomic_write(out / "perf.md", lambda p: Path(p).write_text("\n".join(text)))
     return csv, md
+
+
+# ---------------------------------------------------------------------------------------------- two runs
+
+KEY = ["model", "section", "measure", "variant", "form", "batch"]
+
+
+def read_perf(path: str | Path) -> pd.DataFrame:
+    """A perf.csv (or a folder holding one), checked to be one."""
+    p = Path(path)
+    p = p / "perf.csv" if p.is_dir() else p
+    if not p.is_file():
+        raise UserError(f"{path}: no perf.csv there; give a file or folder written by `make perf`")
+    try:
+        df = pd.read_csv(p)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise UserError(f"{p}: not a readable CSV ({e}); give a perf.csv written by `make perf`") from None
+    missing = sorted(set(KEY + ["value", "iqr", "unit"]) - set(df.columns))
+    if missing:
+        raise UserError(f"{p}: columns {missing} missing; give a perf.csv written by `make perf`")
+    return df.assign(form=df["form"].fillna(""))
+
+
+def compare(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """Every ratio measured in both runs, with `agree`: the two medians as perf.md prints them differ by at most
+    the larger of their printed IQRs, i.e. each run's median lies within the other's printed spread or both
+    spreads cover the gap."""
+    shown = lambda v: float(_num(v)) if not math.isnan(v) else math.nan  # what perf.md prints
+    pick = lambda d: d[d["unit"] == "ratio"][KEY + ["value", "iqr"]]
+    m = pick(a).merge(pick(b), on=KEY, suffixes=("_1", "_2"))
+    for c in ("value_1", "iqr_1", "value_2", "iqr_2"):
+        m[c] = m[c].map(shown)
+    m["diff"] = (m["value_1"] - m["value_2"]).abs().round(6)
+    m["spread"] = m[["iqr_1", "iqr_2"]].max(axis=1)
+    m["agree"] = m["diff"] <= m["spread"]
+    return m
+
+
+def compare_text(m: pd.DataFrame, n_a: int, n_b: int) -> str:
+    if m.empty:
+        return "the two runs share no ratio (different models or settings?)"
+    by = m.groupby(["model", "measure"])["agree"].agg(["sum", "count"]).reset_index()
+    lines = [f"{r.model:12s} {r.measure:20s} {int(r['sum']):3d} of {int(r['count'])} agree" for _, r in by.iterrows()]
+    lines.append(f"agree within the printed spread (|median1 - median2| <= max(IQR1, IQR2)): "
+                 f"{int(m['agree'].sum())} of {len(m)} ratios")
+    if n_a != n_b or n_a != len(m):
+        lines.append(f"(ratios in run 1: {n_a}, in run 2: {n_b}, in both: {len(m)})")
+    bad = m[~m["agree"]]
+    if len(bad):
+        lines += ["", "disagree:", bad[KEY + ["value_1", "iqr_1", "value_2", "iqr_2", "diff"]].to_string(index=False)]
+    return "\n".join(lines)
 
 
 def run(cfg: PerfConfig, out: Path, command: str = "python -m bench perf") -> tuple[Path, Path]:

@@ -52,3 +52,30 @@ def test_perf_cli_refuses_bad_values(capsys):
                          (["--steps", "0"], "--steps 0")):
         assert main(["perf", *args]) == 2
         assert needle in capsys.readouterr().err
+
+
+def _ratios(values, iqrs):
+    rows = [dict(model="resnet56", section="latency", measure="speed-up", variant=f"l1@{t}", form="folded", batch=1,
+                 value=v, iqr=q, unit="ratio") for t, v, q in zip((0.7, 0.5, 0.3), values, iqrs)]
+    rows.append(dict(model="resnet56", section="latency", measure="latency ms", variant="baseline", form="folded",
+                     batch=1, value=7.0, iqr=9.0, unit="ms"))                # not a ratio: never compared
+    return pd.DataFrame(rows)
+
+
+def test_perf_compare_checks_every_ratio_against_the_printed_spreads(tmp_path, capsys):
+    a = _ratios([1.00, 1.20, 1.50], [0.05, 0.05, 0.10])
+    b = _ratios([1.04, 1.40, 1.601], [0.02, 0.05, 0.02])
+    m = perf.compare(a, b)
+    assert len(m) == 3                                                       # the ms row is left out
+    agree = dict(zip(m.variant, m.agree))
+    assert agree == {"l1@0.7": True, "l1@0.5": False, "l1@0.3": True}       # 0.04 <= 0.05; 0.20 > 0.05; 0.10 <= 0.10 as printed
+    a.to_csv(tmp_path / "a.csv", index=False)
+    (tmp_path / "b").mkdir()
+    b.to_csv(tmp_path / "b" / "perf.csv", index=False)
+    assert main(["perf-compare", str(tmp_path / "a.csv"), str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "2 of 3 ratios" in out and "l1@0.5" in out.split("disagree:")[1]
+    (tmp_path / "bad.csv").write_text("model,value\nresnet56,1.0\n")
+    for path, needle in ((tmp_path / "nothing", "no perf.csv"), (tmp_path / "bad.csv", "missing")):
+        assert main(["perf-compare", str(tmp_path / "a.csv"), str(path)]) == 2
+        assert needle in capsys.readouterr().err
