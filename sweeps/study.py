@@ -596,7 +596,10 @@ def plan_images(cfg: SweepConfig, profile: Profile, trials: int, data: Any) -> d
     info = _split_info(cfg, data)
     test = int(info.get("test_images") or 0)
     val = int(info.get("val_images") or 0) if cfg.selection == "val" else test
-    evals = (n_trials * (2 * val + test) + val + test + BREAK_EVEN_IMAGES) * cfg.seeds
+    # the break-even pass reads at most one epoch of the joint phase's loader, and only when a method searches it
+    break_even = (min(BREAK_EVEN_IMAGES, n[joint.name])
+                  if any(profile.methods[m].break_even_range is not None for m in cfg.methods) else 0)
+    evals = (n_trials * (2 * val + test) + val + test + break_even) * cfg.seeds
     # trials that meet a FLOPs target by bisection: every matched partner, and methods whose knob is flops_target
     own = sum(1 for m in cfg.methods if m in profile.methods and profile.methods[m].knob == "flops_target")
     return {"baseline": base_r.epochs * n[base_r.name] * cfg.seeds * trained, "trials": (sum(per_trial.values()) * trials + extra) * cfg.seeds,
@@ -719,8 +722,8 @@ class Rates:
     trace: float          # seconds to trace the model's channel groups (once per trial)
     count: float          # seconds of one FLOPs/params count of a pruned copy (prune_model + fvcore)
     latency: float        # seconds of one latency measurement at batch 1 (bench.measure.speedup at its round limit)
-    train_pruned: float = 0.0
-    eval_pruned: float = 0.0
+    train_pruned: float
+    eval_pruned: float
 
     @property
     def trial_train(self) -> float:
@@ -759,7 +762,7 @@ def measure_rates(model_name: str, data: Any, recipe: Any, device: torch.device,
 
     loader = open_loaders(data.name, recipe.batch_size, device, data=data, subset_per_class=100).train
     bs = recipe.batch_size
-    split = data.test.subset_per_class(max(1, 1000 // data.num_classes))
+    split = data.selection_split.subset_per_class(max(1, 1000 // data.num_classes))  # timed only, never scored
     evals = DeviceLoader(split, data.mean, data.std, max(bs, 500), device)
 
     def clock(fn: Callable[[], Any]) -> float:

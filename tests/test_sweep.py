@@ -150,6 +150,15 @@ def test_profile_auto_on_a_cpu_takes_fewer_trials_when_no_profile_fits(monkeypat
     assert imgs[3]["n_trials"] == 16 and imgs[3]["n_bisect"] == 12
     fixed = (16 * rates.per_trial(False) + 12 * (rates.per_trial(True) - rates.per_trial(False))) / 60
     assert three > fixed > 0
+    # evaluation images: each trial reads the selection split twice and the test set once; the baseline both once;
+    # the break-even pass at most one epoch of the joint loader, and only when DECORE is swept
+    data = study.load_dataset("synthetic", selection="val")
+    info, smoke = data.split_info(), study.load_profile("smoke")
+    val, test = info["val_images"], info["test_images"]
+    for methods, break_even in ((("decore", "l1", "random"), min(study.BREAK_EVEN_IMAGES, imgs[3][f"n:{smoke.joint_recipe}"])),
+                                (("l1", "random"), 0)):
+        e = study.plan_images(study.dataclasses.replace(cfg, profile="smoke", methods=methods), smoke, 3, data)
+        assert e["evals"] == e["n_trials"] * (2 * val + test) + val + test + break_even
     monkeypatch.setattr(study, "AUTO_CPU_MINUTES", (one + three) / 2)  # smoke fits with 1 trial, not with 3
     profile, trials, line = study.choose_profile(cfg, torch.device("cpu"))
     assert (profile, trials) in {("smoke", 1), ("smoke", 2)} and f"smoke with {trials} trial(s) per method" in line
