@@ -663,7 +663,9 @@ def print_plan(cfg: SweepConfig, profile: Profile, trials: int, device: torch.de
     imgs = plan_images(cfg, profile, trials, data)
     n = {r.name: imgs[f"n:{r.name}"] for r in (base_r, joint, ft)}
     equal = imgs["equal"]
+    t0 = time.perf_counter()
     rates = measure_rates(cfg.model, data, ft, device) if data is not None else None
+    measuring = time.perf_counter() - t0
     total = estimate_seconds(imgs, rates) if rates is not None else float("nan")
     partners = [m for m in cfg.methods if m not in MATCH_METHODS_EXCLUDED] if cfg.match == "decore" and "decore" in cfg.methods else []
     info = _split_info(cfg, data)
@@ -696,8 +698,8 @@ def print_plan(cfg: SweepConfig, profile: Profile, trials: int, device: torch.de
         print(f"  estimate: about {total / 60:.0f} min if nothing is cached yet ({imgs['baseline']:,.0f} baseline "
               f"training images at {1 / rates.train:.0f} img/s, {imgs['trials']:,.0f} trial training images at "
               f"{1 / rates.trial_train:.0f} img/s, {imgs['evals']:,.0f} evaluation images at {1 / rates.trial_eval:.0f} img/s, {imgs['n_trials']:.0f} trials at {rates.per_trial(False):.0f} s fixed "
-              f"({imgs['n_bisect']:.0f} matching FLOPs at {rates.per_trial(True):.0f} s); measured here; cached baselines "
-              "and finished trials cost nothing)")
+              f"({imgs['n_bisect']:.0f} matching FLOPs at {rates.per_trial(True):.0f} s); measured here, which took "
+              f"{measuring:.0f} s before this line and is not in the estimate; cached baselines and finished trials cost nothing)")
 
 
 def _images(cfg: SweepConfig, data: Any, recipe: Any) -> int:

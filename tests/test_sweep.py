@@ -1,5 +1,6 @@
 """The sweep on the synthetic set: trials per method, the results table, resume, workers on a journal file."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,6 +36,7 @@ def test_sweep_two_trials_per_method_then_resume(capsys, monkeypatch):
     assert pd.read_parquet(folder / "runs.parquet").shape == df.shape
     out = capsys.readouterr().out
     assert "plan:" in out and "estimate" in out
+    assert re.search(r"measured here, which took \d+ s before this line and is not in the estimate", out)
     for line in ("selection split: validation hold-out", "budget: equal", "no-pruning control", "break-even lambda"):
         assert line in out
     # the budget every method trained on after the baseline, counted by the engine, is the same
