@@ -153,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round-to", default="8,16", help="also measure the 0.5 plan with kept channels rounded to these multiples")
     p.add_argument("--ref-workers", type=int, default=2, help="DataLoader workers of the reference loop")
     p.add_argument("--compile", action="store_true", help="also measure the harness step under torch.compile")
+    p.add_argument("--processes", type=int, default=3, help="split each model's rounds among this many fresh "
+                   "processes (one after another), so the spreads include the differences between processes")
     p.add_argument("--out", default=None, help="output folder (default RESULTS_DIR/perf)")
 
     p = sub.add_parser("perf-compare", help="do two `make perf` runs agree? every ratio against the printed spreads")
@@ -409,13 +411,14 @@ def cmd_perf(args: argparse.Namespace) -> int:
         raise UserError(f"--round-to {args.round_to!r} is not a list of whole numbers: use e.g. 8,16") from None
     for flag, value in (("--batch-size", args.batch_size), ("--steps", args.steps), ("--rounds", args.rounds),
                         ("--max-rounds", args.max_rounds), ("--max-seconds", args.max_seconds),
+                        ("--processes", args.processes),
                         ("--round-to", min(round_to, default=1))):
         if value < 1:
             raise UserError(f"{flag} {value} must be at least 1")
     cfg = perf.PerfConfig(models=names, batch_size=args.batch_size, steps=args.steps, rounds=args.rounds,
                           max_rounds=args.max_rounds, max_seconds=args.max_seconds,
                           flops_targets=targets, round_to=round_to, ref_workers=max(args.ref_workers, 0),
-                          device=resolve_device(args.device), compile=args.compile)
+                          device=resolve_device(args.device), compile=args.compile, processes=args.processes)
     out = Path(args.out) if args.out else results_dir() / "perf"
     csv, md = perf.run(cfg, out, "python -m bench " + " ".join(sys.argv[1:]))
     print(Path(md).read_text())

@@ -27,7 +27,7 @@ import platform
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,8 @@ class PerfConfig:
     ref_workers: int = 2               # DataLoader workers of the reference loop (pytorch-cifar's value)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     compile: bool = False              # also measure the harness step with torch.compile
+    processes: int = 3                 # each model's rounds are split among this many fresh processes, one after
+                                       # another, so the spreads cover the speed differences between processes
     eval_images: int = 2000
     latency_repeats: int = 20          # timed calls per latency at batch 1 (their median) ...
     throughput_repeats: int = 2        # ... and at latency_batch
@@ -306,33 +308,46 @@ def spread(values: Iterable[float]) -> Spread:
 
 @dataclass
 class Rounds:
-    """Every value of a section over its rounds; `settled`: every ratio's IQR <= rel_iqr x its median."""
+    """Every value of a section over its rounds; `settled`: every ratio's IQR <= rel_iqr x its median;
+    `pids`: the process that measured each round."""
     series: dict[Key, list[float]]
     ratios: set[Key]
     settled: bool
     seconds: float
+    pids: list[int] = field(default_factory=list)
+
+    @property
+    def processes(self) -> int:
+        return len(set(self.pids))
+
+
+def _settled(series: dict[Key, list[float]], ratios: set[Key], rel_iqr: float) -> bool:
+    return all(spread(series[k]).rel_iqr <= rel_iqr for k in ratios)
 
 
 def repeat_rounds(one_round: Callable[[int], tuple[dict[Key, float], dict[Key, float]]], cfg: PerfConfig,
-                  desc: str) -> Rounds:
+                  desc: str, prior: Rounds | None = None) -> Rounds:
     """Call one_round(r) -> (values, ratios) for cfg.rounds rounds, then again until every ratio is settled,
-    cfg.max_rounds rounds are done or cfg.max_seconds have passed."""
-    series: dict[Key, list[float]] = {}
-    ratios: set[Key] = set()
-    settled, t0 = False, time.perf_counter()
+    cfg.max_rounds rounds are done or cfg.max_seconds have passed. With `prior` (the rounds of earlier
+    processes), its series are continued: round numbers go on from it and settling is judged on all rounds."""
+    series = {k: list(v) for k, v in prior.series.items()} if prior else {}
+    ratios = set(prior.ratios) if prior else set()
+    pids = list(prior.pids) if prior else []
+    start, settled, t0 = len(pids), False, time.perf_counter()
     bar = tqdm(total=max(cfg.max_rounds, cfg.rounds), desc=desc, leave=False, disable=None)
     for r in range(max(cfg.max_rounds, cfg.rounds)):
-        values, rat = one_round(r)
+        values, rat = one_round(start + r)
         for k, v in {**values, **rat}.items():
             series.setdefault(k, []).append(v)
         ratios |= set(rat)
+        pids.append(os.getpid())
         bar.update()
         if r + 1 >= cfg.rounds:
-            settled = all(spread(series[k]).rel_iqr <= cfg.rel_iqr for k in ratios)
+            settled = _settled(series, ratios, cfg.rel_iqr)
             if settled or time.perf_counter() - t0 > cfg.max_seconds:
                 break
     bar.close()
-    return Rounds(series, ratios, settled, time.perf_counter() - t0)
+    return Rounds(series, ratios, settled, time.perf_counter() - t0 + (prior.seconds if prior else 0.0), pids)
 
 
 def _rotated(items: list, r: int) -> list:
@@ -360,7 +375,7 @@ class Plan:
 
 
 def train_section(model_name: str, base: nn.Module, plans: list[Plan], base_flops: int, cfg: PerfConfig,
-                  log: Callable[[str], None]) -> Rounds:
+                  log: Callable[[str], None], prior: Rounds | None = None) -> Rounds:
     """Training throughput of the harness, the reference loop, DECORE's gated step and the pruned models."""
     from methods.core import channel_groups
 
@@ -415,15 +430,16 @@ def train_section(model_name: str, base: nn.Module, plans: list[Plan], base_flop
             ratios[("train efficiency", p.label, "", bs)] = up / p.promise(base_flops)
         return values, ratios
 
-    out = repeat_rounds(one_round, cfg, f"{model_name} training rounds")
+    out = repeat_rounds(one_round, cfg, f"{model_name} training rounds", prior)
     gates.remove()
     return out
 
 
-def latency_runners(base: nn.Module, plans: list[Plan], cfg: PerfConfig, log: Callable[[str], None]
-                    ) -> dict[tuple[str, str], Any]:
+def latency_runners(base: nn.Module, plans: list[Plan], cfg: PerfConfig, log: Callable[[str], None],
+                    channels_last: bool | None = None) -> dict[tuple[str, str], Any]:
     """(form, variant) -> runner: eager (eval, channels_last) for every plan; with cfg.deploy, BatchNorm
-    folded (channels_last where it measures faster) and, on CPU, onnxruntime for the unrounded plans."""
+    folded (channels_last where it measures faster, unless `channels_last` decides) and, on CPU,
+    onnxruntime for the unrounded plans."""
     from .deploy import OnnxRunner, TorchRunner, faster_channels_last, fold_bn
 
     dev, size = cfg.device, (3, 32, 32)
@@ -433,8 +449,9 @@ def latency_runners(base: nn.Module, plans: list[Plan], cfg: PerfConfig, log: Ca
         return runners
     deploy = {k: m for k, m in variants.items() if k == "baseline" or next(p for p in plans if p.label == k).round_to == 1}
     folded = {k: fold_bn(m) for k, m in deploy.items()}
-    cl = faster_channels_last(folded["baseline"], size, dev, cfg.latency_batch)
-    log(f"deployment form: BatchNorm folded, inference mode, {'channels_last' if cl else 'contiguous'} (measured faster)")
+    cl = faster_channels_last(folded["baseline"], size, dev, cfg.latency_batch) if channels_last is None else channels_last
+    if channels_last is None:
+        log(f"deployment form: BatchNorm folded, inference mode, {'channels_last' if cl else 'contiguous'} (measured faster)")
     runners.update({("folded", k): TorchRunner(m, size, dev, cl) for k, m in folded.items()})
     if dev.type == "cpu":
         runners.update({("onnxruntime", k): OnnxRunner(m, size) for k, m in deploy.items()})
@@ -442,10 +459,12 @@ def latency_runners(base: nn.Module, plans: list[Plan], cfg: PerfConfig, log: Ca
 
 
 def latency_section(model_name: str, base: nn.Module, plans: list[Plan], base_flops: int, cfg: PerfConfig,
-                    log: Callable[[str], None]) -> tuple[Rounds, str]:
-    """Latency of every (form, variant) at batch 1 and cfg.latency_batch, and evaluation throughput."""
+                    log: Callable[[str], None], prior: Rounds | None = None, layout: str | None = None
+                    ) -> tuple[Rounds, str]:
+    """Latency of every (form, variant) at batch 1 and cfg.latency_batch, and evaluation throughput.
+    `layout` ("channels_last" or "contiguous"): the folded form's layout, as an earlier process measured it."""
     dev = cfg.device
-    runners = latency_runners(base, plans, cfg, log)
+    runners = latency_runners(base, plans, cfg, log, None if layout is None else layout == "channels_last")
     layout = "channels_last" if runners.get(("folded", "baseline")) and runners[("folded", "baseline")].channels_last else "contiguous"
     eval_runner = prepare_model(copy.deepcopy(base), dev).eval()
     test_split = cifar_like(cfg.eval_images, seed=2)
@@ -480,7 +499,7 @@ def latency_section(model_name: str, base: nn.Module, plans: list[Plan], base_fl
                 values[("latency ms", "baseline", form, b)] = float(np.median(times))
         return values, ratios
 
-    return repeat_rounds(one_round, cfg, f"{model_name} latency rounds"), layout
+    return repeat_rounds(one_round, cfg, f"{model_name} latency rounds", prior), layout
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -504,10 +523,54 @@ def make_plans(model_name: str, cfg: PerfConfig) -> tuple[nn.Module, dict[str, i
 def bench_model(model_name: str, cfg: PerfConfig, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """All measurements of one model; a list of long-format rows (median, quartiles, rounds, settled)."""
     base, prof, plans = make_plans(model_name, cfg)
-    rows = section_rows(model_name, "train", train_section(model_name, base, plans, prof["flops"], cfg, log),
-                        plans, prof, cfg)
-    rounds, layout = latency_section(model_name, base, plans, prof["flops"], cfg, log)
-    return rows + section_rows(model_name, "latency", rounds, plans, prof, cfg, layout)
+    if cfg.processes <= 1:
+        train = train_section(model_name, base, plans, prof["flops"], cfg, log)
+        latency, layout = latency_section(model_name, base, plans, prof["flops"], cfg, log)
+    else:
+        train, latency, layout = _in_processes(model_name, base, prof, plans, cfg, log)
+    return (section_rows(model_name, "train", train, plans, prof, cfg)
+            + section_rows(model_name, "latency", latency, plans, prof, cfg, layout))
+
+
+def _share(cfg: PerfConfig) -> PerfConfig:
+    """One process's part of the rounds: at least rounds / processes, at most max_rounds / processes."""
+    k = cfg.processes
+    return replace(cfg, rounds=math.ceil(cfg.rounds / k), max_rounds=math.ceil(cfg.max_rounds / k),
+                   max_seconds=cfg.max_seconds / k, processes=1)
+
+
+def _in_processes(model_name: str, base: nn.Module, prof: dict[str, int], plans: list[Plan], cfg: PerfConfig,
+                  log: Callable[[str], None]) -> tuple[Rounds, Rounds, str]:
+    """Both sections measured in cfg.processes fresh processes, one after another, each continuing the rounds
+    of the ones before it. A process fixes some of its own speed (measured: resnet20's pruned batch-1 speed-up
+    ranged 1.05-1.13 over nine processes whose own IQRs were 0.02-0.05), so one process's rounds understate
+    the spread a rerun sees; pooled rounds from several processes do not."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    share, ctx = _share(cfg), mp.get_context("spawn")
+    train = latency = None
+    layout = None
+    for i in range(cfg.processes):
+        log(f"{model_name}: process {i + 1} of {cfg.processes}")
+        with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+            train, latency, layout = pool.submit(_measure, model_name, base, prof, plans, share, train, latency,
+                                                 layout, torch.get_num_threads()).result()
+    # settled is judged on the pooled rounds, against the whole run's criterion
+    train.settled = _settled(train.series, train.ratios, cfg.rel_iqr)
+    latency.settled = _settled(latency.series, latency.ratios, cfg.rel_iqr)
+    return train, latency, layout
+
+
+def _measure(model_name: str, base: nn.Module, prof: dict[str, int], plans: list[Plan], cfg: PerfConfig,
+             train: Rounds | None, latency: Rounds | None, layout: str | None, threads: int
+             ) -> tuple[Rounds, Rounds, str]:
+    """One process's rounds of both sections (runs in a fresh process)."""
+    torch.set_num_threads(threads)
+    log = tqdm.write
+    train = train_section(model_name, base, plans, prof["flops"], cfg, log, train)
+    latency, layout = latency_section(model_name, base, plans, prof["flops"], cfg, log, latency, layout)
+    return train, latency, layout
 
 
 def section_rows(model_name: str, section: str, rounds: Rounds, plans: list[Plan], prof: dict[str, int],
@@ -521,7 +584,7 @@ def section_rows(model_name: str, section: str, rounds: Rounds, plans: list[Plan
         rows.append({
             "model": model_name, "section": section, "measure": measure, "variant": variant, "form": form,
             "batch": b, "value": s.median, "q1": s.q1, "q3": s.q3, "iqr": s.iqr, "rounds": s.n,
-            "settled": rounds.settled, "section_seconds": rounds.seconds,
+            "settled": rounds.settled, "section_seconds": rounds.seconds, "processes": rounds.processes,
             "unit": UNITS.get(measure, "ratio"), "steps": cfg.steps if section == "train" else None,
             "layout": layout if form == "folded" else None,
             "flops": p.flops if p else prof["flops"], "params": p.params if p else prof["params"],
@@ -547,7 +610,9 @@ def _rounds_note(g: pd.DataFrame, section: str) -> str:
     if sel.empty:
         return "-"
     r = sel.iloc[0]
-    return f"{int(r.rounds)}" + ("" if bool(r.settled) else " (not settled)")
+    procs = int(r.processes) if "processes" in r and not pd.isna(r.processes) else 1
+    return (f"{int(r.rounds)}" + (f" in {procs} processes" if procs > 1 else "")
+            + ("" if bool(r.settled) else " (not settled)"))
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
@@ -659,6 +724,9 @@ def write(rows: list[dict[str, Any]], cfg: PerfConfig, out: Path, command: str) 
         f"round, then summarised. Rounds repeat from {cfg.rounds} until every ratio's IQR is at most "
         f"{cfg.rel_iqr:.0%} of its median, up to {cfg.max_rounds} rounds or {cfg.max_seconds:.0f} s per model and "
         "section; *not settled* marks a section that hit the cap first (its spread is wider).",
+        *([f"- each model's rounds are split among {cfg.processes} fresh processes run one after another (each "
+           f"continues the rounds before it; the caps are shared among them), so the spreads include the speed "
+           "differences between processes, which one process's rounds do not see"] if cfg.processes > 1 else []),
         "", "## Training loops", "",
         "img/s of one training step at the batch size. *reference*: torchvision DataLoader with per-sample PIL",
         f"transforms ({cfg.ref_workers} workers), contiguous layout, `.item()` per step. *harness*: device-resident",

@@ -10,12 +10,13 @@ from bench.cli import main
 def test_perf_writes_tables_with_every_measurement(tmp_path):
     cfg = perf.PerfConfig(models=("resnet20",), batch_size=8, steps=1, rounds=2, max_rounds=3, flops_targets=(0.5,),
                           round_to=(8,), ref_workers=0, eval_images=64, latency_repeats=2, latency_batch=4,
-                          device=torch.device("cpu"))
+                          device=torch.device("cpu"), processes=2)
     csv, md = perf.run(cfg, tmp_path / "perf", "pytest")
     df = pd.read_csv(csv)
     assert set(df.variant) >= {"harness", "reference", "decore_gated", "baseline", "l1@0.5", "l1@0.5 round8"}
     assert (df.value > 0).all() and (df.q1 <= df.value).all() and (df.value <= df.q3).all()
-    assert df.rounds.between(2, 3).all()                              # at least `rounds`, at most `max_rounds`
+    assert (df.processes == 2).all()                                  # every section's rounds came from 2 processes
+    assert df.rounds.between(2, 4).all()                              # per process: 1 (2 / 2) to 2 (ceil(3 / 2))
     lat = df[df.measure == "latency ms"]
     assert sorted(set(lat.batch)) == [1, 4]
     assert set(lat.form) == {"eager", "folded", "onnxruntime"}
@@ -32,6 +33,7 @@ def test_perf_writes_tables_with_every_measurement(tmp_path):
     ratios = df[(df.measure == "gated / plain")].iloc[0]
     assert isinstance(cell, perf.Spread) and cell.median == pytest.approx(ratios.value)
     assert f"{cell.median:.2f} ({cell.iqr:.2f})" in text
+    assert "split among 2 fresh processes" in text and "in 2 processes" in text
 
 
 def test_rounds_repeat_until_ratios_settle():
@@ -43,13 +45,20 @@ def test_rounds_repeat_until_ratios_settle():
     assert steady.settled and len(steady.series[("x", "v", "", 1)]) == 3
     wild = perf.repeat_rounds(lambda i: ({}, {("x", "v", "", 1): float(i % 2 + 1)}), cfg, "test")
     assert not wild.settled and len(wild.series[("x", "v", "", 1)]) == 12
+    # a later process continues an earlier one's rounds: numbering goes on, settling is judged on all of them
+    first = perf.repeat_rounds(lambda i: ({}, {("x", "v", "", 1): float(i % 2 + 1)}), perf.PerfConfig(
+        rounds=2, max_rounds=2, rel_iqr=0.05), "test")
+    seen = []
+    later = perf.repeat_rounds(lambda i: (seen.append(i), ({}, {("x", "v", "", 1): 1.0}))[1], cfg, "test", first)
+    assert seen[0] == 2 and later.series[("x", "v", "", 1)][:2] == [1.0, 2.0] and len(later.pids) == len(seen) + 2
+    assert not first.settled and later.settled and len(seen) == 3     # its minimum: 4 of 5 rounds at 1.0, IQR 0
     s = perf.spread([1.0, 2.0, 3.0, 4.0, 5.0])
     assert (s.median, s.q1, s.q3, s.iqr) == (3.0, 2.0, 4.0, 2.0)
 
 
 def test_perf_cli_refuses_bad_values(capsys):
     for args, needle in ((["--models", "resnt20"], "resnt20"), (["--flops-targets", "1.5"], "(0, 1)"),
-                         (["--steps", "0"], "--steps 0")):
+                         (["--steps", "0"], "--steps 0"), (["--processes", "0"], "--processes 0")):
         assert main(["perf", *args]) == 2
         assert needle in capsys.readouterr().err
 
