@@ -542,8 +542,8 @@ def _share(cfg: PerfConfig) -> PerfConfig:
 def _in_processes(model_name: str, base: nn.Module, prof: dict[str, int], plans: list[Plan], cfg: PerfConfig,
                   log: Callable[[str], None]) -> tuple[Rounds, Rounds, str]:
     """Both sections measured in cfg.processes fresh processes, one after another, each continuing the rounds
-    of the ones before it. A process fixes some of its own speed (measured: resnet20's pruned batch-1 speed-up
-    ranged 1.05-1.13 over nine processes whose own IQRs were 0.02-0.05), so one process's rounds understate
+    of the ones before it. A process fixes some of its own speed (with one process per run, latency medians moved
+    between two runs by more than each run's IQR: results/perf/intel-xeon/), so one process's rounds understate
     the spread a rerun sees; pooled rounds from several processes do not."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
