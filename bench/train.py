@@ -60,7 +60,21 @@ def prepare_model(model: nn.Module, device: torch.device, channels_last: bool = 
         model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    return torch.compile(model) if compile else model
+    return compiled(model) if compile else model
+
+
+def compiled(module: nn.Module) -> nn.Module:
+    """torch.compile(module), with Dynamo guarding on module hooks.
+
+    By default Dynamo does not guard on nn.Module hooks (`torch._dynamo.config.skip_nnmodule_hook_guards`), so a
+    model compiled after another instance of its class reuses that graph whatever hooks either has: a gated
+    DECORE model (its gates are forward hooks) compiled after an ungated model of the same architecture in
+    the same process (a no-pruning control, slimming's sparsity phase, a baseline) would silently train
+    ungated. With the guard, models with and without hooks get their own graphs, and models with the same
+    hooks still share one (tests/test_train.py checks both).
+    """
+    torch._dynamo.config.skip_nnmodule_hook_guards = False
+    return torch.compile(module)
 
 
 def build_optimizer(params: Iterable[nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
@@ -200,7 +214,7 @@ def fit(model: nn.Module, train_loader: Iterable, test_loader: Iterable | None, 
     optimizer = build_optimizer(model.parameters(), recipe)
     amp = autocast_for(device, bf16)
     runner = dist.wrap(model, device)
-    runner = torch.compile(runner) if compile else runner
+    runner = compiled(runner) if compile else runner
     trainer = Trainer(runner, optimizer, build_scheduler(optimizer, recipe, steps, total), device,
                       step or ce_step(nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)), amp,
                       list(after_step))

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -51,6 +53,30 @@ def _tiny_net():
     import torch.nn as nn
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+
+def test_compiled_gated_model_keeps_its_gates_after_an_ungated_one_of_its_class():
+    """Real inductor on CPU. Dynamo skips hook guards by default: without `compiled`'s guard, a gated model
+    compiled after an ungated one of the same class reused the ungated graph and ran without its gates."""
+    from methods.core import Gates, channel_groups
+
+    torch._dynamo.reset()
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    base = _tiny_net().eval()
+    x = torch.randn(4, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    plain = prepare_model(copy.deepcopy(base), device)
+    assert torch.allclose(prepare_model(plain, device, compile=True)(x), plain(x), atol=1e-5)
+    gated = prepare_model(copy.deepcopy(base), device)
+    groups = channel_groups(gated, torch.randn(1, 3, 8, 8), "all")
+    with Gates(gated, groups) as gates:
+        run = prepare_model(gated, device, compile=True)
+        for seed in (0, 1):  # masks change every step: the graph reads the current ones
+            torch.manual_seed(seed)
+            gates.set({g.id: torch.bernoulli(torch.full((4, g.units), 0.5)) for g in groups})
+            want = gated(x)
+            assert not torch.allclose(want, plain(x), atol=1e-3)   # the gates change the output ...
+            assert torch.allclose(run(x), want, atol=1e-5)          # ... and the compiled model applies them
 
 
 def test_bf16_autocast_path_trains_on_cpu(synthetic):
