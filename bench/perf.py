@@ -1,12 +1,13 @@
 """`make perf`: how fast the harness trains, gates and runs pruned models, measured in one run.
 
-Everything here is a benchmark, not a test: the numbers land in RESULTS_DIR/perf/ (perf.csv and perf.md)
-with the machine they came from. Variants that are compared (harness vs reference loop, gated vs plain
-step, pruned vs unpruned) are measured in interleaved rounds inside one process (the order rotates every
-round); every ratio is taken within a round from two timings made right beside each other (a variant and
-its own baseline timing, which goes first alternates by round), so that a drift in the machine's speed over
-a round cancels in it, and every reported value is the median with its IQR over rounds. Rounds repeat until every ratio's IQR is within `rel_iqr` of its median, or a cap on rounds and
-seconds is hit, in which case the table says *not settled*.
+Everything here is a benchmark, not a test: the numbers land in RESULTS_DIR/perf/ (perf.csv and perf.md) with
+the machine they came from. Variants that are compared (harness vs reference loop, gated vs plain step, pruned
+vs unpruned) are measured in interleaved rounds (the order rotates every round; the rounds of each model are
+split among `processes` fresh processes run one after another); every ratio is taken within a round from two
+timings made right beside each other (a variant and its own baseline timing, which goes first alternates by
+round), so that a drift in the machine's speed over a round cancels in it, and every reported value is the
+median with its IQR over rounds. Rounds repeat until every ratio's IQR is within `rel_iqr` of its median, or a
+cap on rounds and seconds is hit, in which case the table says *not settled*.
 
 - reference loop: what most pruning repositories do (torchvision DataLoader with per-sample PIL
   transforms, contiguous layout, `.item()` twice per step);
@@ -449,8 +450,9 @@ def latency_runners(base: nn.Module, plans: list[Plan], cfg: PerfConfig, log: Ca
         return runners
     deploy = {k: m for k, m in variants.items() if k == "baseline" or next(p for p in plans if p.label == k).round_to == 1}
     folded = {k: fold_bn(m) for k, m in deploy.items()}
-    cl = faster_channels_last(folded["baseline"], size, dev, cfg.latency_batch) if channels_last is None else channels_last
-    if channels_last is None:
+    cl = channels_last
+    if cl is None:
+        cl = faster_channels_last(folded["baseline"], size, dev, cfg.latency_batch)
         log(f"deployment form: BatchNorm folded, inference mode, {'channels_last' if cl else 'contiguous'} (measured faster)")
     runners.update({("folded", k): TorchRunner(m, size, dev, cl) for k, m in folded.items()})
     if dev.type == "cpu":
@@ -610,8 +612,7 @@ def _rounds_note(g: pd.DataFrame, section: str) -> str:
     if sel.empty:
         return "-"
     r = sel.iloc[0]
-    procs = int(r.processes) if "processes" in r and not pd.isna(r.processes) else 1
-    return (f"{int(r.rounds)}" + (f" in {procs} processes" if procs > 1 else "")
+    return (f"{int(r.rounds)}" + (f" in {int(r.processes)} processes" if r.processes > 1 else "")
             + ("" if bool(r.settled) else " (not settled)"))
 
 
