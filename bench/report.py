@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
-import textwrap
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,34 +23,20 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from .errors import UserError
+from .figures import METHOD_STYLE, SCOPE_FILL, method_style, print_rc, save, write_paper_figure
 from .io import atomic_write
 from .results import CONFIG_KEYS, ResultsTable, mark_pareto, non_dominated
 
 REFERENCE_CSV = Path(__file__).parents[1] / "results" / "reference" / "published_results.csv"
 
-# method -> (name in plots and tables, colour, marker); our methods in colour, other literature in greys
-STYLE: dict[str, tuple[str, str, str]] = {
-    "decore": ("DECORE", "tab:blue", "o"),
-    "l1": ("L1", "tab:orange", "s"),
-    "random": ("Random", "tab:green", "^"),
-    "hrank": ("HRank", "tab:purple", "D"),
-    "fpgm": ("FPGM", "tab:brown", "v"),
-    "slim": ("Slimming", "tab:pink", "P"),
-    "taylor": ("Taylor", "tab:olive", "X"),
-    "scratch": ("Scratch-B", "tab:cyan", "h"),
-    "control": ("No pruning (control)", "0.3", "D"),
-    "gal": ("GAL", "0.55", "v"),
-    "nisp": ("NISP", "0.45", "P"),
-    "baseline": ("Baseline", "black", "*"),
-}
-OTHER_STYLE = ("", "0.5", "X")
+# method -> (name in plots and tables, colour, marker): one map for every output (bench.figures)
+STYLE = METHOD_STYLE
 COSTS = {"flops": "FLOPs (M)", "params": "Params (M)"}
 HEADERS = ["Method", "Top-1 (%)", "Acc. drop", "Params (M) (down %)", "FLOPs (M) (down %)"]
 
 
 def style(method: str) -> tuple[str, str, str]:
-    name, colour, marker = STYLE.get(method, OTHER_STYLE)
-    return name or method, colour, marker
+    return method_style(method)
 
 
 # ---------------------------------------------------------------- reference
@@ -297,59 +283,42 @@ def _title(df: pd.DataFrame) -> str:
     return f"{first['model']} on {first['dataset']} ({first['profile'] if pd.notna(first['profile']) else '-'})"
 
 
-_PANELS = (("val_top1_pct", "flops", "Validation top-1 (%): decisions, fronts", "FLOPs (M)"),
-           ("top1_pct", "flops", "Test top-1 (%): reported", "FLOPs (M)"),
-           ("top1_pct", "params", "Test top-1 (%): reported", "Params (M)"))
-_SERIES_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
-                   "tab:olive", "tab:cyan")
+_PANELS = (("val_top1_pct", "flops", "Validation top-1 (%)", "FLOPs (M MACs)"),
+           ("top1_pct", "flops", "Test top-1 (%)", "FLOPs (M MACs)"),
+           ("top1_pct", "params", "Test top-1 (%)", "Params (M)"))
 
 
-def _series_styles(points: pd.DataFrame) -> dict[str, tuple[str, str]]:
-    """A colour and marker per series: each method's own colour for its first series, others after."""
-    out, used = {}, set()
-    for series, part in points.groupby("series", sort=False):
-        _, colour, marker = style(str(part.iloc[0]["method"]))
-        if colour in used or not colour.startswith("tab:"):
-            colour = next((c for c in _SERIES_COLOURS if c not in used), "0.4")
-        used.add(colour)
-        out[str(series)] = (colour, marker)
-    return out
-
-
-def _draw_measured(ax: Axes, points: pd.DataFrame, acc: str, cost: str, styles: dict[str, tuple[str, str]]) -> None:
+def _draw_measured(ax: Axes, points: pd.DataFrame, acc: str, cost: str) -> None:
+    """Each series in its method's colour, scope by fill (bench.figures); its front through the configurations
+    runs.csv flags (chosen on validation top-1 against FLOPs, seed means), on every panel."""
     for series, pts in points.groupby("series", sort=False):
-        colour, marker = styles[str(series)]
+        _, colour, marker = style(str(pts.iloc[0]["method"]))
+        fill = SCOPE_FILL.get(str(pts.iloc[0]["scope"]), "full")
         x, y = pts[cost].to_numpy(float) / 1e6, pts[acc].to_numpy(float)
         if not np.isfinite(y).any():
             continue
-        many = pts["n"].to_numpy() > 1
         std = "val_std" if acc == "val_top1_pct" else "top1_std"
-        if many.any():  # several seeds: mean with std bars
-            ax.errorbar(x[many], y[many], yerr=pts[std].to_numpy(float)[many],
-                        xerr=pts[f"{cost}_std"].to_numpy(float)[many] / 1e6,
-                        fmt="none", ecolor=colour, elinewidth=1, capsize=3, zorder=2)
         partial = pts["n_failed"].to_numpy() > 0
-        ax.scatter(x[~partial], y[~partial], color=colour, marker=marker, s=36, zorder=3, label=str(series))
-        if partial.any():  # some seeds failed: the mean of the rest, hollow
-            ax.scatter(x[partial], y[partial], facecolors="none", edgecolors=colour, marker=marker, s=36, zorder=3)
-        front = pts[pts["pareto"].astype(bool)].sort_values(cost, kind="stable")  # chosen on validation means
+        ax.errorbar(x, y, yerr=np.nan_to_num(pts[std].to_numpy(float)), fmt=marker, color=colour, mec=colour,
+                    ms=4.5, mew=0.8, fillstyle=fill, elinewidth=0.8, capsize=2, zorder=3, label=str(series))
+        if partial.any():  # some seeds failed: the mean of the rest, ringed
+            ax.scatter(x[partial], y[partial], facecolors="none", edgecolors="0.2", marker="o", s=60, zorder=4)
+        front = pts[pts["pareto"].astype(bool)].sort_values(cost, kind="stable")
         ax.step(front[cost].to_numpy(float) / 1e6, front[acc].to_numpy(float), where="post",
-                color=colour, lw=1.5, alpha=0.8, zorder=2)
+                color=colour, lw=1.0, alpha=0.8, zorder=2)
 
 
 def _draw_baselines(ax: Axes, ours: dict[str, float] | None, control: dict[str, float] | None,
                     published: dict[str, Any] | None, acc: str, cost: str) -> None:
+    """The baseline as a star; the control (same FLOPs) as a dashed line only, so the two never overlap."""
     if ours is not None and acc == "top1_pct":
-        ax.axhline(ours["top1_pct"], color="black", ls=":", lw=0.8, zorder=1)
-        ax.scatter([ours[cost] / 1e6], [ours["top1_pct"]], marker="*", s=180, color="black", zorder=4,
+        ax.scatter([ours[cost] / 1e6], [ours["top1_pct"]], marker="*", s=70, color="black", zorder=4,
                    label="Baseline (measured)")
     if control is not None:
-        ax.axhline(control[acc], color="0.3", ls="--", lw=0.8, zorder=1)
-        ax.scatter([control[cost] / 1e6], [control[acc]], marker="D", s=60, color="0.3", zorder=4,
-                   label=f"No-pruning control: {control['label']}")
+        ax.axhline(control[acc], color=style("control")[1], ls="--", lw=0.8, zorder=1, label="No-pruning control")
     if published is not None and acc == "top1_pct":
-        ax.scatter([published[f"{cost}_m"]], [published["top1"]], marker="*", s=180, facecolors="none",
-                   edgecolors="black", zorder=4, label="Baseline (published, their schedule)")
+        ax.scatter([published[f"{cost}_m"]], [published["top1"]], marker="*", s=70, facecolors="none",
+                   edgecolors="black", zorder=4, label="Baseline (published)")
 
 
 def _draw_published(ax: Axes, reference: pd.DataFrame | None, cost: str) -> None:
@@ -357,52 +326,43 @@ def _draw_published(ax: Axes, reference: pd.DataFrame | None, cost: str) -> None
         return
     for method, pts in reference.groupby("method", sort=False):
         name, colour, marker = style(str(method))
-        x, y = pts[f"{cost}_m"].to_numpy(float), pts["top1"].to_numpy(float)
-        ax.scatter(x, y, marker=marker, s=42, facecolors="none", edgecolors=colour, linewidths=1.2,
-                   zorder=3, label=f"{name} (published, their schedule)")
-        for xi, yi, text in zip(x, y, pts["variant"].fillna(name)):
-            ax.annotate(text, (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize=7, color=colour)
+        ax.scatter(pts[f"{cost}_m"].to_numpy(float), pts["top1"].to_numpy(float), marker=marker, s=20,
+                   facecolors="none", edgecolors=colour, linewidths=0.8, zorder=3, label=f"{name} (published)")
 
 
 def pareto_figure(df: pd.DataFrame, reference: pd.DataFrame | None, official: bool | None = None) -> Figure:
     """Validation top-1 against FLOPs (the fronts decisions use), test top-1 against FLOPs and params (reported):
     our series and their fronts (on seed means), baseline, no-pruning control, and published points only when
-    `reference` is given (the caller passes it only for the official data)."""
-    fig = Figure(figsize=(17, 6.2), layout="constrained")
-    FigureCanvasAgg(fig)  # Agg, without pyplot's global state
-    axes = fig.subplots(1, 3)
+    `reference` is given (the caller passes it only for the official data). 7 in wide, 8 pt text; the
+    protocol is in the README and caption, not in a title."""
     points, ours, control = aggregate(df), baseline_point(df), control_point(df)
     points = points[points["method"] != "control"]
-    styles = _series_styles(points)
-    for ax, (acc, cost, ylabel, xlabel) in zip(axes, _PANELS):
-        _draw_measured(ax, points, acc, cost, styles)
-        if acc == "val_top1_pct" and not points[acc].astype(float).notna().any():
-            ax.text(0.5, 0.5, "no validation top-1 recorded\n(rows from before the selection split)",
-                    ha="center", va="center", transform=ax.transAxes, fontsize=9, color="0.4")
-        _draw_baselines(ax, ours, control, _reference_baseline(reference), acc, cost)
-        if acc == "top1_pct":
-            _draw_published(ax, reference, cost)
-        ax.set(xlabel=xlabel, ylabel=ylabel)
-        ax.grid(alpha=0.3)
-    handles, labels = {}, []
-    for ax in axes:
-        for h, l in zip(*ax.get_legend_handles_labels()):
-            if l not in handles:
-                handles[l] = h
-                labels.append(l)
-    hl = [handles[l] for l in labels] + [Line2D([], [], color="0.3", lw=1.5, drawstyle="steps-post")]
-    labels.append("Pareto front (validation top-1 vs FLOPs, seed means)")
-    fig.legend(hl, labels, loc="outside lower center", fontsize=7, ncols=2)
-    note = "" if reference is not None else " · published points left out: " + (
-        "the data is not the official set (fingerprint)" if official is False else "no published points for this model")
-    # the protocol line wrapped to the figure's width (about 15 characters per inch at 8 pt): never clipped
-    protocol = textwrap.fill(f"{protocol_text(df, official)}{note}", width=int(fig.get_figwidth() * 15))
-    fig.suptitle(f"{_title(df)}\n{protocol}", fontsize=8)
+    with print_rc():
+        fig = Figure(figsize=(7.0, 3.2), layout="constrained")
+        FigureCanvasAgg(fig)  # Agg, without pyplot's global state
+        axes = fig.subplots(1, 3)
+        for ax, (acc, cost, ylabel, xlabel) in zip(axes, _PANELS):
+            _draw_measured(ax, points, acc, cost)
+            if acc == "val_top1_pct" and not points[acc].astype(float).notna().any():
+                ax.text(0.5, 0.5, "no validation top-1\n(selected on test)", ha="center", va="center",
+                        transform=ax.transAxes, color="0.4")
+            _draw_baselines(ax, ours, control, _reference_baseline(reference), acc, cost)
+            if acc == "top1_pct":
+                _draw_published(ax, reference, cost)
+            ax.set(xlabel=xlabel, ylabel=ylabel)
+            ax.grid(alpha=0.25, lw=0.5)
+        handles: dict[str, Any] = {}
+        for ax in axes:
+            for h, label in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(label, h)
+        handles["Pareto front (val. top-1 vs FLOPs, seed means)"] = Line2D([], [], color="0.3", lw=1.0,
+                                                                            drawstyle="steps-post")
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=2, frameon=False)
     return fig
 
 
 def _save(fig: Figure, path: Path, fmt: str) -> Path:
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=150))
+    return save(fig, path, fmt)
 
 
 def pareto_plot(df: pd.DataFrame, reference: pd.DataFrame | None, out_stem: Path,
@@ -434,7 +394,7 @@ def _cost_cell(value: float, reduction: float) -> str:
 def _speedup_cell(r: pd.Series | dict) -> str:
     if pd.isna(r.get("speedup_b1")):
         return "–"
-    return f"{r['speedup_b1']:.2f}x ({r['speedup_b1_q1']:.2f}-{r['speedup_b1_q3']:.2f})"
+    return f"{r['speedup_b1']:.2f}x [{r['speedup_b1_q1']:.2f}, {r['speedup_b1_q3']:.2f}]"
 
 
 def _efficiency_cell(r: pd.Series | dict) -> str:
@@ -445,7 +405,7 @@ def _efficiency_cell(r: pd.Series | dict) -> str:
 
 
 HEADERS = ["Method · scope · training after the baseline", "Front", "n", "Val top-1 (%)", "Test top-1 (%)",
-           "vs control", "Params (M) (down %)", "FLOPs (M) (down %)", "Speed-up (IQR)", "Efficiency"]
+           "vs control", "Params (M) (down %)", "FLOPs (M) (down %)", "Speed-up [Q1, Q3]", "Efficiency"]
 
 
 def _measured_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -558,7 +518,8 @@ def _markdown(measured: list[dict], published: list[dict], sources: list[str], c
     foot = ("◆: on its series' Pareto front (validation top-1 against FLOPs, on seed means). Mean ± std over n seeds. "
             "vs control: test top-1 minus the no-pruning control's (the baseline trained on for the same budget), so "
             "extra training is not read as a pruning gain. (down %): reduction against the baseline. Speed-up: "
-            "baseline time / pruned time at batch 1 on one CPU thread, median (IQR) over interleaved rounds; "
+            "baseline time / pruned time at batch 1 on one CPU thread, eager PyTorch (channels_last, the sweep's "
+            "measuring pass after its trials), median [first quartile, third quartile] over interleaved rounds; "
             "efficiency: speed-up / (baseline FLOPs / pruned FLOPs).")
     lines += ["", foot]
     if matched:
@@ -574,12 +535,18 @@ def _markdown(measured: list[dict], published: list[dict], sources: list[str], c
 
 
 _LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
-                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}", "±": r"$\pm$", "–": "--"}
+                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}", "±": r"$\pm$", "–": "--",
+                   "—": "---", "◆": r"$\bullet$", "·": r"$\cdot$", "×": r"$\times$", "≥": r"$\geq$", "≤": r"$\leq$",
+                   "→": r"$\to$", "≈": r"$\approx$", "λ": r"$\lambda$", "−": "-", "…": r"\ldots{}", "°": r"$^\circ$",
+                   "µ": r"$\mu$", "’": "'", "‘": "`", "“": "``", "”": "''"}
 
 
 def latex_escape(text: str) -> str:
-    """Text -> LaTeX source; one pass, so replacements are never escaped twice."""
-    return re.sub("|".join(map(re.escape, _LATEX_SPECIALS)), lambda m: _LATEX_SPECIALS[m.group()], text)
+    """Text -> ASCII LaTeX source that pdflatex compiles with base packages; one pass, so replacements are never
+    escaped twice. Other non-ASCII characters are decomposed to ASCII (e -> e for an accented e), else '?'."""
+    out = re.sub("|".join(map(re.escape, _LATEX_SPECIALS)), lambda m: _LATEX_SPECIALS[m.group()], text)
+    return "".join(c if c.isascii() else (unicodedata.normalize("NFKD", c).encode("ascii", "ignore").decode() or "?")
+                   for c in out)
 
 
 def _latex_tabular(headers: list[str], rows: list[list[str]]) -> list[str]:
@@ -592,7 +559,8 @@ def _latex_tabular(headers: list[str], rows: list[list[str]]) -> list[str]:
 
 def _latex(measured: list[dict], published: list[dict], sources: list[str], caption: str,
            matched: list[list[str]]) -> str:
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(caption)}}}", r"\resizebox{\linewidth}{!}{%"]
+    lines = [r"% needs \usepackage{booktabs,graphicx}", r"\begin{table}[t]", r"\centering",
+             rf"\caption{{{latex_escape(caption)}}}", r"\resizebox{\linewidth}{!}{%"]
     lines += _latex_tabular(HEADERS, [r["cells"] for r in measured]) + ["}"]
     if matched:
         lines += [r"\par\medskip", r"\resizebox{\linewidth}{!}{%"] + _latex_tabular(MATCHED_HEADERS, matched) + ["}"]
@@ -788,19 +756,28 @@ def _readme(df: pd.DataFrame, folder: Path, table_md: str, layers: bool, agents:
                 if official is False else "the experiment did not record whether its data is the official set.") +
                " The published rows stay in their own block of the table.")
     parts = [f"# {_title(df)}", "", f"Protocol: {protocol_text(df, official)}.", "",
+             "## Paper figure", "", "![Test top-1 change against the no-pruning control](paper.png)", "",
+             (folder / "caption.md").read_text().strip() if (folder / "caption.md").is_file() else "", "",
+             "Files: [paper.pdf](paper.pdf) / [paper.svg](paper.svg) (7 in, double column), "
+             "[paper-column.pdf](paper-column.pdf) / [paper-column.svg](paper-column.svg) / "
+             "[paper-column.png](paper-column.png) (3.3 in, single column); the caption as "
+             "[caption.md](caption.md) and [caption.tex](caption.tex). TrueType fonts, text at 8 pt.", "",
+             "## Fronts and table", "",
              "![Validation and test top-1 against FLOPs and params](pareto.png)", "",
-             "Vector versions: [pareto.svg](pareto.svg), [pareto.pdf](pareto.pdf). One colour per series (method, "
-             "scope, training after the baseline, round_to): mean ± std over seeds, hollow where some seeds failed; "
-             "lines: each series' Pareto front, chosen on validation top-1 against FLOPs on seed means (the left "
-             "panel) and drawn through the same configurations on the test panels. Diamond and dashed line: the "
-             "no-pruning control. " + overlay, "", table_md]
+             "Vector versions: [pareto.svg](pareto.svg), [pareto.pdf](pareto.pdf). Colour and marker: method (one "
+             "colour per method across the project, Okabe-Ito); filled: scope all, half-filled: scope internal; mean "
+             "± std over seeds, ringed where some seeds failed; lines: each series' Pareto front as runs.csv flags it "
+             "(validation top-1 against FLOPs on seed means; left panel), drawn through the same configurations on "
+             "the test panels. Star: the baseline; dashed line: the no-pruning control. FLOPs count "
+             "multiply-accumulates (MACs). " + overlay, "", table_md]
     if layers:
         parts += ["![Channels kept per group at matched FLOPs](layers.png)", ""]
     if agents:
         parts += ["![DECORE's agents over the joint phase](agents.png)", ""]
     parts += ["## How this was made", "",
               f"`python -m bench report {folder}` read `runs.csv` ({_counts(df)}); failed, pruned and "
-              "infeasible trials are counted but not plotted. LaTeX of the table: [table.tex](table.tex)."]
+              "infeasible trials are counted but not plotted. LaTeX of the table: [table.tex](table.tex) "
+              "(booktabs and graphicx)."]
     return "\n".join(parts) + "\n"
 
 
@@ -827,8 +804,11 @@ def report_experiment(folder: Path, reference_path: Path | None = None) -> dict[
     layers = _has_layers(df)
     if layers:
         out["layers.png"] = layerwise_plot(df, folder / "layers.png")
+    out.update(write_paper_figure(df, overlay, folder, official))
     histories = agent_histories(folder, df)
     if histories:
         out["agents.png"] = _save(agents_figure(df, histories), folder / "agents.png", "png")
+    else:  # an agents.png of an earlier report whose trial folders are gone: it would show nothing we can redo
+        (folder / "agents.png").unlink(missing_ok=True)
     out["README.md"] = _write_text(folder / "README.md", _readme(df, folder, md, layers, bool(histories), official))
     return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -118,15 +119,18 @@ def _drawn_rows(folder: Path) -> dict[str, int]:
 
 # ------------------------------------------------------------------ without a browser
 
-def test_pages_are_written_self_contained(site: Path) -> None:
+def test_pages_load_the_one_plotly_of_the_folder(site: Path) -> None:
     pages = [site / "index.html", site / "compare.html", *(e / "index.html" for e in find_experiments(site))]
     assert [e.name for e in find_experiments(site)] == ["resnet20-cifar10-smoke", "resnet56-cifar10-fast"]
+    assert "plotly.js v" in (site / "plotly.min.js").read_text()[:500]
     for page in pages:
         text = page.read_text()
-        # nothing fetched: no script or stylesheet from elsewhere (the bundle's own topojson default is unused)
-        assert "<script src=" not in text and "<link " not in text, page
-        plotly_js = text.count("plotly.js v")  # the bundle's banner: inlined once, or not at all (index)
-        assert plotly_js == (0 if page.name == "index.html" and page.parent == site else 1), (page, plotly_js)
+        # nothing fetched from elsewhere: the only script file is the folder's plotly.js, by a relative path
+        scripts = re.findall(r'<script src="([^"]*)"', text)
+        assert "<link " not in text and "plotly.js v" not in text, page
+        assert [(page.parent / s).resolve() for s in scripts] == ([] if page == site / "index.html" else
+                                                                 [(site / "plotly.min.js").resolve()]), page
+        assert page.stat().st_size < 1_000_000, page
     index = (site / "index.html").read_text()
     assert 'href="resnet20-cifar10-smoke/index.html"' in index and 'href="compare.html"' in index
     assert "<td>DECORE-0.4</td>" in index and "<h3>Paper tables</h3>" in index and "no-runs-here" not in index
@@ -223,8 +227,10 @@ MEASURED = "return document.getElementById(arguments[0]).data.filter(t => t.meta
 def test_fronts_draw_every_complete_trial(site: Path, browser, experiment: str) -> None:
     d = open_page(browser, site / experiment / "index.html")
     for div in ("pareto-flops", "pareto-params", "pareto-speedup"):
-        drawn = d.execute_script(MEASURED.replace("return ", "return ") + ".map(t => [t.meta.method, t.x.length])", div)
-        assert dict(drawn) == _drawn_rows(site / experiment), div
+        counts: dict[str, int] = {}
+        for method, n in d.execute_script(MEASURED + ".map(t => [t.meta.method, t.x.length])", div):
+            counts[method] = counts.get(method, 0) + n  # one trace per series, several per method
+        assert counts == _drawn_rows(site / experiment), div
 
 
 def hover(driver, div: str, curve: int, point: int, expect: str) -> str:
@@ -285,20 +291,22 @@ def test_studies_are_drawn_with_optuna(site: Path, browser) -> None:
 
 def test_compare_checkboxes_choose_the_experiments(site: Path, browser) -> None:
     d = open_page(browser, site / "compare.html")
-    visible = "return document.getElementById('compare').data.filter(t => t.visible !== false).map(t => t.meta.experiment)"
+    # both tables record no fingerprint, selection or budget: one group, one figure
+    assert len(d.find_elements("css selector", ".compare")) == 1
+    visible = "return document.getElementById('compare-0').data.filter(t => t.visible !== false).map(t => t.meta.experiment)"
     assert set(d.execute_script(visible)) == {"resnet20-cifar10-smoke", "resnet56-cifar10-fast"}
     d.find_element("css selector", "input.experiment[value='resnet20-cifar10-smoke']").click()
     assert set(d.execute_script(visible)) == {"resnet56-cifar10-fast"}
-    x = d.execute_script("return document.getElementById('compare').data.flatMap(t => t.x)")
-    assert x and all(0 < v <= 1.0 for v in x)  # relative FLOPs
-    d.find_elements("css selector", "#compare .updatemenu-button")[1].click()  # y: drop against own baseline
-    deadline = time.monotonic() + 10
-    while "drop" not in d.execute_script("return document.getElementById('compare').layout.yaxis.title.text"):
-        assert time.monotonic() < deadline, "the drop button did not switch the y axis"
-        time.sleep(0.1)
-    pts = points(read_runs(site / "resnet20-cifar10-smoke"))
-    first = d.execute_script("return document.getElementById('compare').data[0]")
-    assert first["y"] == pytest.approx(pts.loc[pts["method"] == first["meta"]["method"], "drop"].tolist())
+    x = d.execute_script("return document.getElementById('compare-0').data.flatMap(t => t.x)")
+    assert x and all(0 < v <= 100.0 for v in x)  # FLOPs kept, % of each experiment's own baseline
+    # the newer experiment has a control: its changes are against it, not against the baseline
+    pts = points(read_runs(site / "resnet56-cifar10-fast"))
+    control = pts.loc[pts["method"] == "control", "top1"].mean()
+    trace = d.execute_script("return document.getElementById('compare-0').data.find(t => t.meta.kind === 'measured' && "
+                             "t.meta.experiment === 'resnet56-cifar10-fast' && t.meta.method === 'decore')")
+    decore = pts[pts["method"] == "decore"].groupby("config_key", sort=False)["top1"].mean() - control
+    assert sorted(trace["y"]) == pytest.approx(sorted(decore.tolist()))
+    assert "control" in trace["name"] and "click" not in json.dumps(trace).lower()
     assert_no_errors(d, "compare")
 
 
@@ -321,7 +329,7 @@ def test_experiments_without_complete_trials_get_a_page(tmp_path: Path, browser)
     open_page(browser, tmp_path / "compare.html")
 
 
-def test_buttons_and_legend_toggle_published_points_control_and_methods(site: Path, browser) -> None:
+def test_buttons_and_legend_toggle_control_and_series(site: Path, browser) -> None:
     d = open_page(browser, site / "resnet56-cifar10-fast" / "index.html")
     state = ("return document.getElementById('pareto-flops').data.filter(t => arguments[0](t.meta))"
              ".map(t => t.visible === undefined ? true : t.visible)")
@@ -329,14 +337,15 @@ def test_buttons_and_legend_toggle_published_points_control_and_methods(site: Pa
     def visible(pick: str) -> set:
         return set(d.execute_script(state.replace("arguments[0]", pick)))
 
-    published, control = "(m => m.kind === 'published')", "(m => m.method === 'control')"
-    assert visible(published) == {True} and visible(control) == {True}
+    # the y axis is validation top-1: published (test) numbers of other papers are not drawn on it
+    assert visible("(m => m.kind === 'published')") == set()
+    control = "(m => m.method === 'control')"
+    assert visible(control) == {True}
     buttons = d.find_elements("css selector", "#pareto-flops .updatemenu-button")
-    assert [b.text for b in buttons] == ["toggle published points", "toggle no-pruning control"]
+    assert [b.text for b in buttons] == ["toggle no-pruning control"]
     buttons[0].click()
-    buttons[1].click()
-    assert visible(published) == {False} and visible(control) == {False}
-    d.find_elements("css selector", "#pareto-flops .legend .traces .legendtoggle")[0].click()  # DECORE
+    assert visible(control) == {False}
+    d.find_elements("css selector", "#pareto-flops .legend .traces .legendtoggle")[0].click()  # DECORE's series
     deadline = time.monotonic() + 5  # Plotly waits out a possible double click before it toggles
     while visible("(m => m.method === 'decore' && ['measured', 'front'].includes(m.kind))") != {"legendonly"}:
         assert time.monotonic() < deadline, "a legend click did not hide DECORE's points and front"

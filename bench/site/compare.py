@@ -1,55 +1,85 @@
-"""Several experiments on the same axes: top-1 against relative FLOPs (FLOPs / that experiment's baseline).
+"""Several experiments compared: each one's change in test top-1 against its *own* no-pruning control, against
+FLOPs kept (% of its own baseline), so models of any accuracy share an axis.
 
-One trace per (experiment, method) with `meta.experiment`; the comparison page's checkboxes show and hide
-whole experiments, a button switches the y axis between top-1 and the drop against each experiment's own
-baseline.
+Experiments share a figure only when they ran on the same data (fingerprint) under the same protocol
+(selection split and budget rule): `groups` forms them, one figure each. Points are configurations (seed
+means); lines are the fronts runs.csv flags. One trace per (experiment, method) with `meta.experiment`; the
+page's checkboxes show and hide whole experiments.
 """
 from __future__ import annotations
 
 import pandas as pd
 import plotly.graph_objects as go
 
-from .data import CONTROL, HOVER_TEMPLATE, hover_data, style
-from .pareto import MARKERS, _front, method_order
+from bench.figures import plotly_symbol
+
+from .data import CONTROL, style
+from .pareto import method_order
 
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 SYMBOLS = ("circle", "square", "triangle-up", "diamond", "cross", "x", "star-triangle-up", "pentagon")
 
 
-def compare_figure(experiments: dict[str, pd.DataFrame]) -> go.Figure:
-    """experiment name -> its points table (data.points); one marker shape per experiment, colour per method."""
+def protocol_key(df: pd.DataFrame) -> tuple[str, str, str]:
+    """(data fingerprint, selection split, budget rule) of an experiment; 'unrecorded' where the table lacks one."""
+    def one(name: str) -> str:
+        vals = sorted({str(v) for v in df[name].dropna()}) if name in df.columns else []  # raw: no aliases
+        return "+".join(vals) if vals else "unrecorded"
+    return one("data_fingerprint"), one("selection"), one("budget")
+
+
+def groups(tables: dict[str, pd.DataFrame]) -> dict[tuple[str, str, str], list[str]]:
+    """Experiments by protocol_key: only these share an axis."""
+    out: dict[tuple[str, str, str], list[str]] = {}
+    for name, df in tables.items():
+        out.setdefault(protocol_key(df), []).append(name)
+    return out
+
+
+def changes(pts: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Configurations (seed means) of one experiment: FLOPs kept (%), test top-1 change against the experiment's
+    own control (else its own baseline: `base_top1`), front flag; and which reference was used."""
+    trials = pts[pts["method"] != CONTROL]
+    control = pts.loc[pts["method"] == CONTROL, "top1"]
+    if len(control):
+        ref, against = float(control.mean()), "control"
+    else:
+        ref, against = float((trials["top1"] + trials["drop"]).mean()), "baseline"
+    grouped = trials.groupby("config_key", sort=False)
+    out = pd.DataFrame({"method": grouped["method"].first(), "series": grouped["series"].first(),
+                        "label": grouped["label"].first(), "n": grouped.size(),
+                        "kept": 100 * grouped["rel_flops"].mean(), "change": grouped["top1"].mean() - ref,
+                        "pareto": grouped["pareto"].any(), "scope": grouped["scope"].first()})
+    return out.reset_index(drop=True), against
+
+
+def compare_figure(experiments: dict[str, pd.DataFrame], title: str = "") -> go.Figure:
+    """experiment name -> its points table (data.points); colour per method, marker shape per experiment."""
     traces: list[go.Scatter] = []
-    views: dict[str, tuple[list, list]] = {"top1": ([], []), "drop": ([], [])}  # per trace: x, y of each view
     for i, (name, pts) in enumerate(experiments.items()):
-        for method in method_order(pts["method"]):
-            part = pts[pts["method"] == method]
+        conf, against = changes(pts)
+        for method in method_order(conf["method"]):
+            part = conf[conf["method"] == method]
             label, colour = style(method)
-            x = part["rel_flops"].to_numpy(float)
             traces.append(go.Scatter(
-                x=x.tolist(), y=part["top1"].tolist(), mode="markers", name=f"{name}: {label}", legendgroup=name,
-                meta={"kind": "measured", "experiment": name, "method": method},
-                customdata=hover_data(part), hovertemplate=HOVER_TEMPLATE,
-                marker=dict(color=colour, size=9, line=dict(width=0.5, color="white"),
-                            symbol=MARKERS[CONTROL] if method == CONTROL else SYMBOLS[i % len(SYMBOLS)])))
-            fronts = {"top1": _front(x, part["top1"].to_numpy(float), False)}
-            dx, neg = _front(x, -part["drop"].to_numpy(float), False)  # drop: lower is better
-            fronts["drop"] = (dx, [-v for v in neg])
-            for view, (xs, ys) in views.items():
-                xs += [x.tolist(), fronts[view][0]]
-                ys += [part[view].tolist(), fronts[view][1]]
-            traces.append(go.Scatter(x=fronts["top1"][0], y=fronts["top1"][1], mode="lines", legendgroup=name,
-                                     showlegend=False, hoverinfo="skip", name=f"{name}: {label} front",
-                                     meta={"kind": "front", "experiment": name, "method": method},
-                                     line=dict(color=colour, width=1.5, shape="hv", dash=DASHES[i % len(DASHES)])))
+                x=part["kept"].tolist(), y=part["change"].tolist(), mode="markers", legendgroup=name,
+                name=f"{name}: {label} (vs its {against})", meta={"kind": "measured", "experiment": name, "method": method},
+                customdata=[[lb, f"{n}"] for lb, n in zip(part["label"], part["n"])],
+                hovertemplate=(f"<b>%{{customdata[0]}}</b><br>{name}<br>FLOPs kept %{{x:.1f}}%<br>test top-1 change vs "
+                               f"its {against}: %{{y:+.2f}} pp (mean of %{{customdata[1]}} seed(s))<extra></extra>"),
+                marker=dict(color=colour, size=9, line=dict(width=1, color=colour), symbol=SYMBOLS[i % len(SYMBOLS)])))
+            for _, front in part[part["pareto"]].groupby("series", sort=False):
+                front = front.sort_values("kept")
+                traces.append(go.Scatter(
+                    x=front["kept"].tolist(), y=front["change"].tolist(), mode="lines", legendgroup=name,
+                    showlegend=False, hoverinfo="skip", name=f"{name}: {front['series'].iloc[0]} front",
+                    meta={"kind": "front", "experiment": name, "method": method},
+                    line=dict(color=colour, width=1.2, dash=DASHES[i % len(DASHES)])))
     fig = go.Figure(traces)
-    buttons = [dict(label=text, method="update", args=[{"x": views[v][0], "y": views[v][1]}, {"yaxis.title.text": axis}])
-               for v, text, axis in (("top1", "top-1", "Top-1 (%)"),
-                                     ("drop", "top-1 drop vs own baseline", "Top-1 drop (points, lower is better)"))]
+    fig.add_hline(y=0, line=dict(color="#999999", width=1, dash="dash"))
     fig.update_layout(
-        title=dict(text="Experiments compared: top-1 against FLOPs relative to each experiment's baseline", x=0.01),
-        xaxis=dict(title="FLOPs / baseline FLOPs", tickformat=".0%"), yaxis_title="Top-1 (%)",
-        template="plotly_white", height=620, hovermode="closest",
-        margin=dict(t=110),
-        updatemenus=[dict(type="buttons", direction="right", x=0, xanchor="left", y=1.01, yanchor="bottom",
-                          buttons=buttons)] if traces else [])
+        title=dict(text=title, x=0.01, font=dict(size=14)),
+        xaxis=dict(title="FLOPs kept (% of the experiment's own baseline, MACs)"),
+        yaxis=dict(title="Test top-1 change vs the experiment's own control, else its baseline (pp)"),
+        template="plotly_white", height=520, hovermode="closest", margin=dict(t=60))
     return fig

@@ -16,6 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.figures import method_style
+from bench.results import CONFIG_KEYS, SERIES_KEYS, mark_pareto
+
 # site name -> names the results table may use for it, first found wins
 ALIASES: dict[str, tuple[str, ...]] = {
     "id": ("trial_id", "config_hash"),
@@ -36,20 +39,12 @@ CONFIG_KEY = ("method", "scope", "knob_name", "knob_value", "knobs", "round_to",
               "finetune_epochs", "budget_images", "budget", "selection", "method_version")
 CONTROL = "control"
 REFERENCE_CSV = Path(__file__).parents[2] / "results" / "reference" / "published_results.csv"
-# method -> (name in the site, colour); our methods in colour, other literature in greys
-STYLE: dict[str, tuple[str, str]] = {
-    "decore": ("DECORE", "#1f77b4"), "l1": ("L1", "#ff7f0e"), "random": ("Random", "#2ca02c"),
-    CONTROL: ("No pruning (control)", "#7f7f7f"), "baseline": ("Baseline", "#000000"),
-    "hrank": ("HRank", "#595959"), "gal": ("GAL", "#8c8c8c"), "nisp": ("NISP", "#737373"),
-}
-PALETTE = ("#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#d62728")
 
 
 def style(method: str) -> tuple[str, str]:
-    """(display name, colour) of a method; unknown methods get a stable colour of the palette."""
-    if method in STYLE:
-        return STYLE[method]
-    return method, PALETTE[sum(map(ord, method)) % len(PALETTE)]
+    """(display name, colour) of a method: the project's one map (bench.figures.METHOD_STYLE, Okabe-Ito)."""
+    name, colour, _ = method_style(method)
+    return name, colour
 
 
 def find_experiments(results_dir: Path) -> list[Path]:
@@ -177,7 +172,41 @@ def points(df: pd.DataFrame, folder: Path | None = None) -> pd.DataFrame:
     pts = pts.join(_seed_stats(pts))
     pts["match_key"] = match_keys(pts)
     pts["trial_dir"] = [_trial_dir(folder, m, i) for m, i in zip(pts["method"], pts["id"])]
+    # what decisions read (validation; test on rows from before the selection split) and the runs.csv front
+    pts["dec"] = pts["val_top1"].where(pts["val_top1"].notna(), pts["top1"])
+    pts["dec_split"] = np.where(pts["val_top1"].notna(), "validation", "test")
+    pts["pareto"] = front_flags(df).loc[rows.index].to_numpy()
+    keys = _keys_frame(rows)
+    pts["series_key"] = [" | ".join(r) for r in keys[list(SERIES_KEYS)].itertuples(index=False)]
+    pts["config_key"] = [" | ".join(r) for r in keys[list(CONFIG_KEYS)].itertuples(index=False)]
+    versions = ({str(m): int(n) for m, n in rows.groupby("method")["method_version"].nunique().items()}
+                if "method_version" in rows.columns else {})
+    pts["series"] = [_series_name(r, versions) for _, r in rows.iterrows()]
+    pts["config_hash"] = col(rows, "config_hash").astype(str).to_numpy()
     return pts
+
+
+def _keys_frame(rows: pd.DataFrame) -> pd.DataFrame:
+    """SERIES_KEYS and CONFIG_KEYS of each row as text (NaN as ''), as bench.results groups them."""
+    return pd.DataFrame({k: col(rows, k).map(_text).astype(str) for k in CONFIG_KEYS}, index=rows.index)
+
+
+def _series_name(row: pd.Series, versions: dict[str, int]) -> str:
+    from bench.report import series_label  # the tables' and static figures' name of a series
+
+    return series_label(row, versions)
+
+
+def front_flags(df: pd.DataFrame) -> pd.Series:
+    """runs.csv's `pareto` column (bench.results.mark_pareto: validation top-1 against FLOPs, per series, on
+    seed means); a table without the column gets it computed by the same function, never another rule."""
+    if "pareto" in df.columns:
+        return df["pareto"].map(lambda v: str(v) in ("True", "true", "1")).astype(bool)
+    frame = pd.DataFrame({"row_type": col(df, "row_type").fillna("trial"), "status": col(df, "status").fillna("complete"),
+                          "flops": _num(df, "flops"), "val_top1_pct": _pct(col(df, "val_top1")),
+                          "top1_pct": _pct(col(df, "top1")),
+                          **{k: col(df, k).map(_text) for k in CONFIG_KEYS}}, index=df.index)
+    return mark_pareto(frame)["pareto"].fillna(False).astype(bool)
 
 
 def _trial_dir(folder: Path | None, method: str, trial_id: str) -> str:
@@ -213,17 +242,23 @@ def kept_channels(pts_row: pd.Series, folder: Path | None = None) -> dict[str, l
 
 
 def baseline(df: pd.DataFrame) -> dict[str, float] | None:
-    """The unpruned model of the experiment (mean of its baseline rows, else the trials' base_* columns)."""
+    """The unpruned model of the experiment (mean of its baseline rows, else the trials' base_* columns): test
+    top-1, and `dec`, the top-1 decisions read (validation where recorded) with its split."""
     base = df[col(df, "row_type").astype(str).eq("baseline")]
     if not base.empty and _pct(col(base, "top1")).notna().any():
-        return {"top1": float(_pct(col(base, "top1")).mean()), "flops": float(_num(base, "flops").mean()),
-                "params": float(_num(base, "params").mean()), "n": len(base)}
+        val = _pct(col(base, "val_top1"))
+        top1 = float(_pct(col(base, "top1")).mean())
+        return {"top1": top1, "flops": float(_num(base, "flops").mean()), "params": float(_num(base, "params").mean()),
+                "n": len(base), "dec": float(val.mean()) if val.notna().any() else top1,
+                "dec_split": "validation" if val.notna().any() else "test"}
     trials = df[is_trial(df)]
     b = _pct(col(trials, "base_top1_pct")).dropna()
     if b.empty:
         return None
+    val = _pct(col(trials, "base_val_top1_pct")).dropna()
     return {"top1": float(b.iloc[0]), "flops": float(_num(trials, "base_flops").dropna().iloc[0]),
-            "params": float(_num(trials, "base_params").dropna().iloc[0]), "n": 1}
+            "params": float(_num(trials, "base_params").dropna().iloc[0]), "n": 1,
+            "dec": float(val.iloc[0]) if len(val) else float(b.iloc[0]), "dec_split": "validation" if len(val) else "test"}
 
 
 def title(df: pd.DataFrame) -> str:
@@ -271,7 +306,7 @@ def _seeds(r: pd.Series) -> str:
 
 
 HOVER_FIELDS = ("label", "method", "knob", "scope", "budget", "seeds", "top1", "top5", "params", "flops",
-                "latency", "id", "match")
+                "latency", "id", "match", "val_top1", "series")
 
 
 def hover_data(pts: pd.DataFrame) -> list[list[str]]:
@@ -281,11 +316,15 @@ def hover_data(pts: pd.DataFrame) -> list[list[str]]:
         out.append([r["label"], style(r["method"])[0], r["knob_text"], _text(r["scope"]) or "-", _budget(r),
                     _seeds(r), _fmt(r["top1"], "{:.2f}%"), _fmt(r["top5"], "{:.2f}%"),
                     _fmt(r["params"] / 1e6, "{:.3f}M"), _fmt(r["flops"] / 1e6, "{:.2f}M"),
-                    _fmt(r["latency_ratio"], "{:.2f}x the baseline's"), str(r["id"]), str(r["match_key"])])
+                    _fmt(r["latency_ratio"], "{:.2f}x the baseline's"), str(r["id"]), str(r["match_key"]),
+                    _fmt(r["val_top1"], "{:.2f}%"), str(r.get("series", ""))])
     return out
 
 
 HOVER_TEMPLATE = ("<b>%{customdata[0]}</b><br>method %{customdata[1]} | knob %{customdata[2]} | scope "
-                  "%{customdata[3]}<br>budget %{customdata[4]}<br>seeds %{customdata[5]}<br>top-1 %{customdata[6]}"
-                  " | top-5 %{customdata[7]}<br>params %{customdata[8]} | FLOPs %{customdata[9]}<br>latency "
-                  "%{customdata[10]}<br>trial %{customdata[11]} (click for partners, layers, links)<extra></extra>")
+                  "%{customdata[3]}<br>budget %{customdata[4]}<br>seeds (test top-1) %{customdata[5]}<br>validation "
+                  "top-1 %{customdata[13]} | test top-1 %{customdata[6]} | test top-5 %{customdata[7]}<br>params "
+                  "%{customdata[8]} | FLOPs %{customdata[9]} (MACs)<br>latency %{customdata[10]}<br>trial "
+                  "%{customdata[11]}")
+# the experiment page's points answer a click (partners, layers, links); the comparison page's do not
+CLICK_HINT = " (click for partners, layers, links)"

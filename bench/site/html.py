@@ -1,5 +1,6 @@
-"""HTML around the figures: one self-contained page (plotly.js inlined once, no CDN), figures drawn from a
-JSON block, and the small scripts of the experiment and comparison pages."""
+"""HTML around the figures: pages that work offline (plotly.js once per results folder, PLOTLY_JS, loaded by a
+relative path; no CDN), figures drawn from a JSON block, and the small scripts of the experiment and
+comparison pages."""
 from __future__ import annotations
 
 import html
@@ -72,14 +73,16 @@ function sitePage(SITE) {
 }
 """
 
-# comparison page: the checkboxes show and hide whole experiments (traces carry meta.experiment)
+# comparison page: the checkboxes show and hide whole experiments (traces carry meta.experiment) on every figure
 COMPARE_JS = """
 function sitePage(SITE) {
-  const gd = document.getElementById('compare');
+  const figs = Array.from(document.querySelectorAll('.compare'));
   const boxes = Array.from(document.querySelectorAll('input.experiment'));
   function apply() {
     const on = new Set(boxes.filter(b => b.checked).map(b => b.value));
-    if (gd.data.length) Plotly.restyle(gd, {visible: gd.data.map(t => on.has((t.meta || {}).experiment))});
+    figs.forEach(gd => {
+      if (gd.data.length) Plotly.restyle(gd, {visible: gd.data.map(t => on.has((t.meta || {}).experiment))});
+    });
   }
   boxes.forEach(b => b.addEventListener('change', apply));
   apply();
@@ -99,13 +102,22 @@ def plot_div(div_id: str, css_class: str = "plot") -> str:
     return f'<div id="{esc(div_id)}" class="{esc(css_class)}"></div>'
 
 
-def page(title: str, body: str, data: dict[str, Any] | None = None, script: str = "") -> str:
-    """A self-contained page; with `data` (SITE: figures by div id, ...) plotly.js is inlined once."""
+PLOTLY_JS = "plotly.min.js"  # written once into the results folder by write_site
+
+
+def plotly_asset() -> str:
+    """plotly.js as the installed plotly package bundles it (the pages load it from the results folder)."""
+    return get_plotlyjs()
+
+
+def page(title: str, body: str, data: dict[str, Any] | None = None, script: str = "", root: str = "") -> str:
+    """A page; with `data` (SITE: figures by div id, ...) it loads plotly.js from `root` + PLOTLY_JS, the one
+    copy in the results folder (`root` is the way up to it: '' or '../')."""
     head = f'<meta charset="utf-8"><meta name="viewport" content="width=device-width"><title>{esc(title)}</title>' \
            f"<style>{CSS}</style>"
     tail = ""
     if data is not None:
-        head += f'<script type="text/javascript">{get_plotlyjs()}</script>'
+        head += f'<script src="{esc(root + PLOTLY_JS)}"></script>'
         # "</" would end the script element early; JSON allows the escaped slash
         payload = json.dumps(data, allow_nan=False, default=str).replace("</", "<\\/")
         tail = f'<script type="application/json" id="site-data">{payload}</script><script>{script}{BOOT}</script>'

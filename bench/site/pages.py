@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from . import studies
-from .compare import compare_figure
+from .compare import compare_figure, groups
 from .data import baseline, col, is_trial, load_reference, points, style, title, trial_json
 from .dynamics import dynamics_figure, has_dynamics
 from .html import COMPARE_JS, EXPERIMENT_JS, esc, fig_dict, markdown, page, plot_div, table
@@ -39,6 +39,14 @@ def _protocol(df: pd.DataFrame) -> str:
     if devices:
         parts.append("on " + ", ".join(devices))
     return "; ".join(parts)
+
+
+def _report_links(folder: Path) -> str:
+    """Links to the report's files beside the page, those that exist only."""
+    names = [n for n in ("paper.png", "paper.pdf", "pareto.png", "table.md", "table.tex", "README.md")
+             if (folder / n).is_file()]
+    links = ", ".join(f'<a href="{esc(n)}">{esc(n)}</a>' for n in names)
+    return f"Test top-1 against the control, the table and the report: {links}." if names else ""
 
 
 def default_point(pts: pd.DataFrame) -> str | None:
@@ -131,15 +139,18 @@ def experiment_page(folder: Path, df: pd.DataFrame, results_dir: Path | None = N
     body = [f'<nav><a href="../index.html">all experiments</a><a href="../compare.html">compare experiments</a></nav>',
             f"<h1>{esc(folder.name)}</h1>", f'<p class="sub">{esc(protocol)}. runs.csv: {esc(_counts(df))}.</p>',
             "<h2>Pareto fronts</h2>",
-            '<p class="note">One point per complete trial (hover: method, knob, scope, budget, seeds as mean ± std '
-            "of its configuration, top-1/top-5, params, FLOPs, latency); lines: each method's front. Click a legend "
-            "entry to hide a method; hollow markers are published numbers (their schedule). Click a point to ring "
-            "it and its matched partners and to show its layers and links below.</p>"]
+            '<p class="note">One point per complete trial, at the top-1 decisions read (the y axis names the split; '
+            "hover: method, knob, scope, budget, seeds as mean ± std of test top-1 over its configuration, validation "
+            "and test top-1, params, FLOPs, latency). Lines: each series' Pareto front exactly as runs.csv flags it "
+            "(validation top-1 against FLOPs, on seed means), through the seed means of its configurations; on the "
+            "params and speed-up axes the same configurations are joined. Colour and marker: method; a dot inside: "
+            "scope internal. Click a legend entry to hide a series. Click a point to ring it and its matched partners "
+            f"and to show its layers and links below. {_report_links(folder)}</p>"]
     if pts.empty:
         body.append("<p>No complete trials yet.</p>")
     else:
         for axis in axes_available(pts):
-            data["figures"][f"pareto-{axis}"] = fig_dict(pareto_figure(pts, base, reference, axis, protocol))
+            data["figures"][f"pareto-{axis}"] = fig_dict(pareto_figure(pts, base, reference, axis))
             body.append(plot_div(f"pareto-{axis}", "plot pareto"))
         data["points"], data["layers"], data["dynamics"] = _per_point(pts, folder)
         body += ["<h2>Chosen point</h2>", f"<p>Point: {_select(pts)}</p>", '<div class="card" id="point-info"></div>',
@@ -147,21 +158,31 @@ def experiment_page(folder: Path, df: pd.DataFrame, results_dir: Path | None = N
                  "<h2>DECORE's agents</h2>", '<p class="note" id="dynamics-note"></p>', plot_div("dynamics")]
     body.append(_studies_section(folder, data))
     body.append(f'<p class="note">Made by <code>bench.site.write_site</code> from {esc(folder.name)}/runs.csv, '
-                "its trials/ folders and results/reference/; plotly.js is inlined: the page works offline.</p>")
-    return page(f"{folder.name}: results", "\n".join(body), data, EXPERIMENT_JS)
+                "its trials/ folders and results/reference/; plotly.js comes from ../plotly.min.js: the page works "
+                "offline.</p>")
+    return page(f"{folder.name}: results", "\n".join(body), data, EXPERIMENT_JS, root="../")
 
 
-def compare_page(tables: dict[str, pd.DataFrame]) -> str:
-    """Every experiment on top-1 against relative FLOPs; checkboxes choose the experiments shown."""
+def compare_page(results_dir: Path, tables: dict[str, pd.DataFrame]) -> str:
+    """Each experiment's change against its own control vs FLOPs kept; one figure per data and protocol (only
+    experiments on the same data fingerprint, selection split and budget rule share an axis)."""
     pts = {name: points(df) for name, df in tables.items()}
     boxes = " ".join(f'<label><input type="checkbox" class="experiment" value="{esc(n)}" checked> {esc(n)} '
                      f'<span class="note">({esc(title(tables[n]))}, {len(p)} points)</span></label>'
                      for n, p in pts.items())
-    data = {"figures": {"compare": fig_dict(compare_figure(pts))}}
+    data: dict[str, Any] = {"figures": {}}
     body = ['<nav><a href="index.html">all experiments</a></nav>', "<h1>Compare experiments</h1>",
-            '<p class="sub">FLOPs relative to each experiment\'s own baseline, so models of any size share the axis. '
-            "Marker shape: experiment; colour: method; lines: fronts.</p>",
-            f'<p id="experiment-boxes">{boxes or "No experiments."}</p>', plot_div("compare")]
+            '<p class="sub">Each experiment\'s change in test top-1 against its own no-pruning control (its own '
+            "baseline where it has none, as the legend says), against FLOPs kept as a percentage of its own baseline: "
+            "models of any accuracy share an axis. Experiments share a figure only when they ran on the same data "
+            "(fingerprint) under the same protocol (selection split, budget rule). Points: configurations (seed means); "
+            "colour: method; marker shape: experiment; lines: the fronts runs.csv flags. The checkboxes show and hide "
+            "experiments; hover a point for its configuration.</p>",
+            f'<p id="experiment-boxes">{boxes or "No experiments."}</p>']
+    for i, ((fingerprint, selection, budget), names) in enumerate(groups(tables).items()):
+        heading = f"data {fingerprint}, selection on {selection}, budget {budget}"
+        data["figures"][f"compare-{i}"] = fig_dict(compare_figure({n: pts[n] for n in names}, heading))
+        body += [f"<h2>{esc(heading)}</h2>", plot_div(f"compare-{i}", "plot compare")]
     return page("Compare experiments", "\n".join(body), data, COMPARE_JS)
 
 
@@ -174,19 +195,54 @@ def _other_results(results_dir: Path, tables: dict[str, pd.DataFrame]) -> str:
     return f'<p class="note">Other results (no runs.csv): {", ".join(links)}</p>' if links else ""
 
 
+def experiment_facts(folder: Path, df: pd.DataFrame) -> dict[str, str]:
+    """What a reader must know before comparing an experiment: split, seeds, budget, official data, engine
+    version, and its status (legacy: selected on test; pipeline check: a smoke/micro profile; else curated)."""
+    from bench.report import official_data
+
+    trials = df[is_trial(df)]
+    selection = sorted({str(v) for v in col(trials, "selection").dropna()})
+    split = ", ".join({"val": "validation", "test": "test"}.get(v, v) for v in selection) or "test (unrecorded)"
+    seeds = sorted({int(v) for v in pd.to_numeric(col(trials, "seed"), errors="coerce").dropna()})
+    rules = sorted({str(v) for v in trials["budget"].dropna()}) if "budget" in trials.columns else []  # the rule
+    images = sorted({int(v) for v in pd.to_numeric(col(trials, "budget_images"), errors="coerce").dropna()})
+    budget = (", ".join(rules) or "unrecorded") + (f" ({', '.join(f'{i:,}' for i in images)} images)" if images else "")
+    official = official_data(folder)
+    engine_col = next((c for c in ("engine_version", "git_commit") if c in df.columns and df[c].notna().any()), None)
+    engine = ", ".join(sorted({str(v)[:10] for v in df[engine_col].dropna()})) if engine_col else "unrecorded"
+    profile = " ".join(str(v) for v in col(df, "profile").dropna().unique())
+    status = ("legacy: decisions read the test set" if not selection or "test" in selection else
+              "pipeline check" if any(p in profile for p in ("smoke", "micro", "tiny")) else "curated")
+    return {"split": split, "seeds": f"{len(seeds)} ({', '.join(map(str, seeds))})" if seeds else "-",
+            "budget": budget, "official": {True: "yes", False: "no"}.get(official, "unrecorded"),
+            "engine": engine, "status": status}
+
+
 def index_page(results_dir: Path, tables: dict[str, pd.DataFrame]) -> str:
-    """The list of experiments, links to their pages, and the paper's tables when paper/paper.md exists."""
+    """The list of experiments with what tells them apart (experiment_facts), links to their pages, and the
+    paper's tables when paper/paper.md exists."""
     rows = []
     for name, df in tables.items():
         folder = Path(results_dir) / name
         pts, base = points(df), baseline(df)
+        facts = experiment_facts(folder, df)
         methods = ", ".join(f"{style(m)[0]} ({(pts['method'] == m).sum()})" for m in method_order(pts["method"]))
-        extra = [f'<a href="{esc(name)}/{f}">{f}</a>' for f in ("README.md", "table.md", "pareto.png") if (folder / f).is_file()]
-        rows.append([f'<a href="{esc(name)}/{EXPERIMENT_PAGE}">{esc(name)}</a>', esc(title(df)),
-                     "-" if base is None else f"{base['top1']:.2f}%", esc(methods or "-"), esc(_counts(df)), " ".join(extra)])
+        extra = [f'<a href="{esc(name)}/{f}">{f}</a>' for f in ("README.md", "table.md", "paper.png", "pareto.png")
+                 if (folder / f).is_file()]
+        status = esc(facts["status"])
+        if facts["status"].startswith("legacy"):
+            status = f'<b class="legacy">{status}</b>'
+        rows.append([f'<a href="{esc(name)}/{EXPERIMENT_PAGE}">{esc(name)}</a>', esc(title(df)), status,
+                     esc(facts["split"]), esc(facts["seeds"]), esc(facts["budget"]), esc(facts["official"]),
+                     f"<code>{esc(facts['engine'])}</code>", "-" if base is None else f"{base['top1']:.2f}%",
+                     esc(methods or "-"), esc(_counts(df)), " ".join(extra)])
     body = ["<h1>Results</h1>", f'<p class="sub">{len(tables)} experiment(s) under {esc(Path(results_dir).name)}/; '
-            '<a href="compare.html">compare experiments on one plot</a>.</p>',
-            table(["Experiment", "Model and data", "Baseline top-1", "Points per method", "Trials", "Files"], rows, "text")
+            '<a href="compare.html">compare experiments</a> (only those on the same data and protocol share an '
+            "axis). Split: what decisions read. Official data: a checksum-verified download of the dataset. Engine "
+            "version: the harness commit(s) the rows ran on. Legacy experiments chose their points on the test set: "
+            "do not compare them with the others.</p>",
+            table(["Experiment", "Model and data", "Status", "Split", "Seeds", "Budget", "Official data",
+                   "Engine version", "Baseline test top-1", "Points per method", "Trials", "Files"], rows, "text")
             if rows else "<p>No runs.csv found.</p>", _other_results(Path(results_dir), tables)]
     paper = Path(results_dir) / "paper" / "paper.md"
     if paper.is_file():
