@@ -352,3 +352,60 @@ def test_buttons_and_legend_toggle_control_and_series(site: Path, browser) -> No
         time.sleep(0.1)
     assert visible("(m => m.method === 'l1' && m.kind === 'measured')") == {True}
     assert_no_errors(d, "toggles")
+
+
+# ------------------------------------------------------------------ the committed site, as it is
+
+COMMITTED = REPO / "results"
+LINKS = """const out = Array.from(document.links).map(a => a.href);
+if (typeof SITE !== 'undefined' && SITE.points) Object.values(SITE.points).forEach(p => {
+  const doc = new DOMParser().parseFromString(p.info, 'text/html');
+  doc.querySelectorAll('a[href]').forEach(a => out.push(new URL(a.getAttribute('href'), location.href).href));
+});
+return out;"""
+
+
+def committed_pages() -> list[Path]:
+    return [COMMITTED / "index.html", COMMITTED / "compare.html", *(e / "index.html" for e in find_experiments(COMMITTED))]
+
+
+def test_every_link_of_every_committed_page_leads_to_a_file(browser) -> None:
+    from urllib.parse import unquote, urlparse
+
+    dead = []
+    for page in committed_pages():
+        d = open_page(browser, page)
+        for href in d.execute_script(LINKS):  # the page's links, and those each chosen point would show
+            url = urlparse(href)
+            if url.scheme == "file" and not Path(unquote(url.path)).exists():
+                dead.append(f"{page.relative_to(COMMITTED)} -> {href}")
+            assert url.scheme in ("file", "https"), href
+    assert not dead, "dead links:\n" + "\n".join(dead)
+
+
+def test_clicking_a_point_of_a_committed_page_chooses_it(browser) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    page = next(p for p in committed_pages() if "cpu" in p.parent.name)
+    d = open_page(browser, page)
+    gd = d.find_element("id", "pareto-flops")
+    d.execute_script("arguments[0].scrollIntoView({block: 'center'})", gd)
+    # a real mouse click on the first DECORE point, where Plotly drew it
+    curve, point = d.execute_script(
+        "const gd = arguments[0]; const i = gd.data.findIndex(t => t.meta.kind === 'measured' && "
+        "t.meta.method === 'decore'); return [i, 0];", gd)
+    dx, dy = d.execute_script(
+        "const gd = arguments[0], t = gd.data[arguments[1]], fl = gd._fullLayout, r = gd.getBoundingClientRect();"
+        "return [fl.xaxis.l2p(t.x[arguments[2]]) + fl.xaxis._offset - r.width / 2,"
+        "        fl.yaxis.l2p(t.y[arguments[2]]) + fl.yaxis._offset - r.height / 2];", gd, curve, point)
+    trial = d.execute_script("return arguments[0].data[arguments[1]].customdata[arguments[2]][11]", gd, curve, point)
+    d.execute_script("document.getElementById('point-select').value = ''")
+    ActionChains(d).move_to_element_with_offset(gd, int(dx), int(dy)).pause(0.5).click().perform()
+    deadline = time.monotonic() + 10
+    while d.execute_script("return document.getElementById('point-select').value") != trial:
+        assert time.monotonic() < deadline, "a click on a point did not choose it"
+        time.sleep(0.1)
+    assert trial in d.find_element("id", "point-info").text
+    ring = d.execute_script("return arguments[0].data.find(t => t.meta.kind === 'highlight').x", gd)
+    assert len(ring) >= 1
+    assert_no_errors(d, "clicking a point")

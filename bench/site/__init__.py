@@ -2,7 +2,8 @@
 
     from bench.site import write_site
     write_site("results")   # -> results/index.html, results/compare.html, results/<experiment>/index.html,
-                            #    results/plotly.min.js (the one copy of plotly.js every page loads)
+                            #    results/plotly.min.js (the one copy of plotly.js every page loads),
+                            #    results/README.md (every folder: model, data, protocol, seeds, budget, status)
 
 A newcomer finds each figure in one module, each a function of the points table (`data.points`, built
 from runs.csv): `pareto` (fronts), `layers` (kept channels of a point and its partners), `dynamics`
@@ -18,7 +19,7 @@ from bench.io import atomic_write
 
 from .data import find_experiments, read_runs
 from .html import PLOTLY_JS, plotly_asset
-from .pages import EXPERIMENT_PAGE, compare_page, experiment_page, index_page
+from .pages import EXPERIMENT_PAGE, compare_page, experiment_page, index_page, results_readme
 
 __all__ = ["write_site"]
 
@@ -40,4 +41,5 @@ def write_site(results_dir: str | Path) -> list[Path]:
                for name, df in tables.items()]
     written.append(_write(results_dir / "compare.html", compare_page(results_dir, tables)))
     written.append(_write(results_dir / "index.html", index_page(results_dir, tables)))
+    written.append(_write(results_dir / "README.md", results_readme(results_dir, tables)))
     return written

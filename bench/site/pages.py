@@ -249,3 +249,42 @@ def index_page(results_dir: Path, tables: dict[str, pd.DataFrame]) -> str:
         body += ['<h2>Paper</h2>', '<p class="note">The tables of <a href="paper/paper.md">paper/paper.md</a>, as written '
                  "there:</p>", markdown(paper.read_text(errors="replace"), prefix="paper/", shift=2)]
     return page("Results", "\n".join(body))
+
+
+def _first_heading(path: Path) -> str:
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def results_readme(results_dir: Path, tables: dict[str, pd.DataFrame]) -> str:
+    """RESULTS_DIR/README.md: every experiment folder with model, data, protocol, seeds, budget and status, then
+    the folders without a runs.csv (perf tables, references) with their own README's heading."""
+    lines = ["# Results", "", "Written by `make report` (`python -m bench report`, bench/site/pages.py) from each "
+             "folder's runs.csv and experiment.json; do not edit by hand. Open [index.html](index.html) for the site, "
+             "[compare.html](compare.html) for experiments side by side.", "",
+             "Status: *curated* (a profile meant for comparison), *pipeline check* (smoke/micro profiles: they show "
+             "the pipeline runs, not which method is better), *legacy* (decisions read the test set: never compare "
+             "it with the others). Official data: the checksum-verified dataset download (else a local copy, "
+             "fingerprint given).", "",
+             "| Folder | Model | Data | Protocol (split, budget rule) | Seeds | Budget (images after the baseline) "
+             "| Status |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, df in tables.items():
+        facts = experiment_facts(Path(results_dir) / name, df)
+        fingerprints = sorted({str(v) for v in df["data_fingerprint"].dropna()}) if "data_fingerprint" in df else []
+        data = (f"{' '.join(str(v) for v in col(df, 'dataset').dropna().unique())} "
+                f"({', '.join(fingerprints) or 'fingerprint unrecorded'}; official: {facts['official']})")
+        lines.append(f"| [{name}]({name}/README.md) | {' '.join(str(v) for v in col(df, 'model').dropna().unique())} "
+                     f"| {data} | {facts['split']}, {facts['budget'].split(' (')[0]} | {facts['seeds']} "
+                     f"| {facts['budget'].split(' (', 1)[1].rstrip(')') if ' (' in facts['budget'] else '-'} "
+                     f"| {facts['status']} |")
+    others = sorted(p for p in Path(results_dir).iterdir() if p.is_dir() and p.name not in tables)
+    if others:
+        lines += ["", "## Other folders", ""]
+        for folder in others:
+            readme = folder / "README.md"
+            what = _first_heading(readme) if readme.is_file() else ", ".join(n.name for n in sorted(folder.glob("*.md")))
+            link = f"[{folder.name}/]({folder.name}/README.md)" if readme.is_file() else f"{folder.name}/"
+            lines.append(f"- {link}: {what or 'no README'}")
+    return "\n".join(lines) + "\n"
