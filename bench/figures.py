@@ -12,6 +12,8 @@ caption.md / caption.tex, not into a title.
 """
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import math
 from collections.abc import Iterator
@@ -90,9 +92,11 @@ def print_rc() -> Iterator[None]:
 
 
 def save(fig: Figure, path: Path, fmt: str, dpi: int = 150) -> Path:
-    """One atomic write of a figure; PDFs with TrueType fonts."""
-    with print_rc():
-        return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))
+    """One atomic write of a figure; PDFs with TrueType fonts; no date or random ids in PDF/SVG, so a rerun on the
+    same runs.csv rewrites the same bytes (and git shows no change)."""
+    meta = {"pdf": {"CreationDate": None, "ModDate": None}, "svg": {"Date": None}}.get(fmt)
+    with print_rc(), matplotlib.rc_context({"svg.hashsalt": "decore-bench"}):
+        return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi, metadata=meta))
 
 
 # ---------------------------------------------------------------- statistics
@@ -263,3 +267,46 @@ def write_paper_figure(df: pd.DataFrame, reference: pd.DataFrame | None, folder:
     for ext, text in caption.items():
         out[f"caption.{ext}"] = atomic_write(Path(folder) / f"caption.{ext}", lambda tmp, t=text: Path(tmp).write_text(t))
     return out
+
+
+# ---------------------------------------------------------------- channel groups, as every layer figure names them
+
+@functools.lru_cache(maxsize=16)
+def graph_order(model: str) -> dict[str, int]:
+    """Conv name -> its position in the model's module order (graph order); {} when the model cannot be built."""
+    try:
+        import models
+        from methods.scored import conv_numbers
+
+        return conv_numbers(models.create(model))
+    except Exception:  # an unknown or foreign model: the table's own order stands
+        return {}
+
+
+def ordered_groups(model: str, kept: list[dict[str, list]]) -> list[tuple[str, int, str | None]]:
+    """The union of the groups of several kept_channels dicts as (id, units, kind), in graph order."""
+    units: dict[str, tuple[int, str | None]] = {}
+    for k in kept:
+        for g, ku in k.items():
+            units.setdefault(g, (int(ku[1]), ku[2] if len(ku) > 2 else None))
+    order = graph_order(model)
+    ids = sorted(units, key=lambda g: (order.get(g, len(order) + list(units).index(g))))
+    return [(g, *units[g]) for g in ids]
+
+
+def group_name(gid: str, units: int, kind: str | None) -> str:
+    """A group's name in every layer figure: streams by stage (their id is only the stream's first conv)."""
+    if kind == "stream":
+        from methods.scored import stage_of
+
+        return f"stage {stage_of(gid) + 1} stream ({units})"
+    return f"{gid} ({units})"
+
+
+def distinct_allocations(kept: list[dict[str, list]]) -> list[list[int]]:
+    """Indices of rows grouped by identical kept channels (one bar per distinct allocation), first seen first."""
+    out: dict[str, list[int]] = {}
+    for i, k in enumerate(kept):
+        key = json.dumps({g: ku[0] for g, ku in k.items()}, sort_keys=True)
+        out.setdefault(key, []).append(i)
+    return list(out.values())

@@ -23,7 +23,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from .errors import UserError
-from .figures import METHOD_STYLE, SCOPE_FILL, method_style, print_rc, save, write_paper_figure
+from .figures import (METHOD_STYLE, SCOPE_FILL, distinct_allocations, group_name, method_style, ordered_groups,
+                      print_rc, save, write_paper_figure)
 from .io import atomic_write
 from .results import CONFIG_KEYS, ResultsTable, mark_pareto, non_dominated
 
@@ -337,8 +338,10 @@ def pareto_figure(df: pd.DataFrame, reference: pd.DataFrame | None, official: bo
     protocol is in the README and caption, not in a title."""
     points, ours, control = aggregate(df), baseline_point(df), control_point(df)
     points = points[points["method"] != "control"]
+    entries = points["series"].nunique() + 4  # series, baseline(s), control, front
     with print_rc():
-        fig = Figure(figsize=(7.0, 3.2), layout="constrained")
+        # the legend sits below the panels, two entries a line: the figure grows with it, the panels keep 2.3 in
+        fig = Figure(figsize=(7.0, 2.6 + 0.16 * math.ceil(entries / 2)), layout="constrained")
         FigureCanvasAgg(fig)  # Agg, without pyplot's global state
         axes = fig.subplots(1, 3)
         for ax, (acc, cost, ylabel, xlabel) in zip(axes, _PANELS):
@@ -624,63 +627,59 @@ def _chosen_rows(df: pd.DataFrame, hashes: Sequence[str]) -> list[pd.Series]:
     return [r.iloc[0] for r in found.values()]
 
 
-def _group_label(gid: str, units: int, kind: str | None) -> str:
-    """Streams are labelled as streams (their id is only the first conv of the stream)."""
-    if kind == "stream":
-        from methods.scored import stage_of
-
-        return f"stage {stage_of(gid) + 1} stream ({units})"
-    return f"{gid} ({units})"
-
-
 def _layer_panel(ax: Axes, rows: list[pd.Series], versions: dict[str, int]) -> None:
+    """One bar per distinct allocation (methods that kept the same channels share a bar and its label), groups in
+    graph order under the site's names (bench.figures), groups outside a method's scope hatched, kept whole."""
     kept = [_kept(r) for r in rows]
-    units: dict[str, tuple[int, str | None]] = {}
-    for k in kept:  # union in graph order: methods with another scope prune other groups
-        for g, ku in k.items():
-            units.setdefault(g, (ku[1], ku[2] if len(ku) > 2 else None))
-    groups = list(units)
-    width, x = 0.8 / len(rows), np.arange(len(groups))
-    for i, (r, k) in enumerate(zip(rows, kept)):
+    groups = ordered_groups(str(rows[0]["model"]), kept)
+    ids = [g for g, _, _ in groups]
+    shared = distinct_allocations(kept)
+    width, x = 0.8 / len(shared), np.arange(len(ids))
+    for i, members in enumerate(shared):
+        r, k = rows[members[0]], kept[members[0]]
         colour = style(str(r["method"]))[1]
-        pos = x + (i - (len(rows) - 1) / 2) * width
-        inside = np.array([g in k for g in groups])
-        frac = np.array([k[g][0] / k[g][1] if g in k else 1.0 for g in groups])
-        label = (f"{trial_label(r)} · {series_label(r, versions).split(' · ', 1)[1]} · seed {r['seed']}: "
-                 f"FLOPs {100 * float(r['flops']) / float(r['base_flops']):.1f}%, test top-1 {float(r['top1_pct']):.2f}%")
+        pos = x + (i - (len(shared) - 1) / 2) * width
+        inside = np.array([g in k for g in ids])
+        frac = np.array([k[g][0] / k[g][1] if g in k else 1.0 for g in ids])
+        # short: the legend sits beside the bars (test top-1 is in the table); equal allocations share a line
+        label = "\n= ".join(f"{trial_label(rows[m])}, {rows[m]['scope']}" for m in members) + \
+            (" (the same channels)" if len(members) > 1 else "")
         ax.bar(pos[inside], frac[inside], width, color=colour, label=label)
         if (~inside).any():  # not in this method's scope: kept whole, drawn hatched
             ax.bar(pos[~inside], frac[~inside], width, facecolor="none", edgecolor=colour, hatch="///", lw=0.6)
-    ax.set_xticks(x, [_group_label(g, *units[g]) for g in groups], rotation=90, fontsize=6)
+    ax.set_xticks(x, [group_name(*g) for g in groups], rotation=90)
+    ax.set_xlim(-0.6, len(ids) - 0.4)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("channels kept (fraction)")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), frameon=False)  # beside the bars, never on them
 
 
 def layerwise_figure(df: pd.DataFrame, trials: Sequence[Sequence[str]] | None = None) -> Figure:
     """Kept fraction per channel group (graph order): one panel per matched set, DECORE beside the partners
-    that ran at its FLOPs. Partners further than MATCH_TOLERANCE from DECORE's FLOPs are refused. Groups
-    outside a method's scope are drawn kept whole and hatched."""
+    that ran at its FLOPs, titled with its lambda and FLOPs. Partners further than MATCH_TOLERANCE from DECORE's
+    FLOPs are refused. Groups outside a method's scope are drawn kept whole and hatched."""
     sets = [list(t) for t in trials] if trials is not None else pick_layerwise_trials(df)
     versions = _versions(df)
-    fig = Figure(figsize=(max(9.0, 0.22 * len(_kept(_chosen_rows(df, sets[0][:1])[0])) + 5), 3.6 * len(sets) + 1.2),
-                 layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = np.atleast_1d(fig.subplots(len(sets), 1, squeeze=False)[:, 0])
-    for ax, hashes in zip(axes, sets):
-        rows = _chosen_rows(df, hashes)
-        ref = float(rows[0]["flops"])
-        for r in rows[1:]:
-            if abs(float(r["flops"]) - ref) > MATCH_TOLERANCE * float(r["base_flops"]):
-                raise UserError(f"trial {r['config_hash']} ({style(str(r['method']))[0]}) is at "
-                                f"{100 * float(r['flops']) / float(r['base_flops']):.1f}% of the FLOPs and "
-                                f"{rows[0]['config_hash']} at {100 * ref / float(rows[0]['base_flops']):.1f}%: a layer-wise "
-                                f"panel compares trials within {100 * MATCH_TOLERANCE:.0f}% of the FLOPs (pick matched partners)")
-        _layer_panel(ax, rows, versions)
-        title = "DECORE beside the methods run at its FLOPs (matched within 1%)" if len(rows) > 1 else \
-            "no matched partner exists for this DECORE trial (run the sweep with --match decore)"
-        ax.set_title(title, fontsize=9)
-    fig.suptitle(f"{_title(df)}: channels kept per group (hatched: outside the method's scope, kept whole)", fontsize=10)
+    n_groups = len(_kept(_chosen_rows(df, sets[0][:1])[0]))
+    with print_rc():
+        fig = Figure(figsize=(max(7.0, 0.16 * n_groups + 6.0), 3.0 * len(sets) + 0.6), layout="constrained")
+        FigureCanvasAgg(fig)
+        axes = np.atleast_1d(fig.subplots(len(sets), 1, squeeze=False)[:, 0])
+        for ax, hashes in zip(axes, sets):
+            rows = _chosen_rows(df, hashes)
+            ref = float(rows[0]["flops"])
+            for r in rows[1:]:
+                if abs(float(r["flops"]) - ref) > MATCH_TOLERANCE * float(r["base_flops"]):
+                    raise UserError(f"trial {r['config_hash']} ({style(str(r['method']))[0]}) is at "
+                                    f"{100 * float(r['flops']) / float(r['base_flops']):.1f}% of the FLOPs and "
+                                    f"{rows[0]['config_hash']} at {100 * ref / float(rows[0]['base_flops']):.1f}%: a layer-wise "
+                                    f"panel compares trials within {100 * MATCH_TOLERANCE:.0f}% of the FLOPs (pick matched partners)")
+            _layer_panel(ax, rows, versions)
+            head = (f"{trial_label(rows[0])} (seed {rows[0]['seed']}): {100 * ref / float(rows[0]['base_flops']):.1f}% "
+                    "of the FLOPs kept")
+            tail = ("; beside the methods run at its FLOPs (matched within 1%)" if len(rows) > 1 else
+                    "; no matched partner exists for this DECORE trial (run the sweep with --match decore)")
+            ax.set_title(head + tail, loc="left")
     return fig
 
 
@@ -704,25 +703,50 @@ def agent_histories(folder: Path, df: pd.DataFrame, limit: int = 6) -> list[tupl
     return out[:limit]
 
 
+def _agent_series(hist: list[dict]) -> tuple[list[int], list[dict], str]:
+    """(x, records, x label): the per-step records (AgentTrace) when the history has them, else one per epoch."""
+    steps = [r for h in hist for r in h.get("agent_steps", [])]
+    if steps:
+        return [r["step"] for r in steps], steps, "agent step"
+    records = [{"keep_q": {g: [p, p, p] for g, p in h["keep_prob"].items()},
+                "alive": h.get("kept_if_pruned", {})} for h in hist]
+    return [h["epoch"] for h in hist], records, "joint epoch (per-step records not stored)"
+
+
 def agents_figure(df: pd.DataFrame, histories: list[tuple[pd.Series, list[dict]]]) -> Figure:
-    """Per DECORE trial: mean keep-probability of each group's agents per joint epoch (left), and the FLOPs the
-    network would have if pruned at that epoch (right)."""
-    fig = Figure(figsize=(12, 2.8 * len(histories) + 0.8), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(histories), 2, squeeze=False)
-    for (ax_p, ax_f), (r, hist) in zip(axes, histories):
-        epochs = [h["epoch"] for h in hist]
-        gids = list(hist[0]["keep_prob"])
+    """Per DECORE trial, over agent steps (a one-epoch joint phase still shows a trajectory), with markers:
+    median keep-probability per group with its 10-90% band (left), channels alive (p >= 0.5) per group as a
+    fraction of the group (middle), and the FLOPs the network would have if pruned at each epoch's end (right).
+    Groups in graph order, dark to light."""
+    with print_rc():
+        fig = Figure(figsize=(7.0, 2.3 * len(histories) + 0.4), layout="constrained")
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(len(histories), 3, squeeze=False)
         cmap = matplotlib.colormaps["viridis"]
-        for i, g in enumerate(gids):
-            ax_p.plot(epochs, [h["keep_prob"][g] for h in hist], color=cmap(i / max(len(gids) - 1, 1)), lw=0.9)
-        ax_p.set(ylim=(0, 1.02), xlabel="joint epoch", ylabel="mean keep-probability")
-        ax_p.set_title(f"{trial_label(r)} (seed {r['seed']}): one line per group, graph order dark to light", fontsize=8)
-        if "flops_if_pruned" in hist[0]:
-            ax_f.plot(epochs, [100 * h["flops_if_pruned"] / float(r["base_flops"]) for h in hist], marker="o", color="tab:blue")
-        ax_f.axhline(100 * float(r["flops"]) / float(r["base_flops"]), color="0.4", ls=":", lw=0.8)
-        ax_f.set(ylim=(0, 105), xlabel="joint epoch", ylabel="FLOPs if pruned now (% of baseline)")
-    fig.suptitle(f"{_title(df)}: DECORE's agents over the joint phase", fontsize=10)
+        for (ax_p, ax_a, ax_f), (r, hist) in zip(axes, histories):
+            x, records, xlabel = _agent_series(hist)
+            kept = _kept(r)
+            gids = [g for g, _, _ in ordered_groups(str(r["model"]), [{g: [0, 1] for g in records[0]["keep_q"]}])]
+            for i, g in enumerate(gids):
+                colour = cmap(i / max(len(gids) - 1, 1))
+                q = np.array([rec["keep_q"][g] for rec in records])
+                ax_p.plot(x, q[:, 1], color=colour, lw=0.8, marker="o", ms=2)
+                ax_p.fill_between(x, q[:, 0], q[:, 2], color=colour, alpha=0.08, lw=0)
+                units = kept.get(g, [0, 1])[1] or 1
+                if all(g in rec["alive"] for rec in records):
+                    ax_a.plot(x, [rec["alive"][g] / units for rec in records], color=colour, lw=0.8, marker="o", ms=2)
+            ax_p.set(ylim=(0, 1.02), xlabel=xlabel, ylabel="keep-probability")
+            ax_a.set(ylim=(0, 1.05), xlabel=xlabel, ylabel="channels alive (fraction)")
+            ax_p.set_title(f"{trial_label(r)} (seed {r['seed']}): median, 10-90% band", loc="left")
+            ends = [h.get("agent_step", h["epoch"]) for h in hist] if xlabel == "agent step" else [h["epoch"] for h in hist]
+            if "flops_if_pruned" in hist[0]:
+                ax_f.plot(ends, [100 * h["flops_if_pruned"] / float(r["base_flops"]) for h in hist], marker="o",
+                          color=style("decore")[1])
+            ax_f.axhline(100 * float(r["flops"]) / float(r["base_flops"]), color="0.4", ls=":", lw=0.8)
+            ax_f.set(ylim=(0, 105), xlabel=xlabel, ylabel="FLOPs if pruned (%)")
+            for ax in (ax_p, ax_a, ax_f):
+                if xlabel == "agent step" and max(x) > 20:
+                    ax.set_xscale("log")  # the records are spaced geometrically
     return fig
 
 

@@ -145,6 +145,35 @@ def make_agents(groups: Sequence[Any], init: float, lr: float, device: torch.dev
     return agents, agent_update
 
 
+class AgentTrace:
+    """A record of the policy between epochs, for the agents figure (reporting only: the training is unchanged).
+
+    After agent steps 1, 2, 3, 4, 5, 7, 9, ... (each about 1.25 times the last: some 40 records for 10,000
+    steps, so a one-epoch joint phase still shows a trajectory) it stores per group the 10th, 50th and 90th
+    percentile of the keep-probabilities and the channels alive (p >= 0.5). `take()` hands the records since
+    the last call to the epoch's history row (`agent_steps`, `agent_step`).
+    """
+
+    def __init__(self, agents: Agents, ids: list[str]) -> None:
+        self.agents, self.ids, self.step, self.next, self.records = agents, ids, 0, 1, []
+
+    def __call__(self) -> None:
+        self.step += 1
+        if self.step < self.next:
+            return
+        self.next = max(self.next + 1, math.ceil(self.next * 1.25))
+        with torch.no_grad():
+            probs = torch.sigmoid(self.agents.weight.detach()).float().cpu().split(self.agents.sizes)
+        self.records.append({"step": self.step,
+                             "keep_q": {g: torch.quantile(p, torch.tensor([0.1, 0.5, 0.9])).tolist()
+                                        for g, p in zip(self.ids, probs)},
+                             "alive": {g: int((p >= 0.5).sum()) for g, p in zip(self.ids, probs)}})
+
+    def take(self) -> dict[str, Any]:
+        out, self.records = {"agent_step": self.step, "agent_steps": self.records}, []
+        return out
+
+
 class DecoreStep:
     """The gated training step: sample actions, gate, forward, cross-entropy + the agents' REINFORCE loss.
 
@@ -223,14 +252,17 @@ class Decore(Method):
             step = DecoreStep(agents, gates, ids, lams, opts["reward_baseline"], opts["per_batch"], ctx.device,
                               ctx.all_reduce)
 
+            trace = AgentTrace(agents, ids)
+
             def on_epoch(row: dict[str, Any]) -> None:
                 row.update(step.read())
                 row.update(self._policy_stats(ctx, agents, ids))
+                row.update(trace.take())
                 history.append(row)
-                ctx.log(row)
+                ctx.log({k: v for k, v in row.items() if k != "agent_steps"})
 
             ctx.fit(ctx.model, ctx.train_loader, None, ctx.recipe, ctx.device, step=step,
-                    after_step=[agent_update], on_epoch=on_epoch, desc=f"decore lambda={lam:g} ")
+                    after_step=[agent_update, trace], on_epoch=on_epoch, desc=f"decore lambda={lam:g} ")
         plan = ctx.plan(self._final_masks(agents, ids, ctx.round_to))
         return Result(plan, history, info={"lambda": lam, **{k: v for k, v in opts.items()},
                                            "keep_prob": {i: torch.sigmoid(w.detach()).tolist() for i, w in zip(ids, agents)}})

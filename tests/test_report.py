@@ -335,7 +335,7 @@ def test_layerwise_pairs_matched_partners_and_draws_unpruned_groups_whole():
     # L1's scope is internal: its stream groups are drawn kept whole (1.0), hatched
     hatched = [p for p in ax.patches if p.get_hatch() == "///"]
     assert len(hatched) == len(STREAMS) and all(p.get_height() == 1.0 for p in hatched)
-    assert "matched within 1%" in ax.get_title()
+    assert "matched within 1%" in ax.get_title(loc="left") and "DECORE-2 (seed 0): 47.8% of the FLOPs" in ax.get_title(loc="left")
 
 
 def test_layerwise_refuses_trials_far_apart_in_flops():
@@ -344,7 +344,7 @@ def test_layerwise_refuses_trials_far_apart_in_flops():
         report.layerwise_figure(df, [["hash00", "hash02"]])
     lonely = normalise([r for _, r in df.iterrows() if r["config_hash"] != "hash01"])
     fig = report.layerwise_figure(lonely)
-    assert "no matched partner exists" in fig.axes[0].get_title()
+    assert "no matched partner exists" in fig.axes[0].get_title(loc="left")
     with pytest.raises(UserError, match="nope"):
         report.layerwise_figure(df, [["nope"]])
 
@@ -359,10 +359,34 @@ def test_agents_figure_from_history(tmp_path):
     found = report.agent_histories(tmp_path, df)
     assert len(found) == 1 and found[0][1] == hist
     fig = report.agents_figure(df, found)
-    lines = fig.axes[0].lines
+    lines = fig.axes[0].lines  # a history without per-step records: one point per epoch, with markers
     assert len(lines) == 2 and lines[0].get_ydata().tolist() == pytest.approx([0.9, 0.8, 0.7])
-    flops = fig.axes[1].lines[0].get_ydata()
+    assert lines[0].get_marker() == "o" and "per-step records not stored" in fig.axes[0].get_xlabel()
+    flops = fig.axes[2].lines[0].get_ydata()
     assert flops[0] == pytest.approx(100 * 9e7 / BASE["flops"])
+
+
+def test_agents_figure_over_agent_steps_of_one_epoch(tmp_path):
+    """A one-epoch joint phase: AgentTrace's records draw a trajectory over steps, not a single point."""
+    import torch
+
+    from methods.decore import Agents, AgentTrace
+
+    agents = Agents([4, 2], init=0.0, device=torch.device("cpu"))
+    trace = AgentTrace(agents, ["conv1", "layer1.0.conv1"])
+    for i in range(30):
+        with torch.no_grad():
+            agents.weight[:4] -= 0.2  # conv1's agents learn to drop their channels
+        trace()
+    row = {"epoch": 1, "keep_prob": {"conv1": 0.0, "layer1.0.conv1": 0.5}, "flops_if_pruned": 9e7, **trace.take()}
+    steps = [r["step"] for r in row["agent_steps"]]
+    assert steps == [1, 2, 3, 4, 5, 7, 9, 12, 15, 19, 24, 30] and row["agent_step"] == 30
+    assert row["agent_steps"][-1]["alive"] == {"conv1": 0, "layer1.0.conv1": 2} and not trace.take()["agent_steps"]
+    fig = report.agents_figure(_matched_table(), [(_matched_table().iloc[0], [row])])
+    median = fig.axes[0].lines[0]
+    assert median.get_xdata().tolist() == steps and median.get_marker() == "o"
+    assert median.get_ydata()[0] > 0.4 > median.get_ydata()[-1]  # the trajectory inside the one epoch
+    assert fig.axes[1].lines[0].get_ydata().tolist()[-1] == 0.0
 
 
 # ---------------------------------------------------------------- the report
@@ -401,3 +425,15 @@ def test_report_experiment_user_errors(table, tmp_path):
     table[table["status"] != "complete"].to_csv(tmp_path / "runs.csv", index=False)
     with pytest.raises(UserError, match="no complete trials"):
         report.report_experiment(tmp_path)
+
+
+def test_layerwise_draws_one_bar_per_distinct_allocation_in_graph_order():
+    df = _matched_table()
+    twin = {**df[df["config_hash"] == "hash01"].iloc[0].to_dict(), "method": "random", "config_hash": "hash03"}
+    df = normalise([*(r.to_dict() for _, r in df.iterrows()), twin])  # random kept exactly L1's channels
+    ax = report.layerwise_figure(df, [["hash00", "hash01", "hash03"]]).axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert len(labels) == 2 and labels[1] == "L1 (FLOPs 0.48), internal\n= Random (FLOPs 0.48), internal (the same channels)"
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    # module order of cifar_resnet56 (the stem first, stage 2's conv1 before its stream's conv2 is named by stage)
+    assert ticks[0] == "stage 1 stream (16)" and ticks.index("layer1.0.conv1 (16)") < ticks.index("layer2.0.conv1 (32)")

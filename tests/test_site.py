@@ -275,7 +275,8 @@ def test_choosing_a_point_rings_its_partners_and_shows_its_layers(site: Path, br
     assert len(ring) == 3  # the DECORE point and its L1 and random partners
     assert sorted(ring) == sorted((pts.loc[pts["match_key"] == chosen["match_key"], "flops"] / 1e6).tolist())
     bars = d.execute_script("return document.getElementById('layers').data.map(t => t.name)")
-    assert len(bars) == 3 and bars[0].startswith(chosen["label"])
+    # the fixture's partners copy DECORE's kept channels: one allocation, one bar naming all three
+    assert len(bars) == 1 and bars[0].startswith(chosen["label"]) and "the same channels" in bars[0]
     info = d.find_element("id", "point-info").text
     assert "W&B run" in info and "trial folder" in info
     epochs = d.execute_script("return document.getElementById('dynamics').data.map(t => t.x.length)")

@@ -28,6 +28,12 @@ def protocol_key(df: pd.DataFrame) -> tuple[str, str, str]:
     return one("data_fingerprint"), one("selection"), one("budget")
 
 
+def group_heading(key: tuple[str, str, str]) -> str:
+    fingerprint, selection, budget = key
+    split = {"val": "validation", "test": "test (legacy)", "unrecorded": "test (legacy: before the selection split)"}
+    return f"data {fingerprint}, decisions on {split.get(selection, selection)}, budget rule {budget}"
+
+
 def groups(tables: dict[str, pd.DataFrame]) -> dict[tuple[str, str, str], list[str]]:
     """Experiments by protocol_key: only these share an axis."""
     out: dict[tuple[str, str, str], list[str]] = {}
@@ -78,8 +84,8 @@ def compare_figure(experiments: dict[str, pd.DataFrame], title: str = "") -> go.
     fig = go.Figure(traces)
     fig.add_hline(y=0, line=dict(color="#999999", width=1, dash="dash"))
     fig.update_layout(
-        title=dict(text=title, x=0.01, font=dict(size=14)),
+        title=dict(text=title, x=0.01, font=dict(size=13)),
         xaxis=dict(title="FLOPs kept (% of the experiment's own baseline, MACs)"),
-        yaxis=dict(title="Test top-1 change vs the experiment's own control, else its baseline (pp)"),
+        yaxis=dict(title="Test top-1 change vs own control (pp)"),
         template="plotly_white", height=520, hovermode="closest", margin=dict(t=60))
     return fig

@@ -183,6 +183,8 @@ def points(df: pd.DataFrame, folder: Path | None = None) -> pd.DataFrame:
                 if "method_version" in rows.columns else {})
     pts["series"] = [_series_name(r, versions) for _, r in rows.iterrows()]
     pts["config_hash"] = col(rows, "config_hash").astype(str).to_numpy()
+    models = col(df, "model").dropna()
+    pts.attrs["model"] = str(models.iloc[0]) if len(models) else ""  # graph order of the layer figures
     return pts
 
 

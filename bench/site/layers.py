@@ -10,6 +10,8 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
+from bench.figures import distinct_allocations, group_name, ordered_groups
+
 from .data import CONTROL, kept_channels, style
 
 
@@ -25,23 +27,26 @@ def partners(pts: pd.DataFrame, point_id: str) -> list[str]:
     return [point_id, *same["id"].astype(str).tolist()]
 
 
-def layerwise_figure(pts: pd.DataFrame, point_id: str, folder: Path | None = None) -> go.Figure:
-    """Kept fraction per channel group (graph order) of the chosen point and its partners, grouped bars."""
+def layerwise_figure(pts: pd.DataFrame, point_id: str, folder: Path | None = None, model: str = "") -> go.Figure:
+    """Kept fraction per channel group of the chosen point and its partners, grouped bars: one bar per distinct
+    allocation, groups in graph order under the names the static layers.png uses (bench.figures)."""
     rows = [pts[pts["id"] == i].iloc[0] for i in partners(pts, point_id)]
     kept = [kept_channels(r, folder) for r in rows]
-    units: dict[str, int] = {}
-    for k in kept:  # union in graph order: a method with another scope prunes other groups
-        units.update({g: ku[1] for g, ku in k.items() if g not in units})
-    groups = list(units)
+    groups = ordered_groups(model, kept)
+    names = [group_name(*g) for g in groups]
     fig = go.Figure()
-    for r, k in zip(rows, kept):
-        name, colour = style(r["method"])
-        fig.add_bar(x=[f"{g} ({units[g]})" for g in groups], y=[k[g][0] / k[g][1] if g in k else 1.0 for g in groups],
-                    name=f"{r['label']}: FLOPs {r['rel_flops']:.0%} of the baseline, top-1 {r['top1']:.2f}%",
+    for members in distinct_allocations(kept):
+        r, k = rows[members[0]], kept[members[0]]
+        _, colour = style(r["method"])
+        label = " = ".join(str(rows[m]["label"]) for m in members)
+        accs = " / ".join(f"{rows[m]['top1']:.2f}" for m in members)
+        fig.add_bar(x=names, y=[k[g][0] / k[g][1] if g in k else 1.0 for g, _, _ in groups],
+                    name=f"{label}{': the same channels' if len(members) > 1 else ''}: FLOPs {r['rel_flops']:.0%} of "
+                         f"the baseline, test top-1 {accs}%",
                     marker_color=colour, customdata=[f"{k[g][0]}/{k[g][1]}" if g in k else "all: outside its scope, kept whole"
-                                 for g in groups],
-                    marker_pattern_shape=["" if g in k else "/" for g in groups],
-                    hovertemplate="%{x}: kept %{customdata}<extra>" + r["label"] + "</extra>")
+                                 for g, _, _ in groups],
+                    marker_pattern_shape=["" if g in k else "/" for g, _, _ in groups],
+                    hovertemplate="%{x}: kept %{customdata}<extra>" + label + "</extra>")
     chosen = rows[0]
     fig.update_layout(title=dict(text=f"Channels kept per layer: {chosen['label']} (trial {chosen['id']}) and its "
                                       "partners", x=0.01),

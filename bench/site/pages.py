@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from . import studies
-from .compare import compare_figure, groups
+from .compare import compare_figure, group_heading, groups
 from .data import baseline, col, is_trial, load_reference, points, style, title, trial_json
 from .dynamics import dynamics_figure, has_dynamics
 from .html import COMPARE_JS, EXPERIMENT_JS, esc, fig_dict, markdown, page, plot_div, table
@@ -79,11 +79,12 @@ def _point_info(r: pd.Series, partners: list[str], folder: Path) -> str:
 def _per_point(pts: pd.DataFrame, folder: Path) -> tuple[dict, dict, dict]:
     """SITE.points (info, match key), SITE.layers and SITE.dynamics, keyed by point id."""
     info, layers, dyn = {}, {}, {}
+    model = str(pts.attrs.get("model", ""))
     for _, r in pts.iterrows():
         pid = str(r["id"])
         mates = pts.loc[(pts["match_key"] == r["match_key"]) & (pts["id"] != pid), "id"].tolist() if r["match_key"] else []
         info[pid] = {"key": r["match_key"], "info": _point_info(r, mates, folder)}
-        fig = layerwise_figure(pts, pid, folder)
+        fig = layerwise_figure(pts, pid, folder, model)
         if fig.data and any(any(v is not None for v in t.y) for t in fig.data):
             layers[pid] = fig_dict(fig)
         history = trial_json(folder, r["trial_dir"], "history.json")
@@ -179,9 +180,10 @@ def compare_page(results_dir: Path, tables: dict[str, pd.DataFrame]) -> str:
             "colour: method; marker shape: experiment; lines: the fronts runs.csv flags. The checkboxes show and hide "
             "experiments; hover a point for its configuration.</p>",
             f'<p id="experiment-boxes">{boxes or "No experiments."}</p>']
-    for i, ((fingerprint, selection, budget), names) in enumerate(groups(tables).items()):
-        heading = f"data {fingerprint}, selection on {selection}, budget {budget}"
-        data["figures"][f"compare-{i}"] = fig_dict(compare_figure({n: pts[n] for n in names}, heading))
+    for i, (key, names) in enumerate(groups(tables).items()):
+        heading = group_heading(key)
+        data["figures"][f"compare-{i}"] = fig_dict(compare_figure({n: pts[n] for n in names}, "Test top-1 change vs "
+                                                                  "own control, against FLOPs kept"))
         body += [f"<h2>{esc(heading)}</h2>", plot_div(f"compare-{i}", "plot compare")]
     return page("Compare experiments", "\n".join(body), data, COMPARE_JS)
 

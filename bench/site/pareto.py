@@ -75,7 +75,8 @@ def _series_traces(pts: pd.DataFrame, series: str, xcol: str, scale: float, bett
     front = front_points(part, xcol)
     # the front is chosen on FLOPs: a step line there, the same configurations joined in x order elsewhere
     line = go.Scatter(x=(front["x"] / scale).tolist(), y=front["y"].tolist(), mode="lines",
-                      line=dict(color=colour, width=1.5, shape=("vh" if better else "hv") if xcol == "flops" else "linear"),
+                      line=dict(color=colour, width=1.5, shape=("vh" if better else "hv") if xcol == "flops" else "linear",
+                                dash="solid" if xcol == "flops" else "dot"),
                       legendgroup=series, showlegend=False, hoverinfo="skip", name=f"{series} front",
                       meta={"kind": "front", "method": method, "series": series, "rows": front["rows"].tolist()})
     return [dots, line]
