@@ -305,7 +305,7 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{row['budget_images']:,} training images after the baseline ({row['budget']} budget)  "
           f"params {row['params'] / 1e6:.3f}M (-{row['params_reduction_pct']:.1f}%)  "
           f"FLOPs {row['flops'] / 1e6:.2f}M (-{row['flops_reduction_pct']:.1f}%)  speed-up {row['speedup_b1']:.2f}x "
-          f"(IQR {row['speedup_b1_q1']:.2f}-{row['speedup_b1_q3']:.2f}, batch 1, one thread)  {row['wall_seconds']:.0f}s")
+          f"(IQR {row['speedup_b1_q3'] - row['speedup_b1_q1']:.2f}, batch 1, one thread)  {row['wall_seconds']:.0f}s")
     return 0
 
 

@@ -705,6 +705,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# every abbreviation of perf.md's tables, defined where the tables start (issue #29)
+ABBREVIATIONS = ("Plans and columns: *l1@F* = the L1 plan whose pruned model keeps the fraction F of the baseline's "
+                 "FLOPs; *round8* / *round16* = the same l1@0.5 plan with every group's kept channels rounded up to a "
+                 "multiple of 8 / 16 (the `round_to` option); *bN* (b1, b64) = batch N; *red.* = reduction; "
+                 "*ms* = milliseconds per call; cells \"m (i)\" = median m and IQR i (interquartile range: third "
+                 "quartile minus first) over rounds, the one way the project prints a spread.")
+
+
 def write(rows: list[dict[str, Any]], cfg: PerfConfig, out: Path, command: str) -> tuple[Path, Path]:
     env = environment(cfg.device)
     tables = summarise(rows)
@@ -737,7 +745,7 @@ def write(rows: list[dict[str, Any]], cfg: PerfConfig, out: Path, command: str) 
         "## Pruned models (L1 plans) against their FLOPs promise", "",
         "speed-up = baseline time / pruned time; promise = baseline FLOPs / pruned FLOPs; efficiency =",
         "speed-up / promise (1.0 = as fast as the FLOPs say). Eager PyTorch, eval mode, channels_last;",
-        "*train* is the harness's training step.", "", _md(tables["pruned"]), "",
+        "*train* is the harness's training step.", "", ABBREVIATIONS, "", _md(tables["pruned"]), "",
         "## Deployment form", "",
         "The same plans (and the baseline) as they would be deployed: *folded* = BatchNorm folded into the",
         "preceding conv (`torch.fx.experimental.optimization.fuse`), inference mode, the memory layout that",

@@ -397,7 +397,7 @@ def _cost_cell(value: float, reduction: float) -> str:
 def _speedup_cell(r: pd.Series | dict) -> str:
     if pd.isna(r.get("speedup_b1")):
         return "–"
-    return f"{r['speedup_b1']:.2f}x [{r['speedup_b1_q1']:.2f}, {r['speedup_b1_q3']:.2f}]"
+    return f"{r['speedup_b1']:.2f}x ({r['speedup_b1_q3'] - r['speedup_b1_q1']:.2f})"  # median (IQR), as perf.md
 
 
 def _efficiency_cell(r: pd.Series | dict) -> str:
@@ -408,7 +408,7 @@ def _efficiency_cell(r: pd.Series | dict) -> str:
 
 
 HEADERS = ["Method · scope · training after the baseline", "Front", "n", "Val top-1 (%)", "Test top-1 (%)",
-           "vs control", "Params (M) (down %)", "FLOPs (M) (down %)", "Speed-up [Q1, Q3]", "Efficiency"]
+           "vs control", "Params (M) (down %)", "FLOPs (M) (down %)", "Speed-up, eager b1 (IQR)", "Efficiency"]
 
 
 def _measured_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -522,7 +522,8 @@ def _markdown(measured: list[dict], published: list[dict], sources: list[str], c
             "vs control: test top-1 minus the no-pruning control's (the baseline trained on for the same budget), so "
             "extra training is not read as a pruning gain. (down %): reduction against the baseline. Speed-up: "
             "baseline time / pruned time at batch 1 on one CPU thread, eager PyTorch (channels_last, the sweep's "
-            "measuring pass after its trials), median [first quartile, third quartile] over interleaved rounds; "
+            "measuring pass after its trials), median (IQR: third minus first quartile) over interleaved rounds, as "
+            "perf.md prints it; "
             "efficiency: speed-up / (baseline FLOPs / pruned FLOPs).")
     lines += ["", foot]
     if matched:

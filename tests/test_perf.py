@@ -88,3 +88,22 @@ def test_perf_compare_checks_every_ratio_against_the_printed_spreads(tmp_path, c
     for path, needle in ((tmp_path / "nothing", "no perf.csv"), (tmp_path / "bad.csv", "missing")):
         assert main(["perf-compare", str(tmp_path / "a.csv"), str(path)]) == 2
         assert needle in capsys.readouterr().err
+
+
+def test_every_abbreviation_of_the_committed_perf_tables_is_defined():
+    """perf.md's plan names (l1@F, round8, round16) and column abbreviations (bN, red., ms, IQR) are defined in
+    the text perf.write puts above the tables, and every committed perf.md carries that text."""
+    import re
+    from pathlib import Path
+
+    found = sorted(Path(__file__).resolve().parents[1].glob("results/perf/**/perf.md"))
+    assert found
+    for path in found:
+        text = path.read_text()
+        assert perf.ABBREVIATIONS in text, path
+        tables = "\n".join(ln for ln in text.splitlines() if ln.startswith("|"))
+        for word in set(re.findall(r"round\d+|l1@|\bb\d+\b|red\.|\bms\b", tables)):
+            generic = {"l1@": "*l1@F*", "red.": "*red.*", "ms": "*ms*"}.get(word)
+            defined = generic or (f"*{word}*" if word.startswith("round") else "*bN*")
+            assert defined in perf.ABBREVIATIONS, (path, word)
+    assert "IQR i (interquartile range" in perf.ABBREVIATIONS
