@@ -211,7 +211,7 @@ def _legend_handles(pts: pd.DataFrame, published: pd.DataFrame) -> list[Line2D]:
     if not published.empty:
         handles.append(Line2D([], [], marker="o", color="0.2", ls="", ms=5, fillstyle="none", label="published"))
     if pts["pareto"].any():
-        handles.append(Line2D([], [], color="0.2", lw=0.8, label="front (chosen on validation)"))
+        handles.append(Line2D([], [], color="0.2", lw=0.8, label="front"))
     return handles
 
 

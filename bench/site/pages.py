@@ -41,6 +41,14 @@ def _protocol(df: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
+def _status_line(folder: Path, df: pd.DataFrame) -> str:
+    """What the index says of this experiment, on its own page too; a legacy one is flagged in bold."""
+    f = experiment_facts(folder, df)
+    text = (f"Status: {f['status']}. Split decisions read: {f['split']}; seeds: {f['seeds']}; budget: {f['budget']}; "
+            f"official data: {f['official']}; engine version: {f['engine']}.")
+    return f'<p class="card"><b>{esc(text)}</b></p>' if f["status"].startswith("legacy") else f'<p class="note">{esc(text)}</p>'
+
+
 def _report_links(folder: Path) -> str:
     """Links to the report's files beside the page, those that exist only."""
     names = [n for n in ("paper.png", "paper.pdf", "pareto.png", "table.md", "table.tex", "README.md")
@@ -139,6 +147,7 @@ def experiment_page(folder: Path, df: pd.DataFrame, results_dir: Path | None = N
     protocol = _protocol(df) + (f". Protocol: {protocol_text(df, official)}" if "budget" in df.columns else "")
     body = [f'<nav><a href="../index.html">all experiments</a><a href="../compare.html">compare experiments</a></nav>',
             f"<h1>{esc(folder.name)}</h1>", f'<p class="sub">{esc(protocol)}. runs.csv: {esc(_counts(df))}.</p>',
+            _status_line(folder, df),
             "<h2>Pareto fronts</h2>",
             '<p class="note">One point per complete trial, at the top-1 decisions read (the y axis names the split; '
             "hover: method, knob, scope, budget, seeds as mean ± std of test top-1 over its configuration, validation "
