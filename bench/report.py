@@ -26,7 +26,7 @@ from .errors import UserError
 from .figures import (METHOD_STYLE, SCOPE_FILL, distinct_allocations, group_name, method_style, ordered_groups,
                       print_rc, save, write_paper_figure)
 from .io import atomic_write
-from .results import CONFIG_KEYS, ResultsTable, mark_pareto, non_dominated
+from .results import CONFIG_KEYS, ResultsTable, mark_pareto
 
 REFERENCE_CSV = Path(__file__).parents[1] / "results" / "reference" / "published_results.csv"
 
@@ -256,28 +256,7 @@ def protocol_text(df: pd.DataFrame, official: bool | None = None) -> str:
     return "; ".join(parts)
 
 
-# ---------------------------------------------------------------- Pareto front
-
-def pareto_front(df_method: pd.DataFrame, cost: str = "flops", acc: str = "top1_pct") -> pd.DataFrame:
-    """Non-dominated complete trials (max `acc`, min `cost`), sorted by cost."""
-    ok = df_method
-    if "row_type" in ok.columns:
-        ok = ok[ok["row_type"] == "trial"]
-    if "status" in ok.columns:
-        ok = ok[ok["status"] == "complete"]
-    ok = ok.dropna(subset=[acc, cost])
-    if ok.empty:
-        return ok
-    mask = non_dominated(ok[acc].to_numpy(float), ok[cost].to_numpy(float))
-    return ok[mask].sort_values(cost, kind="stable")
-
-
-def _decision_acc(points: pd.DataFrame) -> str:
-    """Fronts are drawn on what decisions read: validation top-1 when every point has it."""
-    return "val_top1_pct" if "val_top1_pct" in points and points["val_top1_pct"].notna().all() else "top1_pct"
-
-
-# ---------------------------------------------------------------- Pareto plot
+# ---------------------------------------------------------------- Pareto plot (fronts: runs.csv's `pareto` flags)
 
 def _title(df: pd.DataFrame) -> str:
     first = df.iloc[0]

@@ -11,8 +11,6 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from bench.figures import plotly_symbol
-
 from .data import CONTROL, style
 from .pareto import method_order
 
