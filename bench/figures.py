@@ -247,8 +247,8 @@ def paper_caption(df: pd.DataFrame, official: bool | None, published: bool) -> d
             "baseline's multiply-accumulates (MACs) of one image; right/bottom: measured speed-up, baseline latency / "
             "pruned latency at batch 1 on one CPU thread in eager PyTorch (channels_last), median over interleaved "
             "rounds. Colour and marker: method; filled: scope all (every prunable group); half-filled: scope internal "
-            "(stream channels kept); lines: each series' Pareto front as runs.csv flags it (validation top-1 against "
-            "FLOPs on seed means). "
+            "(stream channels kept); lines (left/top only: a front is chosen on FLOPs): each series' Pareto front as "
+            "runs.csv flags it (validation top-1 against FLOPs on seed means). "
             + ("Hollow: published points, each against its own paper's baseline and schedule. " if published else "")
             + f"Protocol: {protocol_text(df, official)}.")
     return {"md": text + "\n", "tex": latex_escape(text) + "\n"}
