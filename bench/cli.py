@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=os.environ.get("BENCH_STORAGE") or None, help="Optuna storage URL (default: the experiment's sqlite file)")
     p.add_argument("--scope", default=None, choices=["internal", "all"], help="default: each method's")
     p.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"],
-                   help="stops hopeless trials on their test top-1 after each fine-tune epoch")
+                   help="stops hopeless trials on their validation top-1 after each fine-tune epoch")
     p.add_argument("--decore-per-stage", action="store_true", help="also search one lambda factor per stage (beyond the paper)")
     p.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "off"])
     _weights_args(p)
