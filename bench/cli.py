@@ -36,6 +36,11 @@ def _weights_args(p: argparse.ArgumentParser) -> None:
 class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults after every option's help, and epilogs (the examples) printed as written."""
 
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or action.required:  # "(default: None)" says nothing
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
 
 ENVIRONMENT = ("environment: DATA_DIR (default ./data) holds the data sets (CIFAR is downloaded there once); "
                "RESULTS_DIR (default ./results) receives baselines, trials, experiments and reports")
@@ -129,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="Optuna studies over each method's knob: the Pareto fronts (make bench)")
     _common_model_args(p)
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--dataset", required=True, help="cifar10, cifar100, synthetic or imagefolder:<path>")
     p.add_argument("--profile", default="smoke", help=_profiles_help() + "; on a CPU where none fits, smoke with fewer trials")
     p.add_argument("--methods", default="decore,l1,random", help="comma-separated, each " + _methods_help())
     p.add_argument("--trials", type=int, default=None, help="trials per method (default: the profile's; "
@@ -158,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="the most accurate pruned model per method under a budget (make search)")
     _common_model_args(p)
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--dataset", required=True, help="cifar10, cifar100, synthetic or imagefolder:<path>")
     p.add_argument("--profile", default="smoke", help=_profiles_help())
     p.add_argument("--budget", required=True, help="flops:0.5 or params:0.4 (fractions of the baseline), flops:60M, "
                    "params:0.4M, latency_ms:2.5 (measured on this device)")
@@ -351,7 +356,7 @@ def _parse_knobs(pairs: list[str]) -> dict[str, str]:
 
 @command
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import dist
+    from . import dist, train
     from .trial import TrialConfig, measure_speedup, run_trial, trial_folder
     from .train import resolve_device
 
@@ -360,10 +365,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                       joint_recipe=args.joint_recipe, finetune_recipe=args.finetune_recipe, round_to=args.round_to,
                       profile=args.label, budget=args.budget, selection=args.selection, pretrained=args.pretrained,
                       checkpoint=args.checkpoint)
-    row = run_trial(cfg, dist.setup(resolve_device(args.device)), compile=args.compile)
+    train.PROGRESS_LINES = not sys.stderr.isatty()  # tqdm is silent off a terminal: a line per phase and epoch
+    try:
+        row = run_trial(cfg, dist.setup(resolve_device(args.device)), compile=args.compile)
+        if dist.is_main():
+            row = {**row, **measure_speedup(trial_folder(cfg))}
+    finally:
+        train.PROGRESS_LINES = False
     if not dist.is_main():
         return 0
-    row = {**row, **measure_speedup(trial_folder(cfg))}
     print(f"{row['method']} {row['knobs']} scope={row['scope']}: validation top-1 {row['val_top1_pct']:.2f}%, "
           f"test top-1 {row['top1_pct']:.2f}% (baseline {row['base_top1_pct']:.2f}%), "
           f"{row['budget_images']:,} training images after the baseline ({row['budget']} budget)  "
