@@ -48,7 +48,7 @@ help:
 	@echo "  make perf                     speed benchmark of PERF_MODELS -> RESULTS_DIR/perf/"
 	@echo "  make gpu-check                every CUDA path in one short run -> RESULTS_DIR/perf/gpu.md (reduced form on a CPU)"
 	@echo "  make docs                     the documentation site (mkdocs, strict) -> site/"
-	@echo "  make test                     the test suite (CPU; about 15+ minutes on 2 cores)"
+	@echo "  make test                     the test suite (CPU only; builds docs/ strictly too)"
 	@echo "  make env                      build .venv only;  make clean-env  remove it;  make help  this list"
 	@echo "variables (current value):"
 	@echo "  MODEL=$(MODEL) DATASET=$(DATASET) PROFILE=$(PROFILE) (auto|demo|test|smoke|cpu|micro|fast|paper|imagenet) METHODS=$(METHODS)"

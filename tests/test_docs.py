@@ -93,6 +93,13 @@ def _timing(experiment: str) -> str:
     return f"{_runs(experiment)['experiment'].iloc[0].split('-')[0]}, {_trials(experiment)} trials: {_minutes(experiment)}"
 
 
+def _noted(experiment: str, pattern: str) -> str:
+    """A number measured by hand (`time`), written once in the NOTES.md beside the data and quoted elsewhere."""
+    found = re.search(pattern, (RESULTS / experiment / "NOTES.md").read_text())
+    assert found, f"{experiment}/NOTES.md no longer says {pattern!r}"
+    return found.group(1)
+
+
 def _gated(perf: str) -> str:
     df = pd.read_csv(RESULTS / perf)
     rows = df[df["measure"] == "gated / plain"]
@@ -107,6 +114,7 @@ TABLES = ("README.md", "docs/profiles.md")
 QUOTES: list[tuple[tuple[str, ...], Callable[[], str]]] = [
     *[(TABLES, lambda e=e: _timing(e)) for e in (SMOKE20, SMOKE110, CPU20, MICRO)],
     (("README.md",), lambda: f"a 4-epoch baseline at {_baseline(SMOKE110)} test top-1"),
+    (TABLES, lambda: f"took {_noted(SMOKE110, r'It took (\d+ min \d+ s)')} in all"),
     ((f"results/{SMOKE110}/NOTES.md",), lambda: f"is {_minutes(SMOKE110)}: the baseline"),
     ((f"results/{SMOKE110}/NOTES.md",), lambda: f"a 4-epoch baseline\n  at {_baseline(SMOKE110)} test top-1"),
     ((f"results/{SMOKE20}/NOTES.md",), lambda: f"{_trials(SMOKE20)} trials, every one complete"),
