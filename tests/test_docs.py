@@ -109,12 +109,13 @@ def _gated(perf: str) -> str:
 SMOKE20, SMOKE110 = "resnet20-cifar10-smoke-94a65d09", "resnet110-cifar10-smoke-94a65d09"
 CPU20, MICRO = "resnet20-cifar10-cpu-bea263c0", "densenet40-cifar10-micro-cce59d0d"
 TABLES = ("README.md", "docs/profiles.md")
+TOOK = r"It took (\d+ min \d+ s)"  # the wall time measured with `time`, as a NOTES.md writes it
 
 # (the files that quote it, the text they must hold, computed from the results file it comes from)
 QUOTES: list[tuple[tuple[str, ...], Callable[[], str]]] = [
     *[(TABLES, lambda e=e: _timing(e)) for e in (SMOKE20, SMOKE110, CPU20, MICRO)],
     (("README.md",), lambda: f"a 4-epoch baseline at {_baseline(SMOKE110)} test top-1"),
-    (TABLES, lambda: f"took {_noted(SMOKE110, r'It took (\d+ min \d+ s)')} in all"),
+    (TABLES, lambda: f"took {_noted(SMOKE110, TOOK)} in all"),
     ((f"results/{SMOKE110}/NOTES.md",), lambda: f"is {_minutes(SMOKE110)}: the baseline"),
     ((f"results/{SMOKE110}/NOTES.md",), lambda: f"a 4-epoch baseline\n  at {_baseline(SMOKE110)} test top-1"),
     ((f"results/{SMOKE20}/NOTES.md",), lambda: f"{_trials(SMOKE20)} trials, every one complete"),
