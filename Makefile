@@ -31,19 +31,34 @@ export DATA_DIR RESULTS_DIR
 
 PERF_MODELS ?= resnet20,resnet56,resnet110
 PERF_ARGS ?=
+DEMO_DIR ?= demo-results
 
-.PHONY: env test baseline bench search worker report tables paper measure perf gpu-check clean-env help
+.PHONY: env test baseline bench search worker report tables paper measure perf gpu-check clean-env help demo docs
 
 help:
-	@echo "make test                      run the test suite"
-	@echo "make baseline MODEL=resnet20 DATASET=cifar10 RECIPE=cpu-tiny   train/cache a baseline"
-	@echo "make measure MODEL=resnet110   params, FLOPs, latency of a model"
-	@echo "make bench MODEL=resnet110 DATASET=cifar10 [PROFILE=auto|smoke|cpu|fast|paper] [METHODS=decore,l1,random] [TRIALS=8] [SEEDS=1]"
-	@echo "make search MODEL=resnet56 DATASET=cifar10 BUDGET=flops:0.5 [PROFILE=fast] [METHODS=...] [TRIALS=8]   best model per method under a budget"
-	@echo "make worker STORAGE=postgresql://... MODEL=... DATASET=...   join a running sweep from another machine"
-	@echo "make report / make tables    plots and tables from stored results (no training)"
-	@echo "make perf [PERF_MODELS=resnet20,resnet56,resnet110]   speed benchmark -> RESULTS_DIR/perf/"
-	@echo "make gpu-check                 every CUDA path in one short run (<10 min) -> RESULTS_DIR/perf/gpu.md"
+	@echo "targets (each builds .venv first when it is missing or pyproject.toml changed):"
+	@echo "  make demo                     a two-minute tour on synthetic data (CPU): baseline, DECORE, L1, control, report, site -> DEMO_DIR"
+	@echo "  make bench MODEL=resnet110 DATASET=cifar10   the main job: Optuna sweeps of METHODS under PROFILE, then the report"
+	@echo "  make search BUDGET=flops:0.5  the most accurate pruned model per method under a budget (flops:60M, params:0.4, latency_ms:2.5)"
+	@echo "  make worker STORAGE=postgresql://...   join a running sweep from another machine (needs an explicit PROFILE)"
+	@echo "  make baseline                 train (or fetch from the cache) the unpruned MODEL on RECIPE"
+	@echo "  make measure                  params, FLOPs and latency of MODEL"
+	@echo "  make report / make tables     plots, tables, READMEs and the results site from stored results (no training)"
+	@echo "  make paper                    DECORE's tables from every stored experiment beside the published rows -> RESULTS_DIR/paper/"
+	@echo "  make perf                     speed benchmark of PERF_MODELS -> RESULTS_DIR/perf/"
+	@echo "  make gpu-check                every CUDA path in one short run -> RESULTS_DIR/perf/gpu.md (reduced form on a CPU)"
+	@echo "  make docs                     the documentation site (mkdocs, strict) -> site/"
+	@echo "  make test                     the test suite (CPU only; builds docs/ strictly too)"
+	@echo "  make env                      build .venv only;  make clean-env  remove it;  make help  this list"
+	@echo "variables (current value):"
+	@echo "  MODEL=$(MODEL) DATASET=$(DATASET) PROFILE=$(PROFILE) (auto|demo|test|smoke|cpu|micro|fast|paper|imagenet) METHODS=$(METHODS)"
+	@echo "  TRIALS=$(TRIALS) (per method; empty: the profile's) SEEDS=$(SEEDS) WORKERS=$(WORKERS) DEVICE=$(DEVICE) (auto|cpu|cuda|cuda:N)"
+	@echo "  RECIPE=$(RECIPE) SEED=$(SEED) (make baseline)  BUDGET=$(BUDGET) SEARCH_ARGS=$(SEARCH_ARGS) (make search)"
+	@echo "  STORAGE=<url> (Optuna storage; passed as BENCH_STORAGE) WANDB=$(WANDB) (auto|online|offline|off) COMPILE=$(COMPILE) (1: torch.compile)"
+	@echo "  SWEEP_ARGS=$(SWEEP_ARGS) (more flags for python -m bench sweep, e.g. --control none, --pretrained)"
+	@echo "  DATA_DIR=$(DATA_DIR) RESULTS_DIR=$(RESULTS_DIR) DEMO_DIR=$(DEMO_DIR) PERF_MODELS=$(PERF_MODELS) PERF_ARGS=$(PERF_ARGS)"
+	@echo "  PYTHON=$(PYTHON) (builds the venv) VENV=$(VENV)"
+	@echo "every flag: $(VENV)/bin/python -m bench <command> --help; docs: docs/ (make docs)"
 
 env: $(STAMP)
 
@@ -68,15 +83,15 @@ SWEEP = $(PY) -m bench sweep --model $(MODEL) --dataset $(DATASET) --profile $(P
 	$(if $(TRIALS),--trials $(TRIALS)) $(if $(filter 1 yes true,$(COMPILE)),--compile) \
 	$(SWEEP_ARGS)
 
-# the sweep ends by writing its report (plots, tables, README) into RESULTS_DIR/<model>-<dataset>-<profile>/
+# the sweep ends by writing its report (plots, tables, README) into RESULTS_DIR/<model>-<dataset>-<profile>-<hash>/
 bench: env
 	$(SWEEP)
 
 # the most accurate pruned model per method under BUDGET (flops:0.5, params:0.4, flops:60M, params:0.4M, latency_ms:2.5);
-# winners, plan + weights and README.md go to RESULTS_DIR/<model>-<dataset>-<profile>/search/<budget>/
+# winners, plan + weights and README.md go to RESULTS_DIR/<model>-<dataset>-<profile>-<hash>/search/<budget, e.g. flops-0.5>/
 search: env
 	@test -n "$(BUDGET)" || { echo "make search needs BUDGET=flops:0.5 (or params:0.4, flops:60M, params:0.4M, latency_ms:2.5)"; exit 2; }
-	$(PY) -m bench search --model $(MODEL) --dataset $(DATASET) --profile $(if $(filter auto,$(PROFILE)),fast,$(PROFILE)) --budget '$(BUDGET)' \
+	$(PY) -m bench search --model $(MODEL) --dataset $(DATASET) --profile $(PROFILE) --budget '$(BUDGET)' \
 		--methods $(METHODS) --device $(DEVICE) --wandb $(WANDB) $(if $(TRIALS),--trials $(TRIALS)) \
 		$(SEARCH_ARGS)
 
@@ -104,6 +119,24 @@ tables: report
 # experiment, beside the published rows; no training -> RESULTS_DIR/paper/
 paper: env
 	$(PY) -m bench paper
+
+# a tour in under two minutes on a 2-core CPU: the synthetic set, profile demo (one short epoch per phase), one
+# DECORE and one L1 trial and the no-pruning control, the report and the results site; a rerun reads the cache
+demo: env
+	@start=$$(date +%s); \
+	RESULTS_DIR=$(DEMO_DIR) $(PY) -m bench sweep --model resnet20 --dataset synthetic --profile demo \
+		--methods decore,l1 --match none --wandb off --device $(DEVICE) && \
+	RESULTS_DIR=$(DEMO_DIR) $(PY) -m bench.site $(DEMO_DIR) >/dev/null && \
+	exp=$$(ls -d $(DEMO_DIR)/resnet20-synthetic-demo-*/ | head -1) && \
+	echo "demo done in $$(( $$(date +%s) - start )) s. Where to look:" && \
+	echo "  $${exp}README.md    the report: Pareto plot, table (key: docs/outputs.md), layers, agents" && \
+	echo "  $${exp}index.html   the interactive page (open from disk); all experiments: $(DEMO_DIR)/index.html" && \
+	echo "  $${exp}runs.csv     one row per baseline and trial" && \
+	echo "next: make bench MODEL=resnet110 DATASET=cifar10 (PROFILE=auto picks what fits this machine)"
+
+# the documentation site, built as the tests build it (broken links and anchors fail) -> site/
+docs: env
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 clean-env:
 	rm -rf $(VENV)

@@ -33,6 +33,68 @@ def _weights_args(p: argparse.ArgumentParser) -> None:
                         "e.g. resnet50.tv_in1k for torchvision's), not trained here")
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after every option's help, and epilogs (the examples) printed as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or action.required:  # "(default: None)" says nothing
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
+ENVIRONMENT = ("environment: DATA_DIR (default ./data) holds the data sets (CIFAR is downloaded there once); "
+               "RESULTS_DIR (default ./results) receives baselines, trials, experiments and reports")
+
+# two examples per command, shown under its --help (`make help` lists the make targets)
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "baseline": ("python -m bench baseline --model resnet20 --dataset cifar10 --recipe cpu-tiny",
+                 "python -m bench baseline --model resnet56 --dataset cifar10 --checkpoint my_resnet56.pt"),
+    "run": ("python -m bench run --model resnet56 --dataset cifar10 --method l1 --knob preset=li2017-B",
+            "python -m bench run --model resnet20 --dataset synthetic --method decore --knob lambda=0.5 "
+            "--baseline-recipe test-micro --joint-recipe test-micro --finetune-recipe test-micro"),
+    "sweep": ("python -m bench sweep --model resnet110 --dataset cifar10 --profile auto",
+              "python -m bench sweep --model resnet20 --dataset synthetic --profile demo --methods decore,l1 --match none"),
+    "search": ("python -m bench search --model resnet56 --dataset cifar10 --budget flops:0.5",
+               "python -m bench search --model resnet20 --dataset synthetic --profile test --budget params:0.6 --trials 2"),
+    "report": ("python -m bench report", "python -m bench report results/resnet20-cifar10-cpu-bea263c0"),
+    "groups": ("python -m bench groups --model resnet56", "python -m bench groups --model efficientnet_b0 --scope internal"),
+    "paper": ("python -m bench paper", "python -m bench paper --results-dir results"),
+    "measure": ("python -m bench measure --model resnet110", "python -m bench measure --model vgg16 --self-ratio"),
+    "perf": ("python -m bench perf", "python -m bench perf --models resnet20 --max-rounds 5 --processes 1"),
+    "perf-compare": ("python -m bench perf-compare results/perf/run-before results/perf",
+                     "python -m bench perf-compare a/perf.csv b/perf.csv"),
+    "models": ("python -m bench models", "python -m bench models 'resnet*'"),
+    "export": ("python -m bench export results/<experiment>/trials/<trial>",
+               "python -m bench export results/<experiment>/trials/<trial> --format onnx"),
+    "gpu-check": ("python -m bench gpu-check", "python -m bench gpu-check --device cpu"),
+}
+
+
+def _profiles_help() -> str:
+    from sweeps.profile import list_profiles
+
+    return ("a profile of sweeps/profiles/ (" + ", ".join(list_profiles()) + ") or auto: the profile that fits this "
+            "machine, chosen from rates measured here and said in the plan (`fast` on a GPU). No profile's time on a "
+            "GPU has been measured; measured CPU times are in docs/profiles.md, and the plan prints an estimate "
+            "measured on this machine before anything trains")
+
+
+def _methods_help() -> str:
+    import methods
+
+    return "one of " + ", ".join(sorted(methods.METHODS)) + " (docs/methods.md)"
+
+
+def _finish_help(parser: argparse.ArgumentParser, sub: argparse._SubParsersAction) -> None:
+    """Every parser shows its defaults; every command two examples and the environment it reads."""
+    parser.formatter_class = _Help
+    parser.epilog = ENVIRONMENT + "\n\nexamples:\n  python -m bench sweep --help\n  make demo"
+    for name, p in sub.choices.items():
+        p.formatter_class = _Help
+        lines = [f"  {e}" for e in EXAMPLES.get(name, ())]
+        p.epilog = ("examples:\n" + "\n".join(lines) + "\n\n" if lines else "") + ENVIRONMENT
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description="decore-bench: DECORE and baseline pruners, measured fairly.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -52,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="one trial: baseline -> method -> removal -> fine-tune -> measure")
     _common_model_args(p)
     p.add_argument("--dataset", required=True, help="cifar10, cifar100, synthetic or imagefolder:<path>")
-    p.add_argument("--method", required=True, help="decore, l1 or random")
+    p.add_argument("--method", required=True, help=_methods_help())
     p.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE",
                    help="a method knob or option, e.g. lambda=2, ratio=0.5, flops_target=0.6, preset=li2017-B")
     p.add_argument("--scope", default=None, choices=["internal", "all"], help="default: the method's")
@@ -72,11 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="Optuna studies over each method's knob: the Pareto fronts (make bench)")
     _common_model_args(p)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--profile", default="smoke", help="smoke (CPU, minutes), cpu (CPU, ~1 h for resnet20), fast (one GPU, "
-                   "~1 h), paper, imagenet (ResNet-50 from --pretrained or --checkpoint weights), or auto (the "
-                   "profile that fits this machine, said in the plan; on a CPU where none fits, smoke with fewer trials)")
-    p.add_argument("--methods", default="decore,l1,random", help="comma-separated")
+    p.add_argument("--dataset", required=True, help="cifar10, cifar100, synthetic or imagefolder:<path>")
+    p.add_argument("--profile", default="smoke", help=_profiles_help() + "; on a CPU where none fits, smoke with fewer trials")
+    p.add_argument("--methods", default="decore,l1,random", help="comma-separated, each " + _methods_help())
     p.add_argument("--trials", type=int, default=None, help="trials per method (default: the profile's; "
                    "always obeyed, also under --profile auto)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per suggested knob value (baseline included)")
@@ -103,16 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="the most accurate pruned model per method under a budget (make search)")
     _common_model_args(p)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--profile", default="smoke", help="smoke (CPU, minutes), fast (one GPU), paper")
+    p.add_argument("--dataset", required=True, help="cifar10, cifar100, synthetic or imagefolder:<path>")
+    p.add_argument("--profile", default="smoke", help=_profiles_help())
     p.add_argument("--budget", required=True, help="flops:0.5 or params:0.4 (fractions of the baseline), flops:60M, "
                    "params:0.4M, latency_ms:2.5 (measured on this device)")
-    p.add_argument("--methods", default="decore,l1,random", help="comma-separated")
+    p.add_argument("--methods", default="decore,l1,random", help="comma-separated, each " + _methods_help())
     p.add_argument("--trials", type=int, default=None, help="trials per method (default: the profile's)")
     p.add_argument("--storage", default=os.environ.get("BENCH_STORAGE") or None, help="Optuna storage URL (default: the experiment's sqlite file)")
     p.add_argument("--scope", default=None, choices=["internal", "all"], help="default: each method's")
     p.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"],
-                   help="stops hopeless trials on their test top-1 after each fine-tune epoch")
+                   help="stops hopeless trials on their validation top-1 after each fine-tune epoch")
     p.add_argument("--decore-per-stage", action="store_true", help="also search one lambda factor per stage (beyond the paper)")
     p.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "off"])
     _weights_args(p)
@@ -164,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the CIFAR models and their aliases")
     p.add_argument("pattern", nargs="?", default=None, help="a timm wildcard, e.g. 'resnet*', to list timm models too")
     _deploy_parsers(sub)
+    _finish_help(parser, sub)
     return parser
 
 
@@ -228,6 +289,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from sweeps.search import SearchConfig, run_search
 
+    if args.profile == "auto":  # the same choice as `sweep --profile auto` (on a CPU never the GPU profile `fast`)
+        from sweeps.study import SweepConfig, choose_profile
+        from .train import resolve_device
+
+        probe = SweepConfig(args.model, args.dataset, "smoke", tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+                            args.trials)
+        args.profile, args.trials, line = choose_profile(probe, resolve_device(args.device))
+        print(line)
     cfg = SearchConfig(args.model, args.dataset, args.budget, args.profile,
                        tuple(m.strip() for m in args.methods.split(",") if m.strip()), args.trials, args.storage,
                        args.device, args.scope, args.decore_per_stage, args.pruner, args.wandb,
@@ -287,7 +356,7 @@ def _parse_knobs(pairs: list[str]) -> dict[str, str]:
 
 @command
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import dist
+    from . import dist, train
     from .trial import TrialConfig, measure_speedup, run_trial, trial_folder
     from .train import resolve_device
 
@@ -296,10 +365,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                       joint_recipe=args.joint_recipe, finetune_recipe=args.finetune_recipe, round_to=args.round_to,
                       profile=args.label, budget=args.budget, selection=args.selection, pretrained=args.pretrained,
                       checkpoint=args.checkpoint)
-    row = run_trial(cfg, dist.setup(resolve_device(args.device)), compile=args.compile)
+    train.PROGRESS_LINES = not sys.stderr.isatty()  # tqdm is silent off a terminal: a line per phase and epoch
+    try:
+        row = run_trial(cfg, dist.setup(resolve_device(args.device)), compile=args.compile)
+        if dist.is_main():
+            row = {**row, **measure_speedup(trial_folder(cfg))}
+    finally:
+        train.PROGRESS_LINES = False
     if not dist.is_main():
         return 0
-    row = {**row, **measure_speedup(trial_folder(cfg))}
     print(f"{row['method']} {row['knobs']} scope={row['scope']}: validation top-1 {row['val_top1_pct']:.2f}%, "
           f"test top-1 {row['top1_pct']:.2f}% (baseline {row['base_top1_pct']:.2f}%), "
           f"{row['budget_images']:,} training images after the baseline ({row['budget']} budget)  "

@@ -22,12 +22,12 @@ from .io import atomic_write
 
 # name -> (pandas dtype, meaning). The order is the order of the CSV's columns.
 COLUMNS: dict[str, tuple[str, str]] = {
-    "experiment": ("string", "<model>-<dataset>-<profile>"),
+    "experiment": ("string", "<model>-<dataset>-<profile>-<hash>: the experiment folder's name"),
     "row_type": ("string", "baseline or trial"),
     "model": ("string", "timm model name"),
     "dataset": ("string", "dataset name"),
     "profile": ("string", "run profile (sweeps/profiles)"),
-    "method": ("string", "decore, l1, random (baseline for the unpruned row)"),
+    "method": ("string", "a name of methods.METHODS (decore, l1, control, ...); baseline for the unpruned row"),
     "scope": ("string", "internal or all"),
     "knob_name": ("string", "the swept knob (lambda, ratio, flops_target, preset)"),
     "knob_value": ("float64", "its value (NaN for a preset)"),

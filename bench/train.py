@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,6 +21,17 @@ from tqdm.auto import tqdm
 from . import dist
 from .errors import UserError
 from .recipe import Recipe
+
+# `python -m bench run` sets this when stderr is not a terminal: tqdm's bars are silent there, so without a line
+# per phase and epoch a log would show nothing for minutes (issue 30)
+PROGRESS_LINES = False
+
+
+def progress(message: str) -> None:
+    """One progress line on stderr, only when PROGRESS_LINES is set (and on rank 0 under torchrun)."""
+    if PROGRESS_LINES and dist.is_main():
+        print(message, file=sys.stderr, flush=True)
+
 
 class Diverged(RuntimeError):
     """Training produced a non-finite loss: the trial is recorded as failed, the sweep goes on."""
@@ -236,6 +248,9 @@ def fit(model: nn.Module, train_loader: Iterable, test_loader: Iterable | None, 
         if test_loader is not None:
             row.update({f"val_{k}": v for k, v in evaluate(model, test_loader, device, amp).items()})
         history.append(row)
+        progress(f"{desc}epoch {epoch + 1}/{math.ceil(total)}: train loss {row['train_loss']:.3f}, top-1 "
+                 f"{row['train_top1']:.2f}%" + (f", validation top-1 {row['val_top1']:.2f}%" if 'val_top1' in row else "")
+                 + f" ({row['train_seconds']:.0f}s)")
         if on_epoch is not None:
             on_epoch(row)
     return history

@@ -39,7 +39,7 @@ from .io import config_hash, read_json, write_json
 from .measure import count_flops, count_params, measure_latency, profile_model
 from .pruned import save_pruned
 from .recipe import Recipe, load_recipe
-from .train import autocast_for, evaluate, fit, prepare_model
+from .train import autocast_for, evaluate, fit, prepare_model, progress
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +237,7 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
     if data is not None:
         precheck(cfg, method, knobs, scope, data)
     t_start = time.perf_counter()
+    progress(f"phase 1/4: baseline {cfg.model} on {cfg.dataset} ({cfg.baseline_recipe}; cached after the first run)")
     base = get_baseline(cfg.model, cfg.dataset, load_recipe(cfg.baseline_recipe), seed=cfg.seed, device=device,
                         data=data, selection=cfg.selection, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint)
     input_size = tuple(base.meta["input_size"])
@@ -260,6 +261,7 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
                           log=lambda row: log_row("method", row), round_to=cfg.round_to, rank=dist.rank(),
                           world_size=dist.world_size(), all_reduce=dist.all_reduce_)
     t0 = time.perf_counter()
+    progress(f"phase 2/4: {cfg.method} selects channels ({len(groups)} groups, scope {scope})")
     try:
         result = method.select(ctx, **knobs)
     except methods.KnobError as e:
@@ -281,6 +283,8 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
     amp = autocast_for(device)
     before_ft = evaluate(runner, ft_loaders.val, device, amp)
     t1 = time.perf_counter()
+    progress(f"phase 3/4: fine-tune the pruned model ({finetune.name}; validation top-1 before it "
+             f"{before_ft['top1']:.2f}%)")
     ft_history = fit(runner, ft_loaders.train, ft_loaders.val if finetune_test else None, finetune, device,
                      desc=f"fine-tune {cfg.method} ", compile=compile, images=ft_images,
                      on_epoch=lambda row: log_row("finetune", row))
@@ -345,6 +349,7 @@ def measure_speedup(trial_dir: str | Path, batch_size: int = 1) -> dict[str, Any
     from .measure import speedup
     from .pruned import load_pruned
 
+    progress("phase 4/4: time the pruned model against the unpruned one (batch 1, one thread, interleaved)")
     plan, pruned = load_pruned(trial_dir)
     base = models.create(plan.model, **plan.model_args)
     s = speedup(pruned.to(memory_format=torch.channels_last), base.to(memory_format=torch.channels_last),
