@@ -17,6 +17,10 @@ TRIALS ?=
 SEEDS ?= 1
 WORKERS ?= 1
 STORAGE ?=
+# LAUNCHER=slurm: `make bench` submits WORKERS array tasks with submitit and returns (docs/clusters.md);
+# SLURM holds the jobs' options, e.g. SLURM="partition=gpu gpus_per_node=1 time=240" (time in minutes, required)
+LAUNCHER ?= local
+SLURM ?=
 # the storage URL reaches the CLI through the environment, not the command line: make echoes commands and
 # `ps` shows them, and a PostgreSQL URL may carry a password
 export BENCH_STORAGE := $(STORAGE)
@@ -41,6 +45,7 @@ help:
 	@echo "make bench MODEL=resnet110 DATASET=cifar10 [PROFILE=auto|smoke|cpu|fast|paper] [METHODS=decore,l1,random] [TRIALS=8] [SEEDS=1]"
 	@echo "make search MODEL=resnet56 DATASET=cifar10 BUDGET=flops:0.5 [PROFILE=fast] [METHODS=...] [TRIALS=8]   best model per method under a budget"
 	@echo "make worker STORAGE=postgresql://... MODEL=... DATASET=...   join a running sweep from another machine"
+	@echo "make bench ... PROFILE=fast LAUNCHER=slurm WORKERS=8 SLURM=\"partition=gpu gpus_per_node=1 time=240\"   a SLURM job array (docs/clusters.md)"
 	@echo "make report / make tables    plots and tables from stored results (no training)"
 	@echo "make perf [PERF_MODELS=resnet20,resnet56,resnet110]   speed benchmark -> RESULTS_DIR/perf/"
 	@echo "make gpu-check                 every CUDA path in one short run (<10 min) -> RESULTS_DIR/perf/gpu.md"
@@ -70,7 +75,8 @@ SWEEP = $(PY) -m bench sweep --model $(MODEL) --dataset $(DATASET) --profile $(P
 
 # the sweep ends by writing its report (plots, tables, README) into RESULTS_DIR/<model>-<dataset>-<profile>/
 bench: env
-	$(SWEEP)
+	@case "$(LAUNCHER)" in local|slurm) ;; *) echo "LAUNCHER=$(LAUNCHER) is unknown: use local (the default) or slurm"; exit 2;; esac
+	$(if $(filter slurm,$(LAUNCHER)),$(subst -m bench sweep ,-m bench launch ,$(SWEEP)) --slurm '$(SLURM)',$(SWEEP))
 
 # the most accurate pruned model per method under BUDGET (flops:0.5, params:0.4, flops:60M, params:0.4M, latency_ms:2.5);
 # winners, plan + weights and README.md go to RESULTS_DIR/<model>-<dataset>-<profile>/search/<budget>/

@@ -225,3 +225,63 @@ def test_three_slurm_workers_one_cancelled_every_trial_once(slurm, tmp_path):
     assert set(trials["optuna_trial"]) == {t.number for t in complete}
     print(f"exactly once: {len(trials)} result rows, {len(complete)} complete trials, trial {killed.number} "
           f"cancelled and redone as trial {redone[0].number}; wall {time.time() - t0:.0f} s")
+
+
+# ---------------------------------------------------------------- the launcher's checks, no cluster needed
+
+def test_a_time_limit_shorter_than_one_trial_is_refused_before_anything_is_submitted(tmp_path):
+    env = {**os.environ, "RESULTS_DIR": str(tmp_path), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "SLURM_CONF": str(tmp_path / "no-cluster.conf")}  # sbatch would fail: the refusal must come first
+    # 100 seeds per trial: one trial outlasts a minute on any machine the suite runs on
+    cmd = [*LAUNCH[:LAUNCH.index("--slurm")], "--seeds", "100", "--slurm", "partition=debug time=1"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("error: SLURM time=1 is shorter than one random trial, estimated at ") and "give time=" in line
+    assert int(line.rsplit("give time=", 1)[1].split()[0]) > 1
+    assert not list(tmp_path.rglob("launch.json")) and not list(tmp_path.rglob("*.pkl"))
+
+
+@pytest.mark.parametrize("text, fragment", [("partition=gpu", "needs time=MINUTES"), ("time=4h", "needs time=MINUTES"),
+                                            ("gpus_per_node", "is not KEY=VALUE")])
+def test_bad_slurm_options_are_one_line_errors(text, fragment):
+    from bench.errors import UserError
+    from sweeps.launch import parse_slurm
+
+    with pytest.raises(UserError, match=fragment):
+        parse_slurm(text)
+    assert parse_slurm("partition=gpu gpus_per_node=1 time=240 account=lab") == {
+        "slurm_partition": "gpu", "gpus_per_node": 1, "timeout_min": 240, "slurm_account": "lab"}
+
+
+def test_a_storage_url_reaches_the_jobs_through_the_environment_only(monkeypatch):
+    import pickle
+
+    from sweeps.launch import _job_config
+
+    for name in ("BENCH_STORAGE", "DATA_DIR"):  # recorded, so that what _job_config sets is undone after the test
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    cfg = SweepConfig("resnet20", "synthetic", profile="test", storage="postgresql://bench:s3cret@db/sweeps", workers=4)
+    job, shown = _job_config(cfg)
+    assert os.environ["BENCH_STORAGE"] == cfg.storage and shown is None
+    assert job.storage is None and job.workers == 1 and job.wandb == "offline"  # W&B offline on the nodes
+    assert b"s3cret" not in pickle.dumps(job)
+    journal, shown = _job_config(SweepConfig("resnet20", "synthetic", profile="test", wandb="off"))
+    assert shown == journal.storage == f"journal:{journal.folder.absolute() / 'optuna.journal'}" and journal.wandb == "off"
+
+
+def test_a_silent_trial_in_a_journal_goes_stale_and_runs_again_once(tmp_path, monkeypatch):
+    from sweeps.storage import fail_stale, open_storage
+
+    monkeypatch.setenv("SWEEP_HEARTBEAT_S", "1")
+    monkeypatch.setenv("SWEEP_GRACE_S", "2")
+    study = optuna.create_study(storage=open_storage(f"journal:{tmp_path / 'optuna.journal'}"), study_name="s")
+    beating, silent = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    for _ in range(3):  # the first trial's worker lives and beats; the second's died before its first beat
+        study._storage.record_heartbeat(beating._trial_id)
+        time.sleep(1)
+    fail_stale(study)
+    fail_stale(study)  # a second worker checking as well: still one retry
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
+    assert study.trials[2].params == study.trials[1].params
