@@ -106,7 +106,7 @@ class SweepJob(Checkpointable):
     """One SLURM job of a launched sweep: stage `prepare`, `worker` or `finish` (see the module docstring).
     Checkpointable: submitit requeues the same call when the time limit's signal comes, and it resumes."""
 
-    def __call__(self, stage: str, cfg: Any, minutes: int) -> str:
+    def __call__(self, stage: str, cfg: Any, check_minutes: int | None) -> str:
         cfg = _node_config(cfg)
         previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, PREEMPT_SIGNAL)}
 
@@ -115,14 +115,14 @@ class SweepJob(Checkpointable):
         for s in previous:
             signal.signal(s, stop)
         try:
-            STAGES[stage](cfg, minutes)
+            STAGES[stage](cfg, check_minutes)
         except Preempted as e:
             for s in previous:
                 signal.signal(s, signal.SIG_IGN)  # a second signal must not interrupt the hand-back
             _hand_back(cfg)
+            print(f"{stage}: {e}; its running trial (if any) is enqueued again", flush=True)
             if e.signum == PREEMPT_SIGNAL and callable(previous[PREEMPT_SIGNAL]):
                 previous[PREEMPT_SIGNAL](e.signum, None)  # submitit: checkpoint this call, requeue, exit
-            print(f"{stage}: {e}; the running trial was handed back", flush=True)
             raise SystemExit(128 + e.signum) from None
         return f"{stage} done: {cfg.folder}"
 
@@ -153,20 +153,22 @@ def _hand_back(cfg: Any) -> None:
             print(f"{method}: trial(s) {numbers} interrupted here; enqueued again for a live worker", flush=True)
 
 
-def _prepare(cfg: Any, minutes: int) -> None:
+def _prepare(cfg: Any, check_minutes: int | None) -> None:
+    """The plan and the baselines, after the time limit's check where the login node could not make it."""
     from .study import start_sweep
 
-    check_time_limit(cfg, minutes, "measured on this node")
+    if check_minutes is not None:
+        check_time_limit(cfg, check_minutes, "measured on this node")
     start_sweep(cfg)
 
 
-def _work(cfg: Any, minutes: int) -> None:
+def _work(cfg: Any, check_minutes: int | None) -> None:
     from .study import run_studies, start_sweep
 
     run_studies(cfg, start_sweep(cfg, plan=False))
 
 
-def _finish(cfg: Any, minutes: int) -> None:
+def _finish(cfg: Any, check_minutes: int | None) -> None:
     from .study import finish_sweep, run_studies, start_sweep
 
     setup = start_sweep(cfg, plan=False)
@@ -174,7 +176,7 @@ def _finish(cfg: Any, minutes: int) -> None:
     finish_sweep(cfg, setup.profile, setup.data)
 
 
-STAGES: dict[str, Callable[[Any, int], None]] = {"prepare": _prepare, "worker": _work, "finish": _finish}
+STAGES: dict[str, Callable[[Any, int | None], None]] = {"prepare": _prepare, "worker": _work, "finish": _finish}
 
 
 # ---------------------------------------------------------------- the login node
@@ -208,6 +210,7 @@ def launch(cfg: Any, params: dict[str, Any]) -> dict[str, str]:
     validate(cfg)
     minutes = params["timeout_min"]
     estimate = _check_here(cfg, params)
+    check = None if estimate is not None else minutes  # then the first job checks, on a node
     workers = cfg.workers
     cfg, storage = _job_config(cfg)
     executor = submitit.AutoExecutor(folder=cfg.folder / "slurm" / "%j", cluster="slurm")
@@ -216,14 +219,14 @@ def launch(cfg: Any, params: dict[str, Any]) -> dict[str, str]:
     except (ValueError, TypeError) as e:
         raise UserError(f"SLURM option not known to submitit ({' '.join(str(e).split())[:200]}): see docs/clusters.md") from None
     job = SweepJob()
-    first = _submit(executor, "prepare", lambda: executor.submit(job, "prepare", cfg, minutes))
+    first = _submit(executor, "prepare", lambda: executor.submit(job, "prepare", cfg, check))
     executor.update_parameters(slurm_additional_parameters={"dependency": f"afterok:{first}", "kill_on_invalid_dep": "yes"},
                                slurm_array_parallelism=workers)
-    array = _submit(executor, "worker", lambda: executor.map_array(job, *zip(*[("worker", cfg, minutes)] * workers))[0])
+    array = _submit(executor, "worker", lambda: executor.map_array(job, *zip(*[("worker", cfg, None)] * workers))[0])
     array = array.split("_")[0]
     executor.update_parameters(slurm_additional_parameters={"dependency": f"afterok:{first},afterany:{array}",
                                                             "kill_on_invalid_dep": "yes"})
-    last = _submit(executor, "finish", lambda: executor.submit(job, "finish", cfg, minutes))
+    last = _submit(executor, "finish", lambda: executor.submit(job, "finish", cfg, None))
     jobs = {"prepare": first, "workers": array, "finish": last}
     write_json(cfg.folder / LAUNCH_JSON, {"jobs": jobs, "workers": workers, "storage": storage or scrub(cfg.storage_url),
                                           "methods": list(cfg.methods), "trials": _trials(cfg), "seeds": cfg.seeds,
