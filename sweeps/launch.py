@@ -204,15 +204,17 @@ def launch(cfg: Any, params: dict[str, Any]) -> dict[str, str]:
         raise UserError("submitit is not installed: pip install submitit (or make env)") from None
     from bench.io import write_json
 
-    from .storage import scrub
+    from .storage import open_storage, scrub
     from .study import validate
 
     validate(cfg)
+    open_storage(cfg.storage or f"journal:{cfg.folder / JOURNAL}")  # a bad URL or a server down: said now
     minutes = params["timeout_min"]
     estimate = _check_here(cfg, params)
     check = None if estimate is not None else minutes  # then the first job checks, on a node
-    workers = cfg.workers
-    cfg, storage = _job_config(cfg)
+    workers, url = cfg.workers, cfg.storage
+    cfg, journal = _job_config(cfg)
+    storage = journal or scrub(url)  # what launch.json and `status` show: never a password
     executor = submitit.AutoExecutor(folder=cfg.folder / "slurm" / "%j", cluster="slurm")
     try:
         executor.update_parameters(**params, slurm_setup=[f"export PYTHONPATH={shlex.quote(str(ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}"])
@@ -228,12 +230,12 @@ def launch(cfg: Any, params: dict[str, Any]) -> dict[str, str]:
                                                             "kill_on_invalid_dep": "yes"})
     last = _submit(executor, "finish", lambda: executor.submit(job, "finish", cfg, None))
     jobs = {"prepare": first, "workers": array, "finish": last}
-    write_json(cfg.folder / LAUNCH_JSON, {"jobs": jobs, "workers": workers, "storage": storage or scrub(cfg.storage_url),
+    write_json(cfg.folder / LAUNCH_JSON, {"jobs": jobs, "workers": workers, "storage": storage,
                                           "methods": list(cfg.methods), "trials": _trials(cfg), "seeds": cfg.seeds,
                                           "time_min": minutes, "trial_estimate_s": estimate,
-                                          "slurm": {k: v for k, v in params.items()}})
+                                          "slurm": params})
     print(f"submitted: prepare {first} (baselines), workers {array}_[0-{workers - 1}], finish {last} (report)")
-    print(f"  storage: {storage or 'the URL in BENCH_STORAGE (' + scrub(cfg.storage_url) + ')'}; logs: {cfg.folder / 'slurm'}")
+    print(f"  storage: {storage if journal else 'the URL in BENCH_STORAGE, ' + storage}; logs: {cfg.folder / 'slurm'}")
     print(f"  progress: python -m bench status {cfg.folder}")
     print(f"  W&B (offline on the nodes): wandb sync {cfg.folder / 'wandb'}/offline-run-*")
     return jobs
