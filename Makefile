@@ -17,6 +17,10 @@ TRIALS ?=
 SEEDS ?= 1
 WORKERS ?= 1
 STORAGE ?=
+# LAUNCHER=slurm: `make bench` submits WORKERS array tasks with submitit and returns (docs/clusters.md);
+# SLURM holds the jobs' options, e.g. SLURM="partition=gpu gpus_per_node=1 time=240" (time in minutes, required)
+LAUNCHER ?= local
+SLURM ?=
 # the storage URL reaches the CLI through the environment, not the command line: make echoes commands and
 # `ps` shows them, and a PostgreSQL URL may carry a password
 export BENCH_STORAGE := $(STORAGE)
@@ -41,6 +45,7 @@ help:
 	@echo "  make bench MODEL=resnet110 DATASET=cifar10   the main job: Optuna sweeps of METHODS under PROFILE, then the report"
 	@echo "  make search BUDGET=flops:0.5  the most accurate pruned model per method under a budget (flops:60M, params:0.4, latency_ms:2.5)"
 	@echo "  make worker STORAGE=postgresql://...   join a running sweep from another machine (needs an explicit PROFILE)"
+	@echo "  make bench ... PROFILE=fast LAUNCHER=slurm WORKERS=8 SLURM=\"partition=gpu gpus_per_node=1 time=240\"   a SLURM job array (docs/clusters.md)"
 	@echo "  make baseline                 train (or fetch from the cache) the unpruned MODEL on RECIPE"
 	@echo "  make measure                  params, FLOPs and latency of MODEL"
 	@echo "  make report / make tables     plots, tables, READMEs and the results site from stored results (no training)"
@@ -52,7 +57,7 @@ help:
 	@echo "  make env                      build .venv only;  make clean-env  remove it;  make help  this list"
 	@echo "variables (current value):"
 	@echo "  MODEL=$(MODEL) DATASET=$(DATASET) PROFILE=$(PROFILE) (auto|demo|test|smoke|cpu|micro|fast|paper|imagenet) METHODS=$(METHODS)"
-	@echo "  TRIALS=$(TRIALS) (per method; empty: the profile's) SEEDS=$(SEEDS) WORKERS=$(WORKERS) DEVICE=$(DEVICE) (auto|cpu|cuda|cuda:N)"
+	@echo "  TRIALS=$(TRIALS) (per method; empty: the profile's) SEEDS=$(SEEDS) WORKERS=$(WORKERS) LAUNCHER=$(LAUNCHER) (local|slurm) SLURM=$(SLURM) DEVICE=$(DEVICE) (auto|cpu|cuda|cuda:N)"
 	@echo "  RECIPE=$(RECIPE) SEED=$(SEED) (make baseline)  BUDGET=$(BUDGET) SEARCH_ARGS=$(SEARCH_ARGS) (make search)"
 	@echo "  STORAGE=<url> (Optuna storage; passed as BENCH_STORAGE) WANDB=$(WANDB) (auto|online|offline|off) COMPILE=$(COMPILE) (1: torch.compile)"
 	@echo "  SWEEP_ARGS=$(SWEEP_ARGS) (more flags for python -m bench sweep, e.g. --control none, --pretrained)"
@@ -85,7 +90,8 @@ SWEEP = $(PY) -m bench sweep --model $(MODEL) --dataset $(DATASET) --profile $(P
 
 # the sweep ends by writing its report (plots, tables, README) into RESULTS_DIR/<model>-<dataset>-<profile>-<hash>/
 bench: env
-	$(SWEEP)
+	@case "$(LAUNCHER)" in local|slurm) ;; *) echo "LAUNCHER=$(LAUNCHER) is unknown: use local (the default) or slurm"; exit 2;; esac
+	$(if $(filter slurm,$(LAUNCHER)),$(subst -m bench sweep ,-m bench launch ,$(SWEEP)) --slurm '$(SLURM)',$(SWEEP))
 
 # the most accurate pruned model per method under BUDGET (flops:0.5, params:0.4, flops:60M, params:0.4M, latency_ms:2.5);
 # winners, plan + weights and README.md go to RESULTS_DIR/<model>-<dataset>-<profile>-<hash>/search/<budget, e.g. flops-0.5>/

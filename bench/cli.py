@@ -224,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the CIFAR models and their aliases")
     p.add_argument("pattern", nargs="?", default=None, help="a timm wildcard, e.g. 'resnet*', to list timm models too")
     _deploy_parsers(sub)
+    from sweeps import launch  # `launch` (SLURM) and `status`
+    launch.register(sub, COMMANDS)
     _finish_help(parser, sub)
     return parser
 
@@ -259,13 +261,22 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 @command
 def cmd_sweep(args: argparse.Namespace) -> int:
     # the CLI is the one place that reaches up into sweeps/ (the engine itself never imports it)
-    from sweeps.study import SweepConfig, run_sweep
+    from sweeps.study import run_sweep
 
     from . import dist
 
     if dist.launched():
         raise UserError("sweep does not run under torchrun: start the sweep with python -m bench, or run single "
                         "trials with torchrun ... -m bench run")
+    folder = run_sweep(sweep_config(args))
+    print(f"results: {folder / 'runs.csv'}")
+    return 0
+
+
+def sweep_config(args: argparse.Namespace):
+    """The SweepConfig of `sweep`'s arguments (also `launch`'s), --profile auto resolved on this machine."""
+    from sweeps.study import SweepConfig
+
     profile = args.profile
     if profile == "auto":
         from sweeps.study import choose_profile
@@ -280,9 +291,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                       None if args.match == "none" else args.match, args.round_to, args.wandb, compile=args.compile,
                       budget=args.budget, selection=args.selection, **_controls(args.control),
                       pretrained=args.pretrained, checkpoint=args.checkpoint)
-    folder = run_sweep(cfg)
-    print(f"results: {folder / 'runs.csv'}")
-    return 0
+    return cfg
 
 
 @command

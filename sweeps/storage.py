@@ -1,7 +1,7 @@
 """Optuna storages by URL: SQLite (default, no server), PostgreSQL/MySQL (many machines), journal files.
 
-RDB storages (SQLite, PostgreSQL) get Optuna's heartbeat, so a trial whose worker died is failed and
-retried by the next worker; every storage also gets `recover_dead_trials`, which does the same at once
+RDB storages (SQLite, PostgreSQL) and journal files get Optuna's heartbeat (for journals `HeartbeatJournalStorage`,
+the heartbeat a trial system attribute), so a trial whose worker died is failed and retried by the next worker; every storage also gets `recover_dead_trials`, which does the same at once
 for trials whose worker process on this host is gone (a SIGKILL, a closed laptop).
 
 The heartbeat interval and the grace period after which a silent trial counts as dead are read from
@@ -13,13 +13,15 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import time
 from pathlib import Path
 
 import optuna
 import warnings
 
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import TrialState
 
 from bench.errors import UserError
@@ -58,7 +60,9 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         if url.startswith("journal:") or url.endswith((".log", ".journal")):
             path = Path(url.removeprefix("journal:"))
             path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(str(path)))
+            # a symlink lock: atomic on NFS, where a cluster's results folder lives
+            return HeartbeatJournalStorage(JournalFileBackend(str(path), JournalFileSymlinkLock(str(path))),
+                                           heartbeat, grace)
         if "://" not in url:
             raise UserError(f"storage {url!r} is not a URL: use sqlite:///path.db, postgresql://user@host/db or journal:path.log")
         if url.startswith("sqlite:///"):
@@ -76,9 +80,53 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
                         "check the URL, that the server is up and the database exists") from None
 
 
+class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+    """A journal file with Optuna's heartbeat, as RDB storages have it: a worker's trial records the time every
+    `heartbeat` seconds (system attribute `heartbeat`, one journal line), and a RUNNING trial silent for more than
+    `grace` seconds is stale (its worker is gone: another node, a SIGKILL, a lost job), so `fail_stale` fails it
+    and enqueues it again once. The clocks of the machines that share the file must agree within `grace`."""
+
+    def __init__(self, backend: JournalFileBackend, heartbeat: int, grace: int) -> None:
+        super().__init__(backend)
+        self._heartbeat, self._grace = heartbeat, grace
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._stale_callback = RetryHeartbeatStaleTrialCallback(max_retry=3)
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            self.set_trial_system_attr(trial_id, "heartbeat", time.time())
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # the trial was failed meanwhile (its worker handed it back): nothing left to beat for
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        # a retried trial inherits its failed original's system attributes, old heartbeat included: a beat
+        # counts only after the trial started; a trial that never beat is timed from its start
+        now = time.time()
+        return [t._trial_id for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+                if t.datetime_start is not None
+                and now - max(t.system_attrs.get("heartbeat", 0.0), t.datetime_start.timestamp()) > self._grace]
+
+    def get_heartbeat_interval(self) -> int:
+        return self._heartbeat
+
+    def get_heartbeat_stale_trial_callback(self) -> RetryHeartbeatStaleTrialCallback:
+        return self._stale_callback
+
+
 def mark_owner(trial: optuna.Trial) -> None:
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("pid", os.getpid())
+    if job := slurm_job():
+        trial.set_user_attr("slurm_job", job)  # `bench status` names the job behind a running trial
+
+
+def slurm_job() -> str | None:
+    """This process's SLURM job as squeue names it (<array>_<task> for an array task), None outside SLURM."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID")
 
 
 def _alive(pid: int) -> bool:
@@ -107,9 +155,27 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        _retry(study, t)
         recovered.append(t.number)
     return recovered
+
+
+def _retry(study: optuna.Study, failed: optuna.trial.FrozenTrial) -> None:
+    study.enqueue_trial(failed.params, user_attrs={"retry_of": failed.number}, skip_if_exists=False)
+
+
+def hand_back(study: optuna.Study) -> list[int]:
+    """Enqueue again the trials that this process's interrupted objective failed (a scheduler's signal raised
+    inside it, so Optuna recorded FAIL): FAIL trials of this host and pid with no `reason` (a diverged trial has
+    one) and no retry yet, so the same trial is never enqueued twice, even by a later process with this pid."""
+    host, pid = socket.gethostname(), os.getpid()
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    mine = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("host") == host
+            and t.user_attrs.get("pid") == pid and "reason" not in t.user_attrs and t.number not in retried]
+    for t in mine:
+        _retry(study, t)
+    return [t.number for t in mine]
 
 
 def fail_stale(study: optuna.Study) -> None:
@@ -135,5 +201,5 @@ def is_active(study: optuna.Study, trial: optuna.trial.FrozenTrial, young_s: flo
         return _alive(int(pid))
     if pid is not None and has_heartbeat(study):
         return True
-    start = trial.datetime_start
-    return start is not None and (datetime.datetime.now() - start).total_seconds() < young_s
+    start = trial.datetime_start  # naive local time in RDB storages, aware UTC in journal files
+    return start is not None and (datetime.datetime.now(start.tzinfo) - start).total_seconds() < young_s

@@ -307,14 +307,35 @@ def _timm(model: str) -> str:
 # ---------------------------------------------------------------- the sweep
 
 def run_sweep(cfg: SweepConfig) -> Path:
+    setup = start_sweep(cfg)
+    run_studies(cfg, setup)
+    finish_sweep(cfg, setup.profile, setup.data)
+    return cfg.folder
+
+
+@dataclass
+class Setup:
+    """What every stage of a sweep needs after its start: the profile, trials per method, data, and the knob
+    ranges' anchors (FLOPs floors of flops_target methods, DECORE's break-even lambda)."""
+    profile: Profile
+    trials: int
+    data: Any
+    floors: dict[str, float | None]
+    break_even: float | None
+
+
+def start_sweep(cfg: SweepConfig, plan: bool = True) -> Setup:
+    """Check the input, print the plan, write experiment.json, and train (or read from the cache) each seed's
+    baseline; a cluster's workers start with plan=False after a first job trained the baselines."""
     profile = validate(cfg)
     trials = cfg.trials if cfg.trials is not None else profile.trials
     device = resolve_device(cfg.device)
     data = None if cfg.dataset.startswith("imagefolder:") else load_dataset(cfg.dataset, selection=cfg.selection)
     floors = {m: smallest_flops_fraction(cfg.model, m, cfg.scope, data, cfg.round_to) if data is not None else None
               for m in cfg.methods if profile.methods[m].knob == "flops_target"}
-    storage = open_storage(cfg.storage_url)
-    print_plan(cfg, profile, trials, device, data)
+    open_storage(cfg.storage_url)  # a bad URL or a server that is down fails here, before anything trains
+    if plan:
+        print_plan(cfg, profile, trials, device, data)
     write_experiment(cfg, data)
 
     measured = [prepare_baseline(cfg, profile, device, data, seed)[1] for seed in range(cfg.seeds)]
@@ -325,8 +346,14 @@ def run_sweep(cfg: SweepConfig) -> Path:
                 low, high = Objective(cfg, profile, m, break_even).knob_range()
                 print(f"  {m}: break-even lambda {break_even:.3g} (mean of {len(measured)} seed(s)) -> "
                       f"{profile.methods[m].knob} searched in [{low:.3g}, {high:.3g}] (log)")
+    return Setup(profile, trials, data, floors, break_even)
 
+
+def run_studies(cfg: SweepConfig, setup: Setup) -> None:
+    """Each method's study topped up to `setup.trials` complete trials (by cfg.workers processes here)."""
+    storage = open_storage(cfg.storage_url)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trials = setup.trials
     bar = tqdm(total=trials * len(cfg.methods), desc="sweep", unit="trial", disable=None)
     for method in cfg.methods:
         study = optuna.create_study(study_name=cfg.study_name(method), storage=storage, load_if_exists=True,
@@ -339,9 +366,14 @@ def run_sweep(cfg: SweepConfig) -> Path:
         bar.update(min(done, trials))
         remaining = max(trials - done, 0)
         if remaining:
-            objective = Objective(cfg, profile, method, break_even, data, wanted=trials, flops_floor=floors.get(method))
+            objective = Objective(cfg, setup.profile, method, setup.break_even, setup.data, wanted=trials,
+                                  flops_floor=setup.floors.get(method))
             _optimize(cfg, study, objective, remaining, bar)
     bar.close()
+
+
+def finish_sweep(cfg: SweepConfig, profile: Profile, data: Any) -> None:
+    """After the studies: matched partners, controls, the measuring pass and the report."""
     if cfg.match == "decore":
         run_matches(cfg, profile, data)
     if cfg.control:
@@ -350,7 +382,6 @@ def run_sweep(cfg: SweepConfig) -> Path:
         run_scratch_controls(cfg, profile, data)
     measure_speedups(cfg)
     write_report(cfg)
-    return cfg.folder
 
 
 def measure_speedups(cfg: SweepConfig) -> None:
@@ -614,6 +645,15 @@ def estimate_seconds(imgs: dict[str, float], rates: Rates) -> float:
     and process start-up (seconds)."""
     return (imgs["baseline"] * rates.train + imgs["trials"] * rates.trial_train + imgs["evals"] * rates.trial_eval
             + imgs["n_trials"] * rates.per_trial(False) + imgs["n_bisect"] * (rates.per_trial(True) - rates.per_trial(False)))
+
+
+def trial_seconds(cfg: SweepConfig, profile: Profile, data: Any, rates: Rates) -> tuple[float, str]:
+    """The plan's estimate of one trial (all its seeds) of the sweep's longest method, and that method: what one
+    more trial adds to `estimate_seconds`, so a scheduler's time limit can be held against it."""
+    def seconds(method: str, trials: int) -> float:
+        one = dataclasses.replace(cfg, methods=(method,), match=None, control=False)
+        return estimate_seconds(plan_images(one, profile, trials, data), rates)
+    return max((seconds(m, 2) - seconds(m, 1), m) for m in cfg.methods)
 
 
 AUTO_CPU_MINUTES = 35  # `--profile auto` on a CPU: the most thorough profile estimated under this
