@@ -46,9 +46,17 @@ def data_dir() -> Path:
 
 @dataclass
 class ArraySplit:
-    """Images as uint8 N x H x W x C and int64 labels, in host memory."""
+    """Images as uint8 N x H x W x C and int64 labels, in host memory; `ids`: each image's index in the array
+    it was loaded from (None: 0..N-1), so the images of subsets and splits can be told apart and counted."""
     x: np.ndarray
     y: np.ndarray
+    ids: np.ndarray | None = None
+
+    def image_ids(self) -> np.ndarray:
+        return np.arange(len(self.y)) if self.ids is None else self.ids
+
+    def take(self, idx: np.ndarray) -> ArraySplit:
+        return ArraySplit(self.x[idx], self.y[idx], self.image_ids()[idx])
 
     def subset_per_class(self, per_class: int | None) -> ArraySplit:
         """The first `per_class` images of every class (class-balanced, order-preserving)."""
@@ -58,7 +66,7 @@ class ArraySplit:
             raise UserError(f"subset of {per_class} images per class is invalid: pass a positive number")
         idx = np.concatenate([np.flatnonzero(self.y == c)[:per_class] for c in np.unique(self.y)])
         idx.sort()
-        return ArraySplit(self.x[idx], self.y[idx])
+        return self.take(idx)
 
 
 @dataclass
@@ -121,9 +129,8 @@ def with_selection(data: ArrayDataset, selection: str) -> ArrayDataset:
                             data.fingerprint, data.official)
     held = holdout_indices(data.train.y, val_per_class(data.name, data.train.y))
     rest = np.setdiff1d(np.arange(len(data.train.y)), held, assume_unique=True)
-    return ArrayDataset(data.name, ArraySplit(data.train.x[rest], data.train.y[rest]), data.test, data.num_classes,
-                        data.mean, data.std, ArraySplit(data.train.x[held], data.train.y[held]), "val", data.fingerprint,
-                        data.official)
+    return ArrayDataset(data.name, data.train.take(rest), data.test, data.num_classes,
+                        data.mean, data.std, data.train.take(held), "val", data.fingerprint, data.official)
 
 
 def array_fingerprint(*arrays: np.ndarray) -> str:
@@ -357,10 +364,12 @@ class DeviceLoader:
         self.device = torch.device(device)
         if world > 1 and not train:  # evaluation: this rank's contiguous slice; counts are summed by evaluate()
             part = np.array_split(np.arange(len(split.y)), world)[rank]
-            split = ArraySplit(split.x[part], split.y[part])
+            split = split.take(part)
         self.rank, self.world = rank, world
         self.x = torch.from_numpy(split.x).to(self.device).permute(0, 3, 1, 2).contiguous()
         self.y = torch.from_numpy(split.y).to(self.device)
+        self.ids = split.image_ids()
+        self.drawn = torch.zeros(len(self.y), dtype=torch.bool, device=self.device)  # training: images yielded
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1) * 255
         self.batch_size, self.train, self.pad, self.flip = batch_size, train, pad if train else 0, flip and train
@@ -396,9 +405,17 @@ class DeviceLoader:
             idx = order[sl] if order is not None else sl
             x, y = self.x[idx], self.y[idx]
             if self.train:
+                self.drawn[idx] = True
                 x = self._augment(x)
             x = ((x.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
             yield x, y
+
+    def drawn_ids(self) -> np.ndarray:
+        """The ids (ArraySplit.ids) of every image a training pass has drawn from this loader, all ranks together
+        (a batch cut short by an image budget counts whole)."""
+        mask = self.drawn.to(torch.int32)
+        dist.all_reduce_([mask])
+        return self.ids[mask.cpu().numpy() > 0]
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape

@@ -206,7 +206,9 @@ def test_matched_partners_side_by_side_with_paired_difference():
     assert matched[0][0].startswith("DECORE-2 · all") and matched[0][1] == "91.50 ± 0.71"
     l1 = matched[1]
     assert l1[0].strip().startswith("L1 at the same FLOPs · all") and l1[0].endswith("n=2")
-    assert l1[3] == "-1.25 ± 0.35" and l1[4] == "paired by seed"  # (-1.0, -1.5): mean and std of the pairs
+    # (-1.0, -1.5): mean -1.25, sd 0.354, t(0.975, 1 dof) = 12.706: half-width 3.18; two seeds give no verdict
+    assert l1[3] == "-1.25 [-4.43, +1.93]" and l1[4] == "n=2 < 3: no verdict, paired by seed"
+    assert l1[2] == "47.9% (gap +0.17%)"  # 60.1M against DECORE's 60.0M
     measured = _block(md, report.HEADERS[0])
     decore = next(r for r in measured if r[0].startswith("DECORE-2 "))
     assert decore[5] == "-1.50"  # against the no-pruning control's 93.00
