@@ -407,3 +407,23 @@ def test_report_experiment_user_errors(table, tmp_path):
     table[table["status"] != "complete"].to_csv(tmp_path / "runs.csv", index=False)
     with pytest.raises(UserError, match="no complete trials"):
         report.report_experiment(tmp_path)
+
+
+def test_labels_name_non_paper_options_and_engine_versions():
+    """A row that used a setting beyond its paper says so in its label; rows of several engine versions (and
+    older rows without one) say which engine made them."""
+    dec = pd.Series({"method": "decore", "knob_name": "lambda", "knob_value": 0.99, "scope": "all",
+                     "model": "cifar_resnet20", "knobs": json.dumps({"lambda": 0.99, "agent_init": 3.0, "agent_lr": 0.1})})
+    assert report.trial_label(dec) == "DECORE-0.99 (agents init 3, lr 0.1)"
+    assert report.trial_label({**dec, "knobs": json.dumps({"lambda": 0.99})}) == "DECORE-0.99"
+    l1 = pd.Series({"method": "l1", "knob_name": "flops_target", "knob_value": 0.6, "scope": "all",
+                    "model": "cifar_resnet20", "knobs": json.dumps({"flops_target": 0.6})})
+    assert report.trial_label(l1) == "L1 (FLOPs 0.60; scope all)"  # Li et al. prune inside the blocks
+    assert report.trial_label({**l1, "scope": "internal"}) == "L1 (FLOPs 0.60)"
+    assert report.trial_label(pd.Series({"method": "scratch-b", "knobs": "{}", "scope": "all"})) == "Scratch-B"
+    row = {**l1, "scope": "internal", "budget_images": 15000, "joint_epochs": 0, "finetune_epochs": 2,
+           "round_to": 1, "method_version": "abc", "engine_version": "e1e1e1e1"}
+    assert "engine" not in report.series_label(pd.Series(row), {"l1": 1, report.ENGINE: 1})
+    assert report.series_label(pd.Series(row), {"l1": 1, report.ENGINE: 2}).endswith("engine e1e1e1")
+    older = pd.Series({**row, "engine_version": None})
+    assert report.series_label(older, {"l1": 1, report.ENGINE: 2}).endswith("engine older (unrecorded)")
