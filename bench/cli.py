@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", default="equal", choices=["equal", "paper"],
                    help="equal (default): every method trains for the same images after the baseline; paper: each "
                         "paper's own schedule (unequal, labelled so)")
-    p.add_argument("--selection", default="val", choices=["val", "test"],
+    p.add_argument("--selection", default="val", choices=["val", "test", "val-test"],
                    help="val (default): decisions read a hold-out of the training set; test: the papers' practice")
     p.add_argument("--compile", action="store_true", help="torch.compile the method's training and the fine-tuning (pays on GPUs)")
     _weights_args(p)
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", default="equal", choices=["equal", "paper"],
                    help="equal (default): every method trains for the same images after the baseline; paper: each "
                         "paper's own schedule (unequal, labelled so)")
-    p.add_argument("--selection", default="val", choices=["val", "test"],
+    p.add_argument("--selection", default="val", choices=["val", "test", "val-test"],
                    help="val (default): decisions read a hold-out of the training set; test: the papers' practice")
     p.add_argument("--round-to", type=int, default=1)
     p.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "off"])

@@ -32,7 +32,9 @@ CIFAR_STATS = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 100),
 }
 DATASETS = ("cifar10", "cifar100", "synthetic", "imagefolder:<path>")
-SELECTIONS = ("val", "test")
+SELECTIONS = ("val", "test", "val-test")
+TEST_SIDE_PER_CLASS = 10        # val-test on image folders: a seeded hold-out of val/ (ImageNet: 10 of 50 per class)
+TEST_SIDE_FRACTION = 0.1        # val-test on arrays: this fraction of every test class (CIFAR: 100 per class)
 SPLIT_SEED = 0                 # the hold-out is the same for every trial seed: one split per experiment
 CIFAR_VAL_IMAGES = 5000        # He et al. 2016: 45k/5k
 VAL_FRACTION = 0.1             # other sets: this fraction of every class (image folders: at most 50 per class)
@@ -89,13 +91,14 @@ class ArrayDataset:
     def split_info(self) -> dict[str, object]:
         """What the experiment records about its data: fingerprint, selection rule and split sizes."""
         return {"dataset": self.name, "fingerprint": self.fingerprint, "official": self.official, "selection": self.selection,
-                "split_seed": SPLIT_SEED if self.selection == "val" else None, "train_images": int(len(self.train.y)),
+                "split_seed": SPLIT_SEED if self.selection != "test" else None, "train_images": int(len(self.train.y)),
                 "val_images": int(len(self.val.y)) if self.val is not None else 0, "test_images": int(len(self.test.y))}
 
 
 def check_selection(selection: str) -> str:
     if selection not in SELECTIONS:
-        raise UserError(f"selection split {selection!r} is unknown: use val (a hold-out of the training set, the default) "
+        raise UserError(f"selection split {selection!r} is unknown: use val (a hold-out of the training set, the default), "
+                        "val-test (a hold-out of the test split: for weights trained on every training image) "
                         "or test (the papers' practice)")
     return selection
 
@@ -124,6 +127,11 @@ def val_per_class(name: str, y: np.ndarray) -> int:
 def with_selection(data: ArrayDataset, selection: str) -> ArrayDataset:
     """The dataset with its selection split: a hold-out of the training set (`val`) or the test set (`test`)."""
     check_selection(selection)
+    if selection == "val-test":  # imported weights saw every training image: the hold-out comes from the test side
+        held = holdout_indices(data.test.y, max(1, int(TEST_SIDE_FRACTION * np.bincount(data.test.y).min())))
+        rest = np.setdiff1d(np.arange(len(data.test.y)), held, assume_unique=True)
+        return ArrayDataset(data.name, data.train, data.test.take(rest), data.num_classes, data.mean, data.std,
+                            data.test.take(held), "val-test", data.fingerprint, data.official)
     if selection == "test":
         return ArrayDataset(data.name, data.train, data.test, data.num_classes, data.mean, data.std, None, "test",
                             data.fingerprint, data.official)
@@ -201,9 +209,15 @@ def image_folder_split_info(dataset: str, selection: str) -> dict[str, object]:
     total, test = (sum(1 for f in (root / split).rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
                    for split in ("train", "val"))
     train = image_folder_train_images(root, selection)
+    val = total - train
+    if selection == "val-test":  # the hold-out is TEST_SIDE_PER_CLASS of every class of val/
+        classes = [c for c in (root / "val").iterdir() if c.is_dir()]
+        val = sum(min(TEST_SIDE_PER_CLASS, sum(1 for f in c.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS) - 1)
+                  for c in classes)
+        test -= val
     return {"dataset": dataset, "fingerprint": data_fingerprint(dataset), "official": False, "selection": selection,
-            "split_seed": SPLIT_SEED if selection == "val" else None, "train_images": train,
-            "val_images": total - train, "test_images": test}
+            "split_seed": SPLIT_SEED if selection != "test" else None, "train_images": train,
+            "val_images": val, "test_images": test}
 
 
 def image_folder_classes(root: str | Path) -> int:
@@ -479,13 +493,18 @@ def image_folder_loaders(root: str | Path, batch_size: int, config: dict[str, ob
     train = datasets.ImageFolder(str(root / "train"), train_tf)
     test = datasets.ImageFolder(str(root / "val"), val_tf)
     select = test
-    if check_selection(selection) == "val":
+    if check_selection(selection) == "val-test":  # imported weights: a seeded, class-balanced part of val/
+        y = np.asarray(test.targets)
+        held = holdout_indices(y, TEST_SIDE_PER_CLASS)
+        select = Subset(test, held.tolist())
+        test = Subset(test, np.setdiff1d(np.arange(len(y)), held).tolist())
+    if selection == "val":
         y = np.asarray(train.targets)
         per_class = max(1, min(IMAGEFOLDER_VAL_MAX, int(VAL_FRACTION * np.bincount(y).min())))
         held = holdout_indices(y, per_class)
         select = Subset(datasets.ImageFolder(str(root / "train"), val_tf), held.tolist())
         train = Subset(train, np.setdiff1d(np.arange(len(y)), held).tolist())
-    classes = len(test.classes)
+    classes = image_folder_classes(root)
     pin = torch.device(device).type == "cuda"
     workers = min(workers, os.cpu_count() or 1)
     if dist.world_size() == 1:

@@ -64,10 +64,14 @@ class TrialConfig:
     round_to: int = 1
     profile: str = "custom"
     budget: str = "equal"                 # equal: the same training images after the baseline; paper: each its own
-    selection: str = "val"                # the split decisions read: val (hold-out of the training set) or test
+    selection: str = "val"                # the split decisions read: val (hold-out of the training set), test, or
+                                          # val-test (hold-out of the test side: imported weights, set automatically)
     experiment: str | None = None         # the experiment folder's name (a sweep's); None: from this config
     pretrained: bool = False              # the baseline is timm's pretrained weights for `model`, not trained here
     checkpoint: str | None = None         # the baseline is this state_dict of the user's, not trained here
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "selection", imported_selection(self.selection, self.pretrained, self.checkpoint))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -100,6 +104,12 @@ class TrialConfig:
                     "data": self.data_fingerprint, "recipes": [load_recipe(r).to_dict() for r in self.recipes()],
                     **self.weights}
         return experiment_name(self.model, self.dataset, self.profile, identity)
+
+
+def imported_selection(selection: str, pretrained: bool, checkpoint: str | None) -> str:
+    """The selection split a run uses: imported weights (timm's, or a checkpoint, trained on every training image)
+    move the default hold-out (`val`) to the test side (`val-test`); data trained here keeps it."""
+    return "val-test" if selection == "val" and (pretrained or checkpoint) else selection
 
 
 def validate(cfg: TrialConfig) -> tuple[methods.Method, dict[str, Any], str]:

@@ -46,8 +46,8 @@ from bench.results import ResultsTable
 from bench.train import Diverged, prepare_model, resolve_device
 from bench.report import report_experiment
 from bench.tracking import Tracker
-from bench.trial import (BREAK_EVEN_IMAGES, TrialConfig, experiment_dir, experiment_name, measure_speedup, run_trial,
-                         smallest_flops_fraction, train_accuracy, trial_folder)
+from bench.trial import (BREAK_EVEN_IMAGES, TrialConfig, experiment_dir, experiment_name, imported_selection,
+                         measure_speedup, run_trial, smallest_flops_fraction, train_accuracy, trial_folder)
 from methods.decore import break_even_from_counts
 
 from .profile import Profile, load_profile
@@ -80,6 +80,9 @@ class SweepConfig:
     scratch: tuple[str, ...] = ()       # scratch-b / scratch-e of every DECORE trial (Liu et al. 2019), --control
     pretrained: bool = False            # the baseline is timm's pretrained weights for the model (--pretrained)
     checkpoint: str | None = None       # the baseline is this state_dict of the user's (--checkpoint)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "selection", imported_selection(self.selection, self.pretrained, self.checkpoint))
 
     def identity(self) -> dict[str, Any]:
         """Everything that changes a number, except the method's own code (in the study name and trial hash)."""
@@ -619,7 +622,7 @@ def plan_images(cfg: SweepConfig, profile: Profile, trials: int, data: Any) -> d
     n_trials = (len(cfg.methods) + len(partners)) * trials + (1 if cfg.control else 0)
     info = _split_info(cfg, data)
     test = int(info.get("test_images") or 0)
-    val = int(info.get("val_images") or 0) if cfg.selection == "val" else test
+    val = int(info.get("val_images") or 0) if cfg.selection != "test" else test
     # the break-even pass reads at most one epoch of the joint phase's loader, and only when a method searches it
     break_even = (min(BREAK_EVEN_IMAGES, n[joint.name])
                   if any(profile.methods[m].break_even_range is not None for m in cfg.methods) else 0)
@@ -697,7 +700,10 @@ def print_plan(cfg: SweepConfig, profile: Profile, trials: int, device: torch.de
     print(f"  data: {cfg.dataset} (fingerprint {info['fingerprint']}); selection split: " +
           (f"validation hold-out of {info.get('val_images', '?')} training images (seeded, class-balanced), "
            f"{info.get('train_images', '?')} train; decisions read validation top-1, test top-1/top-5 only reported"
-           if cfg.selection == "val" else "the test set (the papers' practice: every decision reads test accuracy)"))
+           if cfg.selection == "val" else
+           f"a seeded, class-balanced hold-out of the test side ({info.get('val_images', '?')} images; the imported weights "
+           f"trained on every training image), {info.get('test_images', '?')} test images reported"
+           if cfg.selection == "val-test" else "the test set (the papers' practice: every decision reads test accuracy)"))
     print(f"  studies: {', '.join(cfg.study_name(m) for m in cfg.methods)}; {trials} trials each x {cfg.seeds} seed(s)"
           f"{', ' + str(cfg.workers) + ' workers' if cfg.workers > 1 else ''}")
     weights = weights_source(cfg.model, cfg.pretrained, cfg.checkpoint)

@@ -276,3 +276,43 @@ def test_engine_code_is_part_of_the_identity(tmp_path, monkeypatch):
     engine.engine_version.cache_clear()
     changed = identity()
     assert changed[0] != original[0] and changed[1] != original[1]
+
+
+def test_imported_weights_take_the_hold_out_from_the_test_side(tmp_path):
+    """Weights trained elsewhere on every training image (--pretrained, --checkpoint): the selection split is a
+    seeded, class-balanced part of the test split, disjoint from the training images and from the reported rest."""
+    data = make_synthetic()
+    held = with_selection(data, "val-test")
+    assert held.selection == "val-test" and len(held.train.y) == len(data.train.y)  # every training image trains
+    val_ids, test_ids = set(held.val.image_ids()), set(held.test.image_ids())
+    assert not val_ids & test_ids and len(val_ids | test_ids) == len(data.test.y)  # the test side, split in two
+    assert np.bincount(held.val.y).tolist() == [2] * 10  # 10% of each class's 20 test images
+    assert not _rows(held.val) & _rows(held.train)  # no hold-out image is a training image
+    assert again_equal(held, with_selection(data, "val-test"))  # seeded
+    ckpt = TrialConfig("resnet20", "synthetic", "l1", {"ratio": 0.5}, checkpoint="weights.pt")
+    assert ckpt.selection == "val-test"
+    assert TrialConfig("resnet20", "synthetic", "l1", {"ratio": 0.5}).selection == "val"  # trained here: unchanged
+    assert SweepConfig("resnet20", "synthetic", pretrained=True).selection == "val-test"
+
+
+def test_image_folder_test_side_hold_out_is_disjoint(tmp_path):
+    from PIL import Image
+
+    from bench.data import image_folder_loaders, image_folder_split_info
+
+    for split, n in (("train", 6), ("val", 12)):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8), (i * 20, 0 if c == "a" else 200, 0)).save(tmp_path / split / c / f"{i}.png")
+    config = {"input_size": (3, 8, 8), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0}
+    train, select, test, classes = image_folder_loaders(tmp_path, 4, config, workers=0, selection="val-test")
+    chosen, rest = select.loader.dataset, test.loader.dataset
+    assert not set(chosen.indices) & set(rest.indices) and len(chosen.indices) == 20 and len(rest.indices) == 4
+    assert chosen.dataset.root == rest.dataset.root == str(tmp_path / "val") and len(train.loader.dataset) == 12
+    info = image_folder_split_info(f"imagefolder:{tmp_path}", "val-test")
+    assert (info["train_images"], info["val_images"], info["test_images"]) == (12, 20, 4)
+
+
+def again_equal(a, b) -> bool:
+    return all(np.array_equal(x.image_ids(), y.image_ids()) for x, y in ((a.val, b.val), (a.test, b.test)))
