@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import UserError
 
@@ -127,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", default="equal", choices=["equal", "paper"],
                    help="equal (default): every method trains for the same images after the baseline; paper: each "
                         "paper's own schedule (unequal, labelled so)")
-    p.add_argument("--selection", default="val", choices=["val", "test"],
+    p.add_argument("--selection", default="val", choices=["val", "test", "val-test"],
                    help="val (default): decisions read a hold-out of the training set; test: the papers' practice")
     p.add_argument("--compile", action="store_true", help="torch.compile the method's training and the fine-tuning (pays on GPUs)")
     _weights_args(p)
@@ -148,12 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decore (default): the other methods also run at every DECORE trial's FLOPs; none: off")
     p.add_argument("--control", default="keep",
                    help="controls, comma-separated: keep (default: the baseline trained on for the same budget, no "
-                        "pruning), scratch (also Scratch-B of every DECORE trial: its architecture re-initialised and "
-                        "trained from scratch for the baseline's images plus the trial's), none")
+                        "pruning), scratch-b and scratch-e (Liu et al. 2019's controls of every DECORE trial: its "
+                        "architecture re-initialised and trained from scratch for the baseline's images x FLOPs_base / "
+                        "FLOPs_pruned (B) or the baseline's images (E)), none")
     p.add_argument("--budget", default="equal", choices=["equal", "paper"],
                    help="equal (default): every method trains for the same images after the baseline; paper: each "
                         "paper's own schedule (unequal, labelled so)")
-    p.add_argument("--selection", default="val", choices=["val", "test"],
+    p.add_argument("--selection", default="val", choices=["val", "test", "val-test"],
                    help="val (default): decisions read a hold-out of the training set; test: the papers' practice")
     p.add_argument("--round-to", type=int, default=1)
     p.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "off"])
@@ -335,12 +337,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _controls(text: str) -> dict[str, bool]:
+def _controls(text: str) -> dict[str, Any]:
     names = {c.strip() for c in text.split(",") if c.strip()}
-    unknown = names - {"keep", "scratch", "none"}
+    unknown = names - {"keep", "scratch-b", "scratch-e", "none"}
     if unknown or not names or ("none" in names and len(names) > 1):
-        raise UserError(f"--control {text!r} is not a list of keep, scratch (or none): e.g. --control keep,scratch")
-    return {"control": "keep" in names, "scratch": "scratch" in names}
+        raise UserError(f"--control {text!r} is not a list of keep, scratch-b, scratch-e (or none): "
+                        "e.g. --control keep,scratch-b,scratch-e")
+    return {"control": "keep" in names, "scratch": tuple(sorted(names & {"scratch-b", "scratch-e"}))}
 
 
 @command

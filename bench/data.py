@@ -32,7 +32,9 @@ CIFAR_STATS = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 100),
 }
 DATASETS = ("cifar10", "cifar100", "synthetic", "imagefolder:<path>")
-SELECTIONS = ("val", "test")
+SELECTIONS = ("val", "test", "val-test")
+TEST_SIDE_PER_CLASS = 10        # val-test on image folders: a seeded hold-out of val/ (ImageNet: 10 of 50 per class)
+TEST_SIDE_FRACTION = 0.1        # val-test on arrays: this fraction of every test class (CIFAR: 100 per class)
 SPLIT_SEED = 0                 # the hold-out is the same for every trial seed: one split per experiment
 CIFAR_VAL_IMAGES = 5000        # He et al. 2016: 45k/5k
 VAL_FRACTION = 0.1             # other sets: this fraction of every class (image folders: at most 50 per class)
@@ -46,9 +48,17 @@ def data_dir() -> Path:
 
 @dataclass
 class ArraySplit:
-    """Images as uint8 N x H x W x C and int64 labels, in host memory."""
+    """Images as uint8 N x H x W x C and int64 labels, in host memory; `ids`: each image's index in the array
+    it was loaded from (None: 0..N-1), so the images of subsets and splits can be told apart and counted."""
     x: np.ndarray
     y: np.ndarray
+    ids: np.ndarray | None = None
+
+    def image_ids(self) -> np.ndarray:
+        return np.arange(len(self.y)) if self.ids is None else self.ids
+
+    def take(self, idx: np.ndarray) -> ArraySplit:
+        return ArraySplit(self.x[idx], self.y[idx], self.image_ids()[idx])
 
     def subset_per_class(self, per_class: int | None) -> ArraySplit:
         """The first `per_class` images of every class (class-balanced, order-preserving)."""
@@ -58,7 +68,7 @@ class ArraySplit:
             raise UserError(f"subset of {per_class} images per class is invalid: pass a positive number")
         idx = np.concatenate([np.flatnonzero(self.y == c)[:per_class] for c in np.unique(self.y)])
         idx.sort()
-        return ArraySplit(self.x[idx], self.y[idx])
+        return self.take(idx)
 
 
 @dataclass
@@ -81,13 +91,14 @@ class ArrayDataset:
     def split_info(self) -> dict[str, object]:
         """What the experiment records about its data: fingerprint, selection rule and split sizes."""
         return {"dataset": self.name, "fingerprint": self.fingerprint, "official": self.official, "selection": self.selection,
-                "split_seed": SPLIT_SEED if self.selection == "val" else None, "train_images": int(len(self.train.y)),
+                "split_seed": SPLIT_SEED if self.selection != "test" else None, "train_images": int(len(self.train.y)),
                 "val_images": int(len(self.val.y)) if self.val is not None else 0, "test_images": int(len(self.test.y))}
 
 
 def check_selection(selection: str) -> str:
     if selection not in SELECTIONS:
-        raise UserError(f"selection split {selection!r} is unknown: use val (a hold-out of the training set, the default) "
+        raise UserError(f"selection split {selection!r} is unknown: use val (a hold-out of the training set, the default), "
+                        "val-test (a hold-out of the test split: for weights trained on every training image) "
                         "or test (the papers' practice)")
     return selection
 
@@ -116,14 +127,18 @@ def val_per_class(name: str, y: np.ndarray) -> int:
 def with_selection(data: ArrayDataset, selection: str) -> ArrayDataset:
     """The dataset with its selection split: a hold-out of the training set (`val`) or the test set (`test`)."""
     check_selection(selection)
+    if selection == "val-test":  # imported weights saw every training image: the hold-out comes from the test side
+        held = holdout_indices(data.test.y, max(1, int(TEST_SIDE_FRACTION * np.bincount(data.test.y).min())))
+        rest = np.setdiff1d(np.arange(len(data.test.y)), held, assume_unique=True)
+        return ArrayDataset(data.name, data.train, data.test.take(rest), data.num_classes, data.mean, data.std,
+                            data.test.take(held), "val-test", data.fingerprint, data.official)
     if selection == "test":
         return ArrayDataset(data.name, data.train, data.test, data.num_classes, data.mean, data.std, None, "test",
                             data.fingerprint, data.official)
     held = holdout_indices(data.train.y, val_per_class(data.name, data.train.y))
     rest = np.setdiff1d(np.arange(len(data.train.y)), held, assume_unique=True)
-    return ArrayDataset(data.name, ArraySplit(data.train.x[rest], data.train.y[rest]), data.test, data.num_classes,
-                        data.mean, data.std, ArraySplit(data.train.x[held], data.train.y[held]), "val", data.fingerprint,
-                        data.official)
+    return ArrayDataset(data.name, data.train.take(rest), data.test, data.num_classes,
+                        data.mean, data.std, data.train.take(held), "val", data.fingerprint, data.official)
 
 
 def array_fingerprint(*arrays: np.ndarray) -> str:
@@ -194,9 +209,15 @@ def image_folder_split_info(dataset: str, selection: str) -> dict[str, object]:
     total, test = (sum(1 for f in (root / split).rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
                    for split in ("train", "val"))
     train = image_folder_train_images(root, selection)
+    val = total - train
+    if selection == "val-test":  # the hold-out is TEST_SIDE_PER_CLASS of every class of val/
+        classes = [c for c in (root / "val").iterdir() if c.is_dir()]
+        val = sum(min(TEST_SIDE_PER_CLASS, sum(1 for f in c.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS) - 1)
+                  for c in classes)
+        test -= val
     return {"dataset": dataset, "fingerprint": data_fingerprint(dataset), "official": False, "selection": selection,
-            "split_seed": SPLIT_SEED if selection == "val" else None, "train_images": train,
-            "val_images": total - train, "test_images": test}
+            "split_seed": SPLIT_SEED if selection != "test" else None, "train_images": train,
+            "val_images": val, "test_images": test}
 
 
 def image_folder_classes(root: str | Path) -> int:
@@ -357,10 +378,12 @@ class DeviceLoader:
         self.device = torch.device(device)
         if world > 1 and not train:  # evaluation: this rank's contiguous slice; counts are summed by evaluate()
             part = np.array_split(np.arange(len(split.y)), world)[rank]
-            split = ArraySplit(split.x[part], split.y[part])
+            split = split.take(part)
         self.rank, self.world = rank, world
         self.x = torch.from_numpy(split.x).to(self.device).permute(0, 3, 1, 2).contiguous()
         self.y = torch.from_numpy(split.y).to(self.device)
+        self.ids = split.image_ids()
+        self.drawn = torch.zeros(len(self.y), dtype=torch.bool, device=self.device)  # training: images yielded
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1) * 255
         self.batch_size, self.train, self.pad, self.flip = batch_size, train, pad if train else 0, flip and train
@@ -396,9 +419,17 @@ class DeviceLoader:
             idx = order[sl] if order is not None else sl
             x, y = self.x[idx], self.y[idx]
             if self.train:
+                self.drawn[idx] = True
                 x = self._augment(x)
             x = ((x.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
             yield x, y
+
+    def drawn_ids(self) -> np.ndarray:
+        """The ids (ArraySplit.ids) of every image a training pass has drawn from this loader, all ranks together
+        (a batch cut short by an image budget counts whole)."""
+        mask = self.drawn.to(torch.int32)
+        dist.all_reduce_([mask])
+        return self.ids[mask.cpu().numpy() > 0]
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
@@ -462,13 +493,18 @@ def image_folder_loaders(root: str | Path, batch_size: int, config: dict[str, ob
     train = datasets.ImageFolder(str(root / "train"), train_tf)
     test = datasets.ImageFolder(str(root / "val"), val_tf)
     select = test
-    if check_selection(selection) == "val":
+    if check_selection(selection) == "val-test":  # imported weights: a seeded, class-balanced part of val/
+        y = np.asarray(test.targets)
+        held = holdout_indices(y, TEST_SIDE_PER_CLASS)
+        select = Subset(test, held.tolist())
+        test = Subset(test, np.setdiff1d(np.arange(len(y)), held).tolist())
+    if selection == "val":
         y = np.asarray(train.targets)
         per_class = max(1, min(IMAGEFOLDER_VAL_MAX, int(VAL_FRACTION * np.bincount(y).min())))
         held = holdout_indices(y, per_class)
         select = Subset(datasets.ImageFolder(str(root / "train"), val_tf), held.tolist())
         train = Subset(train, np.setdiff1d(np.arange(len(y)), held).tolist())
-    classes = len(test.classes)
+    classes = image_folder_classes(root)
     pin = torch.device(device).type == "cuda"
     workers = min(workers, os.cpu_count() or 1)
     if dist.world_size() == 1:

@@ -27,6 +27,7 @@ from .figures import (METHOD_STYLE, SCOPE_FILL, distinct_allocations, group_name
                       print_rc, save, write_paper_figure)
 from .io import atomic_write
 from .results import CONFIG_KEYS, ResultsTable, mark_pareto
+from .stats import paired
 
 REFERENCE_CSV = Path(__file__).parents[1] / "results" / "reference" / "published_results.csv"
 
@@ -83,19 +84,40 @@ def _num(v: float) -> str:
     return f"{float(v):g}"
 
 
+CONTROL_NAMES = {"scratch-b": "Scratch-B", "scratch-e": "Scratch-E", "scratch": "Scratch (baseline + trial images)"}
+
+
+def _name(method: str) -> str:
+    return CONTROL_NAMES.get(method) or style(method)[0]
+
+
+def non_paper(row: pd.Series) -> list[str]:
+    """What a row used beyond its paper (methods.Method.non_paper): e.g. ["agents init 3, lr 0.1"], ["scope all"]."""
+    import methods
+
+    cls = methods.METHODS.get(str(row["method"]))
+    if cls is None:
+        return []
+    scope = row.get("scope")
+    model = row.get("model")
+    return cls().non_paper(_knobs(row), str(scope) if pd.notna(scope) else None, str(model) if pd.notna(model) else None)
+
+
 def trial_label(row: pd.Series) -> str:
-    """The paper's name of a configuration: DECORE-200, L1 (ratio 0.5), L1 (li2017-B), Random (FLOPs 0.60)."""
-    name = style(str(row["method"]))[0]
+    """The paper's name of a configuration: DECORE-200, L1 (ratio 0.5), L1 (li2017-B), Random (FLOPs 0.60), then
+    whatever the row used beyond its paper: DECORE-0.99 (agents init 3, lr 0.1), L1 (FLOPs 0.60; scope all)."""
+    name = _name(str(row["method"]))
     knob, value, knobs = row.get("knob_name"), row.get("knob_value"), _knobs(row)
     if pd.isna(knob) or not knob:
         knob = next((k for k in ("lambda", "ratio", "flops_target", "preset", "stage_ratios") if k in knobs), None)
     if pd.isna(value):
         value = knobs.get(knob) if knob else None
+    extra = non_paper(row)
     if knob is None:
-        return name
+        return f"{name} ({', '.join(extra)})" if extra else name
     if row["method"] == "decore" and knob == "lambda":
-        return f"{name}-{_num(value)}"
-    return f"{name} ({_knob_text(str(knob), value)})"
+        return f"{name}-{_num(value)}" + (f" ({'; '.join(extra)})" if extra else "")
+    return f"{name} ({'; '.join([_knob_text(str(knob), value), *extra])})"
 
 
 def _knob_text(knob: str, value: Any) -> str:
@@ -136,11 +158,14 @@ def training_text(row: pd.Series) -> str:
 def series_label(row: pd.Series, versions: dict[str, int] | None = None) -> str:
     """What makes a series: method, scope, training after the baseline, round_to (when not 1), code version
     (when the experiment holds several of one method)."""
-    parts = [style(str(row["method"]))[0], str(row["scope"]) if pd.notna(row.get("scope")) else "?", training_text(row)]
+    parts = [_name(str(row["method"])), str(row["scope"]) if pd.notna(row.get("scope")) else "?", training_text(row)]
     if pd.notna(row.get("round_to")) and int(row["round_to"]) != 1:
         parts.append(f"round_to {int(row['round_to'])}")
     if versions and versions.get(str(row["method"]), 1) > 1 and pd.notna(row.get("method_version")):
         parts.append(f"code {str(row['method_version'])[:6]}")
+    if versions and versions.get(ENGINE, 1) > 1:  # rows of several engines: each says which
+        engine = row.get("engine_version")
+        parts.append(f"engine {str(engine)[:6]}" if pd.notna(engine) else "engine older (unrecorded)")
     return " · ".join(parts)
 
 
@@ -151,9 +176,15 @@ def config_label(row: pd.Series, versions: dict[str, int] | None = None) -> str:
     return f"{trial_label(row)} · {series}" + (f" · n={int(n)}" if pd.notna(n) else "")
 
 
+ENGINE = "engine"  # _versions' key for the number of engine versions (a row without one counts as one more)
+
+
 def _versions(df: pd.DataFrame) -> dict[str, int]:
     trials = df[df["row_type"] == "trial"]
-    return {str(m): int(part["method_version"].nunique()) for m, part in trials.groupby("method")}
+    out = {str(m): int(part["method_version"].nunique()) for m, part in trials.groupby("method")}
+    if "engine_version" in trials:
+        out[ENGINE] = int(trials["engine_version"].nunique(dropna=False)) if len(trials) else 1
+    return out
 
 
 def complete_trials(df: pd.DataFrame) -> pd.DataFrame:
@@ -440,13 +471,15 @@ def _matched_rows(df: pd.DataFrame) -> list[list[str]]:
             own = np.array([float(a["top1_pct"]) for a, _ in pairs])
             other = np.array([float(b["top1_pct"]) for _, b in pairs])
             flops = np.array([float(b["flops"]) / float(b["base_flops"]) for _, b in pairs])
-            diff = other - own
-            n = len(pairs)
-            spread = f" ± {diff.std(ddof=1):.2f}" if n >= 2 else ""
+            gap = np.array([100 * (float(b["flops"]) - float(a["flops"])) / float(a["flops"]) for a, b in pairs])
+            diff = paired(other, own)  # per seed: partner minus DECORE
+            n = diff.n
             scope = pairs[0][1]["scope"]
-            rows.append([f"  {style(method)[0]} at the same FLOPs · {scope} · {training_text(pairs[0][1])} · n={n}",
-                         _pm(other.mean(), other.std(ddof=1) if n >= 2 else math.nan), f"{100 * flops.mean():.1f}%",
-                         f"{diff.mean():+.2f}{spread}", "paired by seed" if n >= 2 else "one seed"])
+            rows.append([f"  {trial_label(pairs[0][1]).split(' (')[0]} at the same FLOPs · {scope} · "
+                         f"{training_text(pairs[0][1])} · n={n}",
+                         _pm(other.mean(), other.std(ddof=1) if n >= 2 else math.nan),
+                         f"{100 * flops.mean():.1f}% (gap {gap.mean():+.2f}%)", diff.interval_text(),
+                         diff.verdict("partner better", "DECORE better") + (", paired by seed" if n >= 2 else "")])
     return rows
 
 
@@ -485,7 +518,8 @@ def _reference_rows(reference: pd.DataFrame | None) -> tuple[list[dict[str, Any]
     return rows, sources
 
 
-MATCHED_HEADERS = ["Matched set", "Test top-1 (%)", "FLOPs kept", "Partner minus DECORE (points)", "Seeds"]
+MATCHED_HEADERS = ["Matched set", "Test top-1 (%)", "FLOPs kept (partner minus DECORE)",
+                   "Partner minus DECORE (points, mean [95% t interval, n-1 dof])", "Verdict"]
 
 
 def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:

@@ -65,6 +65,11 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "selection": ("string", "split decisions read: val (hold-out of the training set) or test (papers' practice)"),
     "data_fingerprint": ("string", "content hash of the data loaded"),
     "method_version": ("string", "hash of the method's code"),
+    "engine_version": ("string", "hash of the engine's code (bench.engine); empty: a row from before it was recorded"),
+    "distinct_images": ("Int64", "distinct training images the trial's training drew after the baseline (engine-counted)"),
+    "flops_gap_pct": ("float64", "matched partners: 100 * (FLOPs - the DECORE trial's FLOPs) / the DECORE trial's FLOPs"),
+    "bn_sparse_pct": ("float64", "slimming: % of BatchNorm scales with |gamma| < 1e-2 when pruned (after the sparsity phase)"),
+    "base_bn_sparse_pct": ("float64", "slimming: the same % in the baseline, before the sparsity phase"),
     "match_of": ("string", "config_hash of the DECORE trial(s) whose FLOPs this trial was run at (;-joined)"),
     "kept_channels": ("string", "JSON: group id -> [kept, units, kind (internal or stream)]"),
     "round_to": ("Int64", "kept channels rounded up to this multiple (1 = off)"),
@@ -111,7 +116,7 @@ def non_dominated(top1: np.ndarray, cost: np.ndarray) -> np.ndarray:
 
 
 # Rows that differ in any of these are different series: never merged into one mean, label or front.
-SERIES_KEYS = ("method", "scope", "budget", "selection", "round_to", "method_version")
+SERIES_KEYS = ("method", "scope", "budget", "selection", "round_to", "method_version", "engine_version")
 CONFIG_KEYS = (*SERIES_KEYS, "knobs")   # one configuration; its rows differ only in the seed
 
 

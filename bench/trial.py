@@ -1,21 +1,25 @@
 """One trial: baseline -> method -> physical removal -> fine-tune -> measure -> one result row.
 
 The comparison protocol (DESIGN.md section 6):
-- budget "equal" (default): every method trains for the same number of images after the baseline. A method
-  that trains while it selects (DECORE's joint phase) spends its own recipe there and then fine-tunes; every
-  other method fine-tunes for the images of both phases, on the fine-tuning recipe's schedule stretched to
-  that length. "paper": each method's own schedule (outputs say "paper budgets, unequal").
+- budget "equal" (default): every method trains on the same images after the baseline. A method that trains
+  while it selects (DECORE's joint phase, slimming's sparsity phase) spends the joint recipe there and then
+  fine-tunes; every other method (and the no-pruning control) trains its pruned network on the same two
+  segments: the joint recipe on the joint phase's loader (same subset, order, augmentation and schedule as
+  DECORE's), then the fine-tuning recipe on the fine-tuning loader. The engine counts the distinct training
+  images each trial drew (`distinct_images`). "paper": each method's own schedule (outputs say "paper
+  budgets, unequal").
 - selection "val" (default): decisions read the validation hold-out (`val_top1_pct`); test top-1/top-5 are
   measured once per finished model and only reported. "test": the papers' practice.
 The engine counts the images it trained on (`budget_images`). The config is frozen and hashed with the data's
-fingerprint and the method's code version: the hash names the trial folder and makes a finished trial free to
-ask for again, and a change of data or method code trains again.
+fingerprint, the method's code version and the engine's (bench.engine): the hash names the trial folder and makes
+a finished trial free to ask for again, and a change of data, method code or engine code trains again.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import time
@@ -23,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -32,6 +37,7 @@ from methods.core import KeepPlan, channel_groups, prune_model
 
 from . import dist
 from .baseline import Baseline, get_baseline, results_dir, weights_identity
+from .engine import engine_version
 from .data import ArrayDataset, check_selection, data_fingerprint, load_dataset, open_loaders
 from .env import git_commit, package_versions
 from .errors import UserError
@@ -58,10 +64,14 @@ class TrialConfig:
     round_to: int = 1
     profile: str = "custom"
     budget: str = "equal"                 # equal: the same training images after the baseline; paper: each its own
-    selection: str = "val"                # the split decisions read: val (hold-out of the training set) or test
+    selection: str = "val"                # the split decisions read: val (hold-out of the training set), test, or
+                                          # val-test (hold-out of the test side: imported weights, set automatically)
     experiment: str | None = None         # the experiment folder's name (a sweep's); None: from this config
     pretrained: bool = False              # the baseline is timm's pretrained weights for `model`, not trained here
     checkpoint: str | None = None         # the baseline is this state_dict of the user's, not trained here
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "selection", imported_selection(self.selection, self.pretrained, self.checkpoint))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -80,7 +90,8 @@ class TrialConfig:
     def key(self) -> str:
         d = {k: v for k, v in self.to_dict().items() if k not in ("experiment", "pretrained", "checkpoint")}
         return config_hash({**d, **self.weights, "recipes": {r: load_recipe(r).to_dict() for r in self.recipes()},
-                            "data": self.data_fingerprint, "method_code": methods.code_version(self.method)})
+                            "data": self.data_fingerprint, "method_code": methods.code_version(self.method),
+                            "engine": engine_version()})
 
     def recipes(self) -> tuple[str, ...]:
         return (self.baseline_recipe, self.joint_recipe, self.finetune_recipe)
@@ -93,6 +104,12 @@ class TrialConfig:
                     "data": self.data_fingerprint, "recipes": [load_recipe(r).to_dict() for r in self.recipes()],
                     **self.weights}
         return experiment_name(self.model, self.dataset, self.profile, identity)
+
+
+def imported_selection(selection: str, pretrained: bool, checkpoint: str | None) -> str:
+    """The selection split a run uses: imported weights (timm's, or a checkpoint, trained on every training image)
+    move the default hold-out (`val`) to the test side (`val-test`); data trained here keeps it."""
+    return "val-test" if selection == "val" and (pretrained or checkpoint) else selection
 
 
 def validate(cfg: TrialConfig) -> tuple[methods.Method, dict[str, Any], str]:
@@ -158,9 +175,13 @@ def _loaders(data: ArrayDataset | None, cfg: TrialConfig, recipe: Recipe, device
                         data=data, selection=cfg.selection, model=_resolve_name(cfg.model))
 
 
-def epoch_images(loader: Any, recipe: Recipe) -> int:
-    """Images one training epoch of `loader` feeds (whole batches, all ranks together)."""
-    return len(loader) * recipe.batch_size
+def distinct_images(loaders: list[Any]) -> tuple[int, str] | None:
+    """(number, sha256 of the sorted ids) of the distinct training images `loaders` drew, as the engine counted
+    them (DeviceLoader.drawn_ids); None when a loader does not count (image folders)."""
+    if not all(hasattr(loader, "drawn_ids") for loader in loaders):
+        return None
+    ids = np.unique(np.concatenate([loader.drawn_ids() for loader in loaders] or [np.zeros(0, np.int64)]))
+    return int(len(ids)), hashlib.sha256(ids.astype(np.int64).tobytes()).hexdigest()[:16]
 
 
 def phase_images(history: list[dict[str, Any]]) -> int:
@@ -276,19 +297,29 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
     if admit is not None:
         admit(result.plan, pruned)
     ft_loaders = _loaders(data, cfg, finetune, device)
-    ft_images = None  # the recipe's epochs
-    if cfg.budget == "equal" and not method.trains:  # the images of the joint phase too, on the same schedule shape
-        ft_images = joint.epochs * epoch_images(joint_loaders.train, joint) + finetune.epochs * epoch_images(ft_loaders.train, finetune)
+    segments = [("finetune", ft_loaders.train, finetune)]
+    if cfg.budget == "equal" and not method.trains:
+        # the joint phase's share on the joint phase's data: a fresh loader with DECORE's seed draws DECORE's
+        # order and augmentation (a method that read batches for its scores advanced the first one)
+        segments.insert(0, ("joint share", _loaders(data, cfg, joint, device).train, joint))
+    trained_on = [joint_loaders.train] if method.trains else []
     runner = prepare_model(pruned, device)
     amp = autocast_for(device)
     before_ft = evaluate(runner, ft_loaders.val, device, amp)
     t1 = time.perf_counter()
     progress(f"phase 3/4: fine-tune the pruned model ({finetune.name}; validation top-1 before it "
              f"{before_ft['top1']:.2f}%)")
-    ft_history = fit(runner, ft_loaders.train, ft_loaders.val if finetune_test else None, finetune, device,
-                     desc=f"fine-tune {cfg.method} ", compile=compile, images=ft_images,
-                     on_epoch=lambda row: log_row("finetune", row))
+    ft_history = []
+    for segment, loader, recipe in segments:
+        def on_epoch(row: dict[str, Any], segment: str = segment) -> None:
+            row["segment"] = segment
+            row["final"] = row["final"] and segment == "finetune"
+            log_row("finetune", row)
+        ft_history += fit(runner, loader, ft_loaders.val if finetune_test else None, recipe, device,
+                          desc=f"{segment} {cfg.method} ", compile=compile, on_epoch=on_epoch)
+        trained_on.append(loader)
     finetune_seconds = time.perf_counter() - t1
+    distinct = distinct_images(trained_on)
     val = evaluate(runner, ft_loaders.val, device, amp)
     test = evaluate(runner, ft_loaders.test, device, amp)  # measured once, reported, never read by a decision
     pruned = pruned.cpu().to(memory_format=torch.contiguous_format).eval()
@@ -297,7 +328,7 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
 
     row = _row(cfg, scope, knobs, base, pruned, input_size, before_ft, val, test, result, joint, finetune,
                method.trains, select_seconds, finetune_seconds, time.perf_counter() - t_start, ft_history,
-               method_images, data, groups)
+               method_images, data, groups, distinct)
     if device.type == "cuda":
         row["latency_gpu_b1_ms"] = measure_latency(copy.deepcopy(pruned).to(device), input_size, batch_size=1)["median_ms"]
     save_pruned(folder, result.plan, pruned)
@@ -307,7 +338,8 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
 
 
 def _row(cfg, scope, knobs, base: Baseline, pruned, input_size, before_ft, val, test, result, joint, finetune,
-         trains, select_seconds, finetune_seconds, wall, ft_history, method_images, data, groups) -> dict[str, Any]:
+         trains, select_seconds, finetune_seconds, wall, ft_history, method_images, data, groups,
+         distinct: tuple[int, str] | None = None) -> dict[str, Any]:
     """The trial's result, in the results table's column names (plus a few extras the table ignores)."""
     params, flops = count_params(pruned), count_flops(pruned, input_size)
     bt, bv = base.meta["test"], base.meta.get("val", base.meta["test"])
@@ -330,7 +362,9 @@ def _row(cfg, scope, knobs, base: Baseline, pruned, input_size, before_ft, val, 
         "joint_epochs": joint.epochs if trains else 0, "finetune_epochs": len(ft_history),
         "method_images": method_images, "finetune_images": ft_images, "budget_images": method_images + ft_images,
         "budget": cfg.budget, "selection": cfg.selection, "data_fingerprint": cfg.data_fingerprint,
-        "method_version": methods.code_version(cfg.method),
+        "method_version": methods.code_version(cfg.method), "engine_version": engine_version(),
+        "distinct_images": distinct[0] if distinct else None,
+        "bn_sparse_pct": result.info.get("bn_sparse_pct"), "base_bn_sparse_pct": result.info.get("base_bn_sparse_pct"),
         "kept_channels": json.dumps({gid: [len(k), result.plan.units[gid], groups.by_id[gid].kind]
                                      for gid, k in result.plan.keep.items()}),
         "round_to": cfg.round_to, "wall_seconds": wall, "config_hash": cfg.key,
@@ -339,6 +373,7 @@ def _row(cfg, scope, knobs, base: Baseline, pruned, input_size, before_ft, val, 
         "select_seconds": select_seconds, "finetune_seconds": finetune_seconds,
         "baseline_key": base.spec.key, "info": {k: v for k, v in result.info.items() if k != "keep_prob"},
         "world_size": dist.world_size(), "data": data.split_info() if data is not None else None,
+        "distinct_images_sha": distinct[1] if distinct else None,
     }
 
 

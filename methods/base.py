@@ -90,6 +90,7 @@ class Method:
     name: ClassVar[str] = ""
     knobs: ClassVar[tuple[Knob, ...]] = ()
     default_scope: ClassVar[str] = "all"
+    match_scope: ClassVar[str | None] = None  # scope of its partners of a DECORE trial; None: DECORE's (protocol)
     trains: ClassVar[bool] = False      # True when select() trains the network (DECORE's joint phase)
     # True when select() reads training batches without training (HRank's feature maps, Taylor's gradients):
     # the engine passes train_loader (as for a method that trains) but counts no training images for it
@@ -124,8 +125,37 @@ class Method:
 
     extra_options: ClassVar[dict[str, str]] = {}  # non-numeric options: name -> help
 
+    def paper_options(self, model: str | None = None) -> dict[str, Any]:
+        """The paper's value of every named option that has one (for `model` where the paper sets it per
+        architecture): a row whose option differs used a setting beyond the paper, and its label says so."""
+        return {}
+
+    def non_paper(self, knobs: Mapping[str, Any], scope: str | None = None, model: str | None = None) -> list[str]:
+        """Phrases naming what a row used that its paper does not: options off their paper value, and a scope
+        other than the method's default (e.g. ["allocation uniform", "scope all"]); [] for a paper setting."""
+        paper = self.paper_options(model)
+        out = [f"{name} {_text(knobs[name])}" for name in paper
+               if name in knobs and knobs[name] is not None and not _same(knobs[name], paper[name])]
+        if scope and scope != self.default_scope:
+            out.append(f"scope {scope}")
+        return out
+
     def select(self, ctx: Context, **knobs: Any) -> Result:
         raise NotImplementedError
+
+
+def _same(value: Any, paper: Any) -> bool:
+    """An option's value equals the paper's: flags as flags, numbers as numbers, the rest as text."""
+    if isinstance(paper, bool):
+        return (value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")) == paper
+    try:
+        return math.isclose(float(value), float(paper), rel_tol=1e-9)
+    except (TypeError, ValueError):
+        return str(value) == str(paper)
+
+
+def _text(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _number_or_text(value: Any) -> Any:

@@ -21,7 +21,7 @@ the baseline is each rank's own batch mean; with `per_batch` each rank draws one
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -230,6 +230,19 @@ class Decore(Method):
     default_scope: ClassVar[str] = "all"
     trains: ClassVar[bool] = True
     example: ClassVar[dict[str, Any]] = {"lambda": 0.01, "agent_init": 0.5, "agent_lr": 0.1}  # fast agents: tests
+
+    def paper_options(self, model: str | None = None) -> dict[str, Any]:
+        return {"agent_init": AGENT_INIT, "agent_lr": AGENT_LR, "reward_baseline": False, "per_batch": False,
+                "lambda_per_stage": None}
+
+    def non_paper(self, knobs: Mapping[str, Any], scope: str | None = None, model: str | None = None) -> list[str]:
+        """As Method.non_paper, the agents' two settings in one phrase: ["agents init 3, lr 0.1"]."""
+        out = super().non_paper(knobs, scope, model)
+        agents = [p for p in out if p.startswith(("agent_init ", "agent_lr "))]
+        if agents:
+            text = ", ".join(p.replace("agent_init", "init").replace("agent_lr", "lr") for p in agents)
+            out = [f"agents {text}"] + [p for p in out if p not in agents]
+        return out
 
     def check_combination(self, knobs: dict[str, Any]) -> None:
         if knobs.get("lambda") is None:

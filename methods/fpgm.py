@@ -14,7 +14,8 @@ slices, which is not the paper's criterion.
 Deviations: the paper (and its code) soft-prunes, zeroing the selected filters after every training epoch
 and selecting again, and prunes pre-trained models the same way during fine-tuning; here the trained
 baseline is pruned once and the shared fine-tune follows. The rate is uniform per layer, as the paper
-(`allocation=global` ranks every group's distance sums together instead).
+(`allocation=global` ranks every group's distance sums together instead). Default scope `all`: the official
+CIFAR code (`pruning_cifar10.py`) masks every convolution, residual streams included.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def fpgm_scores(model: nn.Module, groups) -> dict[str, torch.Tensor]:
 
 @register("fpgm")
 class FPGM(ScoredMethod):
+    default_scope: ClassVar[str] = "all"  # the official CIFAR code masks every conv, the blocks' last convs too
     extra_options: ClassVar[dict[str, str]] = {
         **ScoredMethod.extra_options,
         "allocation": "uniform (paper: every group loses `ratio` of its channels) or global (one distance threshold)",

@@ -17,8 +17,10 @@ value is non-zero). Tied channels (grouped convs) average over their copies.
 
 Deviation: the paper prunes layer by layer with fine-tuning between layers; here the ranks of the trained
 baseline decide every layer at once and the shared fine-tune follows (one-shot, the same training budget
-as every other method). The ratio is uniform per group (the paper sets one rate per layer, as
-`stage_ratios` / `preset` can here); `allocation=global` ranks all groups' scores together instead.
+as every other method). The ratio is uniform per group: the paper's ResNet-56/110 results use hand-set
+per-layer rates (the official `--compress_rate` lists), which are not preset here (`stage_ratios` sets one
+rate per stage); `allocation=global` ranks all groups' scores together instead. A row at a uniform rate is
+therefore not the paper's ResNet-56/110 configuration.
 """
 from __future__ import annotations
 

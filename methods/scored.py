@@ -85,6 +85,9 @@ class ScoredMethod(Method):
     def scores(self, ctx: Context) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def paper_options(self, model: str | None = None) -> dict[str, Any]:
+        return {"allocation": self.allocation} if "allocation" in self.extra_options else {}
+
     def check_combination(self, knobs: Mapping[str, Any]) -> None:
         given = [k for k in ("ratio", "flops_target", "preset", "stage_ratios") if knobs.get(k) is not None]
         if len(given) != 1:
@@ -193,30 +196,39 @@ class ScoredMethod(Method):
 
     def _to_flops(self, ctx: Context, scores: Mapping[str, torch.Tensor], target: float,
                   allocation: str = "uniform") -> Result:
-        """The ratio (spread by `allocation`) whose pruned model's FLOPs land within 1% of `target` (a fraction
-        of the baseline's).
+        """The plan (its ratio spread by `allocation`) closest to `target` (a fraction of the baseline's FLOPs)
+        among those within 1% of it, preferring one at or below the target when such a plan exists: a
+        partner matched to DECORE's FLOPs never gets more FLOPs than DECORE when it could have as many or fewer.
 
-        Bisection on the ratio; channel counts are whole numbers, so the FLOPs are a step function of it.
-        When two neighbouring ratios straddle the target by more than the tolerance, the groups whose
-        counts differ between them are moved one at a time (smallest FLOPs step first) until it fits.
-        """
+        Bisection on the ratio down to the step where the counts change (channel counts are whole numbers,
+        so the FLOPs are a step function of it): the two neighbouring plans straddle the target. When neither
+        is within the tolerance, the groups whose counts differ between them are moved one at a time (smallest
+        FLOPs step first). Every plan counted is a candidate."""
         fraction, uniform = self._flops_curve(ctx, scores, allocation)
         tol = FLOPS_TOLERANCE * target
+        candidates: list[tuple[float, Any, float]] = []  # (fraction, plan, ratio)
+        counted: dict[tuple, float] = {}  # counts -> fraction: each distinct plan is counted once
+
+        def at(r: float) -> float:
+            counts = uniform(r)
+            key = tuple(sorted(counts.items()))
+            if key not in counted:
+                f, plan = fraction(counts)
+                counted[key] = f
+                candidates.append((f, plan, r))
+            return counted[key]
         lo, hi = 0.0, MAX_RATIO
-        f_lo, plan_lo = fraction(uniform(lo))
-        if f_lo <= target + tol:
-            return Result(plan_lo, info={"ratio": 0.0, "flops_fraction": f_lo})  # nothing to remove
-        f_hi, plan_hi = self._smallest(ctx, target, fraction, uniform)
-        if abs(f_hi - target) <= tol:
-            return Result(plan_hi, info={"ratio": hi, "flops_fraction": f_hi})
-        for _ in range(40):  # invariant: f(lo) > target + tol, f(hi) < target - tol
-            mid = (lo + hi) / 2
-            f, plan = fraction(uniform(mid))
-            if abs(f - target) <= tol:
-                return Result(plan, info={"ratio": mid, "flops_fraction": f})
-            lo, hi = (mid, hi) if f > target else (lo, mid)
-            if uniform(lo) == uniform(hi) or hi - lo < 1e-9:
-                break
+        if at(lo) <= target:
+            return _closest(candidates, target, tol, {"ratio": 0.0})  # nothing to remove
+        f_hi, plan_hi = self._smallest(ctx, target, fraction, uniform)  # refuses a target below the floor
+        counted[tuple(sorted(uniform(hi).items()))] = f_hi
+        candidates.append((f_hi, plan_hi, hi))
+        if f_hi <= target:  # invariant: f(lo) > target >= f(hi)
+            while hi - lo > 1e-9:
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if at(mid) > target else (lo, mid)
+        if any(abs(f - target) <= tol for f, _, _ in candidates):
+            return _closest(candidates, target, tol, {})
         return self._straddle(ctx, uniform(lo), uniform(hi), fraction, target, tol, lo)
 
     def _flops_curve(self, ctx: Context, scores: Mapping[str, torch.Tensor], allocation: str = "uniform"):
@@ -250,16 +262,27 @@ class ScoredMethod(Method):
                   ratio: float) -> Result:
         counts = dict(above)
         f, plan = fraction(counts)
+        candidates = [(f, plan, ratio)]
         for gid in sorted((g for g in above if above[g] != below[g]), key=lambda g: ctx.groups[g].units):
             trial = {**counts, gid: below[gid]}
             f_t, plan_t = fraction(trial)
+            candidates.append((f_t, plan_t, ratio))
             if f_t < target - tol:
                 continue  # this step overshoots: try a smaller one
-            counts, f, plan = trial, f_t, plan_t
-            if abs(f - target) <= tol:
-                return Result(plan, info={"ratio": ratio, "flops_fraction": f, "adjusted_groups": True})
-        raise KnobError(f"flops_target {target:g}: the closest reachable is {f:.4f} of the baseline's FLOPs "
+            counts, f = trial, f_t
+        if any(abs(c[0] - target) <= tol for c in candidates):
+            return _closest(candidates, target, tol, {"adjusted_groups": True})
+        best = min(candidates, key=lambda c: abs(c[0] - target))[0]
+        raise KnobError(f"flops_target {target:g}: the closest reachable is {best:.4f} of the baseline's FLOPs "
                         "(channel counts are whole numbers); pick a target nearby")
+
+
+def _closest(candidates: list[tuple[float, Any, float]], target: float, tol: float, info: dict[str, Any]) -> Result:
+    """Among plans within `tol` of `target`: the closest at or below it, else the closest above; its Result."""
+    inside = [c for c in candidates if abs(c[0] - target) <= tol] or candidates
+    below = [c for c in inside if c[0] <= target]
+    f, plan, ratio = min(below or inside, key=lambda c: abs(c[0] - target))
+    return Result(plan, info={"ratio": ratio, "flops_fraction": f, **info})
 
 
 def global_counts(ctx: Context, scores: Mapping[str, torch.Tensor], ratio: float) -> dict[str, int]:
@@ -328,6 +351,9 @@ class DataScoredMethod(ScoredMethod):
     def measure(self, ctx: Context, batches: int) -> tuple[dict[str, torch.Tensor], int]:
         """Per-group scores from `batches` training batches, and the number of images they held."""
         raise NotImplementedError
+
+    def paper_options(self, model: str | None = None) -> dict[str, Any]:
+        return {**super().paper_options(model), "batches": self.batches}
 
     def check_combination(self, knobs: Mapping[str, Any]) -> None:
         super().check_combination(knobs)

@@ -9,7 +9,10 @@ official configs average over 30, `"frequency": 30`) and the channels with the s
 removed, ranked globally across layers without per-layer normalisation (`allocation` global, as the paper;
 `allocation=uniform` takes the same share from every group). The gates are this harness's exact gates:
 one z per channel of a group, on every producer of a residual stream, so the stream's importance is that
-of removing the channel from the whole stream. The batches run in training mode (batch statistics), as
+of removing the channel from the whole stream. Its gradient sums over the stream's gate points, so, as the
+official code does for its ResNets (`criteria_for_layer /= mult`, mult = the blocks sharing the skip gate),
+a stream's criterion is divided by its number of gate points (option `stream_norm`, default true; false
+ranks streams by the raw square, which all but never prunes one). The batches run in training mode (batch statistics), as
 the paper computes the criterion during training; the weights are not updated and the normalisation
 statistics are restored afterwards.
 
@@ -24,12 +27,13 @@ across ranks before squaring, which equals the one-process gradient of the whole
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
 
-from .base import Context, register
+from .base import Context, KnobError, Result, register
 from .core import Gates
 from .scored import DataScoredMethod, ScoredMethod, training_batches
 
@@ -70,6 +74,22 @@ def taylor_scores(ctx: Context, batches: int) -> tuple[dict[str, torch.Tensor], 
     return {g.id: (s / max(n, 1)).cpu() for g, s in zip(ctx.groups, sums)}, seen
 
 
+def per_gate_point(ctx: Context, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each group's criterion divided by its number of gate points (1 for a channel inside a block; a residual
+    stream: one per block output and shortcut that carries it), as the official code divides shared skip gates."""
+    return {g.id: scores[g.id] / max(len(g.gate_points), 1) for g in ctx.groups}
+
+
+def _flag(knobs: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = knobs.get(name, default)
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text not in ("1", "true", "yes", "on", "0", "0.0", "1.0", "false", "no", "off"):
+        raise KnobError(f"taylor option {name}={value!r} is not a boolean: use true or false")
+    return text in ("1", "1.0", "true", "yes", "on")
+
+
 @register("taylor")
 class Taylor(DataScoredMethod):
     batches: ClassVar[int] = BATCHES
@@ -79,7 +99,23 @@ class Taylor(DataScoredMethod):
         **ScoredMethod.extra_options,
         "batches": f"training minibatches the criterion is averaged over (paper's code: {BATCHES})",
         "allocation": "global (paper: one threshold across layers) or uniform (every group loses `ratio`)",
+        "stream_norm": "true (official code: a residual stream's criterion divided by its gate points) or false",
     }
+    stream_norm: bool = True
+
+    def paper_options(self, model: str | None = None) -> dict[str, Any]:
+        return {**super().paper_options(model), "stream_norm": True}
+
+    def check_combination(self, knobs: Mapping[str, Any]) -> None:
+        super().check_combination(knobs)
+        _flag(knobs, "stream_norm", True)
+
+    def select(self, ctx: Context, **knobs: Any) -> Result:
+        self.stream_norm = _flag(knobs, "stream_norm", True)
+        result = super().select(ctx, **knobs)
+        result.info["stream_norm"] = self.stream_norm
+        return result
 
     def measure(self, ctx: Context, batches: int) -> tuple[dict[str, torch.Tensor], int]:
-        return taylor_scores(ctx, batches)
+        scores, seen = taylor_scores(ctx, batches)
+        return (per_gate_point(ctx, scores) if self.stream_norm else scores), seen

@@ -6,7 +6,9 @@ from typing import Any
 
 import torch
 
+import methods
 from bench.baseline import Baseline
+from bench.engine import engine_version
 from bench.env import device_name, git_commit, package_versions
 from bench.io import config_hash
 from bench.results import COLUMNS
@@ -31,6 +33,7 @@ def failed_row(tc: TrialConfig, *, reason: str, study: str, optuna_trial: int | 
             "seed": tc.seed, "status": status, "reason": reason, "config_hash": tc.key, "study": study,
             "optuna_trial": optuna_trial, "device": device_name(device), "round_to": tc.round_to,
             "budget": tc.budget, "selection": tc.selection, "data_fingerprint": tc.data_fingerprint,
+            "engine_version": engine_version(), "method_version": methods.code_version(tc.method),
             "git_commit": git_commit(), "packages": json.dumps(package_versions(), sort_keys=True), **measured}
 
 

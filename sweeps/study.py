@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -37,6 +38,7 @@ import methods
 from bench.baseline import get_baseline, weights_identity, weights_source
 from bench.data import (check_selection, data_fingerprint, image_folder_split_info, image_folder_train_images, load_dataset,
                         open_loaders)
+from bench.engine import engine_version
 from bench.errors import UserError
 from bench.faults import crash_point
 from bench.recipe import load_recipe
@@ -44,8 +46,8 @@ from bench.results import ResultsTable
 from bench.train import Diverged, prepare_model, resolve_device
 from bench.report import report_experiment
 from bench.tracking import Tracker
-from bench.trial import (BREAK_EVEN_IMAGES, TrialConfig, experiment_dir, experiment_name, measure_speedup, run_trial,
-                         smallest_flops_fraction, train_accuracy, trial_folder)
+from bench.trial import (BREAK_EVEN_IMAGES, TrialConfig, experiment_dir, experiment_name, imported_selection,
+                         measure_speedup, run_trial, smallest_flops_fraction, train_accuracy, trial_folder)
 from methods.decore import break_even_from_counts
 
 from .profile import Profile, load_profile
@@ -75,9 +77,12 @@ class SweepConfig:
     budget: str = "equal"               # equal: the same training images after the baseline; paper: each its own
     selection: str = "val"              # val: decisions read a hold-out of the training set; test: papers' practice
     control: bool = True                # the no-pruning control per seed (the baseline trained on, same budget)
-    scratch: bool = False               # Scratch-B of every DECORE trial (Liu et al. 2019), --control scratch
+    scratch: tuple[str, ...] = ()       # scratch-b / scratch-e of every DECORE trial (Liu et al. 2019), --control
     pretrained: bool = False            # the baseline is timm's pretrained weights for the model (--pretrained)
     checkpoint: str | None = None       # the baseline is this state_dict of the user's (--checkpoint)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "selection", imported_selection(self.selection, self.pretrained, self.checkpoint))
 
     def identity(self) -> dict[str, Any]:
         """Everything that changes a number, except the method's own code (in the study name and trial hash)."""
@@ -101,7 +106,8 @@ class SweepConfig:
         return self.storage or f"sqlite:///{self.folder / 'optuna.db'}"
 
     def study_name(self, method: str) -> str:
-        return f"{self.experiment}-{method}-{methods.code_version(method)}"
+        """One study per method code and engine version: a changed engine searches (and trains) again."""
+        return f"{self.experiment}-{method}-{methods.code_version(method)}-{engine_version()}"
 
     def protocol(self) -> dict[str, Any]:
         return {"budget": self.budget, "selection": self.selection, "match": self.match, "scope": self.scope,
@@ -146,8 +152,11 @@ def _check_weights(cfg: SweepConfig, profile: Profile) -> None:
         raise UserError(f"profile {cfg.profile!r} starts from trained weights and does not train {cfg.model} itself: "
                         "pass --pretrained (timm's weights, downloaded once; with make: SWEEP_ARGS=--pretrained) "
                         "or --checkpoint PATH (a state_dict of your own)")
+    unknown = set(cfg.scratch) - {"scratch-b", "scratch-e"}
+    if unknown:
+        raise UserError(f"scratch controls {sorted(unknown)} are unknown: use scratch-b, scratch-e")
     if weights is not None and cfg.scratch:
-        raise UserError("--control scratch trains for the baseline's images plus a trial's, and a baseline from "
+        raise UserError("--control scratch-b/scratch-e scale the baseline's training images, and a baseline from "
                         "--pretrained or --checkpoint has no image count here: use --control keep")
 
 
@@ -238,8 +247,9 @@ def tracker_for(cfg: SweepConfig) -> Tracker:
 def run_and_record(cfg: SweepConfig, tc: TrialConfig, data: Any, study: str, number: int | None, *,
                    admit: Callable[..., None] | None = None,
                    on_epoch: Callable[[str, dict[str, Any]], None] | None = None,
-                   match_of: str | None = None) -> dict[str, Any]:
+                   match_of: str | None = None, match_flops: float | None = None) -> dict[str, Any]:
     """run_trial with its W&B run, then one row in the results table (a failed row when training diverged).
+    A matched partner (`match_of`) records its signed FLOPs gap to the DECORE trial's `match_flops`.
 
     `admit` and `on_epoch` (budgeted search) may raise `Stopped`: the row records its status, then it propagates.
     """
@@ -248,8 +258,10 @@ def run_and_record(cfg: SweepConfig, tc: TrialConfig, data: Any, study: str, num
     folder = trial_folder(tc)
     if (folder / "result.json").is_file() and tc.key in table.finished_hashes():
         row = table.read().set_index("config_hash").loc[tc.key].to_dict()
-        if match_of is not None and row.get("match_of") != match_of:  # the same trial also partners this point
-            table.upsert({**row, "config_hash": tc.key,
+        if match_of is not None and match_of not in str(row.get("match_of") or "").split(";"):
+            # the same trial also partners this point; its gap stays the one to the first DECORE trial it matched
+            gap = row.get("flops_gap_pct")
+            table.upsert({**row, "config_hash": tc.key, "flops_gap_pct": _gap(row, match_flops) if pd.isna(gap) else gap,
                           "match_of": ";".join(sorted({*str(row.get("match_of") or "").split(";"), match_of} - {""}))})
         return {**row, "config_hash": tc.key}  # finished before: nothing to train, nothing to log
     config = {**tc.to_dict(), "config_hash": tc.key, "study": study, "optuna_trial": number,
@@ -267,6 +279,7 @@ def run_and_record(cfg: SweepConfig, tc: TrialConfig, data: Any, study: str, num
                            compile=cfg.compile)
         row = table_row(result, study=study, optuna_trial=number, device=device, wandb_run_id=run.id,
                         match_of=match_of)
+        row["flops_gap_pct"] = _gap(row, match_flops)
         run.finish({k: row[k] for k in SUMMARY_KEYS if row.get(k) is not None},
                    kept_channels=json.loads(row["kept_channels"]), artifact_dir=folder)
     except (Diverged, torch.cuda.OutOfMemoryError) as e:
@@ -285,6 +298,13 @@ def run_and_record(cfg: SweepConfig, tc: TrialConfig, data: Any, study: str, num
     table.upsert(row)
     _summary_line(row)
     return row
+
+
+def _gap(row: dict[str, Any], match_flops: float | None) -> float | None:
+    """100 * (the row's FLOPs - the DECORE trial's) / the DECORE trial's: negative = fewer FLOPs than DECORE."""
+    if match_flops is None or row.get("flops") is None or pd.isna(row.get("flops")):
+        return None
+    return 100.0 * (float(row["flops"]) - match_flops) / match_flops
 
 
 def _summary_line(row: dict[str, Any]) -> None:
@@ -553,27 +573,33 @@ MATCH_METHODS_EXCLUDED = ("decore", "control")
 
 def run_matches(cfg: SweepConfig, profile: Profile, data: Any) -> None:
     """Every other method of the sweep (with a flops_target knob) at every finished DECORE trial's FLOPs (a
-    fraction of its baseline's, met within 1%), at the DECORE trial's scope; rows record `match_of`."""
+    fraction of its baseline's, met within 1% by the closest plan, at or below it when one exists), at the DECORE
+    trial's scope (a method with a `match_scope`, slimming, at its own); rows record `match_of` and the signed
+    `flops_gap_pct`."""
     df = ResultsTable(cfg.folder).read()
     done = df[(df["method"] == "decore") & (df["status"] == "complete") & (df["row_type"] == "trial")]
     partners = [m for m in cfg.methods if m not in MATCH_METHODS_EXCLUDED
                 and any(k.name == "flops_target" for k in methods.get_method(m).knobs)]
     for _, row in done.iterrows():
-        target = round(float(row["flops"]) / float(row["base_flops"]), 4)
+        # rounded down: a partner at or below the target is at or below DECORE's FLOPs
+        target = math.floor(1e6 * float(row["flops"]) / float(row["base_flops"])) / 1e6
         if target >= 0.999:
             continue  # DECORE removed nothing: the no-pruning control is its partner
         for method in partners:
+            scope = methods.get_method(method).match_scope or str(row["scope"])  # slimming: its own scope
             tc = Objective(cfg, profile, method, None, data).config({"flops_target": target}, int(row["seed"]),
-                           scope=str(row["scope"]))
+                           scope=scope)
             try:
-                run_and_record(cfg, tc, data, cfg.study_name(method) + "-match", None, match_of=str(row["config_hash"]))
+                run_and_record(cfg, tc, data, cfg.study_name(method) + "-match", None, match_of=str(row["config_hash"]),
+                               match_flops=float(row["flops"]))
             except UserError as e:  # e.g. a FLOPs target this method cannot reach: no partner, said, the sweep goes on
                 tqdm.write(f"  {method:7s} no partner for DECORE trial {row['config_hash']} at {target:g} of the FLOPs: {e}")
 
 
 def run_scratch_controls(cfg: SweepConfig, profile: Profile, data: Any) -> None:
-    """Scratch-B of every finished DECORE trial: its pruned architecture re-initialised and trained from scratch
-    for the baseline's images plus the trial's (bench.scratch); rows of method `scratch` name it in match_of."""
+    """The sweep's scratch controls (Scratch-B: the baseline's images x FLOPs_base / FLOPs_pruned; Scratch-E: the
+    baseline's images) of every finished DECORE trial: its pruned architecture re-initialised and trained from
+    scratch (bench.scratch); rows of method `scratch-b` / `scratch-e` name the trial in match_of."""
     from bench.scratch import run_scratch
 
     df = ResultsTable(cfg.folder).read()
@@ -584,13 +610,14 @@ def run_scratch_controls(cfg: SweepConfig, profile: Profile, data: Any) -> None:
         if tc.key != row["config_hash"]:
             tqdm.write(f"scratch control: trial {row['config_hash']} is not of this sweep's configuration; skipped")
             continue
-        result = run_scratch(tc, device, data)
-        table = ResultsTable(cfg.folder)
-        if result["config_hash"] not in table.finished_hashes():
-            table.upsert(table_row(result, study=f"{cfg.experiment}-scratch", optuna_trial=None, device=device,
-                                   match_of=result["match_of"]))
-            tqdm.write(f"  scratch of {row['config_hash']} seed {row['seed']}: top-1 {result['top1_pct']:6.2f}% "
-                       f"(the pruned trial: {float(row['top1_pct']):.2f}%)  {result['rule']}")
+        for rule in cfg.scratch:
+            result = run_scratch(tc, device, data, rule)
+            table = ResultsTable(cfg.folder)
+            if result["config_hash"] not in table.finished_hashes():
+                table.upsert(table_row(result, study=f"{cfg.experiment}-{rule}", optuna_trial=None, device=device,
+                                       match_of=result["match_of"]))
+                tqdm.write(f"  {rule} of {row['config_hash']} seed {row['seed']}: top-1 {result['top1_pct']:6.2f}% "
+                           f"(the pruned trial: {float(row['top1_pct']):.2f}%)  {result['rule']}")
 
 
 def run_control(cfg: SweepConfig, profile: Profile, data: Any) -> None:
@@ -626,7 +653,7 @@ def plan_images(cfg: SweepConfig, profile: Profile, trials: int, data: Any) -> d
     n_trials = (len(cfg.methods) + len(partners)) * trials + (1 if cfg.control else 0)
     info = _split_info(cfg, data)
     test = int(info.get("test_images") or 0)
-    val = int(info.get("val_images") or 0) if cfg.selection == "val" else test
+    val = int(info.get("val_images") or 0) if cfg.selection != "test" else test
     # the break-even pass reads at most one epoch of the joint phase's loader, and only when a method searches it
     break_even = (min(BREAK_EVEN_IMAGES, n[joint.name])
                   if any(profile.methods[m].break_even_range is not None for m in cfg.methods) else 0)
@@ -713,7 +740,10 @@ def print_plan(cfg: SweepConfig, profile: Profile, trials: int, device: torch.de
     print(f"  data: {cfg.dataset} (fingerprint {info['fingerprint']}); selection split: " +
           (f"validation hold-out of {info.get('val_images', '?')} training images (seeded, class-balanced), "
            f"{info.get('train_images', '?')} train; decisions read validation top-1, test top-1/top-5 only reported"
-           if cfg.selection == "val" else "the test set (the papers' practice: every decision reads test accuracy)"))
+           if cfg.selection == "val" else
+           f"a seeded, class-balanced hold-out of the test side ({info.get('val_images', '?')} images; the imported weights "
+           f"trained on every training image), {info.get('test_images', '?')} test images reported"
+           if cfg.selection == "val-test" else "the test set (the papers' practice: every decision reads test accuracy)"))
     print(f"  studies: {', '.join(cfg.study_name(m) for m in cfg.methods)}; {trials} trials each x {cfg.seeds} seed(s)"
           f"{', ' + str(cfg.workers) + ' workers' if cfg.workers > 1 else ''}")
     weights = weights_source(cfg.model, cfg.pretrained, cfg.checkpoint)

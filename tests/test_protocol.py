@@ -166,8 +166,9 @@ def test_no_decision_reads_the_test_set(tmp_path, monkeypatch):
     assert bad[4] != clean[4]        # the reported test top-1 did change
 
 
-def test_scratch_control_has_the_architecture_and_none_of_the_weights(tmp_path):
-    """Scratch-B: the pruned trial's architecture, fresh weights, the baseline's images plus the trial's."""
+def test_scratch_controls_have_the_architecture_and_liu_et_al_budgets(tmp_path):
+    """Scratch-B and Scratch-E of a real trial: the pruned architecture, fresh weights, and Liu et al.'s budgets
+    (E: the baseline's training images; B: those x FLOPs_base / FLOPs_pruned), counted by the engine."""
     from bench.pruned import load_pruned
     from bench.scratch import run_scratch, scratch_folder
 
@@ -176,15 +177,142 @@ def test_scratch_control_has_the_architecture_and_none_of_the_weights(tmp_path):
                      joint_recipe="test-micro", finetune_recipe="test-micro", profile="test")
     from bench.trial import run_trial, trial_folder
     trial = run_trial(tc, torch.device("cpu"), data=data)
-    row = run_scratch(tc, torch.device("cpu"), data)
-    _, pruned = load_pruned(trial_folder(tc))
-    _, scratch = load_pruned(scratch_folder(tc))
-    a, b = pruned.state_dict(), scratch.state_dict()
-    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}  # exactly the architecture
-    weights = [k for k, v in a.items() if v.dim() > 1]
-    assert weights and not any(torch.equal(a[k], b[k]) for k in weights)  # none of its weights
     base = get_baseline("resnet20", "synthetic", load_recipe("test-micro"), data=data)
-    assert row["budget_images"] == base.meta["train_images"] + trial["budget_images"]  # engine-counted
-    assert row["method"] == "scratch" and row["match_of"] == trial["config_hash"]
-    assert row["flops"] == trial["flops"] and row["params"] == trial["params"]
-    assert run_scratch(tc, torch.device("cpu"), data) == row  # finished: read back, not trained again
+    base_images = base.meta["train_images"]
+    ratio = trial["base_flops"] / trial["flops"]
+    assert ratio > 1.9  # ratio 0.5 per internal group: about half the FLOPs
+    rows = {rule: run_scratch(tc, torch.device("cpu"), data, rule) for rule in ("scratch-b", "scratch-e")}
+    batch = load_recipe("test-micro").batch_size
+    assert rows["scratch-e"]["budget_images"] == base_images
+    assert rows["scratch-b"]["budget_images"] == round(base_images * ratio)  # the fit stops at exactly that image
+    assert rows["scratch-b"]["budget_images"] > 1.9 * base_images > 2 * batch
+    _, pruned = load_pruned(trial_folder(tc))
+    for rule, row in rows.items():
+        _, scratch = load_pruned(scratch_folder(tc, rule))
+        a, b = pruned.state_dict(), scratch.state_dict()
+        assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}  # exactly the architecture
+        weights = [k for k, v in a.items() if v.dim() > 1]
+        assert weights and not any(torch.equal(a[k], b[k]) for k in weights)  # none of its weights
+        assert row["method"] == rule and row["match_of"] == trial["config_hash"]
+        assert row["flops"] == trial["flops"] and row["params"] == trial["params"]
+        assert row["engine_version"] == trial["engine_version"]
+        assert run_scratch(tc, torch.device("cpu"), data, rule) == row  # finished: read back, not trained again
+    assert rows["scratch-b"]["config_hash"] != rows["scratch-e"]["config_hash"]
+
+
+def _recipe(path, name: str, per_class: int, schedule: str, lr: float) -> str:
+    """A smoke-shaped recipe file (smoke: joint 1,000 per class constant lr, fine-tune 500 per class cosine)."""
+    spec = {"epochs": 1, "batch_size": 32, "lr": lr, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
+            "schedule": schedule, "milestones": [], "gamma": 0.1, "warmup_epochs": 0, "label_smoothing": 0.0,
+            "subset_per_class": per_class}
+    (path / f"{name}.json").write_text(json.dumps(spec))
+    return str(path / f"{name}.json")
+
+
+def test_equal_budget_means_equal_data(tmp_path):
+    """Smoke's shape (the joint phase on twice the fine-tuning subset) in miniature: DECORE, methods without a
+    training phase (one that reads batches for its scores, one that does not) and the no-pruning control train
+    on the same set of distinct images, as the engine counts them, and on the same number of images."""
+    from bench.trial import run_trial
+
+    data = with_selection(make_synthetic(), "val")  # 90 training images per class
+    joint = _recipe(tmp_path, "joint", 60, "constant", 0.01)
+    finetune = _recipe(tmp_path, "finetune", 30, "cosine", 0.02)
+    runs = {"decore": {"lambda": 0.01, "agent_init": 0.5, "agent_lr": 0.1}, "l1": {"ratio": 0.3},
+            "hrank": {"ratio": 0.3, "batches": 2}, "control": {}}
+    rows = {m: run_trial(TrialConfig("resnet20", "synthetic", m, k, baseline_recipe="test-micro", joint_recipe=joint,
+                                     finetune_recipe=finetune, profile="test"), torch.device("cpu"), data=data)
+            for m, k in runs.items()}
+    decore = rows["decore"]
+    # DECORE drew full batches of 32 from the joint subset (600: 18 batches, 576 images) and then from the
+    # fine-tuning subset (300, a part of the joint subset's images)
+    assert 576 <= decore["distinct_images"] <= 600 and decore["distinct_images"] > 300
+    for m, row in rows.items():
+        assert row["distinct_images"] == decore["distinct_images"], m
+        assert row["distinct_images_sha"] == decore["distinct_images_sha"], m  # the same images, not only as many
+        assert row["budget_images"] == decore["budget_images"] == 576 + 288, m
+    assert rows["l1"]["method_images"] == 0 and rows["l1"]["finetune_images"] == 576 + 288
+    assert [r["segment"] for r in run_history(rows["l1"])] == ["joint share", "finetune"]
+
+
+def run_history(row):
+    from bench.trial import experiment_dir
+    from bench.io import read_json
+
+    folder = experiment_dir(row["experiment"]) / "trials" / f"{row['method']}-{row['config_hash']}"
+    return read_json(folder / "history.json")["finetune"]
+
+
+def test_engine_code_is_part_of_the_identity(tmp_path, monkeypatch):
+    """An edit to methods/core/gates.py (in a copy of the engine) changes the trial key and the study name;
+    an edit to a module outside the engine (the report) changes neither."""
+    import shutil
+
+    import bench.engine as engine
+    import bench.trial as trial_mod
+    import sweeps.study as study_mod
+
+    root = tmp_path / "copy"
+    for path in engine.engine_files() + [engine.ROOT / "bench" / "report.py"]:
+        dest = root / path.relative_to(engine.ROOT)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, dest)
+
+    def identity() -> tuple[str, str]:
+        version = engine.engine_version(root)
+        monkeypatch.setattr(trial_mod, "engine_version", lambda: version)
+        monkeypatch.setattr(study_mod, "engine_version", lambda: version)
+        tc = TrialConfig("resnet20", "synthetic", "l1", {"ratio": 0.5}, profile="test")
+        return tc.key, SweepConfig("resnet20", "synthetic", profile="test").study_name("l1")
+
+    original = identity()
+    assert engine.engine_version(root) == engine.engine_version()  # a faithful copy hashes as the real engine
+    report = root / "bench" / "report.py"
+    report.write_text(report.read_text() + "\n# an unrelated edit\n")
+    engine.engine_version.cache_clear()
+    assert identity() == original
+    gates = root / "methods" / "core" / "gates.py"
+    gates.write_text(gates.read_text().replace("return", "return  ", 1))  # any change of the engine's source
+    engine.engine_version.cache_clear()
+    changed = identity()
+    assert changed[0] != original[0] and changed[1] != original[1]
+
+
+def test_imported_weights_take_the_hold_out_from_the_test_side(tmp_path):
+    """Weights trained elsewhere on every training image (--pretrained, --checkpoint): the selection split is a
+    seeded, class-balanced part of the test split, disjoint from the training images and from the reported rest."""
+    data = make_synthetic()
+    held = with_selection(data, "val-test")
+    assert held.selection == "val-test" and len(held.train.y) == len(data.train.y)  # every training image trains
+    val_ids, test_ids = set(held.val.image_ids()), set(held.test.image_ids())
+    assert not val_ids & test_ids and len(val_ids | test_ids) == len(data.test.y)  # the test side, split in two
+    assert np.bincount(held.val.y).tolist() == [2] * 10  # 10% of each class's 20 test images
+    assert not _rows(held.val) & _rows(held.train)  # no hold-out image is a training image
+    assert again_equal(held, with_selection(data, "val-test"))  # seeded
+    ckpt = TrialConfig("resnet20", "synthetic", "l1", {"ratio": 0.5}, checkpoint="weights.pt")
+    assert ckpt.selection == "val-test"
+    assert TrialConfig("resnet20", "synthetic", "l1", {"ratio": 0.5}).selection == "val"  # trained here: unchanged
+    assert SweepConfig("resnet20", "synthetic", pretrained=True).selection == "val-test"
+
+
+def test_image_folder_test_side_hold_out_is_disjoint(tmp_path):
+    from PIL import Image
+
+    from bench.data import image_folder_loaders, image_folder_split_info
+
+    for split, n in (("train", 6), ("val", 12)):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8), (i * 20, 0 if c == "a" else 200, 0)).save(tmp_path / split / c / f"{i}.png")
+    config = {"input_size": (3, 8, 8), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0}
+    train, select, test, classes = image_folder_loaders(tmp_path, 4, config, workers=0, selection="val-test")
+    chosen, rest = select.loader.dataset, test.loader.dataset
+    assert not set(chosen.indices) & set(rest.indices) and len(chosen.indices) == 20 and len(rest.indices) == 4
+    assert chosen.dataset.root == rest.dataset.root == str(tmp_path / "val") and len(train.loader.dataset) == 12
+    info = image_folder_split_info(f"imagefolder:{tmp_path}", "val-test")
+    assert (info["train_images"], info["val_images"], info["test_images"]) == (12, 20, 4)
+
+
+def again_equal(a, b) -> bool:
+    return all(np.array_equal(x.image_ids(), y.image_ids()) for x, y in ((a.val, b.val), (a.test, b.test)))

@@ -198,7 +198,9 @@ def test_matched_partners_side_by_side_with_paired_difference():
     assert matched[0][0].startswith("DECORE-2 · all") and matched[0][1] == "91.50 ± 0.71"
     l1 = matched[1]
     assert l1[0].strip().startswith("L1 at the same FLOPs · all") and l1[0].endswith("n=2")
-    assert l1[3] == "-1.25 ± 0.35" and l1[4] == "paired by seed"  # (-1.0, -1.5): mean and std of the pairs
+    # (-1.0, -1.5): mean -1.25, sd 0.354, t(0.975, 1 dof) = 12.706: half-width 3.18; two seeds give no verdict
+    assert l1[3] == "-1.25 [-4.43, +1.93]" and l1[4] == "n=2 < 3: no verdict, paired by seed"
+    assert l1[2] == "47.9% (gap +0.17%)"  # 60.1M against DECORE's 60.0M
     measured = _block(md, report.HEADERS[0])
     decore = next(r for r in measured if r[0].startswith("DECORE-2 "))
     assert decore[5] == "-1.50"  # against the no-pruning control's 93.00
@@ -430,3 +432,23 @@ def test_layerwise_draws_one_bar_per_distinct_allocation_in_graph_order():
     ticks = [t.get_text() for t in ax.get_xticklabels()]
     # module order of cifar_resnet56 (the stem first, stage 2's conv1 before its stream's conv2 is named by stage)
     assert ticks[0] == "stage 1 stream (16)" and ticks.index("layer1.0.conv1 (16)") < ticks.index("layer2.0.conv1 (32)")
+
+
+def test_labels_name_non_paper_options_and_engine_versions():
+    """A row that used a setting beyond its paper says so in its label; rows of several engine versions (and
+    older rows without one) say which engine made them."""
+    dec = pd.Series({"method": "decore", "knob_name": "lambda", "knob_value": 0.99, "scope": "all",
+                     "model": "cifar_resnet20", "knobs": json.dumps({"lambda": 0.99, "agent_init": 3.0, "agent_lr": 0.1})})
+    assert report.trial_label(dec) == "DECORE-0.99 (agents init 3, lr 0.1)"
+    assert report.trial_label({**dec, "knobs": json.dumps({"lambda": 0.99})}) == "DECORE-0.99"
+    l1 = pd.Series({"method": "l1", "knob_name": "flops_target", "knob_value": 0.6, "scope": "all",
+                    "model": "cifar_resnet20", "knobs": json.dumps({"flops_target": 0.6})})
+    assert report.trial_label(l1) == "L1 (FLOPs 0.60; scope all)"  # Li et al. prune inside the blocks
+    assert report.trial_label({**l1, "scope": "internal"}) == "L1 (FLOPs 0.60)"
+    assert report.trial_label(pd.Series({"method": "scratch-b", "knobs": "{}", "scope": "all"})) == "Scratch-B"
+    row = {**l1, "scope": "internal", "budget_images": 15000, "joint_epochs": 0, "finetune_epochs": 2,
+           "round_to": 1, "method_version": "abc", "engine_version": "e1e1e1e1"}
+    assert "engine" not in report.series_label(pd.Series(row), {"l1": 1, report.ENGINE: 1})
+    assert report.series_label(pd.Series(row), {"l1": 1, report.ENGINE: 2}).endswith("engine e1e1e1")
+    older = pd.Series({**row, "engine_version": None})
+    assert report.series_label(older, {"l1": 1, report.ENGINE: 2}).endswith("engine older (unrecorded)")

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -119,6 +120,10 @@ def test_matched_partners_by_default_at_decores_scope():
     assert set(matched["match_of"]) == {decore["config_hash"]} and set(matched["scope"]) == {decore["scope"]}
     target = float(decore["flops"]) / float(decore["base_flops"])
     assert (matched["flops"] / matched["base_flops"]).between(target * 0.99 - 1e-9, target * 1.01 + 1e-9).all()
+    # the closest plan at or below DECORE's FLOPs (one exists within 1% here), and the signed gap recorded
+    assert (matched["flops"] <= decore["flops"]).all()
+    gap = 100 * (matched["flops"].astype(float) - float(decore["flops"])) / float(decore["flops"])
+    assert np.allclose(matched["flops_gap_pct"].astype(float), gap) and (matched["flops_gap_pct"] <= 0).all()
     assert set(matched["knob_name"]) == {"flops_target"}
     # the equal budget: every method trained on as many images after the baseline as DECORE (engine-counted)
     trials = df[df["row_type"] == "trial"]
