@@ -88,8 +88,10 @@ def test_a_diverging_trial_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path,
     (profiles / "diverge.json").write_text(json.dumps({**profile, "joint_recipe": str(tmp_path / "explode.json")}))
     monkeypatch.setattr("sweeps.profile.PROFILE_DIR", profiles)
 
+    # the paper budget: under the equal one random trains the joint phase's share on DECORE's (exploding) recipe
+    # and diverges too, as it should; here only DECORE's phase reads the broken recipe
     cfg = SweepConfig("resnet20", "synthetic", profile="diverge", methods=("decore", "random"), trials=1, device="cpu",
-                      wandb="off", control=False)
+                      wandb="off", control=False, budget="paper")
     folder = run_sweep(cfg)
     trials = _trial_rows(folder).set_index("method")
     assert trials.loc["decore", "status"] == "failed" and "loss became" in trials.loc["decore", "reason"]

@@ -253,3 +253,13 @@ def test_run_prints_phases_and_epochs_off_a_terminal(tmp_path: Path) -> None:
     for line in ("phase 1/4: baseline", "phase 2/4: l1", "phase 3/4: fine-tune", "phase 4/4: time",
                  "epoch 1/1: train loss"):
         assert line in p.stderr, line
+
+
+def test_profile_descriptions_quote_their_own_options() -> None:
+    """A description that names an option's value (`agent_init=1`) says what the profile's options set."""
+    for path in sorted((ROOT / "sweeps" / "profiles").glob("*.json")):
+        profile = json.loads(path.read_text())
+        options = {k: v for m in profile["methods"].values() for k, v in (m.get("options") or {}).items()}
+        for name, value in re.findall(r"\b([a-z_]+)=([0-9.]+)\b", profile.get("description", "")):
+            assert name in options, (path.name, name)
+            assert float(value) == float(options[name]), (path.name, name, value, options[name])

@@ -143,12 +143,30 @@ def slurm():
         shutil.rmtree(home, ignore_errors=True)
 
 
-def _status(env: dict[str, str], folder: Path) -> str:
+def _status(env: dict[str, str], folder: Path, show: bool = True) -> str:
     r = subprocess.run([sys.executable, "-m", "bench", "status", str(folder)], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    print(r.stdout)
+    if show:
+        print(r.stdout)
     return r.stdout
+
+
+def _status_showing(env: dict[str, str], folder: Path, deadline: float, *needles: str) -> str:
+    """`bench status` once it shows every needle: the scheduler and the journal catch up at their own pace (a
+    momentary empty squeue on a loaded machine must not end a wait early), so the test waits for the state."""
+    seen = {"text": ""}
+
+    def check() -> str | None:
+        seen["text"] = _status(env, folder, show=False)
+        return seen["text"] if all(n in seen["text"] for n in needles) else None
+
+    try:
+        text = _wait(f"bench status to show {needles}", check, deadline, folder)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\nlast bench status:\n{seen['text']}") from None
+    print(text)
+    return text
 
 
 def _queue(env: dict[str, str]) -> dict[str, str]:
@@ -204,12 +222,11 @@ def test_three_slurm_workers_one_cancelled_every_trial_once(slurm, tmp_path):
     subprocess.run(["scancel", job], env=env, check=True, timeout=30)
 
     # moment 2, the cancelled worker gone: its trial failed and enqueued again at once (no heartbeat wait)
-    _wait(f"job {job} to end", lambda: _queue(env).get(job) not in ACTIVE, deadline, folder)
-    second = _status(env, folder)
+    second = _status_showing(env, folder, deadline, f"{job} bench-worker CANCELLED", " 1 failed, ")
     assert f"{job} bench-worker CANCELLED" in second and " 1 failed, " in second
 
+    third = _status_showing(env, folder, deadline, f"{jobs['finish']} bench-finish COMPLETED")
     _wait("every job to end", lambda: not set(_queue(env).values()) & set(ACTIVE), deadline, folder)
-    third = _status(env, folder)
     assert f"random   {TRIALS} complete, 0 running, 1 failed, 0 waiting" in third
     assert f"{jobs['prepare']} bench-prepare COMPLETED" in third and f"{jobs['finish']} bench-finish COMPLETED" in third
     assert "remaining: nothing, the report is written" in third and (folder / "README.md").is_file()
