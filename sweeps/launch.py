@@ -21,7 +21,6 @@ import math
 import os
 import shlex
 import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any

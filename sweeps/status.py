@@ -108,7 +108,7 @@ def study_counts(folder: Path, url: str) -> dict[str, dict[str, int]]:
              TrialState.WAITING: "waiting"}
     counts: dict[str, dict[str, int]] = {}
     for name in names:
-        method = name.removeprefix(folder.name + "-").rsplit("-", 1)[0]
+        method = method_of(name, folder.name)
         c = counts.setdefault(method, {s: 0 for s in STATES} | {"seconds": 0.0, "jobs": []})
         for t in storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False):
             if t.state in kinds:
@@ -118,6 +118,12 @@ def study_counts(folder: Path, url: str) -> dict[str, dict[str, int]]:
             if t.state == TrialState.COMPLETE and t.datetime_start and t.datetime_complete:
                 c["seconds"] += (t.datetime_complete - t.datetime_start).total_seconds()
     return counts
+
+
+def method_of(study_name: str, experiment: str) -> str:
+    """The method of a study named <experiment>-<method>-<method code version>-<engine version>
+    (`SweepConfig.study_name`); a method's own name may hold a hyphen (scratch-b)."""
+    return study_name.removeprefix(experiment + "-").rsplit("-", 2)[0]
 
 
 def squeue(jobs: dict[str, str]) -> list[str]:

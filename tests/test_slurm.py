@@ -116,6 +116,20 @@ def _stop(home: Path, env: dict[str, str]) -> None:
             except ProcessLookupError:
                 pass
     time.sleep(1)
+    _kill_jobs(home)  # last: what the daemons left behind
+
+
+def _kill_jobs(home: Path) -> None:
+    """Kill what is left of this cluster's jobs: with linuxproc tracking and no cgroups, a job's processes can
+    outlive the daemons and load the machine for the tests that follow. They are found by the SLURM_CONF of
+    this fixture, which sbatch passed on to their environment."""
+    mark = f"SLURM_CONF={home / 'slurm.conf'}".encode()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if int(proc.name) != os.getpid() and mark in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), 9)
+        except (OSError, ValueError):
+            pass
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +307,8 @@ def test_a_silent_trial_in_a_journal_goes_stale_and_runs_again_once(tmp_path, mo
     monkeypatch.setenv("SWEEP_HEARTBEAT_S", "1")
     monkeypatch.setenv("SWEEP_GRACE_S", "2")
     study = optuna.create_study(storage=open_storage(f"journal:{tmp_path / 'optuna.journal'}"), study_name="s")
-    beating, silent = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    beating = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})  # the silent one
     for _ in range(3):  # the first trial's worker lives and beats; the second's died before its first beat
         study._storage.record_heartbeat(beating._trial_id)
         time.sleep(1)
@@ -302,3 +317,26 @@ def test_a_silent_trial_in_a_journal_goes_stale_and_runs_again_once(tmp_path, mo
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
     assert study.trials[2].params == study.trials[1].params
+
+
+def test_bench_status_counts_each_methods_study_by_its_real_name(tmp_path):
+    """`bench status` finds each method's study under the name the sweep gives it (method and engine versions
+    appended), hyphenated method names included, and counts its trials by state."""
+    from sweeps.status import method_of, status_text
+    from sweeps.storage import open_storage
+
+    cfg = SweepConfig("resnet20", "synthetic", profile="test", methods=("random", "decore"))
+    for method in cfg.methods:
+        assert method_of(cfg.study_name(method), cfg.experiment) == method
+    assert method_of(f"{cfg.experiment}-scratch-b-0123abcd-4567", cfg.experiment) == "scratch-b"
+    folder = tmp_path / cfg.experiment
+    folder.mkdir()
+    storage = open_storage(f"journal:{folder / 'optuna.journal'}")
+    study = optuna.create_study(storage=storage, study_name=cfg.study_name("random"), directions=["maximize", "minimize"])
+    x = optuna.distributions.FloatDistribution(0, 1)
+    study.tell(study.ask({"x": x}), [1.0, 2.0])
+    study.tell(study.ask({"x": x}), state=optuna.trial.TrialState.FAIL)
+    study.ask({"x": x})
+    (folder / "launch.json").write_text(json.dumps({"methods": ["random"], "trials": 3, "storage": f"journal:{folder / 'optuna.journal'}"}))
+    text = status_text(folder)
+    assert "random   1 complete, 1 running, 1 failed, 0 waiting (of 3 wanted)" in text, text

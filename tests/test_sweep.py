@@ -92,7 +92,12 @@ def test_sigkill_mid_trial_loses_and_duplicates_nothing(tmp_path):
     while time.time() < deadline:  # kill once the first trial is in the table: the second is running
         if csv.exists() and (pd.read_csv(csv)["row_type"] == "trial").sum() >= 1:
             break
+        if proc.poll() is not None:
+            pytest.fail(f"the sweep ended (exit {proc.returncode}) before it could be killed: {proc.stdout.read()[-2000:]}")
         time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail(f"no trial in {csv} after 240 s: {proc.communicate()[0][-2000:]}")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     first = pd.read_csv(csv)
@@ -101,7 +106,7 @@ def test_sigkill_mid_trial_loses_and_duplicates_nothing(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     df = pd.read_csv(csv)
     trials = df[df["row_type"] == "trial"]
-    assert len(trials) == 3 and trials["config_hash"].is_unique
+    assert len(trials) == 3 and trials["config_hash"].is_unique, (len(trials), r.stdout[-3000:])
     assert done <= set(trials["config_hash"])  # nothing finished was lost
 
 

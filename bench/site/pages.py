@@ -145,7 +145,7 @@ def experiment_page(folder: Path, df: pd.DataFrame, results_dir: Path | None = N
         reference.attrs = {**attrs, "baseline": None}
     data: dict[str, Any] = {"figures": {}, "points": {}, "layers": {}, "dynamics": {}, "initial": default_point(pts)}
     protocol = _protocol(df) + (f". Protocol: {protocol_text(df, official)}" if "budget" in df.columns else "")
-    body = [f'<nav><a href="../index.html">all experiments</a><a href="../compare.html">compare experiments</a></nav>',
+    body = ['<nav><a href="../index.html">all experiments</a><a href="../compare.html">compare experiments</a></nav>',
             f"<h1>{esc(folder.name)}</h1>", f'<p class="sub">{esc(protocol)}. runs.csv: {esc(_counts(df))}.</p>',
             _status_line(folder, df),
             "<h2>Pareto fronts</h2>",
