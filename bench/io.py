@@ -136,4 +136,6 @@ def _load_failure(e: Exception) -> str:
     if "WeightsUnpickler error:" in text:
         detail = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())
         return f"not a torch checkpoint: {detail[:80]}"
-    return re.sub(r"\x1b\[[0-9;]*m", "", text.strip().splitlines()[0])[:120]
+    # anything else (bytes that are neither a zip archive nor a pickle fail in many ways): the same answer
+    first = re.sub(r"\x1b\[[0-9;]*m", "", text.strip().splitlines()[0])[:80]
+    return f"not a torch checkpoint: {type(e).__name__}: {first}"
