@@ -58,6 +58,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "search": ("python -m bench search --model resnet56 --dataset cifar10 --budget flops:0.5",
                "python -m bench search --model resnet20 --dataset synthetic --profile test --budget params:0.6 --trials 2"),
     "report": ("python -m bench report", "python -m bench report results/resnet20-cifar10-cpu-bea263c0"),
+    "retime": ("python -m bench retime results/resnet20-cifar10-cpu-bea263c0 && python -m bench report",
+               "python -m bench retime --all results/*/"),
     "groups": ("python -m bench groups --model resnet56", "python -m bench groups --model efficientnet_b0 --scope internal"),
     "paper": ("python -m bench paper", "python -m bench paper --results-dir results"),
     "measure": ("python -m bench measure --model resnet110", "python -m bench measure --model vgg16 --self-ratio"),
@@ -181,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="Pareto plots, paper-style tables and README of stored results (no training)")
     p.add_argument("experiments", nargs="*", help="experiment folders (default: every RESULTS_DIR/*/runs.csv)")
+
+    p = sub.add_parser("retime", help="time stored trials' speed-ups again, alone, from their kept channels (then report)")
+    p.add_argument("experiments", nargs="+", help="experiment folders")
+    p.add_argument("--all", action="store_true", help="every complete trial, not only those not yet timed alone")
 
     p = sub.add_parser("groups", help="the channel groups of a model, and what keeping a fraction of each gives")
     _common_model_args(p)
@@ -334,6 +340,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     write_site(results_dir() if not args.experiments else folders[0].parent)
     print(f"site: {results_dir() if not args.experiments else folders[0].parent}/index.html")
+    return 0
+
+
+@command
+def cmd_retime(args: argparse.Namespace) -> int:
+    from .retime import retime
+
+    for folder in map(Path, args.experiments):
+        if not (folder / "runs.csv").is_file():
+            raise UserError(f"{str(folder)!r} holds no runs.csv: pass an experiment folder such as results/resnet20-cifar10-smoke")
+        print(f"{folder}: {retime(folder, force=args.all)} trial(s) timed alone; `python -m bench report {folder}` "
+              "writes the tables again")
     return 0
 
 

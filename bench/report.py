@@ -527,15 +527,26 @@ def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(r) + " |" for r in rows)]
 
 
+def speedup_when(df: pd.DataFrame) -> str:
+    """When the table's speed-ups were timed, from the rows' `speedup_pass` (empty: before the measuring pass)."""
+    timed = df[(df["row_type"] == "trial") & df["speedup_b1"].notna()] if "speedup_b1" in df.columns else df.iloc[:0]
+    alone = int((timed.get("speedup_pass", pd.Series(dtype=object)) == "alone").sum())
+    if alone == len(timed):
+        return "timed alone, nothing training beside it: the sweep's measuring pass after its trials, or bench retime"
+    before = ("timed inside their trials, before the measuring pass existed: other trials may have trained beside "
+              "them, so they read low; a rerun re-measures them alone")
+    return before if alone == 0 else f"{alone} of {len(timed)} rows from the measuring pass, the other {len(timed) - alone} {before}"
+
+
 def _markdown(measured: list[dict], published: list[dict], sources: list[str], caption: str,
-              matched: list[list[str]]) -> str:
+              matched: list[list[str]], when: str) -> str:
     lines = [f"*{caption}*", ""]
     lines += _md_table(HEADERS, [r["cells"] for r in measured])
     foot = ("◆: on its series' Pareto front (validation top-1 against FLOPs, on seed means). Mean ± std over n seeds. "
             "vs control: test top-1 minus the no-pruning control's (the baseline trained on for the same budget), so "
             "extra training is not read as a pruning gain. (down %): reduction against the baseline. Speed-up: "
-            "baseline time / pruned time at batch 1 on one CPU thread, eager PyTorch (channels_last, the sweep's "
-            "measuring pass after its trials), median (IQR: third minus first quartile) over interleaved rounds, as "
+            "baseline time / pruned time at batch 1 on one CPU thread, eager PyTorch (channels_last; "
+            f"{when}), median (IQR: third minus first quartile) over interleaved rounds, as "
             "perf.md prints it; "
             "efficiency: speed-up / (baseline FLOPs / pruned FLOPs).")
     lines += ["", foot]
@@ -602,7 +613,8 @@ def paper_table(df: pd.DataFrame, reference: pd.DataFrame | None, official: bool
     published, sources = _reference_rows(reference)
     caption = f"{_title(df)}. Protocol: {protocol_text(df, official)}."
     matched = _matched_rows(df)
-    return _markdown(measured, published, sources, caption, matched), _latex(measured, published, sources, caption, matched)
+    return (_markdown(measured, published, sources, caption, matched, speedup_when(df)),
+            _latex(measured, published, sources, caption, matched))
 
 
 # ---------------------------------------------------------------- layer-wise plot

@@ -54,6 +54,9 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "speedup_b1": ("float64", "baseline time / pruned time at batch 1: median over interleaved rounds, 1 thread"),
     "speedup_b1_q1": ("float64", "its first quartile over rounds"),
     "speedup_b1_q3": ("float64", "its third quartile over rounds"),
+    "speedup_pass": ("string", "when the speed-up was timed: alone (the sweep's measuring pass after its trials, "
+                               "run's after its trial, or bench retime); empty: a row from before that pass, timed "
+                               "inside its trial"),
     "latency_gpu_b1_ms": ("float64", "median GPU latency at batch 1 (ms), when on a GPU"),
     "baseline_epochs": ("Int64", "epochs of baseline training"),
     "joint_epochs": ("Int64", "epochs of the method's own training phase (DECORE's joint phase)"),

@@ -390,7 +390,7 @@ def measure_speedup(trial_dir: str | Path, batch_size: int = 1) -> dict[str, Any
     s = speedup(pruned.to(memory_format=torch.channels_last), base.to(memory_format=torch.channels_last),
                 tuple(plan.input_size), batch_size)
     return {"latency_cpu_b1_ms": s["ms"], "base_latency_cpu_b1_ms": s["base_ms"], "speedup_b1": s["speedup"],
-            "speedup_b1_q1": s["speedup_q1"], "speedup_b1_q3": s["speedup_q3"]}
+            "speedup_b1_q1": s["speedup_q1"], "speedup_b1_q3": s["speedup_q3"], "speedup_pass": "alone"}
 
 
 def primary_knob(knobs: dict[str, Any]) -> tuple[str | None, float | None]:

@@ -1,0 +1,68 @@
+"""`bench retime`: stored trials timed again alone, from their kept channels (issue 29, numbers that agree)."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.errors import UserError
+from bench.measure import count_flops, count_params
+from bench.report import speedup_when
+from bench.retime import rebuilt
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT = ROOT / "results" / "resnet20-cifar10-cpu-bea263c0"
+
+
+def _trials(folder: Path) -> pd.DataFrame:
+    df = pd.read_csv(folder / "runs.csv")
+    return df[(df["row_type"] == "trial") & (df["status"] == "complete")]
+
+
+def test_kept_channels_rebuild_each_trials_widths_exactly():
+    # the rebuilt network has the row's FLOPs and params: the widths, hence the latency, are the trial's
+    trials = _trials(EXPERIMENT)
+    assert len(trials) >= 10
+    for _, row in trials.iterrows():
+        pruned, base = rebuilt(row)
+        assert count_flops(pruned, (3, 32, 32)) == int(row["flops"]) <= count_flops(base, (3, 32, 32))
+        assert count_params(pruned) == int(row["params"])
+
+
+def test_a_changed_architecture_or_unknown_dataset_is_refused():
+    row = _trials(EXPERIMENT).iloc[0].to_dict()
+    with pytest.raises(UserError, match="the row says"):
+        rebuilt({**row, "flops": int(row["flops"]) + 1})
+    with pytest.raises(UserError, match="'imagenette'"):
+        rebuilt({**row, "dataset": "imagenette"})
+
+
+def test_retime_times_the_rows_alone_and_changes_nothing_else(tmp_path):
+    folder = tmp_path / EXPERIMENT.name
+    shutil.copytree(EXPERIMENT, folder)
+    before = pd.read_csv(folder / "runs.csv")
+    keep = set(_trials(folder)["config_hash"][:2]) | set(before.loc[before["row_type"] != "trial", "config_hash"])
+    before[before["config_hash"].isin(keep)].to_csv(folder / "runs.csv", index=False)  # two trials: a short test
+    (folder / "runs.parquet").unlink()
+    assert "timed inside their trials" in speedup_when(pd.read_csv(folder / "runs.csv"))
+
+    env = {"BENCH_LATENCY_ROUNDS": "3,5", "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "bench", "retime", str(folder)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600, env={**os.environ, **env})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "2 trial(s) timed alone" in r.stdout
+    after = pd.read_csv(folder / "runs.csv")
+    trials = after[after["row_type"] == "trial"]
+    assert (trials["speedup_pass"] == "alone").all() and trials["speedup_b1"].between(0.2, 20).all()
+    assert (trials["speedup_b1_q1"] <= trials["speedup_b1"]).all() and (trials["speedup_b1"] <= trials["speedup_b1_q3"]).all()
+    old = before[before["config_hash"].isin(keep)].reset_index(drop=True)
+    same = [c for c in old.columns if not c.startswith(("speedup", "latency_cpu", "base_latency"))]
+    pd.testing.assert_frame_equal(old[same], after[same], check_dtype=False)
+    assert speedup_when(after).startswith("timed alone")
+    # a second call finds nothing left to time
+    r = subprocess.run([sys.executable, "-m", "bench", "retime", str(folder)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600, env={**os.environ, **env})
+    assert "0 trial(s) timed alone" in r.stdout
