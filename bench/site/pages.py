@@ -290,7 +290,8 @@ def results_readme(results_dir: Path, tables: dict[str, pd.DataFrame]) -> str:
                      f"| {data} | {facts['split']}, {facts['budget'].split(' (')[0]} | {facts['seeds']} "
                      f"| {facts['budget'].split(' (', 1)[1].rstrip(')') if ' (' in facts['budget'] else '-'} "
                      f"| {facts['status']} |")
-    others = sorted(p for p in Path(results_dir).iterdir() if p.is_dir() and p.name not in tables)
+    # baselines/ is the baseline cache (bench.baseline), generated and never committed
+    others = sorted(p for p in Path(results_dir).iterdir() if p.is_dir() and p.name not in tables and p.name != "baselines")
     if others:
         lines += ["", "## Other folders", ""]
         for folder in others:
