@@ -11,6 +11,7 @@ primary and cheap halves) share one mask unit, like the conv groups of a grouped
 from __future__ import annotations
 
 import functools
+import math
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from . import splits
 from .shortcut import CUSTOM_PRUNERS
 
 log = logging.getLogger(__name__)
@@ -83,11 +85,16 @@ class GroupSet:
 def build_graph(model: nn.Module, example: torch.Tensor, name: str = "model") -> tp.DependencyGraph:
     was_training = model.training
     model.eval()
+    records: dict = {}
     try:
-        with torch.enable_grad(), warnings.catch_warnings():
+        with torch.enable_grad(), warnings.catch_warnings(), splits.patched():
             warnings.simplefilter("ignore")
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example,
-                                                         customized_pruners=dict(CUSTOM_PRUNERS))
+            with splits.recording(records):
+                dg = tp.DependencyGraph().build_dependency(model, example_inputs=example,
+                                                           customized_pruners=dict(CUSTOM_PRUNERS))
+            splits.attach(dg, records)
+            tp.dependency.index_mapping.update_index_mapping(dg)
+            return dg
     except Exception as e:
         raise PruningError(f"cannot trace the dependency graph of {name} ({type(e).__name__}: {e}); "
                            "this model cannot be pruned structurally") from e
@@ -169,7 +176,7 @@ class _PathGroup(tp.dependency.group.Group):
 
 def _all_groups(dg: tp.DependencyGraph, ignored: list[nn.Module]) -> list:
     """dg.get_all_groups, with each group's traversal paths kept (`.paths`, see `coupled_channels`)."""
-    with mock.patch.object(tp.dependency.graph, "Group", _PathGroup):
+    with mock.patch.object(tp.dependency.graph, "Group", _PathGroup), splits.patched():
         return list(dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)))
 
 
@@ -245,9 +252,20 @@ def _describe(dg: tp.DependencyGraph, tp_group, names: dict, root: nn.Module) ->
             producers[module] = (old[0] + idx, old[1] + root_idx)
     reason = reasons[0] if reasons else ""
     tie = max(conv_groups, default=1)
-    if tie > 1 and (any(tie % g for g in conv_groups) or channels % tie):
+    parts = _equal_parts(tp_group, channels)
+    if isinstance(parts, str):
+        reason = reason or parts
+    elif parts:  # each part of an equal split, and each conv group inside a part, keeps the same channels
+        periods = parts + [m.out_channels // m.groups for m in map(dg.model.get_submodule, layers)
+                           if isinstance(m, nn.Conv2d) and 1 < m.groups < m.out_channels]
+        tie = channels // math.gcd(*periods)
+    elif tie > 1 and (any(tie % g for g in conv_groups) or channels % tie):
         reason = reason or f"grouped convolutions with incompatible group counts {sorted(set(conv_groups))}"
-    if concat and not reason:  # paths that part and meet again at shifted offsets go through a concatenation
+    if concat and not reason and parts:  # the split's tie must already remove every coupled class at once
+        units = channels // tie
+        uneven = [c for c in coupled_channels(tp_group, channels) if len({r % units for r in c}) > 1]
+        reason = f"channels coupled across the parts of a split (e.g. {uneven[0][:4]})" if uneven else ""
+    elif concat and not reason:  # paths that part and meet again at shifted offsets go through a concatenation
         coupled, why = _coupling_tie(coupled_channels(tp_group, channels), channels)
         if coupled > 1 and tie > 1 and coupled != tie:
             why = f"channels tied both by grouped convolutions ({tie}) and by a concatenation ({coupled})"
@@ -262,6 +280,22 @@ def _describe(dg: tp.DependencyGraph, tp_group, names: dict, root: nn.Module) ->
     name = root_name if kind == "internal" else f"{root_name} (stream of {len(producers)} layers)"
     group = ChannelGroup(root_name, name, kind, channels, tie, list(maps.values()), gate_points, layers)
     return group, reason
+
+
+def _equal_parts(tp_group, channels: int) -> list[int] | str:
+    """Part sizes of the splits into equal parts (`torch.split(x, int)`, `chunk`) that this group's root
+    channels go through one to one, or why such a split cannot be kept equal."""
+    sizes = []
+    for item in tp_group:
+        op = item.dep.target.module
+        if not getattr(op, "equal_parts", False) or len(op.split_sizes) < 2:
+            continue
+        idx = [int(i) for i in item.idxs]
+        root = [int(i) for i in getattr(item, "root_idxs", item.idxs)]
+        if idx != root or sum(op.split_sizes) != channels:
+            return f"channels split into equal parts by {type(op.owner).__name__} that come from several layers"
+        sizes.append(op.split_sizes[0])
+    return sizes
 
 
 def _inside_attention(name: str, model: nn.Module) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from . import splits
 from .groups import ChannelGroup, GroupSet, PruningError, channel_groups
 
 PLAN_FORMAT = 1
@@ -77,13 +78,15 @@ def apply_plan(model: nn.Module, plan: KeepPlan, example: torch.Tensor | None = 
         if not removed:
             continue
         root = modules[gid]
-        pg = dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, removed)
+        with splits.patched():
+            pg = dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, removed)
         if not dg.check_pruning_group(pg):
             raise PruningError(f"pruning group {gid!r} of {plan.model} would empty a layer")
         try:
             pg.prune()
         except Exception as e:
             raise PruningError(f"cannot prune group {gid!r} of {plan.model} ({type(e).__name__}: {e})") from e
+    splits.sync_attributes(dg)
     return model
 
 

@@ -1,0 +1,201 @@
+"""Channel splits and slices: torch-pruning's handling, made exact for timm's CNNs.
+
+A tensor's channels split into parts (`torch.split`, `chunk`, `split_with_sizes`) or sliced (`x[:, :c]`)
+take different paths: CSP stages, Res2Net's scales, MixNet's mixed kernels, FasterNet's partial conv,
+ReXNet's partial residual. torch-pruning traces these ops and maps channel indices through them, with
+three gaps this module closes:
+
+- a split's consumers are matched to its parts in the order the graph was traversed, not by which part each
+  one reads (autograd's `output_nr`), and an int split's part count is taken from its consumers: the maps
+  are re-made from the parts each consumer really reads (`_split_index_mapping`), with the sizes recorded
+  at trace time;
+- a concatenation whose input channels cannot be inferred (the space-to-depth stem of CSP-Darknet slices the
+  image) crashes the graph build: such a concatenation is left unmapped, as torch-pruning does for other
+  unknown sizes;
+- the pruned module still splits by the sizes it was built with (`self.width`, `self.splits`,
+  `self.expand_chs // 2`, `x[:, :self.in_channels]`): the module that ran each split or slice is recorded
+  while tracing (`recording`), and after removal its integer attributes that held a part size, the total or
+  a slice bound are set to the pruned values (`sync_attributes`). A split into equal parts (an int size or
+  `chunk`) stays equal because its groups tie the parts (groups.py).
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from unittest import mock
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+from torch.overrides import TorchFunctionMode
+from torch_pruning.dependency import index_mapping, shape_infer
+
+_SPLITS = {"split", "chunk", "split_with_sizes", "tensor_split", "unsafe_split"}
+_CATS = {"cat", "concat", "concatenate"}
+_INT_BOUND = 2 ** 62  # a slice without an end (`x[:, c:]`) records INT64_MAX
+
+
+class _Recorder(TorchFunctionMode):
+    """Records the module that ran each channel split or slice, and the part sizes (N, C, ...) tensors got."""
+
+    def __init__(self, stack: list[nn.Module], records: dict) -> None:
+        super().__init__()
+        self.stack, self.records = stack, records
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = getattr(func, "__name__", "")
+        if self.stack and name in _CATS and isinstance(out, torch.Tensor) and out.grad_fn is not None:
+            tensors = args[0] if args else kwargs["tensors"]
+            if getattr(out.grad_fn, "_saved_dim", None) == 1 and all(t.requires_grad for t in tensors):
+                self.records.setdefault(out.grad_fn, (self.stack[-1], [int(t.shape[1]) for t in tensors]))
+        elif self.stack and (name in _SPLITS or name == "__getitem__"):
+            parts = out if isinstance(out, (tuple, list)) else (out,)
+            first = parts[0] if parts else None
+            if isinstance(first, torch.Tensor) and first.grad_fn is not None and getattr(first.grad_fn, "_saved_dim", None) == 1:
+                sizes = [int(p.shape[1]) for p in parts] if name in _SPLITS else None
+                self.records.setdefault(first.grad_fn, (self.stack[-1], sizes))
+        return out
+
+
+@contextlib.contextmanager
+def recording(records: dict) -> Iterator[None]:
+    """While active, every channel split/slice run inside a module is recorded into `records` (by grad_fn)."""
+    stack: list[nn.Module] = []
+
+    def leave(module: nn.Module, args, out) -> None:
+        if stack and stack[-1] is module:
+            stack.pop()
+    pre = nn.modules.module.register_module_forward_pre_hook(lambda m, a: stack.append(m))
+    post = nn.modules.module.register_module_forward_hook(leave)
+    try:
+        with _Recorder(stack, records):
+            yield
+    finally:
+        pre.remove()
+        post.remove()
+
+
+def attach(dg: tp.DependencyGraph, records: dict) -> None:
+    """Give each split/slice op of `dg` its owner module and original sizes (and an int split its true sizes)."""
+    for node in dg.module2node.values():
+        kinds = (tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.SLICE, tp.ops.OPTYPE.CONCAT)
+        rec = records.get(node.grad_fn) if node.type in kinds else None
+        if rec is None:
+            continue
+        owner, sizes = rec
+        op = node.module
+        if node.type == tp.ops.OPTYPE.CONCAT:  # the sizes it really joined (shape inference gives up on long paths)
+            if len(sizes) == len(node.inputs):
+                op.concat_sizes = list(sizes)
+            continue
+        op.owner = owner
+        if node.type == tp.ops.OPTYPE.SPLIT:
+            op.split_sizes, op.original = list(sizes), list(sizes)
+            op.equal_parts = "_saved_split_size" in dir(node.grad_fn)  # torch.split(x, int) / chunk
+        else:
+            op.original = (op.start, op.end)
+
+
+class _Ranges:
+    """Index map across a split into the parts one consumer reads (`ranges` of the split's input, in order)."""
+
+    def __init__(self, ranges: list[tuple[int, int]], reverse: bool) -> None:
+        self.ranges, self.reverse = ranges, reverse
+
+    def __call__(self, idxs):
+        out, base = [], 0
+        for lo, hi in self.ranges:
+            for i in idxs:
+                if self.reverse and base <= i.idx < base + hi - lo:
+                    out.append(tp._helpers._HybridIndex(idx=i.idx - base + lo, root_idx=i.root_idx))
+                elif not self.reverse and lo <= i.idx < hi:
+                    out.append(tp._helpers._HybridIndex(idx=i.idx - lo + base, root_idx=i.root_idx))
+            base += hi - lo
+        return out
+
+
+def _split_index_mapping(graph: tp.DependencyGraph, node) -> None:
+    """torch-pruning's split map, with each consumer mapped to the parts it reads (autograd's output_nr)."""
+    sizes = getattr(node.module, "split_sizes", None)
+    if node.type != tp.ops.OPTYPE.SPLIT or sizes is None or getattr(node.grad_fn, "_saved_dim", 1) != 1:
+        return
+    offsets = [0]
+    for s in sizes:
+        offsets.append(offsets[-1] + s)
+    node.module.offsets = offsets
+    for out in dict.fromkeys(node.outputs):  # unique consumers, in order
+        nrs = [nr for fn, nr in getattr(out.grad_fn, "next_functions", ()) if fn is node.grad_fn]
+        ranges = [(offsets[nr], offsets[nr + 1]) for nr in sorted(set(nrs)) if nr < len(sizes)]
+        if not ranges:
+            continue
+        for dep in node.dependencies:
+            if dep.target is out:
+                dep.index_mapping[0] = _Ranges(ranges, reverse=False)
+        for dep in out.dependencies:
+            if dep.target is node:
+                dep.index_mapping[0] = _Ranges(ranges, reverse=True)
+
+
+_concat_index_mapping = index_mapping.update_concat_index_mapping
+
+
+def _safe_concat_index_mapping(graph: tp.DependencyGraph, node) -> None:
+    """torch-pruning's concat map, skipped (unmapped) where an input's channels cannot be inferred."""
+    if node.type == tp.ops.OPTYPE.CONCAT and node.module.concat_sizes is None:
+        chs = [shape_infer.infer_channels_between(graph, n, node) for n in node.inputs]
+        if any(c is None for c in chs):
+            return
+    _concat_index_mapping(graph, node)
+
+
+@contextlib.contextmanager
+def patched() -> Iterator[None]:
+    """torch-pruning's index maps with this module's split and concat maps."""
+    with mock.patch.object(index_mapping, "update_split_index_mapping", _split_index_mapping), \
+            mock.patch.object(index_mapping, "update_concat_index_mapping", _safe_concat_index_mapping):
+        yield
+
+
+def _retarget(owner: nn.Module, rules: dict[int, int], lists: dict[tuple, list[int]]) -> None:
+    for attr, value in list(vars(owner).items()):
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int) and value in rules:
+            setattr(owner, attr, rules[value])
+        elif isinstance(value, (tuple, list)) and tuple(value) in lists:
+            setattr(owner, attr, type(value)(lists[tuple(value)]))
+
+
+def sync_attributes(dg: tp.DependencyGraph) -> list[str]:
+    """Set the sizes a pruned module splits or slices by (see the module docstring); returns what changed."""
+    changed = []
+    for node in dg.module2node.values():
+        op = node.module
+        owner, original = getattr(op, "owner", None), getattr(op, "original", None)
+        if owner is None:
+            continue
+        if node.type == tp.ops.OPTYPE.SPLIT:
+            new = list(op.split_sizes)
+            if new == original:
+                continue
+            if op.equal_parts and len(set(new[:-1])) > 1:
+                raise tp_error(owner, dg, f"split into equal parts {original} was pruned unevenly to {new}")
+            rules = {sum(original): sum(new)}
+            for old, now in zip(original, new):
+                rules.setdefault(old, now)
+            _retarget(owner, rules, {tuple(original): new})
+            op.original = new
+            changed.append(f"{dg._module2name.get(owner, type(owner).__name__)}: split {original} -> {new}")
+        elif (op.start, op.end) != original:
+            rules = {b: n for b, n in zip(original, (op.start, op.end)) if 0 < b < _INT_BOUND and b != n}
+            _retarget(owner, rules, {})
+            op.original = (op.start, op.end)
+            changed.append(f"{dg._module2name.get(owner, type(owner).__name__)}: slice {original} -> {(op.start, op.end)}")
+    return changed
+
+
+def tp_error(owner: nn.Module, dg: tp.DependencyGraph, what: str) -> Exception:
+    from .groups import PruningError
+
+    return PruningError(f"{dg._module2name.get(owner, type(owner).__name__)} ({type(owner).__name__}): {what}")
