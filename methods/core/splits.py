@@ -134,7 +134,55 @@ def _split_index_mapping(graph: tp.DependencyGraph, node) -> None:
                 dep.index_mapping[0] = _Ranges(ranges, reverse=False)
         for dep in out.dependencies:
             if dep.target is node:
-                dep.index_mapping[0] = _Ranges(ranges, reverse=True)
+                _map_last(dep, _Ranges(ranges, reverse=True))
+
+
+def _map_last(dep, fn) -> None:
+    """Map a consumer's channels back into a split or slice after any map of the consumer's own (a
+    concatenation's offset, slot 1): torch-pruning's slot 0 would run before it."""
+    dep.index_mapping[0] = None
+    while len(dep.index_mapping) < 3:
+        dep.index_mapping.append(None)
+    dep.index_mapping[2] = fn
+
+
+def _slice_index_mapping(graph: tp.DependencyGraph, node) -> None:
+    """torch-pruning's slice map, moved to the slice's far side: the slice op itself sees its input's channel
+    indices, so its pruner (which counts removals below `start` and inside the range) moves both bounds, and
+    only its consumers see the sliced range. torch-pruning maps on the near side, so a slice never learns of
+    removals below its start and reads range indices as input indices."""
+    grad_fn = node.grad_fn
+    if node.type != tp.ops.OPTYPE.SLICE or getattr(grad_fn, "_saved_dim", 1) != 1:
+        return
+    op = node.module
+    for nb in node.inputs:
+        for dep in node.dependencies:
+            if dep.target is nb:
+                dep.index_mapping[0] = None
+        for dep in nb.dependencies:
+            if dep.target is node:
+                dep.index_mapping[0] = None
+    for out in node.outputs:
+        for dep in node.dependencies:
+            if dep.target is out:
+                dep.index_mapping[0] = _SliceMap(op, reverse=False)
+        for dep in out.dependencies:
+            if dep.target is node:
+                _map_last(dep, _SliceMap(op, reverse=True))
+
+
+class _SliceMap:
+    """Input channel <-> sliced channel of a slice op, read from its current bounds."""
+
+    def __init__(self, op, reverse: bool) -> None:
+        self.op, self.reverse = op, reverse
+
+    def __call__(self, idxs):
+        start, end, step = self.op.start, self.op.end, self.op.step
+        if self.reverse:
+            return [tp._helpers._HybridIndex(idx=i.idx * step + start, root_idx=i.root_idx) for i in idxs]
+        return [tp._helpers._HybridIndex(idx=(i.idx - start) // step, root_idx=i.root_idx) for i in idxs
+                if start <= i.idx < end and (i.idx - start) % step == 0]
 
 
 _concat_index_mapping = index_mapping.update_concat_index_mapping
@@ -153,7 +201,8 @@ def _safe_concat_index_mapping(graph: tp.DependencyGraph, node) -> None:
 def patched() -> Iterator[None]:
     """torch-pruning's index maps with this module's split and concat maps."""
     with mock.patch.object(index_mapping, "update_split_index_mapping", _split_index_mapping), \
-            mock.patch.object(index_mapping, "update_concat_index_mapping", _safe_concat_index_mapping):
+            mock.patch.object(index_mapping, "update_concat_index_mapping", _safe_concat_index_mapping), \
+            mock.patch.object(index_mapping, "update_slice_index_mapping", _slice_index_mapping):
         yield
 
 
