@@ -41,6 +41,7 @@ class _Recorder(TorchFunctionMode):
     def __init__(self, stack: list[nn.Module], records: dict) -> None:
         super().__init__()
         self.stack, self.records = stack, records
+        self.views: dict[int, tuple] = {}  # channel slices taken in this forward (tensor, start, end), by id
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -49,13 +50,42 @@ class _Recorder(TorchFunctionMode):
             tensors = args[0] if args else kwargs["tensors"]
             if getattr(out.grad_fn, "_saved_dim", None) == 1 and all(t.requires_grad for t in tensors):
                 self.records.setdefault(out.grad_fn, (self.stack[-1], [int(t.shape[1]) for t in tensors]))
+        elif self.stack and _inplace(name) and args and isinstance(args[0], torch.Tensor):
+            self._record_slice_write(name, args)
         elif self.stack and (name in _SPLITS or name == "__getitem__"):
             parts = out if isinstance(out, (tuple, list)) else (out,)
             first = parts[0] if parts else None
             if isinstance(first, torch.Tensor) and first.grad_fn is not None and getattr(first.grad_fn, "_saved_dim", None) == 1:
                 sizes = [int(p.shape[1]) for p in parts] if name in _SPLITS else None
                 self.records.setdefault(first.grad_fn, (self.stack[-1], sizes))
+                if name == "__getitem__":
+                    self.views[id(first)] = (first, first.grad_fn._saved_start, first.grad_fn._saved_end)
         return out
+
+    def _record_slice_write(self, name: str, args) -> None:
+        """`y[:, s:e] += x` (and `y[:, s:e] = x`): the CopySlices node that writes x into channels s:e of y."""
+        if name == "__setitem__":
+            target, bounds = args[0], _channel_slice(args[1])
+        else:
+            view = self.views.get(id(args[0]))
+            target, bounds = (args[0]._base, view[1:]) if view is not None and view[0] is args[0] else (None, None)
+        fn = getattr(target, "grad_fn", None)
+        if bounds is not None and fn is not None and type(fn).__name__ == "CopySlices":
+            self.records.setdefault(fn, (self.stack[-1], ("write", *bounds)))
+
+
+def _inplace(name: str) -> bool:
+    return name == "__setitem__" or (name.endswith("_") and not name.startswith("_")) or name.startswith("__i")
+
+
+def _channel_slice(index) -> tuple[int, int] | None:
+    """(start, end) of an index that slices dim 1 only with step 1 (`[:, s:e]`, `[:, s:e, ...]`), else None."""
+    if not isinstance(index, tuple) or len(index) < 2 or index[0] != slice(None):
+        return None
+    ch = index[1]
+    if not isinstance(ch, slice) or ch.step not in (None, 1) or any(i not in (slice(None), Ellipsis) for i in index[2:]):
+        return None
+    return (ch.start or 0, _INT_BOUND * 2 if ch.stop is None else ch.stop)
 
 
 @contextlib.contextmanager
@@ -79,15 +109,17 @@ def recording(records: dict) -> Iterator[None]:
 def attach(dg: tp.DependencyGraph, records: dict) -> None:
     """Give each split/slice op of `dg` its owner module and original sizes (and an int split its true sizes)."""
     for node in dg.module2node.values():
-        kinds = (tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.SLICE, tp.ops.OPTYPE.CONCAT)
-        rec = records.get(node.grad_fn) if node.type in kinds else None
+        rec = records.get(node.grad_fn)
         if rec is None:
             continue
         owner, sizes = rec
         op = node.module
+        if isinstance(sizes, tuple) and sizes[0] == "write" and node.type == tp.ops.OPTYPE.ELEMENTWISE:
+            op.owner, op.bounds, op.original = owner, list(sizes[1:]), tuple(sizes[1:])
+            continue
         if node.type == tp.ops.OPTYPE.CONCAT:  # the sizes it really joined (shape inference gives up on long paths)
             if len(sizes) == len(node.inputs):
-                op.concat_sizes = list(sizes)
+                op.concat_sizes, op.traced = list(sizes), True
             continue
         op.owner = owner
         if node.type == tp.ops.OPTYPE.SPLIT:
@@ -137,6 +169,47 @@ def _split_index_mapping(graph: tp.DependencyGraph, node) -> None:
                 _map_last(dep, _Ranges(ranges, reverse=True))
 
 
+def _write_index_mapping(graph: tp.DependencyGraph, node) -> None:
+    """`y[:, s:e] += x` (CopySlices): channel i of x is channel s + i of y; y's own channels map one to one."""
+    bounds = getattr(node.module, "bounds", None)
+    if bounds is None or len(node.inputs) < 2:
+        return
+    src = node.inputs[1]
+    rng = _WriteRange(node.module)
+    for dep in node.dependencies:
+        if dep.target is src:
+            dep.index_mapping[0] = rng.reverse
+    for dep in src.dependencies:
+        if dep.target is node:
+            dep.index_mapping[0] = rng.forward
+
+
+class _WriteRange:
+    """x's channel <-> y's channel of a write into a channel range of y, read from the op's current bounds."""
+
+    def __init__(self, op) -> None:
+        self.op = op
+
+    def forward(self, idxs):
+        return [tp._helpers._HybridIndex(idx=i.idx + self.op.bounds[0], root_idx=i.root_idx) for i in idxs]
+
+    def reverse(self, idxs):
+        lo, hi = self.op.bounds
+        return [tp._helpers._HybridIndex(idx=i.idx - lo, root_idx=i.root_idx) for i in idxs if lo <= i.idx < hi]
+
+
+def track_removal(pg) -> None:
+    """Move the bounds of every channel-range write in pruning group `pg` by the y channels it removes
+    (call before pg.prune(); torch-pruning's element-wise pruner keeps no state)."""
+    removed: dict[int, tuple] = {}
+    for item in pg:
+        op = item.dep.target.module
+        if getattr(op, "bounds", None) is not None:
+            removed.setdefault(id(op), (op, set()))[1].update(int(i) for i in item.idxs)
+    for op, idxs in removed.values():
+        op.bounds = [b - sum(i < b for i in idxs) for b in op.bounds]
+
+
 def _map_last(dep, fn) -> None:
     """Map a consumer's channels back into a split or slice after any map of the consumer's own (a
     concatenation's offset, slot 1): torch-pruning's slot 0 would run before it."""
@@ -144,6 +217,29 @@ def _map_last(dep, fn) -> None:
     while len(dep.index_mapping) < 3:
         dep.index_mapping.append(None)
     dep.index_mapping[2] = fn
+
+
+def _traced_concat_mapping(node) -> None:
+    offsets = [0]
+    for c in node.module.concat_sizes:
+        offsets.append(offsets[-1] + c)
+    node.module.offsets = offsets
+    Map = index_mapping._ConcatIndexMapping
+    for deps, reverse in ((node.dependencies, True), (None, False)):
+        done: set[int] = set()
+        for i, src in enumerate(node.inputs):
+            for dep in (deps if deps is not None else src.dependencies):
+                if id(dep) not in done and dep.target is (src if reverse else node):
+                    dep.index_mapping[1] = Map(offset=offsets[i: i + 2], reverse=reverse)
+                    done.add(id(dep))
+                    break
+
+
+def _update_index_mapping(graph: tp.DependencyGraph) -> None:
+    _original_update(graph)
+    for node in graph.module2node.values():
+        if node.type == tp.ops.OPTYPE.ELEMENTWISE:
+            _write_index_mapping(graph, node)
 
 
 def _slice_index_mapping(graph: tp.DependencyGraph, node) -> None:
@@ -186,10 +282,15 @@ class _SliceMap:
 
 
 _concat_index_mapping = index_mapping.update_concat_index_mapping
+_original_update = index_mapping.update_index_mapping
 
 
 def _safe_concat_index_mapping(graph: tp.DependencyGraph, node) -> None:
-    """torch-pruning's concat map, skipped (unmapped) where an input's channels cannot be inferred."""
+    """torch-pruning's concat map, skipped (unmapped) where an input's channels cannot be inferred; a
+    concatenation whose sizes were traced is mapped by them (torch-pruning also compares them with the
+    channels a consumer reads, which a slice of the result fails: DPN's blocks slice their input)."""
+    if node.type == tp.ops.OPTYPE.CONCAT and getattr(node.module, "traced", False):
+        return _traced_concat_mapping(node)
     if node.type == tp.ops.OPTYPE.CONCAT and node.module.concat_sizes is None:
         chs = [shape_infer.infer_channels_between(graph, n, node) for n in node.inputs]
         if any(c is None for c in chs):
@@ -202,7 +303,8 @@ def patched() -> Iterator[None]:
     """torch-pruning's index maps with this module's split and concat maps."""
     with mock.patch.object(index_mapping, "update_split_index_mapping", _split_index_mapping), \
             mock.patch.object(index_mapping, "update_concat_index_mapping", _safe_concat_index_mapping), \
-            mock.patch.object(index_mapping, "update_slice_index_mapping", _slice_index_mapping):
+            mock.patch.object(index_mapping, "update_slice_index_mapping", _slice_index_mapping), \
+            mock.patch.object(index_mapping, "update_index_mapping", _update_index_mapping):
         yield
 
 
@@ -236,6 +338,12 @@ def sync_attributes(dg: tp.DependencyGraph) -> list[str]:
             _retarget(owner, rules, {tuple(original): new})
             op.original = new
             changed.append(f"{dg._module2name.get(owner, type(owner).__name__)}: split {original} -> {new}")
+        elif getattr(op, "bounds", None) is not None:
+            if tuple(op.bounds) != original:
+                rules = {b: n for b, n in zip(original, op.bounds) if 0 < b < _INT_BOUND and b != n}
+                _retarget(owner, rules, {})
+                changed.append(f"{dg._module2name.get(owner, type(owner).__name__)}: write {original} -> {tuple(op.bounds)}")
+                op.original = tuple(op.bounds)
         elif (op.start, op.end) != original:
             rules = {b: n for b, n in zip(original, (op.start, op.end)) if 0 < b < _INT_BOUND and b != n}
             _retarget(owner, rules, {})

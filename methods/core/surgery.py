@@ -82,6 +82,7 @@ def apply_plan(model: nn.Module, plan: KeepPlan, example: torch.Tensor | None = 
             pg = dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, removed)
         if not dg.check_pruning_group(pg):
             raise PruningError(f"pruning group {gid!r} of {plan.model} would empty a layer")
+        splits.track_removal(pg)
         try:
             pg.prune()
         except Exception as e:
