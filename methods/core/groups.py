@@ -119,6 +119,8 @@ def channel_groups(model: nn.Module, example: torch.Tensor, scope: str = "all", 
     for tp_group in _all_groups(dg, ignored):
         root = tp_group[0].dep.target.module
         g, reason = _describe(dg, tp_group, names, root)
+        if getattr(dg, "broadcast_hits", None):  # set while torch-pruning traversed this group (splits.py)
+            reason, dg.broadcast_hits = reason or "a channel broadcast over all channels (x * g[:, i:i + 1])", set()
         if reason:
             excluded[g.id] = reason
         elif scope == "all" or g.kind == "internal":

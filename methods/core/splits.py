@@ -32,6 +32,8 @@ from torch_pruning.dependency import index_mapping, shape_infer
 
 _SPLITS = {"split", "chunk", "split_with_sizes", "tensor_split", "unsafe_split"}
 _CATS = {"cat", "concat", "concatenate"}
+_RESHAPES = {"reshape", "view", "flatten", "unflatten"}
+_BINARY = {"mul", "__mul__", "__rmul__", "add", "__add__", "__radd__", "sub", "__sub__", "__rsub__", "div", "__truediv__"}
 _INT_BOUND = 2 ** 62  # a slice without an end (`x[:, c:]`) records INT64_MAX
 
 
@@ -50,6 +52,15 @@ class _Recorder(TorchFunctionMode):
             tensors = args[0] if args else kwargs["tensors"]
             if getattr(out.grad_fn, "_saved_dim", None) == 1 and all(t.requires_grad for t in tensors):
                 self.records.setdefault(out.grad_fn, (self.stack[-1], [int(t.shape[1]) for t in tensors]))
+        elif name in _RESHAPES and isinstance(out, torch.Tensor) and out.grad_fn is not None and args \
+                and isinstance(args[0], torch.Tensor):
+            self.records.setdefault(out.grad_fn, (self.stack[-1] if self.stack else None,
+                                                  ("reshape", tuple(args[0].shape), tuple(out.shape))))
+        elif name in _BINARY and isinstance(out, torch.Tensor) and out.grad_fn is not None and out.dim() >= 2:
+            narrow = [a.grad_fn for a in args[:2] if isinstance(a, torch.Tensor) and a.grad_fn is not None
+                      and a.dim() >= 2 and a.shape[1] == 1 and out.shape[1] > 1]
+            if narrow:
+                self.records.setdefault(out.grad_fn, (self.stack[-1] if self.stack else None, ("broadcast", narrow)))
         elif self.stack and _inplace(name) and args and isinstance(args[0], torch.Tensor):
             self._record_slice_write(name, args)
         elif self.stack and (name in _SPLITS or name == "__getitem__"):
@@ -114,6 +125,12 @@ def attach(dg: tp.DependencyGraph, records: dict) -> None:
             continue
         owner, sizes = rec
         op = node.module
+        if isinstance(sizes, tuple) and sizes[0] == "reshape" and node.type == tp.ops.OPTYPE.RESHAPE:
+            op.shapes = sizes[1:]
+            continue
+        if isinstance(sizes, tuple) and sizes[0] == "broadcast" and node.type == tp.ops.OPTYPE.ELEMENTWISE:
+            op.narrow = [n for n in node.inputs if n.grad_fn in sizes[1]]
+            continue
         if isinstance(sizes, tuple) and sizes[0] == "write" and node.type == tp.ops.OPTYPE.ELEMENTWISE:
             op.owner, op.bounds, op.original = owner, list(sizes[1:]), tuple(sizes[1:])
             continue
@@ -167,6 +184,30 @@ def _split_index_mapping(graph: tp.DependencyGraph, node) -> None:
         for dep in out.dependencies:
             if dep.target is node:
                 _map_last(dep, _Ranges(ranges, reverse=True))
+
+
+class _Broadcast:
+    """A one-channel operand broadcast over every channel (`ctx * gates[:, l:l + 1]`): no channel of one side
+    is a channel of the other. Channels of the group that reach the one-channel side are noted in `hits`:
+    they scale every channel, so that group cannot be pruned (groups.py excludes it)."""
+
+    def __init__(self, graph: tp.DependencyGraph, node, into_narrow: bool) -> None:
+        self.graph, self.node, self.into_narrow = graph, node, into_narrow
+
+    def __call__(self, idxs):
+        if idxs and self.into_narrow:
+            self.graph.broadcast_hits = getattr(self.graph, "broadcast_hits", set()) | {id(self.node)}
+        return []
+
+
+def _broadcast_index_mapping(graph: tp.DependencyGraph, node) -> None:
+    for src in getattr(node.module, "narrow", ()):
+        for dep in node.dependencies:
+            if dep.target is src:
+                dep.index_mapping[0] = _Broadcast(graph, node, into_narrow=True)
+        for dep in src.dependencies:
+            if dep.target is node:
+                dep.index_mapping[0] = _Broadcast(graph, node, into_narrow=False)
 
 
 def _write_index_mapping(graph: tp.DependencyGraph, node) -> None:
@@ -235,11 +276,57 @@ def _traced_concat_mapping(node) -> None:
                     break
 
 
+def _channels(shape: tuple) -> int:
+    return shape[1] if len(shape) >= 2 else shape[0]
+
+
+class _Tile:
+    """(N, k * C, ...) viewed as (N, k, C, ...) (selective-kernel and split-attention paths): input channel
+    j * C + c is channel c of path j; every path's channel c is one channel downstream."""
+
+    def __init__(self, per_path: int, paths: int, reverse: bool) -> None:
+        self.per_path, self.paths, self.reverse = per_path, paths, reverse
+
+    def __call__(self, idxs):
+        H = tp._helpers._HybridIndex
+        if self.reverse:
+            return [H(idx=i.idx + j * self.per_path, root_idx=i.root_idx) for i in idxs for j in range(self.paths)]
+        return [H(idx=i.idx % self.per_path, root_idx=i.root_idx) for i in idxs]
+
+
+def _reshape_index_mapping(graph: tp.DependencyGraph, node) -> None:
+    """A traced reshape that keeps the channel count maps one to one (a layer scale viewed as (1, C, 1, 1));
+    one that splits the channels into paths first (N, k, C, ...) ties each path's channel c; others are
+    torch-pruning's (which infers the sizes from its neighbours, and can pick the wrong neighbour)."""
+    shapes = getattr(node.module, "shapes", None)
+    if node.type != tp.ops.OPTYPE.RESHAPE or shapes is None:
+        return _reshape_original(graph, node)
+    src, dst = shapes
+    if _channels(src) == _channels(dst):
+        maps = (None, None)
+    elif len(src) >= 2 and len(dst) == len(src) + 1 and dst[1] * dst[2] == src[1] and dst[0] == src[0]:
+        maps = (_Tile(dst[2], dst[1], reverse=False), _Tile(dst[2], dst[1], reverse=True))
+    else:
+        return _reshape_original(graph, node)
+    for nb in node.inputs:
+        for dep in nb.dependencies:
+            if dep.target is node:
+                dep.index_mapping[0] = maps[0]
+        for dep in node.dependencies:
+            if dep.target is nb:
+                dep.index_mapping[0] = maps[1]
+    for nb in node.outputs:  # the first build mapped this side with torch-pruning's guess: undo it
+        for dep in nb.dependencies + node.dependencies:
+            if {dep.source, dep.target} == {nb, node}:
+                dep.index_mapping[0] = None
+
+
 def _update_index_mapping(graph: tp.DependencyGraph) -> None:
     _original_update(graph)
     for node in graph.module2node.values():
         if node.type == tp.ops.OPTYPE.ELEMENTWISE:
             _write_index_mapping(graph, node)
+            _broadcast_index_mapping(graph, node)
 
 
 def _slice_index_mapping(graph: tp.DependencyGraph, node) -> None:
@@ -283,6 +370,7 @@ class _SliceMap:
 
 _concat_index_mapping = index_mapping.update_concat_index_mapping
 _original_update = index_mapping.update_index_mapping
+_reshape_original = index_mapping.update_reshape_index_mapping
 
 
 def _safe_concat_index_mapping(graph: tp.DependencyGraph, node) -> None:
@@ -304,6 +392,7 @@ def patched() -> Iterator[None]:
     with mock.patch.object(index_mapping, "update_split_index_mapping", _split_index_mapping), \
             mock.patch.object(index_mapping, "update_concat_index_mapping", _safe_concat_index_mapping), \
             mock.patch.object(index_mapping, "update_slice_index_mapping", _slice_index_mapping), \
+            mock.patch.object(index_mapping, "update_reshape_index_mapping", _reshape_index_mapping), \
             mock.patch.object(index_mapping, "update_index_mapping", _update_index_mapping):
         yield
 
