@@ -32,7 +32,7 @@ class _Point:
     """A gate point with its index tensors prepared once."""
 
     def __init__(self, gp: GatePoint, module: nn.Module, units: int, device: torch.device) -> None:
-        self.size = _out_channels(module)
+        self.size = gp.size or _out_channels(module)
         full = gp.channels == list(range(self.size))
         self.channels = None if full else torch.tensor(gp.channels, device=device)
         self.units = None if gp.units == list(range(units)) and full else torch.tensor(gp.units, device=device)

@@ -41,6 +41,7 @@ class GatePoint:
     channels: list[int]
     units: list[int]
     channel_dim: int  # 1 for conv/BN outputs (N, C, ...), -1 for linear outputs (N, ..., C)
+    size: int = 0     # the module's output channels, where the module does not say (an activation module)
 
 
 @dataclass
@@ -86,13 +87,15 @@ def build_graph(model: nn.Module, example: torch.Tensor, name: str = "model") ->
     was_training = model.training
     model.eval()
     records: dict = {}
+    outputs: dict = {}
     try:
         with torch.enable_grad(), warnings.catch_warnings(), splits.patched():
             warnings.simplefilter("ignore")
-            with splits.recording(records):
+            with splits.recording(records, outputs):
                 dg = tp.DependencyGraph().build_dependency(model, example_inputs=example,
                                                            customized_pruners=dict(CUSTOM_PRUNERS))
             splits.attach(dg, records)
+            dg.output_modules = outputs
             tp.dependency.index_mapping.update_index_mapping(dg)
             return dg
     except Exception as e:
@@ -278,7 +281,9 @@ def _describe(dg: tp.DependencyGraph, tp_group, names: dict, root: nn.Module) ->
     units = channels // tie
     maps = {m: GatePoint(names[m], idx, [r % units for r in root_idx], -1 if isinstance(m, nn.Linear) else 1)
             for m, (idx, root_idx) in producers.items()}
-    gate_points = [] if reason else _gate_points(dg, maps)
+    gate_points = [] if reason else _gate_points(dg, maps, names)
+    if not reason and not gate_points:
+        reason = "a constant is added to its channels after the layers that make them, outside any module"
     name = root_name if kind == "internal" else f"{root_name} (stream of {len(producers)} layers)"
     group = ChannelGroup(root_name, name, kind, channels, tie, list(maps.values()), gate_points, layers)
     return group, reason
@@ -309,8 +314,10 @@ def _inside_attention(name: str, model: nn.Module) -> bool:
     return False
 
 
-def _gate_points(dg, maps: dict[nn.Module, GatePoint]) -> list[GatePoint]:
-    """Norm layers gate their own output; a conv/linear is gated where no norm of the group follows it."""
+def _gate_points(dg, maps: dict[nn.Module, GatePoint], names: dict) -> list[GatePoint]:
+    """Norm layers gate their own output; a conv/linear is gated where no norm of the group follows it.
+    Where a constant is added after that point (HGNet's learnable affine `s * x + b`, MetaFormer's StarReLU),
+    a zero would not stay zero: the gate moves to the module that returns the shifted channels."""
     norms = {m for m in maps if isinstance(m, _NORMS)}
     points = []
     for module, point in maps.items():
@@ -318,8 +325,39 @@ def _gate_points(dg, maps: dict[nn.Module, GatePoint]) -> list[GatePoint]:
             outs = dg.module2node[module].outputs
             if len(outs) == 1 and outs[0].module in norms:
                 continue  # its normalisation is gated instead
+        moved = _past_constants(dg, module)
+        if moved is None:
+            return []
+        if moved is not module:
+            point = GatePoint(names[moved], point.channels, point.units, point.channel_dim, _out_size(module))
         points.append(point)
     return points
+
+
+def _out_size(module: nn.Module) -> int:
+    for attr in ("out_channels", "num_features", "out_features"):
+        if hasattr(module, attr):
+            return int(getattr(module, attr))
+    return 0
+
+
+def _past_constants(dg, module: nn.Module) -> nn.Module | None:
+    """`module`, or the module whose output is the end of the element-wise chain after it when that chain adds
+    a constant (a one-input add or subtract); None where no module returns that output."""
+    node, last, shifted = dg.module2node[module], None, False
+    while len(node.outputs) == 1:
+        nxt = node.outputs[0]
+        others = [i for i in nxt.inputs if i is not node and i.type != tp.ops.OPTYPE.PARAMETER]
+        if not isinstance(nxt.module, tp.ops._ElementWiseOp) or others:
+            break
+        fn = nxt.grad_fn.name() if nxt.grad_fn is not None else ""
+        shifted |= "Add" in fn or "Sub" in fn
+        node = nxt
+        if shifted:
+            last = node
+    if last is None:
+        return module
+    return getattr(dg, "output_modules", {}).get(last.grad_fn)
 
 
 def count_units(groups: GroupSet) -> int:

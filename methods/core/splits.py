@@ -51,16 +51,16 @@ class _Recorder(TorchFunctionMode):
         if self.stack and name in _CATS and isinstance(out, torch.Tensor) and out.grad_fn is not None:
             tensors = args[0] if args else kwargs["tensors"]
             if getattr(out.grad_fn, "_saved_dim", None) == 1 and all(t.requires_grad for t in tensors):
-                self.records.setdefault(out.grad_fn, (self.stack[-1], [int(t.shape[1]) for t in tensors]))
+                self.records.setdefault(out.grad_fn, (self.stack[-1], "cat", [int(t.shape[1]) for t in tensors]))
         elif name in _RESHAPES and isinstance(out, torch.Tensor) and out.grad_fn is not None and args \
                 and isinstance(args[0], torch.Tensor):
-            self.records.setdefault(out.grad_fn, (self.stack[-1] if self.stack else None,
-                                                  ("reshape", tuple(args[0].shape), tuple(out.shape))))
+            self.records.setdefault(out.grad_fn, (self.stack[-1] if self.stack else None, "reshape",
+                                                  (tuple(args[0].shape), tuple(out.shape))))
         elif name in _BINARY and isinstance(out, torch.Tensor) and out.grad_fn is not None and out.dim() >= 2:
             narrow = [a.grad_fn for a in args[:2] if isinstance(a, torch.Tensor) and a.grad_fn is not None
                       and a.dim() >= 2 and a.shape[1] == 1 and out.shape[1] > 1]
             if narrow:
-                self.records.setdefault(out.grad_fn, (self.stack[-1] if self.stack else None, ("broadcast", narrow)))
+                self.records.setdefault(out.grad_fn, (self.stack[-1] if self.stack else None, "broadcast", narrow))
         elif self.stack and _inplace(name) and args and isinstance(args[0], torch.Tensor):
             self._record_slice_write(name, args)
         elif self.stack and (name in _SPLITS or name == "__getitem__"):
@@ -68,7 +68,7 @@ class _Recorder(TorchFunctionMode):
             first = parts[0] if parts else None
             if isinstance(first, torch.Tensor) and first.grad_fn is not None and getattr(first.grad_fn, "_saved_dim", None) == 1:
                 sizes = [int(p.shape[1]) for p in parts] if name in _SPLITS else None
-                self.records.setdefault(first.grad_fn, (self.stack[-1], sizes))
+                self.records.setdefault(first.grad_fn, (self.stack[-1], "split" if sizes else "slice", sizes))
                 if name == "__getitem__":
                     self.views[id(first)] = (first, first.grad_fn._saved_start, first.grad_fn._saved_end)
         return out
@@ -82,7 +82,7 @@ class _Recorder(TorchFunctionMode):
             target, bounds = (args[0]._base, view[1:]) if view is not None and view[0] is args[0] else (None, None)
         fn = getattr(target, "grad_fn", None)
         if bounds is not None and fn is not None and type(fn).__name__ == "CopySlices":
-            self.records.setdefault(fn, (self.stack[-1], ("write", *bounds)))
+            self.records.setdefault(fn, (self.stack[-1], "write", bounds))
 
 
 def _inplace(name: str) -> bool:
@@ -100,13 +100,17 @@ def _channel_slice(index) -> tuple[int, int] | None:
 
 
 @contextlib.contextmanager
-def recording(records: dict) -> Iterator[None]:
-    """While active, every channel split/slice run inside a module is recorded into `records` (by grad_fn)."""
+def recording(records: dict, outputs: dict | None = None) -> Iterator[None]:
+    """While active, every channel split/slice run inside a module is recorded into `records` (by grad_fn),
+    and `outputs` maps each module output's grad_fn to the innermost module that returned it."""
     stack: list[nn.Module] = []
+    outputs = {} if outputs is None else outputs
 
     def leave(module: nn.Module, args, out) -> None:
         if stack and stack[-1] is module:
             stack.pop()
+        if isinstance(out, torch.Tensor) and out.grad_fn is not None:
+            outputs.setdefault(out.grad_fn, module)
     pre = nn.modules.module.register_module_forward_pre_hook(lambda m, a: stack.append(m))
     post = nn.modules.module.register_module_forward_hook(leave)
     try:
@@ -118,32 +122,25 @@ def recording(records: dict) -> Iterator[None]:
 
 
 def attach(dg: tp.DependencyGraph, records: dict) -> None:
-    """Give each split/slice op of `dg` its owner module and original sizes (and an int split its true sizes)."""
+    """Give each traced op of `dg` what `recording` saw: owners and sizes of splits, slices and writes, the
+    sizes a concatenation joined, a reshape's shapes, a broadcast's one-channel operands."""
+    T = tp.ops.OPTYPE
     for node in dg.module2node.values():
-        rec = records.get(node.grad_fn)
-        if rec is None:
-            continue
-        owner, sizes = rec
+        owner, kind, data = records.get(node.grad_fn, (None, None, None))
         op = node.module
-        if isinstance(sizes, tuple) and sizes[0] == "reshape" and node.type == tp.ops.OPTYPE.RESHAPE:
-            op.shapes = sizes[1:]
-            continue
-        if isinstance(sizes, tuple) and sizes[0] == "broadcast" and node.type == tp.ops.OPTYPE.ELEMENTWISE:
-            op.narrow = [n for n in node.inputs if n.grad_fn in sizes[1]]
-            continue
-        if isinstance(sizes, tuple) and sizes[0] == "write" and node.type == tp.ops.OPTYPE.ELEMENTWISE:
-            op.owner, op.bounds, op.original = owner, list(sizes[1:]), tuple(sizes[1:])
-            continue
-        if node.type == tp.ops.OPTYPE.CONCAT:  # the sizes it really joined (shape inference gives up on long paths)
-            if len(sizes) == len(node.inputs):
-                op.concat_sizes, op.traced = list(sizes), True
-            continue
-        op.owner = owner
-        if node.type == tp.ops.OPTYPE.SPLIT:
-            op.split_sizes, op.original = list(sizes), list(sizes)
+        if (kind, node.type) == ("reshape", T.RESHAPE):
+            op.shapes = data
+        elif (kind, node.type) == ("broadcast", T.ELEMENTWISE):
+            op.narrow = [n for n in node.inputs if n.grad_fn in data]
+        elif (kind, node.type) == ("write", T.ELEMENTWISE):
+            op.owner, op.bounds, op.original = owner, list(data), tuple(data)
+        elif (kind, node.type) == ("cat", T.CONCAT) and len(data) == len(node.inputs):
+            op.concat_sizes, op.traced = list(data), True  # shape inference gives up on long paths
+        elif (kind, node.type) == ("split", T.SPLIT):
+            op.owner, op.split_sizes, op.original = owner, list(data), list(data)
             op.equal_parts = "_saved_split_size" in dir(node.grad_fn)  # torch.split(x, int) / chunk
-        else:
-            op.original = (op.start, op.end)
+        elif (kind, node.type) == ("slice", T.SLICE):
+            op.owner, op.original = owner, (op.start, op.end)
 
 
 class _Ranges:
