@@ -22,7 +22,7 @@ INPLACE = True
 
 
 def _out_channels(module: nn.Module) -> int:
-    for attr in ("out_channels", "num_features", "out_features"):
+    for attr in ("out_channels", "num_features", "out_features", "channels"):
         if hasattr(module, attr):
             return int(getattr(module, attr))
     raise TypeError(f"cannot tell the output channels of {type(module).__name__}")

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from . import splits
+from . import splits, timm_layers
 from .shortcut import CUSTOM_PRUNERS
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def build_graph(model: nn.Module, example: torch.Tensor, name: str = "model") ->
             warnings.simplefilter("ignore")
             with splits.recording(records, outputs):
                 dg = tp.DependencyGraph().build_dependency(model, example_inputs=example,
-                                                           customized_pruners=dict(CUSTOM_PRUNERS))
+                                                           customized_pruners={**CUSTOM_PRUNERS, **timm_layers.CUSTOM_PRUNERS})
             splits.attach(dg, records)
             dg.output_modules = outputs
             tp.dependency.index_mapping.update_index_mapping(dg)
@@ -122,8 +122,8 @@ def channel_groups(model: nn.Module, example: torch.Tensor, scope: str = "all", 
     for tp_group in _all_groups(dg, ignored):
         root = tp_group[0].dep.target.module
         g, reason = _describe(dg, tp_group, names, root)
-        if getattr(dg, "broadcast_hits", None):  # set while torch-pruning traversed this group (splits.py)
-            reason, dg.broadcast_hits = reason or "a channel broadcast over all channels (x * g[:, i:i + 1])", set()
+        if getattr(dg, "blocked", None):  # set while torch-pruning traversed this group (splits.py)
+            reason, dg.blocked = reason or f"channels reach {next(iter(dg.blocked.values()))}", {}
         if reason:
             excluded[g.id] = reason
         elif scope == "all" or g.kind == "internal":
@@ -335,7 +335,7 @@ def _gate_points(dg, maps: dict[nn.Module, GatePoint], names: dict) -> list[Gate
 
 
 def _out_size(module: nn.Module) -> int:
-    for attr in ("out_channels", "num_features", "out_features"):
+    for attr in ("out_channels", "num_features", "out_features", "channels"):
         if hasattr(module, attr):
             return int(getattr(module, attr))
     return 0

@@ -175,36 +175,39 @@ def _split_index_mapping(graph: tp.DependencyGraph, node) -> None:
         ranges = [(offsets[nr], offsets[nr + 1]) for nr in sorted(set(nrs)) if nr < len(sizes)]
         if not ranges:
             continue
-        for dep in node.dependencies:
-            if dep.target is out:
-                dep.index_mapping[0] = _Ranges(ranges, reverse=False)
-        for dep in out.dependencies:
-            if dep.target is node:
-                _map_last(dep, _Ranges(ranges, reverse=True))
+        fwd, back = _edges(node, out)
+        for dep in fwd:
+            _put(dep, 0, _Ranges(ranges, reverse=False))
+        for dep in back:
+            _put(dep, 2, _Ranges(ranges, reverse=True))
 
 
-class _Broadcast:
-    """A one-channel operand broadcast over every channel (`ctx * gates[:, l:l + 1]`): no channel of one side
-    is a channel of the other. Channels of the group that reach the one-channel side are noted in `hits`:
-    they scale every channel, so that group cannot be pruned (groups.py excludes it)."""
+class _Blocked:
+    """No channel on one side of this edge is a channel on the other: a one-channel operand broadcast over every
+    channel (`ctx * gates[:, l:l + 1]`), or a reshape that regroups channels some other way. Channels of a group
+    that reach it (through the `into` side, or either side when `into` is None) are noted in the graph's
+    `blocked` (node -> construct), and groups.py excludes that group: removing them is not removing channels."""
 
-    def __init__(self, graph: tp.DependencyGraph, node, into_narrow: bool) -> None:
-        self.graph, self.node, self.into_narrow = graph, node, into_narrow
+    def __init__(self, graph: tp.DependencyGraph, node, construct: str, flags: bool = True) -> None:
+        self.graph, self.node, self.construct, self.flags = graph, node, construct, flags
 
     def __call__(self, idxs):
-        if idxs and self.into_narrow:
-            self.graph.broadcast_hits = getattr(self.graph, "broadcast_hits", set()) | {id(self.node)}
+        if idxs and self.flags:
+            blocked = getattr(self.graph, "blocked", None)
+            if blocked is None:
+                blocked = self.graph.blocked = {}
+            blocked[id(self.node)] = self.construct
         return []
 
 
 def _broadcast_index_mapping(graph: tp.DependencyGraph, node) -> None:
+    what = "a channel broadcast over all channels (x * g[:, i:i + 1])"
     for src in getattr(node.module, "narrow", ()):
-        for dep in node.dependencies:
-            if dep.target is src:
-                dep.index_mapping[0] = _Broadcast(graph, node, into_narrow=True)
-        for dep in src.dependencies:
-            if dep.target is node:
-                dep.index_mapping[0] = _Broadcast(graph, node, into_narrow=False)
+        into, back = _edges(src, node)
+        for dep in back:  # the full-width side does not reach the narrow one
+            _put(dep, 0, _Blocked(graph, node, what, flags=False))
+        for dep in into:  # the narrow side's channels scale every channel: not removable
+            _put(dep, 2, _Blocked(graph, node, what))
 
 
 def _write_index_mapping(graph: tp.DependencyGraph, node) -> None:
@@ -214,12 +217,11 @@ def _write_index_mapping(graph: tp.DependencyGraph, node) -> None:
         return
     src = node.inputs[1]
     rng = _WriteRange(node.module)
-    for dep in node.dependencies:
-        if dep.target is src:
-            dep.index_mapping[0] = rng.reverse
-    for dep in src.dependencies:
-        if dep.target is node:
-            dep.index_mapping[0] = rng.forward
+    into, back = _edges(src, node)
+    for dep in back:
+        _put(dep, 0, rng.reverse)
+    for dep in into:
+        _put(dep, 2, rng.forward)
 
 
 class _WriteRange:
@@ -248,13 +250,25 @@ def track_removal(pg) -> None:
         op.bounds = [b - sum(i < b for i in idxs) for b in op.bounds]
 
 
-def _map_last(dep, fn) -> None:
-    """Map a consumer's channels back into a split or slice after any map of the consumer's own (a
-    concatenation's offset, slot 1): torch-pruning's slot 0 would run before it."""
-    dep.index_mapping[0] = None
+_TP_MAPS = (index_mapping._SplitIndexMapping, index_mapping._SliceIndexMapping, index_mapping._FlattenIndexMapping)
+
+
+def _put(dep, slot: int, fn) -> None:
+    """Set one of an edge's index maps. The maps of an edge run in slot order: on a producer -> consumer edge,
+    0 the producer's side (which part of a split, which range of a slice), 1 a concatenation's offset
+    (torch-pruning's), 2 the consumer's other maps (a reshape, a range write, a broadcast); on a consumer ->
+    producer edge, 0 the consumer's other maps, 1 the concatenation's, 2 the producer's side. torch-pruning
+    puts both sides in slot 0, so its maps left there by the first build are dropped."""
     while len(dep.index_mapping) < 3:
         dep.index_mapping.append(None)
-    dep.index_mapping[2] = fn
+    if slot != 0 and isinstance(dep.index_mapping[0], _TP_MAPS):
+        dep.index_mapping[0] = None
+    dep.index_mapping[slot] = fn
+
+
+def _edges(a, b):
+    """The dependencies a -> b (stored on a) and b -> a (stored on b)."""
+    return [d for d in a.dependencies if d.target is b], [d for d in b.dependencies if d.target is a]
 
 
 def _traced_concat_mapping(node) -> None:
@@ -296,25 +310,30 @@ def _reshape_index_mapping(graph: tp.DependencyGraph, node) -> None:
     one that splits the channels into paths first (N, k, C, ...) ties each path's channel c; others are
     torch-pruning's (which infers the sizes from its neighbours, and can pick the wrong neighbour)."""
     shapes = getattr(node.module, "shapes", None)
-    if node.type != tp.ops.OPTYPE.RESHAPE or shapes is None:
-        return _reshape_original(graph, node)
+    if node.type != tp.ops.OPTYPE.RESHAPE:
+        return
+    if shapes is None:
+        try:
+            return _reshape_original(graph, node)
+        except ZeroDivisionError:  # torch-pruning found no channel count on one side
+            shapes = ((0,), (1,))
     src, dst = shapes
     if _channels(src) == _channels(dst):
         maps = (None, None)
     elif len(src) >= 2 and len(dst) == len(src) + 1 and dst[1] * dst[2] == src[1] and dst[0] == src[0]:
         maps = (_Tile(dst[2], dst[1], reverse=False), _Tile(dst[2], dst[1], reverse=True))
     else:
-        return _reshape_original(graph, node)
+        what = f"a reshape/view of {list(src)} to {list(dst)} that regroups the channels"
+        maps = (_Blocked(graph, node, what), _Blocked(graph, node, what))
     for nb in node.inputs:
-        for dep in nb.dependencies:
-            if dep.target is node:
-                dep.index_mapping[0] = maps[0]
-        for dep in node.dependencies:
-            if dep.target is nb:
-                dep.index_mapping[0] = maps[1]
+        into, back = _edges(nb, node)
+        for dep in into:
+            _put(dep, 2, maps[0])
+        for dep in back:
+            _put(dep, 0, maps[1])
     for nb in node.outputs:  # the first build mapped this side with torch-pruning's guess: undo it
-        for dep in nb.dependencies + node.dependencies:
-            if {dep.source, dep.target} == {nb, node}:
+        for dep in sum(_edges(node, nb), []):
+            if isinstance(dep.index_mapping[0], _TP_MAPS):
                 dep.index_mapping[0] = None
 
 
@@ -335,20 +354,16 @@ def _slice_index_mapping(graph: tp.DependencyGraph, node) -> None:
     if node.type != tp.ops.OPTYPE.SLICE or getattr(grad_fn, "_saved_dim", 1) != 1:
         return
     op = node.module
-    for nb in node.inputs:
-        for dep in node.dependencies:
-            if dep.target is nb:
-                dep.index_mapping[0] = None
-        for dep in nb.dependencies:
-            if dep.target is node:
+    for nb in node.inputs:  # torch-pruning's map on this side is dropped
+        for dep in sum(_edges(nb, node), []):
+            if isinstance(dep.index_mapping[0], _TP_MAPS):
                 dep.index_mapping[0] = None
     for out in node.outputs:
-        for dep in node.dependencies:
-            if dep.target is out:
-                dep.index_mapping[0] = _SliceMap(op, reverse=False)
-        for dep in out.dependencies:
-            if dep.target is node:
-                _map_last(dep, _SliceMap(op, reverse=True))
+        fwd, back = _edges(node, out)
+        for dep in fwd:
+            _put(dep, 0, _SliceMap(op, reverse=False))
+        for dep in back:
+            _put(dep, 2, _SliceMap(op, reverse=True))
 
 
 class _SliceMap:

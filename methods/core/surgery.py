@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from . import splits
+from . import splits, timm_layers
 from .groups import ChannelGroup, GroupSet, PruningError, channel_groups
 
 PLAN_FORMAT = 1
@@ -65,6 +65,7 @@ def removed_channels(group: ChannelGroup, kept_units: list[int]) -> list[int]:
 def apply_plan(model: nn.Module, plan: KeepPlan, example: torch.Tensor | None = None) -> nn.Module:
     """Remove, in place, every channel the plan does not keep. Returns the model."""
     example = torch.randn(1, *plan.input_size) if example is None else example
+    timm_layers.fold_standardised(model)  # exact, and removing their input channels needs it
     groups = channel_groups(model, example, plan.scope, name=plan.model)
     by_id, modules = groups.by_id, dict(model.named_modules())
     dg = groups.graph
