@@ -305,25 +305,28 @@ class _Tile:
         return [H(idx=i.idx % self.per_path, root_idx=i.root_idx) for i in idxs]
 
 
+def _paths_first(src: tuple, dst: tuple) -> bool:
+    return len(src) >= 2 and len(dst) == len(src) + 1 and dst[0] == src[0] and dst[1] * dst[2] == src[1]
+
+
 def _reshape_index_mapping(graph: tp.DependencyGraph, node) -> None:
     """A traced reshape that keeps the channel count maps one to one (a layer scale viewed as (1, C, 1, 1));
     one that splits the channels into paths first (N, k, C, ...) ties each path's channel c; others are
-    torch-pruning's (which infers the sizes from its neighbours, and can pick the wrong neighbour)."""
+    blocked, as is a reshape made inside another op (torch-pruning infers those sizes from neighbours, which
+    can pick the wrong neighbour, and its guesses compound across a network: minutes per group)."""
     shapes = getattr(node.module, "shapes", None)
     if node.type != tp.ops.OPTYPE.RESHAPE:
         return
-    if shapes is None:
-        try:
-            return _reshape_original(graph, node)
-        except ZeroDivisionError:  # torch-pruning found no channel count on one side
-            shapes = ((0,), (1,))
-    src, dst = shapes
-    if _channels(src) == _channels(dst):
+    if shapes is None:  # made inside another op (a matmul's views): torch-pruning would guess from neighbours
+        what = f"a reshape inside another op ({node.grad_fn.name() if node.grad_fn is not None else 'unknown'})"
+        maps = (_Blocked(graph, node, what), _Blocked(graph, node, what))
+    elif _channels(shapes[0]) == _channels(shapes[1]):
         maps = (None, None)
-    elif len(src) >= 2 and len(dst) == len(src) + 1 and dst[1] * dst[2] == src[1] and dst[0] == src[0]:
+    elif _paths_first(*shapes):
+        dst = shapes[1]
         maps = (_Tile(dst[2], dst[1], reverse=False), _Tile(dst[2], dst[1], reverse=True))
     else:
-        what = f"a reshape/view of {list(src)} to {list(dst)} that regroups the channels"
+        what = f"a reshape/view of {list(shapes[0])} to {list(shapes[1])} that regroups the channels"
         maps = (_Blocked(graph, node, what), _Blocked(graph, node, what))
     for nb in node.inputs:
         into, back = _edges(nb, node)
@@ -382,7 +385,6 @@ class _SliceMap:
 
 _concat_index_mapping = index_mapping.update_concat_index_mapping
 _original_update = index_mapping.update_index_mapping
-_reshape_original = index_mapping.update_reshape_index_mapping
 
 
 def _safe_concat_index_mapping(graph: tp.DependencyGraph, node) -> None:

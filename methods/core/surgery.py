@@ -89,7 +89,34 @@ def apply_plan(model: nn.Module, plan: KeepPlan, example: torch.Tensor | None = 
         except Exception as e:
             raise PruningError(f"cannot prune group {gid!r} of {plan.model} ({type(e).__name__}: {e})") from e
     splits.sync_attributes(dg)
+    _check_runs(model, example, plan.model)
     return model
+
+
+def _check_runs(model: nn.Module, example: torch.Tensor, name: str) -> None:
+    """The pruned network must run: a construct whose sizes the removal could not follow is named, not hidden."""
+    stack: list[str] = []
+    names = {m: n for n, m in model.named_modules()}
+
+    def leave(m, a, o):
+        if stack and stack[-1] == names.get(m):
+            stack.pop()
+    pre = nn.modules.module.register_module_forward_pre_hook(lambda m, a: stack.append(names.get(m)))
+    post = nn.modules.module.register_module_forward_hook(leave)
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    except RuntimeError as e:
+        where = stack[-1] or "the network"
+        parent = model.get_submodule(where.rpartition(".")[0]) if "." in where else model
+        raise PruningError(f"{name}: after removal {where} ({type(model.get_submodule(where)).__name__} in "
+                           f"{type(parent).__name__}) no longer fits its input ({str(e).splitlines()[0][:120]}); "
+                           f"{type(parent).__name__} is a construct this harness cannot prune") from e
+    finally:
+        pre.remove()
+        post.remove()
+        model.train(was_training)
 
 
 def prune_model(model: nn.Module, plan: KeepPlan) -> nn.Module:
