@@ -4,14 +4,16 @@ its channel groups and a random 50% trial on the synthetic set (make timm-matrix
 Which modules count (the rule, in code): a module's representative is its registered model with the fewest
 parameters (built on the meta device, no weights); the module is a CNN family when that model has at least
 `MIN_SPATIAL_CONVS` convolutions with a spatial kernel (a vision transformer has one, its patch embedding)
-and no attention layer (a module whose class name says Attention/Attn, or nn.MultiheadAttention).
+and no token-attention layer (`_is_attention`: nn.MultiheadAttention, a class named *Attention*, or an *Attn*
+class with query-key layers; channel attention such as squeeze-excitation, selective kernels or split
+attention is part of many CNNs).
 
 Each model runs in its own process under a time limit: build it (num_classes 10, no pretrained weights),
 perturb its norm statistics so a wrong gate shows, find its channel groups at 32x32 (the synthetic set's
-size), select a random half of every group's units (the `random` method, ratio 0.5, seed 0), gate the
+size; the smallest of SIZES the model runs at, with the images resized, for stems that need more), select a random half of every group's units (the `random` method, ratio 0.5, seed 0), gate the
 synthetic test images with that plan and compare with the physically pruned network, and count params and
 FLOPs before and after. A model either runs, or is refused with the one-line reason (PruningError), or fails
-(a traceback or the time limit: both are defects to fix, never results).
+(a traceback, a gate-vs-removal error above TOLERANCE or the time limit: defects to fix, never results).
 """
 from __future__ import annotations
 
@@ -26,11 +28,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-COLUMNS = ("family", "model", "status", "groups", "excluded", "units", "gate_vs_removal", "params", "params_pruned",
+COLUMNS = ("family", "model", "status", "size", "groups", "excluded", "units", "gate_vs_removal", "params", "params_pruned",
            "flops", "flops_pruned", "seconds", "reason")
 MIN_SPATIAL_CONVS = 4
 SIZE = 32
-ATTENTION_WORDS = ("attention", "attn")
+QK_LAYERS = ("qkv", "q", "k", "kv", "qk", "to_qkv")
+SIZES = (32, 64, 96, 128, 160, 224, 299)  # the first a model runs at (the synthetic images are resized)
+TOLERANCE = 1e-4  # gate vs removal, relative: beyond it the row is a failure
 
 
 def _meta_model(name: str):
@@ -41,13 +45,22 @@ def _meta_model(name: str):
         return timm.create_model(name, pretrained=False, num_classes=10)
 
 
+def _is_attention(module) -> bool:
+    """Token attention: nn.MultiheadAttention, a class named *Attention*, or an *Attn* class with query-key
+    layers. timm's *Attn classes without them are channel attention inside CNNs (SelectiveKernelAttn,
+    SplitAttn, CBAM's ChannelAttn), as is squeeze-excitation."""
+    import torch.nn as nn
+
+    kind = type(module).__name__.lower()
+    return (isinstance(module, nn.MultiheadAttention) or "attention" in kind
+            or ("attn" in kind and any(hasattr(module, a) for a in QK_LAYERS)))
+
+
 def _is_cnn(model) -> bool:
     import torch.nn as nn
 
     spatial = sum(isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1 for m in model.modules())
-    attention = any(isinstance(m, nn.MultiheadAttention) or any(w in type(m).__name__.lower() for w in ATTENTION_WORDS)
-                    for m in model.modules())
-    return spatial >= MIN_SPATIAL_CONVS and not attention
+    return spatial >= MIN_SPATIAL_CONVS and not any(_is_attention(m) for m in model.modules())
 
 
 def representatives() -> dict[str, str]:
@@ -104,8 +117,11 @@ def probe(name: str, batch: int = 8) -> dict[str, Any]:
     data = make_synthetic(size=SIZE)
     x = torch.as_tensor(data.test.x[:batch]).permute(0, 3, 1, 2).float().div(255)
     x = (x - torch.tensor(data.mean).view(1, 3, 1, 1)) / torch.tensor(data.std).view(1, 3, 1, 1)
+    side = _runs_at(model)
+    x = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear") if side != SIZE else x
+    size = (3, side, side)
     groups = channel_groups(model, x[:1], "all", name=name)
-    ctx = methods.Context(model, groups, name, {"num_classes": 10}, (3, SIZE, SIZE), torch.device("cpu"))
+    ctx = methods.Context(model, groups, name, {"num_classes": 10}, size, torch.device("cpu"))
     plan = methods.get_method("random").select(ctx, ratio=0.5).plan
     masks = {gid: torch.isin(torch.arange(plan.units[gid]), torch.tensor(kept)).float() for gid, kept in plan.keep.items()}
     with Gates(model, groups) as gates, torch.no_grad():
@@ -114,10 +130,29 @@ def probe(name: str, batch: int = 8) -> dict[str, Any]:
     pruned = prune_model(model, plan)
     with torch.no_grad():
         err = float((gated - pruned(x)).norm() / gated.norm())
-    size = (3, SIZE, SIZE)
-    return {"groups": len(groups), "excluded": len(groups.excluded), "units": sum(g.units for g in groups),
+    if not err < TOLERANCE:
+        raise GateMismatch(f"gating differs from removal: relative error {err:.1e} (tolerance {TOLERANCE:.0e})")
+    return {"size": side, "groups": len(groups), "excluded": len(groups.excluded), "units": sum(g.units for g in groups),
             "gate_vs_removal": err, "params": count_params(model), "params_pruned": count_params(pruned),
             "flops": count_flops(model, size), "flops_pruned": count_flops(pruned, size)}
+
+
+class GateMismatch(AssertionError):
+    """The gated network and the pruned one disagree: a defect, never a result."""
+
+
+def _runs_at(model) -> int:
+    """The smallest of SIZES the model runs at (Inception's stems need more than 32x32)."""
+    import torch
+
+    for side in SIZES:
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, 3, side, side))
+            return side
+        except RuntimeError:
+            continue
+    return SIZES[-1]
 
 
 def _one(name: str) -> dict[str, Any]:
@@ -132,7 +167,7 @@ def _one(name: str) -> dict[str, Any]:
         row = {"status": "ok", **probe(name)}
     except PruningError as e:
         row = {"status": "refused", "reason": str(e).splitlines()[0]}
-    except Exception as e:  # noqa: BLE001 - the matrix records a failure instead of stopping
+    except Exception as e:  # noqa: BLE001 - the matrix records a failure instead of stopping (GateMismatch too)
         row = {"status": "failed", "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
     return {**row, "seconds": round(time.perf_counter() - start, 1)}
 
@@ -142,7 +177,8 @@ def run_one(family: str, name: str, limit: float) -> dict[str, Any]:
     start = time.perf_counter()
     cmd = [sys.executable, "-m", "bench.timm_matrix", "--one", name]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, cwd=Path(__file__).resolve().parents[1],
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
         lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
         row = json.loads(lines[-1]) if lines else {
             "status": "failed", "reason": f"exit {done.returncode}: {(done.stderr.strip().splitlines() or [''])[-1]}"}
@@ -166,12 +202,12 @@ def _fmt(row: dict[str, Any], key: str) -> str:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    head = ["family", "model", "status", "groups (excluded)", "gate vs removal", "params", "params at 50%",
+    head = ["family", "model", "status", "size", "groups (excluded)", "gate vs removal", "params", "params at 50%",
             "FLOPs", "FLOPs at 50%", "s", "reason"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         groups = f"{r['groups']} ({r['excluded']})" if r.get("groups") != "" and "groups" in r else ""
-        cells = [r["family"], f"`{r['model']}`", r["status"], groups] + [
+        cells = [r["family"], f"`{r['model']}`", r["status"], str(r.get("size", "")), groups] + [
             _fmt(r, k) for k in ("gate_vs_removal", "params", "params_pruned", "flops", "flops_pruned", "seconds", "reason")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -205,8 +241,8 @@ def write(rows: list[dict[str, Any]], out: Path, command: str, wall: float, limi
         f"{summary(rows)}.\n\n"
         "Rule (bench/timm_matrix.py): one model per timm model module, the registered model with the fewest "
         f"parameters; the module counts as a CNN family when that model has at least {MIN_SPATIAL_CONVS} spatial "
-        "convolutions and no attention layer. Each model: num_classes 10, no pretrained weights, norm statistics "
-        f"perturbed, {SIZE}x{SIZE} synthetic images; groups at scope all; random selection at ratio 0.5 (seed 0); "
+        "convolutions and no token-attention layer (query-key products). Each model: num_classes 10, no pretrained weights, norm statistics "
+        f"perturbed, {SIZE}x{SIZE} synthetic images (resized to the size column where a stem needs more); groups at scope all; random selection at ratio 0.5 (seed 0); "
         "gate vs removal is the relative L2 difference of the logits of the gated and the physically pruned "
         "network; params and FLOPs (MACs of one image) before and after. A refusal is the one line the harness "
         "prints for that model.\n\n" + markdown(rows)))

@@ -124,6 +124,7 @@ def channel_groups(model: nn.Module, example: torch.Tensor, scope: str = "all", 
         g, reason = _describe(dg, tp_group, names, root)
         if getattr(dg, "blocked", None):  # set while torch-pruning traversed this group (splits.py)
             reason, dg.blocked = reason or f"channels reach {next(iter(dg.blocked.values()))}", {}
+        reason = reason or _empties_at_half(dg, g, root, names)
         if reason:
             excluded[g.id] = reason
         elif scope == "all" or g.kind == "internal":
@@ -136,6 +137,28 @@ def channel_groups(model: nn.Module, example: torch.Tensor, scope: str = "all", 
     if not groups:
         raise PruningError(_nothing_to_prune(name, scope, streams, excluded))
     return GroupSet(groups, excluded, scope, dg)
+
+
+def _empties_at_half(dg: tp.DependencyGraph, g: ChannelGroup, root: nn.Module, names: dict) -> str:
+    """Why removing every second unit of `g` would empty a layer (a small map inside a selective-kernel or
+    split-attention block), or "" when it would not."""
+    if g.units < 2:
+        return f"one mask unit ({g.channels} channels tied {g.tie} ways): nothing to remove at any ratio"
+    removed = [c for c in range(g.channels) if (c % g.units) % 2 == 1]
+    with splits.patched():
+        pg = dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, removed)
+    if dg.check_pruning_group(pg):
+        return ""
+    for it in pg:
+        module = it.dep.target.module
+        pruner = dg.get_pruner_of_module(module)
+        size = None
+        if isinstance(module, nn.Module) and pruner is not None:
+            out = dg.is_out_channel_pruning_fn(it.dep.handler)
+            size = pruner.get_out_channels(module) if out else pruner.get_in_channels(module)
+        if size and len({int(i) for i in it.idxs}) >= size:
+            return f"too small to prune at a ratio: removing half its units would empty {names.get(module, module)}"
+    return "too small to prune at a ratio: removing half its units would empty a layer"
 
 
 def _nothing_to_prune(name: str, scope: str, streams: int, excluded: dict[str, str]) -> str:
@@ -240,6 +263,7 @@ def _describe(dg: tp.DependencyGraph, tp_group, names: dict, root: nn.Module) ->
         if isinstance(module, tp.ops._ElementWiseOp):
             residual |= _is_join(dg, module)
         concat |= isinstance(module, tp.ops._ConcatOp)
+        concat |= getattr(module, "shapes", None) is not None and splits._paths_first(*module.shapes)  # paths tie too
         name = names.get(module)
         if name is None:
             continue  # graph-only ops and unwrapped parameters (layer scale, tokens) follow their group
@@ -275,6 +299,13 @@ def _describe(dg: tp.DependencyGraph, tp_group, names: dict, root: nn.Module) ->
         if coupled > 1 and tie > 1 and coupled != tie:
             why = f"channels tied both by grouped convolutions ({tie}) and by a concatenation ({coupled})"
         reason, tie = why, max(tie, coupled)
+    if not reason:  # several mask units on one channel of a layer: removing them all would empty it
+        units = channels // tie
+        narrow = [(names[it.dep.target.module], len({int(i) for i in it.idxs})) for it in tp_group
+                  if it.dep.target.module in names and 0 < len({int(i) for i in it.idxs}) < units]
+        if narrow:
+            reason = (f"too small to prune by its own units: {narrow[0][0]} carries {narrow[0][1]} of its "
+                      f"{units} units (a selective-kernel or split-attention map)")
     # a residual stream: an add that joins the outputs of several layers (a bias add alone does not count)
     joined = [m for m in producers if not isinstance(m, _NORMS)]
     kind = "stream" if residual and len(joined) > 1 else "internal"

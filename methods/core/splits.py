@@ -301,8 +301,10 @@ class _Tile:
     def __call__(self, idxs):
         H = tp._helpers._HybridIndex
         if self.reverse:
-            return [H(idx=i.idx + j * self.per_path, root_idx=i.root_idx) for i in idxs for j in range(self.paths)]
-        return [H(idx=i.idx % self.per_path, root_idx=i.root_idx) for i in idxs]
+            pairs = {(int(i.idx) + j * self.per_path, int(i.root_idx)) for i in idxs for j in range(self.paths)}
+        else:
+            pairs = {(int(i.idx) % self.per_path, int(i.root_idx)) for i in idxs}
+        return [H(idx=a, root_idx=b) for a, b in sorted(pairs)]
 
 
 def _paths_first(src: tuple, dst: tuple) -> bool:
