@@ -299,13 +299,6 @@ def _describe(dg: tp.DependencyGraph, tp_group, names: dict, root: nn.Module) ->
         if coupled > 1 and tie > 1 and coupled != tie:
             why = f"channels tied both by grouped convolutions ({tie}) and by a concatenation ({coupled})"
         reason, tie = why, max(tie, coupled)
-    if not reason:  # several mask units on one channel of a layer: removing them all would empty it
-        units = channels // tie
-        narrow = [(names[it.dep.target.module], len({int(i) for i in it.idxs})) for it in tp_group
-                  if it.dep.target.module in names and 0 < len({int(i) for i in it.idxs}) < units]
-        if narrow:
-            reason = (f"too small to prune by its own units: {narrow[0][0]} carries {narrow[0][1]} of its "
-                      f"{units} units (a selective-kernel or split-attention map)")
     # a residual stream: an add that joins the outputs of several layers (a bias add alone does not count)
     joined = [m for m in producers if not isinstance(m, _NORMS)]
     kind = "stream" if residual and len(joined) > 1 else "internal"
