@@ -140,15 +140,21 @@ def channel_groups(model: nn.Module, example: torch.Tensor, scope: str = "all", 
 
 
 def _empties_at_half(dg: tp.DependencyGraph, g: ChannelGroup, root: nn.Module, names: dict) -> str:
-    """Why removing every second unit of `g` would empty a layer (a small map inside a selective-kernel or
-    split-attention block), or "" when it would not."""
+    """Why removing half the units of `g` (every second one, or either contiguous half) would empty a layer (a
+    small map inside a selective-kernel or split-attention block, a small part of an unequal split), or ""."""
     if g.units < 2:
         return f"one mask unit ({g.channels} channels tied {g.tie} ways): nothing to remove at any ratio"
-    removed = [c for c in range(g.channels) if (c % g.units) % 2 == 1]
-    with splits.patched():
-        pg = dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, removed)
-    if dg.check_pruning_group(pg):
-        return ""
+    half = g.units // 2  # every second unit, the first half, the second half (a split's parts are ranges)
+    for drop in (lambda u: u % 2 == 1, lambda u: u < half, lambda u: u >= g.units - half):
+        removed = [c for c in range(g.channels) if drop(c % g.units)]
+        with splits.patched():
+            pg = dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, removed)
+        if not dg.check_pruning_group(pg):
+            return _emptied(dg, pg, names)
+    return ""
+
+
+def _emptied(dg: tp.DependencyGraph, pg, names: dict) -> str:
     for it in pg:
         module = it.dep.target.module
         pruner = dg.get_pruner_of_module(module)
@@ -157,8 +163,8 @@ def _empties_at_half(dg: tp.DependencyGraph, g: ChannelGroup, root: nn.Module, n
             out = dg.is_out_channel_pruning_fn(it.dep.handler)
             size = pruner.get_out_channels(module) if out else pruner.get_in_channels(module)
         if size and len({int(i) for i in it.idxs}) >= size:
-            return f"too small to prune at a ratio: removing half its units would empty {names.get(module, module)}"
-    return "too small to prune at a ratio: removing half its units would empty a layer"
+            return f"too small to prune at a ratio: removing half its units can empty {names.get(module, module)}"
+    return "too small to prune at a ratio: removing half its units can empty a layer (a small split part or map)"
 
 
 def _nothing_to_prune(name: str, scope: str, streams: int, excluded: dict[str, str]) -> str:

@@ -138,7 +138,9 @@ def attach(dg: tp.DependencyGraph, records: dict) -> None:
             op.concat_sizes, op.traced = list(data), True  # shape inference gives up on long paths
         elif (kind, node.type) == ("split", T.SPLIT):
             op.owner, op.split_sizes, op.original = owner, list(data), list(data)
-            op.equal_parts = "_saved_split_size" in dir(node.grad_fn)  # torch.split(x, int) / chunk
+            # torch.split(x, int) / chunk, or explicit sizes that are all equal (MixNet's pointwise halves): the
+            # parts are tied, so no removal empties one
+            op.equal_parts = "_saved_split_size" in dir(node.grad_fn) or len(set(data)) == 1
         elif (kind, node.type) == ("slice", T.SLICE):
             op.owner, op.original = owner, (op.start, op.end)
 
