@@ -156,11 +156,14 @@ def test_construct_gate_equals_removal(name):
 
 
 def test_equal_split_parts_are_tied():
-    """The CSP halves and the Res2Net scales keep the same channels in every part (the split sizes stay equal)."""
+    """The CSP halves and the Res2Net scales keep the same channels in every part (their int split sizes stay
+    equal), whichever layer the group is rooted at: each mask unit gates one channel of every part."""
     torch.manual_seed(0)
-    for name, root, parts in (("csp_split_concat", "block.conv_exp.0", 2), ("scale_split", "block.conv1.0", 4)):
+    for name, producer, parts in (("csp_split_concat", "block.conv_exp.0", 2), ("scale_split", "block.conv1.0", 4)):
         groups = channel_groups(CONSTRUCTS[name]().eval(), torch.randn(1, 3, 16, 16), "all", name=name)
-        assert groups[root].tie == parts and groups[root].units == groups[root].channels // parts
+        (point,) = [p for g in groups for p in g.producers if p.module == producer]
+        counts = {u: point.units.count(u) for u in point.units}
+        assert len(point.channels) == len(set(point.channels)) and set(counts.values()) == {parts}, counts
 
 
 def test_pruned_split_sizes_follow_the_removal():
@@ -184,7 +187,7 @@ def test_partial_residual_groups_are_found_in_linear_time():
     torch.manual_seed(0)
     model = _Net(nn.Sequential(*(PartialResidual(16 + 6 * i, 6) for i in range(8))), 16, 64).eval()
     groups = channel_groups(model, torch.randn(1, 3, 16, 16), "all", name="rexnet-like")
-    assert len(groups) > 8 and all(g.gate_points for g in groups)
+    assert len(groups) >= 8 and all(g.gate_points for g in groups)
 
 
 def test_nothing_prunable_names_the_construct():

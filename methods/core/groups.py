@@ -288,9 +288,7 @@ def _describe(dg: tp.DependencyGraph, tp_group, names: dict, root: nn.Module) ->
     reason = reasons[0] if reasons else ""
     tie = max(conv_groups, default=1)
     parts = _equal_parts(tp_group, channels)
-    if isinstance(parts, str):
-        reason = reason or parts
-    elif parts:  # each part of an equal split, and each conv group inside a part, keeps the same channels
+    if parts:  # each part of an equal split, and each conv group inside a part, keeps the same channels
         periods = parts + [m.out_channels // m.groups for m in map(dg.model.get_submodule, layers)
                            if isinstance(m, nn.Conv2d) and 1 < m.groups < m.out_channels]
         tie = channels // math.gcd(*periods)
@@ -319,7 +317,7 @@ def _describe(dg: tp.DependencyGraph, tp_group, names: dict, root: nn.Module) ->
     return group, reason
 
 
-def _equal_parts(tp_group, channels: int) -> list[int] | str:
+def _equal_parts(tp_group, channels: int) -> list[int]:
     """Part sizes of the splits into equal parts (`torch.split(x, int)`, `chunk`) that this group's root
     channels go through one to one, or why such a split cannot be kept equal."""
     sizes = []
@@ -330,7 +328,8 @@ def _equal_parts(tp_group, channels: int) -> list[int] | str:
         idx = [int(i) for i in item.idxs]
         root = [int(i) for i in getattr(item, "root_idxs", item.idxs)]
         if idx != root or sum(op.split_sizes) != channels:
-            return f"channels split into equal parts by {type(op.owner).__name__} that come from several layers"
+            continue  # a root inside one part: an int split's map ties the parts (splits.py); explicit sizes
+            # follow any removal, and tying them only kept parts from emptying
         sizes.append(op.split_sizes[0])
     return sizes
 

@@ -140,7 +140,8 @@ def attach(dg: tp.DependencyGraph, records: dict) -> None:
             op.owner, op.split_sizes, op.original = owner, list(data), list(data)
             # torch.split(x, int) / chunk, or explicit sizes that are all equal (MixNet's pointwise halves): the
             # parts are tied, so no removal empties one
-            op.equal_parts = "_saved_split_size" in dir(node.grad_fn) or len(set(data)) == 1
+            op.int_split = "_saved_split_size" in dir(node.grad_fn)
+            op.equal_parts = op.int_split or len(set(data)) == 1
         elif (kind, node.type) == ("slice", T.SLICE):
             op.owner, op.original = owner, (op.start, op.end)
 
@@ -148,14 +149,16 @@ def attach(dg: tp.DependencyGraph, records: dict) -> None:
 class _Ranges:
     """Index map across a split into the parts one consumer reads (`ranges` of the split's input, in order)."""
 
-    def __init__(self, ranges: list[tuple[int, int]], reverse: bool) -> None:
-        self.ranges, self.reverse = ranges, reverse
+    def __init__(self, ranges: list[tuple[int, int]], reverse: bool, tied: list[int] | None = None) -> None:
+        self.ranges, self.reverse, self.tied = ranges, reverse, tied
 
     def __call__(self, idxs):
         out, base = [], 0
         for lo, hi in self.ranges:
             for i in idxs:
-                if self.reverse and base <= i.idx < base + hi - lo:
+                if self.reverse and base <= i.idx < base + hi - lo and self.tied:  # the same channel of every part
+                    out.extend(tp._helpers._HybridIndex(idx=i.idx - base + o, root_idx=i.root_idx) for o in self.tied)
+                elif self.reverse and base <= i.idx < base + hi - lo:
                     out.append(tp._helpers._HybridIndex(idx=i.idx - base + lo, root_idx=i.root_idx))
                 elif not self.reverse and lo <= i.idx < hi:
                     out.append(tp._helpers._HybridIndex(idx=i.idx - lo + base, root_idx=i.root_idx))
@@ -172,6 +175,9 @@ def _split_index_mapping(graph: tp.DependencyGraph, node) -> None:
     for s in sizes:
         offsets.append(offsets[-1] + s)
     node.module.offsets = offsets
+    # an int split or chunk must stay equal: a channel removed from one part is removed from every part, so
+    # whichever part a group starts from, the parts are tied (torch.split by an attribute: CSP, Res2Net)
+    tied = offsets[:-1] if getattr(node.module, "int_split", False) and len(set(sizes)) == 1 else None
     for out in dict.fromkeys(node.outputs):  # unique consumers, in order
         nrs = [nr for fn, nr in getattr(out.grad_fn, "next_functions", ()) if fn is node.grad_fn]
         ranges = [(offsets[nr], offsets[nr + 1]) for nr in sorted(set(nrs)) if nr < len(sizes)]
@@ -181,7 +187,7 @@ def _split_index_mapping(graph: tp.DependencyGraph, node) -> None:
         for dep in fwd:
             _put(dep, 0, _Ranges(ranges, reverse=False))
         for dep in back:
-            _put(dep, 2, _Ranges(ranges, reverse=True))
+            _put(dep, 2, _Ranges(ranges, reverse=True, tied=tied))
 
 
 class _Blocked:
@@ -437,7 +443,7 @@ def sync_attributes(dg: tp.DependencyGraph) -> list[str]:
             new = list(op.split_sizes)
             if new == original:
                 continue
-            if op.equal_parts and len(set(new[:-1])) > 1:
+            if op.int_split and len(set(new[:-1])) > 1:
                 raise tp_error(owner, dg, f"split into equal parts {original} was pruned unevenly to {new}")
             rules = {sum(original): sum(new)}
             for old, now in zip(original, new):
