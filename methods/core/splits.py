@@ -315,6 +315,17 @@ class _Tile:
         return [H(idx=a, root_idx=b) for a, b in sorted(pairs)]
 
 
+def _beside_product(node) -> bool:
+    """An untraced view next to a matrix product of two activations (q k^T, attn v); a product with one
+    input is a linear layer's weight product (F.linear on an (N, ..., C) input), which keeps the channels."""
+    for nb in node.inputs + node.outputs:
+        name = nb.grad_fn.name() if nb.grad_fn is not None else ""
+        activations = [i for i in nb.inputs if i.inputs or isinstance(i.module, nn.Module) and i.type != tp.ops.OPTYPE.ELEMENTWISE]
+        if ("mm" in name.lower() or "MatMul" in name) and len(activations) > 1:  # a weight's transpose has no inputs
+            return True
+    return False
+
+
 def _paths_first(src: tuple, dst: tuple) -> bool:
     return len(src) >= 2 and len(dst) == len(src) + 1 and dst[0] == src[0] and dst[1] * dst[2] == src[1]
 
@@ -327,8 +338,10 @@ def _reshape_index_mapping(graph: tp.DependencyGraph, node) -> None:
     shapes = getattr(node.module, "shapes", None)
     if node.type != tp.ops.OPTYPE.RESHAPE:
         return
-    if shapes is None:  # made inside another op (a matmul's views): torch-pruning would guess from neighbours
-        what = f"a reshape inside another op ({node.grad_fn.name() if node.grad_fn is not None else 'unknown'})"
+    if shapes is None and not _beside_product(node):  # F.linear's own views around its weight product
+        maps = (None, None)
+    elif shapes is None:  # a view inside a product of two activations (attention): torch-pruning would guess
+        what = f"a reshape inside a matrix product ({node.grad_fn.name() if node.grad_fn is not None else 'unknown'})"
         maps = (_Blocked(graph, node, what), _Blocked(graph, node, what))
     elif _channels(shapes[0]) == _channels(shapes[1]):
         maps = (None, None)
