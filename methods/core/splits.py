@@ -66,7 +66,9 @@ class _Recorder(TorchFunctionMode):
         elif self.stack and (name in _SPLITS or name == "__getitem__"):
             parts = out if isinstance(out, (tuple, list)) else (out,)
             first = parts[0] if parts else None
-            if isinstance(first, torch.Tensor) and first.grad_fn is not None and getattr(first.grad_fn, "_saved_dim", None) == 1:
+            fn = getattr(first, "grad_fn", None)
+            is_part = fn is not None and (name in _SPLITS or type(fn).__name__ == "SliceBackward0")  # not x[:, 0]
+            if isinstance(first, torch.Tensor) and is_part and getattr(fn, "_saved_dim", None) == 1:
                 sizes = [int(p.shape[1]) for p in parts] if name in _SPLITS else None
                 self.records.setdefault(first.grad_fn, (self.stack[-1], "split" if sizes else "slice", sizes))
                 if name == "__getitem__":
