@@ -217,7 +217,7 @@ def summary(rows: list[dict[str, Any]]) -> str:
     n = {s: sum(r["status"] == s for r in rows) for s in ("ok", "refused", "failed")}
     worst = max((r["gate_vs_removal"] for r in rows if r["status"] == "ok"), default=float("nan"))
     return (f"{len(rows)} families: {n['ok']} pruned, {n['refused']} refused with a named construct, "
-            f"{n['failed']} failed (tracebacks or time-outs); largest gate-vs-removal relative error {worst:.1e}")
+            f"{n['failed']} failed (tracebacks, gate mismatches or time-outs); largest gate-vs-removal relative error {worst:.1e}")
 
 
 def _atomic_write(path: Path, text: str) -> None:

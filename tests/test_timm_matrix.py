@@ -21,4 +21,4 @@ def test_one_row_runs_and_writes(tmp_path):
     timm_matrix.write(rows, tmp_path, "python -m bench.timm_matrix", 12.0, 90)
     md = (tmp_path / "matrix.md").read_text()
     assert "`test_resnet` | ok" in md and "a \\| b" in md
-    assert "2 families: 1 pruned, 1 refused" in (tmp_path / "README.md").read_text()
+    assert "2 families: 1 pruned, 1 refused with a named construct, 0 failed" in (tmp_path / "README.md").read_text()
