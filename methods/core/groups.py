@@ -318,8 +318,8 @@ def _describe(dg: tp.DependencyGraph, tp_group, names: dict, root: nn.Module) ->
 
 
 def _equal_parts(tp_group, channels: int) -> list[int]:
-    """Part sizes of the splits into equal parts (`torch.split(x, int)`, `chunk`) that this group's root
-    channels go through one to one, or why such a split cannot be kept equal."""
+    """Part sizes of the splits into equal parts (`torch.split(x, int)`, `chunk`, equal explicit sizes) that
+    this group's root channels go through one to one (a root inside one part is tied by the split's map)."""
     sizes = []
     for item in tp_group:
         op = item.dep.target.module
