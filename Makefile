@@ -35,9 +35,11 @@ export DATA_DIR RESULTS_DIR
 
 PERF_MODELS ?= resnet20,resnet56,resnet110
 PERF_ARGS ?=
+# e.g. TIMM_MATRIX_ARGS="--limit 60 --only cspnet,res2net"
+TIMM_MATRIX_ARGS ?=
 DEMO_DIR ?= demo-results
 
-.PHONY: env test baseline bench search worker report tables paper measure perf gpu-check clean-env help demo docs
+.PHONY: env test baseline bench search worker report tables paper measure perf gpu-check timm-matrix clean-env help demo docs
 
 help:
 	@echo "targets (each builds .venv first when it is missing or pyproject.toml changed):"
@@ -52,6 +54,7 @@ help:
 	@echo "  make paper                    DECORE's tables from every stored experiment beside the published rows -> RESULTS_DIR/paper/"
 	@echo "  make perf                     speed benchmark of PERF_MODELS -> RESULTS_DIR/perf/"
 	@echo "  make gpu-check                every CUDA path in one short run -> RESULTS_DIR/perf/gpu.md (reduced form on a CPU)"
+	@echo "  make timm-matrix              every timm CNN family: groups + a random 50% trial on synthetic data -> RESULTS_DIR/timm-matrix/ (CPU, ~15 min)"
 	@echo "  make docs                     the documentation site (mkdocs, strict) -> site/"
 	@echo "  make test                     the test suite (CPU only; builds docs/ strictly too)"
 	@echo "  make env                      build .venv only;  make clean-env  remove it;  make help  this list"
@@ -62,6 +65,7 @@ help:
 	@echo "  STORAGE=<url> (Optuna storage; passed as BENCH_STORAGE) WANDB=$(WANDB) (auto|online|offline|off) COMPILE=$(COMPILE) (1: torch.compile)"
 	@echo "  SWEEP_ARGS=$(SWEEP_ARGS) (more flags for python -m bench sweep, e.g. --control none, --pretrained)"
 	@echo "  DATA_DIR=$(DATA_DIR) RESULTS_DIR=$(RESULTS_DIR) DEMO_DIR=$(DEMO_DIR) PERF_MODELS=$(PERF_MODELS) PERF_ARGS=$(PERF_ARGS)"
+	@echo "  TIMM_MATRIX_ARGS=$(TIMM_MATRIX_ARGS) (more flags for python -m bench.timm_matrix: --limit SECONDS, --only FAMILIES, --list)"
 	@echo "  PYTHON=$(PYTHON) (builds the venv) VENV=$(VENV)"
 	@echo "every flag: $(VENV)/bin/python -m bench <command> --help; docs: docs/ (make docs)"
 
@@ -115,6 +119,10 @@ perf: env
 # on a CPU-only machine the same checks in a reduced form (tiny sizes, synthetic data, gloo)
 gpu-check: env
 	$(PY) -m bench gpu-check --device $(DEVICE)
+
+# one representative per timm CNN module, each in its own process under a time limit (one thread each)
+timm-matrix: env
+	OMP_NUM_THREADS=1 $(PY) -m bench.timm_matrix --out $(RESULTS_DIR)/timm-matrix $(TIMM_MATRIX_ARGS)
 
 report: env
 	$(PY) -m bench report

@@ -36,6 +36,13 @@ FAMILIES = {
     "mnasnet_050": ({}, 0, False),
     "regnetx_002": ({}, 0, False),
     "convnext_atto": ({}, 4, False),  # LayerNorm before each downsampling conv and the head
+    # one per channel-split construct (tests/test_split_constructs.py builds each in miniature)
+    "cs3darknet_focus_s": ({}, 0, False),  # CSP: int split into halves, one through the blocks, concatenated
+    "res2next50": ({}, 0, False),  # Res2Net scales: split by width, cascaded adds, concatenated
+    "mixnet_s": ({}, 1, False),  # mixed kernels: split_with_sizes into depthwise convs of several kernels; 1
+    # stream concatenated from two pointwise convs would lose one whole conv at some half: excluded
+    "rexnet_100": ({}, 0, False),  # partial residual: the shortcut adds into a slice of the channels
+    "skresnet18": ({}, 8, False),  # selective kernel: its 8 attention maps cannot lose half their units
 }
 
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 
-from .groups import GatePoint, GroupSet
+from .groups import GatePoint, GroupSet, _out_size
 
 # modules whose autograd backward saves their input, never their output: gating their output in place is
 # exact. Exact types only: subclasses (timm's BatchNormAct2d runs an activation inside) are gated out of place.
@@ -22,17 +22,17 @@ INPLACE = True
 
 
 def _out_channels(module: nn.Module) -> int:
-    for attr in ("out_channels", "num_features", "out_features"):
-        if hasattr(module, attr):
-            return int(getattr(module, attr))
-    raise TypeError(f"cannot tell the output channels of {type(module).__name__}")
+    size = _out_size(module)
+    if not size:
+        raise TypeError(f"cannot tell the output channels of {type(module).__name__}")
+    return size
 
 
 class _Point:
     """A gate point with its index tensors prepared once."""
 
     def __init__(self, gp: GatePoint, module: nn.Module, units: int, device: torch.device) -> None:
-        self.size = _out_channels(module)
+        self.size = gp.size or _out_channels(module)
         full = gp.channels == list(range(self.size))
         self.channels = None if full else torch.tensor(gp.channels, device=device)
         self.units = None if gp.units == list(range(units)) and full else torch.tensor(gp.units, device=device)

@@ -11,6 +11,7 @@ primary and cheap halves) share one mask unit, like the conv groups of a grouped
 from __future__ import annotations
 
 import functools
+import math
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from . import splits, timm_layers
 from .shortcut import CUSTOM_PRUNERS
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ class GatePoint:
     channels: list[int]
     units: list[int]
     channel_dim: int  # 1 for conv/BN outputs (N, C, ...), -1 for linear outputs (N, ..., C)
+    size: int = 0     # the module's output channels, where the module does not say (an activation module)
 
 
 @dataclass
@@ -83,11 +86,18 @@ class GroupSet:
 def build_graph(model: nn.Module, example: torch.Tensor, name: str = "model") -> tp.DependencyGraph:
     was_training = model.training
     model.eval()
+    records: dict = {}
+    outputs: dict = {}
     try:
-        with torch.enable_grad(), warnings.catch_warnings():
+        with torch.enable_grad(), warnings.catch_warnings(), splits.patched():
             warnings.simplefilter("ignore")
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example,
-                                                         customized_pruners=dict(CUSTOM_PRUNERS))
+            with splits.recording(records, outputs):
+                dg = tp.DependencyGraph().build_dependency(model, example_inputs=example,
+                                                           customized_pruners={**CUSTOM_PRUNERS, **timm_layers.CUSTOM_PRUNERS})
+            splits.attach(dg, records)
+            dg.output_modules = outputs
+            tp.dependency.index_mapping.update_index_mapping(dg)
+            return dg
     except Exception as e:
         raise PruningError(f"cannot trace the dependency graph of {name} ({type(e).__name__}: {e}); "
                            "this model cannot be pruned structurally") from e
@@ -112,6 +122,9 @@ def channel_groups(model: nn.Module, example: torch.Tensor, scope: str = "all", 
     for tp_group in _all_groups(dg, ignored):
         root = tp_group[0].dep.target.module
         g, reason = _describe(dg, tp_group, names, root)
+        if getattr(dg, "blocked", None):  # set while torch-pruning traversed this group (splits.py)
+            reason, dg.blocked = reason or f"channels reach {next(iter(dg.blocked.values()))}", {}
+        reason = reason or _empties_at_half(dg, g, root, names)
         if reason:
             excluded[g.id] = reason
         elif scope == "all" or g.kind == "internal":
@@ -124,6 +137,34 @@ def channel_groups(model: nn.Module, example: torch.Tensor, scope: str = "all", 
     if not groups:
         raise PruningError(_nothing_to_prune(name, scope, streams, excluded))
     return GroupSet(groups, excluded, scope, dg)
+
+
+def _empties_at_half(dg: tp.DependencyGraph, g: ChannelGroup, root: nn.Module, names: dict) -> str:
+    """Why removing half the units of `g` (every second one, or either contiguous half) would empty a layer (a
+    small map inside a selective-kernel or split-attention block, a small part of an unequal split), or ""."""
+    if g.units < 2:
+        return f"one mask unit ({g.channels} channels tied {g.tie} ways): nothing to remove at any ratio"
+    half = g.units // 2  # every second unit, the first half, the second half (a split's parts are ranges)
+    for drop in (lambda u: u % 2 == 1, lambda u: u < half, lambda u: u >= g.units - half):
+        removed = [c for c in range(g.channels) if drop(c % g.units)]
+        with splits.patched():
+            pg = dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, removed)
+        if not dg.check_pruning_group(pg):
+            return _emptied(dg, pg, names)
+    return ""
+
+
+def _emptied(dg: tp.DependencyGraph, pg, names: dict) -> str:
+    for it in pg:
+        module = it.dep.target.module
+        pruner = dg.get_pruner_of_module(module)
+        size = None
+        if isinstance(module, nn.Module) and pruner is not None:
+            out = dg.is_out_channel_pruning_fn(it.dep.handler)
+            size = pruner.get_out_channels(module) if out else pruner.get_in_channels(module)
+        if size and len({int(i) for i in it.idxs}) >= size:
+            return f"too small to prune at a ratio: removing half its units can empty {names.get(module, module)}"
+    return "too small to prune at a ratio: removing half its units can empty a layer (a small split part or map)"
 
 
 def _nothing_to_prune(name: str, scope: str, streams: int, excluded: dict[str, str]) -> str:
@@ -169,7 +210,7 @@ class _PathGroup(tp.dependency.group.Group):
 
 def _all_groups(dg: tp.DependencyGraph, ignored: list[nn.Module]) -> list:
     """dg.get_all_groups, with each group's traversal paths kept (`.paths`, see `coupled_channels`)."""
-    with mock.patch.object(tp.dependency.graph, "Group", _PathGroup):
+    with mock.patch.object(tp.dependency.graph, "Group", _PathGroup), splits.patched():
         return list(dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)))
 
 
@@ -228,6 +269,7 @@ def _describe(dg: tp.DependencyGraph, tp_group, names: dict, root: nn.Module) ->
         if isinstance(module, tp.ops._ElementWiseOp):
             residual |= _is_join(dg, module)
         concat |= isinstance(module, tp.ops._ConcatOp)
+        concat |= getattr(module, "shapes", None) is not None and splits._paths_first(*module.shapes)  # paths tie too
         name = names.get(module)
         if name is None:
             continue  # graph-only ops and unwrapped parameters (layer scale, tokens) follow their group
@@ -245,9 +287,18 @@ def _describe(dg: tp.DependencyGraph, tp_group, names: dict, root: nn.Module) ->
             producers[module] = (old[0] + idx, old[1] + root_idx)
     reason = reasons[0] if reasons else ""
     tie = max(conv_groups, default=1)
-    if tie > 1 and (any(tie % g for g in conv_groups) or channels % tie):
+    parts = _equal_parts(tp_group, channels)
+    if parts:  # each part of an equal split, and each conv group inside a part, keeps the same channels
+        periods = parts + [m.out_channels // m.groups for m in map(dg.model.get_submodule, layers)
+                           if isinstance(m, nn.Conv2d) and 1 < m.groups < m.out_channels]
+        tie = channels // math.gcd(*periods)
+    elif tie > 1 and (any(tie % g for g in conv_groups) or channels % tie):
         reason = reason or f"grouped convolutions with incompatible group counts {sorted(set(conv_groups))}"
-    if concat and not reason:  # paths that part and meet again at shifted offsets go through a concatenation
+    if concat and not reason and parts:  # the split's tie must already remove every coupled class at once
+        units = channels // tie
+        uneven = [c for c in coupled_channels(tp_group, channels) if len({r % units for r in c}) > 1]
+        reason = f"channels coupled across the parts of a split (e.g. {uneven[0][:4]})" if uneven else ""
+    elif concat and not reason:  # paths that part and meet again at shifted offsets go through a concatenation
         coupled, why = _coupling_tie(coupled_channels(tp_group, channels), channels)
         if coupled > 1 and tie > 1 and coupled != tie:
             why = f"channels tied both by grouped convolutions ({tie}) and by a concatenation ({coupled})"
@@ -258,10 +309,29 @@ def _describe(dg: tp.DependencyGraph, tp_group, names: dict, root: nn.Module) ->
     units = channels // tie
     maps = {m: GatePoint(names[m], idx, [r % units for r in root_idx], -1 if isinstance(m, nn.Linear) else 1)
             for m, (idx, root_idx) in producers.items()}
-    gate_points = [] if reason else _gate_points(dg, maps)
+    gate_points = [] if reason else _gate_points(dg, maps, names)
+    if not reason and not gate_points:
+        reason = "a constant is added to its channels after the layers that make them, outside any module"
     name = root_name if kind == "internal" else f"{root_name} (stream of {len(producers)} layers)"
     group = ChannelGroup(root_name, name, kind, channels, tie, list(maps.values()), gate_points, layers)
     return group, reason
+
+
+def _equal_parts(tp_group, channels: int) -> list[int]:
+    """Part sizes of the splits into equal parts (`torch.split(x, int)`, `chunk`, equal explicit sizes) that
+    this group's root channels go through one to one (a root inside one part is tied by the split's map)."""
+    sizes = []
+    for item in tp_group:
+        op = item.dep.target.module
+        if not getattr(op, "equal_parts", False) or len(op.split_sizes) < 2:
+            continue
+        idx = [int(i) for i in item.idxs]
+        root = [int(i) for i in getattr(item, "root_idxs", item.idxs)]
+        if idx != root or sum(op.split_sizes) != channels:
+            continue  # a root inside one part: an int split's map ties the parts (splits.py); explicit sizes
+            # follow any removal, and tying them only kept parts from emptying
+        sizes.append(op.split_sizes[0])
+    return sizes
 
 
 def _inside_attention(name: str, model: nn.Module) -> bool:
@@ -273,8 +343,10 @@ def _inside_attention(name: str, model: nn.Module) -> bool:
     return False
 
 
-def _gate_points(dg, maps: dict[nn.Module, GatePoint]) -> list[GatePoint]:
-    """Norm layers gate their own output; a conv/linear is gated where no norm of the group follows it."""
+def _gate_points(dg, maps: dict[nn.Module, GatePoint], names: dict) -> list[GatePoint]:
+    """Norm layers gate their own output; a conv/linear is gated where no norm of the group follows it.
+    Where a constant is added after that point (HGNet's learnable affine `s * x + b`, MetaFormer's StarReLU),
+    a zero would not stay zero: the gate moves to the module that returns the shifted channels."""
     norms = {m for m in maps if isinstance(m, _NORMS)}
     points = []
     for module, point in maps.items():
@@ -282,8 +354,39 @@ def _gate_points(dg, maps: dict[nn.Module, GatePoint]) -> list[GatePoint]:
             outs = dg.module2node[module].outputs
             if len(outs) == 1 and outs[0].module in norms:
                 continue  # its normalisation is gated instead
+        moved = _past_constants(dg, module)
+        if moved is None:
+            return []
+        if moved is not module:
+            point = GatePoint(names[moved], point.channels, point.units, point.channel_dim, _out_size(module))
         points.append(point)
     return points
+
+
+def _out_size(module: nn.Module) -> int:
+    for attr in ("out_channels", "num_features", "out_features", "channels"):
+        if hasattr(module, attr):
+            return int(getattr(module, attr))
+    return 0
+
+
+def _past_constants(dg, module: nn.Module) -> nn.Module | None:
+    """`module`, or the module whose output is the end of the element-wise chain after it when that chain adds
+    a constant (a one-input add or subtract); None where no module returns that output."""
+    node, last, shifted = dg.module2node[module], None, False
+    while len(node.outputs) == 1:
+        nxt = node.outputs[0]
+        others = [i for i in nxt.inputs if i is not node and i.type != tp.ops.OPTYPE.PARAMETER]
+        if not isinstance(nxt.module, tp.ops._ElementWiseOp) or others:
+            break
+        fn = nxt.grad_fn.name() if nxt.grad_fn is not None else ""
+        shifted |= "Add" in fn or "Sub" in fn
+        node = nxt
+        if shifted:
+            last = node
+    if last is None:
+        return module
+    return getattr(dg, "output_modules", {}).get(last.grad_fn)
 
 
 def count_units(groups: GroupSet) -> int:

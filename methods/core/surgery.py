@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from . import splits, timm_layers
 from .groups import ChannelGroup, GroupSet, PruningError, channel_groups
 
 PLAN_FORMAT = 1
@@ -64,6 +65,7 @@ def removed_channels(group: ChannelGroup, kept_units: list[int]) -> list[int]:
 def apply_plan(model: nn.Module, plan: KeepPlan, example: torch.Tensor | None = None) -> nn.Module:
     """Remove, in place, every channel the plan does not keep. Returns the model."""
     example = torch.randn(1, *plan.input_size) if example is None else example
+    timm_layers.fold_standardised(model)  # exact, and removing their input channels needs it
     groups = channel_groups(model, example, plan.scope, name=plan.model)
     by_id, modules = groups.by_id, dict(model.named_modules())
     dg = groups.graph
@@ -77,14 +79,44 @@ def apply_plan(model: nn.Module, plan: KeepPlan, example: torch.Tensor | None = 
         if not removed:
             continue
         root = modules[gid]
-        pg = dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, removed)
+        with splits.patched():
+            pg = dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, removed)
         if not dg.check_pruning_group(pg):
             raise PruningError(f"pruning group {gid!r} of {plan.model} would empty a layer")
+        splits.track_removal(pg)
         try:
             pg.prune()
         except Exception as e:
             raise PruningError(f"cannot prune group {gid!r} of {plan.model} ({type(e).__name__}: {e})") from e
+    splits.sync_attributes(dg)
+    _check_runs(model, example, plan.model)
     return model
+
+
+def _check_runs(model: nn.Module, example: torch.Tensor, name: str) -> None:
+    """The pruned network must run: a construct whose sizes the removal could not follow is named, not hidden."""
+    stack: list[str] = []
+    names = {m: n for n, m in model.named_modules()}
+
+    def leave(m, a, o):
+        if stack and stack[-1] == names.get(m):
+            stack.pop()
+    pre = nn.modules.module.register_module_forward_pre_hook(lambda m, a: stack.append(names.get(m)))
+    post = nn.modules.module.register_module_forward_hook(leave)
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    except RuntimeError as e:
+        where = stack[-1] or "the network"
+        parent = model.get_submodule(where.rpartition(".")[0]) if "." in where else model
+        raise PruningError(f"{name}: after removal {where} ({type(model.get_submodule(where)).__name__} in "
+                           f"{type(parent).__name__}) no longer fits its input ({str(e).splitlines()[0][:120]}); "
+                           f"{type(parent).__name__} is a construct this harness cannot prune") from e
+    finally:
+        pre.remove()
+        post.remove()
+        model.train(was_training)
 
 
 def prune_model(model: nn.Module, plan: KeepPlan) -> nn.Module:
