@@ -6,7 +6,6 @@ reliably by watching a child's output.
 """
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
