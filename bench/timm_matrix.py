@@ -161,6 +161,7 @@ def _one(name: str) -> dict[str, Any]:
 
     from methods.core import PruningError
 
+    previous = logging.root.manager.disable
     logging.disable(logging.WARNING)  # the excluded groups are counted in the row
     start = time.perf_counter()
     try:
@@ -169,6 +170,8 @@ def _one(name: str) -> dict[str, Any]:
         row = {"status": "refused", "reason": str(e).splitlines()[0]}
     except Exception as e:  # noqa: BLE001 - the matrix records a failure instead of stopping (GateMismatch too)
         row = {"status": "failed", "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+    finally:
+        logging.disable(previous)  # in a caller's process (the tests) logging stays as it was
     return {**row, "seconds": round(time.perf_counter() - start, 1)}
 
 

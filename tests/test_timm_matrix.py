@@ -13,8 +13,11 @@ def test_channel_attention_stays_token_attention_goes():
 
 
 def test_one_row_runs_and_writes(tmp_path):
+    import logging
+
     row = timm_matrix._one("test_resnet")
     assert row["status"] == "ok", row
+    assert logging.root.manager.disable == logging.NOTSET  # the tests after this one still log warnings
     assert row["gate_vs_removal"] < timm_matrix.TOLERANCE and row["params_pruned"] < row["params"]
     rows = [{"family": "resnet", "model": "test_resnet", **row},
             {"family": "x", "model": "y", "status": "refused", "reason": "y: a | b", "seconds": 0.1}]
