@@ -264,7 +264,8 @@ def baseline_point(df: pd.DataFrame) -> dict[str, float] | None:
 def protocol_text(df: pd.DataFrame, official: bool | None = None) -> str:
     """The protocol, stated once: selection split, budget rule, data, profile, matching."""
     trials = df[df["row_type"] == "trial"]
-    first = df.iloc[0]
+    # an experiment with no row yet (its page says so) has no dataset or profile to name
+    first = df.iloc[0] if len(df) else pd.Series({c: None for c in ("dataset", "profile", "model")}, dtype=object)
     sel = set(trials["selection"].dropna()) or {None}
     bud = set(trials["budget"].dropna()) or {None}
     parts = []
