@@ -535,7 +535,7 @@ def speedup_when(df: pd.DataFrame) -> str:
     if alone == len(timed):
         return "timed alone, nothing training beside it: the sweep's measuring pass after its trials, or bench retime"
     before = ("timed inside their trials, before the measuring pass existed: other trials may have trained beside "
-              "them, so they read low; a rerun re-measures them alone")
+              "them; bench retime times them again alone")
     return before if alone == 0 else f"{alone} of {len(timed)} rows from the measuring pass, the other {len(timed) - alone} {before}"
 
 
