@@ -418,7 +418,7 @@ def cmd_groups(args: argparse.Namespace) -> int:
     import torch
 
     import models
-    from methods.core import Gates, channel_groups, describe, prune_model
+    from methods.core import channel_groups, describe, gate_vs_removal, prune_model
     from methods.core.surgery import KeepPlan
 
     from .measure import count_flops, count_params
@@ -440,12 +440,8 @@ def cmd_groups(args: argparse.Namespace) -> int:
         masks[g.id][torch.randperm(g.units, generator=gen)[: max(1, round(g.units * args.keep))]] = True
     plan = KeepPlan.from_masks(groups, masks, models.resolve(args.model), model_args={"num_classes": args.num_classes},
                                input_size=list(size))
-    with Gates(model, groups) as gates, torch.no_grad():
-        gates.set({k: v.float() for k, v in masks.items()})
-        gated = model(x)
     pruned = prune_model(model, plan)
-    with torch.no_grad():
-        err = float((gated - pruned(x)).norm() / gated.norm())
+    err = gate_vs_removal(model, groups, masks, pruned, x)[2]
     print(f"{describe(groups)}")
     print(f"keeping {args.keep:.0%} of every group: params {count_params(model) / 1e6:.3f}M -> {count_params(pruned) / 1e6:.3f}M, "
           f"FLOPs {count_flops(model, size) / 1e6:.2f}M -> {count_flops(pruned, size) / 1e6:.2f}M, "

@@ -107,7 +107,7 @@ def probe(name: str, batch: int = 8) -> dict[str, Any]:
 
     import methods
     import models
-    from methods.core import Gates, channel_groups, prune_model
+    from methods.core import channel_groups, gate_vs_removal, prune_model
 
     from .data import make_synthetic
     from .measure import count_flops, count_params
@@ -124,12 +124,8 @@ def probe(name: str, batch: int = 8) -> dict[str, Any]:
     ctx = methods.Context(model, groups, name, {"num_classes": 10}, size, torch.device("cpu"))
     plan = methods.get_method("random").select(ctx, ratio=0.5).plan
     masks = {gid: torch.isin(torch.arange(plan.units[gid]), torch.tensor(kept)).float() for gid, kept in plan.keep.items()}
-    with Gates(model, groups) as gates, torch.no_grad():
-        gates.set(masks)
-        gated = model(x)
     pruned = prune_model(model, plan)
-    with torch.no_grad():
-        err = float((gated - pruned(x)).norm() / gated.norm())
+    err = gate_vs_removal(model, groups, masks, pruned, x)[2]
     if not err < TOLERANCE:
         raise GateMismatch(f"gating differs from removal: relative error {err:.1e} (tolerance {TOLERANCE:.0e})")
     return {"size": side, "groups": len(groups), "excluded": len(groups.excluded), "units": sum(g.units for g in groups),

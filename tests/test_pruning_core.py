@@ -8,7 +8,8 @@ import torch.nn as nn
 import models
 from bench.measure import count_flops, count_params
 from bench.pruned import load_pruned, save_pruned
-from methods.core import Gates, KeepPlan, PruningError, channel_groups, prune_model, rebuild
+from bench.timm_matrix import perturb_norms
+from methods.core import Gates, KeepPlan, PruningError, channel_groups, gate_vs_removal, prune_model, rebuild
 
 # (model, constructor args, input size, scope)
 CASES = [
@@ -28,19 +29,7 @@ CASES = [
 ]
 
 
-def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial norm statistics and affine terms (and layer scales), so a wrong gate shows."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-        for name, p in model.named_parameters():
-            if p.dim() == 1:  # norm weights/biases, layer scales, conv/linear biases
-                scale = torch.rand(p.shape, generator=g) + 0.5
-                p.copy_(scale if not name.endswith("bias") else (scale - 1) * 0.2)
-    return model.eval()
+_randomize = perturb_norms  # non-trivial norm statistics and affine terms, so a wrong gate shows
 
 
 def _random_plan(groups, name, kw, size, seed, p_keep=0.5):
@@ -66,13 +55,8 @@ def test_gated_equals_pruned(name, kw, size, scope):
         full = model(x)
     for seed in range(2):
         masks, plan = _random_plan(groups, name, kw, size, seed)
-        with Gates(model, groups) as gates, torch.no_grad():
-            gates.set({k: v.float() for k, v in masks.items()})
-            gated = model(x)
         pruned = prune_model(model, plan)
-        with torch.no_grad():
-            out = pruned(x)
-        err = ((gated - out).norm() / gated.norm()).item()
+        _, out, err = gate_vs_removal(model, groups, masks, pruned, x)
         assert err < 1e-5, f"{name} seed {seed}: gate vs removal relative error {err:.2e}"
         assert ((full - out).norm() / full.norm()).item() > 1e-3  # pruning changed something
         assert count_params(pruned) < count_params(model)

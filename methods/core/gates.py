@@ -107,3 +107,15 @@ class Gates:
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+def gate_vs_removal(model: nn.Module, groups: GroupSet, masks: Mapping[str, torch.Tensor], pruned: nn.Module,
+                    x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The core's contract on one batch: `model` gated by the keep `masks` against `pruned` (the same masks
+    removed). Returns both outputs and their relative L2 difference, which must be ~0."""
+    with Gates(model, groups) as gates, torch.no_grad():
+        gates.set({k: torch.as_tensor(v).float() for k, v in masks.items()})
+        gated = model(x)
+    with torch.no_grad():
+        out = pruned(x)
+    return gated, out, float((gated - out).norm() / gated.norm())
