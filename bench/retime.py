@@ -18,11 +18,21 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from .data import CIFAR_STATS, make_synthetic
 from .errors import UserError
 from .measure import count_flops
 from .results import ResultsTable
 
-ARRAY_SETS = {"cifar10": 10, "cifar100": 100, "synthetic": 10}  # 32x32 array datasets: classes
+SIZE = (3, 32, 32)  # the array datasets' images (CIFAR and the synthetic set)
+
+
+def _classes(dataset: str) -> int:
+    if dataset in CIFAR_STATS:
+        return CIFAR_STATS[dataset][2]
+    if dataset == "synthetic":
+        return make_synthetic().num_classes
+    raise UserError(f"retime knows the 32x32 array datasets ({', '.join(CIFAR_STATS)}, synthetic), not {dataset!r}: "
+                    "rerun that experiment to time it in its measuring pass")
 
 
 def rebuilt(row: pd.Series | dict[str, Any]):
@@ -31,13 +41,9 @@ def rebuilt(row: pd.Series | dict[str, Any]):
     from methods.core import prune_model
     from methods.core.surgery import KeepPlan
 
-    dataset, name = str(row["dataset"]), str(row["model"])
-    if dataset not in ARRAY_SETS:
-        raise UserError(f"retime knows the 32x32 array datasets ({', '.join(ARRAY_SETS)}), not {dataset!r}: "
-                        "rerun that experiment to time it in its measuring pass")
+    name, classes = str(row["model"]), _classes(str(row["dataset"]))
     kept = json.loads(row["kept_channels"])
-    args, size = {"num_classes": ARRAY_SETS[dataset]}, (3, 32, 32)
-    base, groups = _unpruned(name, ARRAY_SETS[dataset], str(row.get("scope") or "all"))
+    base, groups = _unpruned(name, classes, str(row.get("scope") or "all"))
     units = {g.id: g.units for g in groups}
     missing = sorted(set(kept) - set(units))
     if missing:
@@ -45,10 +51,10 @@ def rebuilt(row: pd.Series | dict[str, Any]):
                         "the grouping changed since the row was written; rerun that experiment")
     # [kept, units, kind]; rows of before the kind was recorded hold [kept, units]
     keep = {gid: list(range(int(v[0]))) for gid, v in kept.items() if int(v[0]) < int(v[1])}
-    plan = KeepPlan(models.resolve(name), keep, {gid: units[gid] for gid in keep}, groups.scope, model_args=args,
-                    input_size=list(size))
+    plan = KeepPlan(models.resolve(name), keep, {gid: units[gid] for gid in keep}, groups.scope,
+                    model_args={"num_classes": classes}, input_size=list(SIZE))
     pruned = prune_model(base, plan)
-    flops = count_flops(pruned, size)
+    flops = count_flops(pruned, SIZE)
     if pd.notna(row.get("flops")) and flops != int(row["flops"]):
         raise UserError(f"trial {row['config_hash']}: the widths of its kept_channels give {flops:,} FLOPs, the row says "
                         f"{int(row['flops']):,}: the model code changed since; rerun that experiment")
@@ -64,15 +70,13 @@ def _unpruned(name: str, classes: int, scope: str):
     from methods.core import channel_groups
 
     base = models.create(name, num_classes=classes).eval()
-    return base, channel_groups(base, torch.randn(1, 3, 32, 32), scope, name=models.resolve(name))
+    return base, channel_groups(base, torch.randn(1, *SIZE), scope, name=models.resolve(name))
 
 
 def retime(folder: str | Path, force: bool = False) -> int:
     """Re-time the complete trials of one experiment folder whose speed-up was not timed alone (all with
     `force`); returns how many rows it re-timed."""
-    import torch
-
-    from .measure import speedup
+    from .trial import speedup_columns
 
     table = ResultsTable(Path(folder))
     df = table.read()
@@ -81,8 +85,5 @@ def retime(folder: str | Path, force: bool = False) -> int:
         trials = trials[trials["speedup_pass"].fillna("") != "alone"]
     for _, row in tqdm(list(trials.iterrows()), desc=f"retime {Path(folder).name}", unit="model", disable=None):
         pruned, base = rebuilt(row)
-        s = speedup(pruned.to(memory_format=torch.channels_last), base.to(memory_format=torch.channels_last))
-        table.upsert({**row.to_dict(), "latency_cpu_b1_ms": s["ms"], "base_latency_cpu_b1_ms": s["base_ms"],
-                      "speedup_b1": s["speedup"], "speedup_b1_q1": s["speedup_q1"], "speedup_b1_q3": s["speedup_q3"],
-                      "speedup_pass": "alone"})
+        table.upsert({**row.to_dict(), **speedup_columns(pruned, base, SIZE)})
     return len(trials)

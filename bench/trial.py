@@ -381,14 +381,19 @@ def measure_speedup(trial_dir: str | Path, batch_size: int = 1) -> dict[str, Any
     """The latency columns of a finished trial: its pruned model against the unpruned architecture, interleaved
     in this process on a fixed thread count (bench.measure.speedup). Call it when nothing else trains on this
     machine (the sweep's measuring pass after its trials; `run` after its trial)."""
-    from .measure import speedup
     from .pruned import load_pruned
 
     progress("phase 4/4: time the pruned model against the unpruned one (batch 1, one thread, interleaved)")
     plan, pruned = load_pruned(trial_dir)
-    base = models.create(plan.model, **plan.model_args)
+    return speedup_columns(pruned, models.create(plan.model, **plan.model_args), plan.input_size, batch_size)
+
+
+def speedup_columns(pruned: nn.Module, base: nn.Module, input_size, batch_size: int = 1) -> dict[str, Any]:
+    """The results table's latency columns of `pruned` timed alone against `base` (bench.measure.speedup)."""
+    from .measure import speedup
+
     s = speedup(pruned.to(memory_format=torch.channels_last), base.to(memory_format=torch.channels_last),
-                tuple(plan.input_size), batch_size)
+                tuple(input_size), batch_size)
     return {"latency_cpu_b1_ms": s["ms"], "base_latency_cpu_b1_ms": s["base_ms"], "speedup_b1": s["speedup"],
             "speedup_b1_q1": s["speedup_q1"], "speedup_b1_q3": s["speedup_q3"], "speedup_pass": "alone"}
 

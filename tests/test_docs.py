@@ -100,6 +100,14 @@ def _noted(experiment: str, pattern: str) -> str:
     return found.group(1)
 
 
+def _matrix() -> str:
+    """The timm matrix's counts as docs/models.md quotes them, from results/timm-matrix/matrix.csv."""
+    df = pd.read_csv(RESULTS / "timm-matrix" / "matrix.csv")
+    ok, n = df[df["status"] == "ok"], df["status"].value_counts()
+    return (f"{len(df)} families, {len(ok)} pruned (gate vs removal at most {ok['gate_vs_removal'].max():.1e}), "
+            f"{n.get('refused', 0)} refused naming the")
+
+
 def _gated(perf: str) -> str:
     df = pd.read_csv(RESULTS / perf)
     rows = df[df["measure"] == "gated / plain"]
@@ -127,6 +135,7 @@ QUOTES: list[tuple[tuple[str, ...], Callable[[], str]]] = [
                                              f"{_baseline(CPU20)} test top-1"),
     ((f"results/{MICRO}/NOTES.md",), lambda: f"is {_minutes(MICRO)}."),
     ((f"results/{MICRO}/NOTES.md",), lambda: f"baseline at {_baseline(MICRO)} test top-1"),
+    (("docs/models.md",), _matrix),
     (("results/perf/README.md",), lambda: f"first table below ({_gated('perf/perf.csv')})"),
     (("results/perf/README.md",), lambda: f"it gave {_gated('perf/run-before/perf.csv')}"),
 ]
