@@ -14,15 +14,15 @@ import datetime
 import os
 import socket
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
-import warnings
-
-from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from bench.errors import UserError
 
@@ -70,7 +70,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=grace,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+                              heartbeat_stale_trial_callback=retry_stale,
                               engine_kwargs={"pool_pre_ping": True})
     except UserError:
         raise
@@ -89,9 +89,6 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     def __init__(self, backend: JournalFileBackend, heartbeat: int, grace: int) -> None:
         super().__init__(backend)
         self._heartbeat, self._grace = heartbeat, grace
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self._stale_callback = RetryHeartbeatStaleTrialCallback(max_retry=3)
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
@@ -100,8 +97,9 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
             pass  # the trial was failed meanwhile (its worker handed it back): nothing left to beat for
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        # a retried trial inherits its failed original's system attributes, old heartbeat included: a beat
-        # counts only after the trial started; a trial that never beat is timed from its start
+        # a retry by Optuna's own callback (journals older than retry_stale) inherits its original's system
+        # attributes, old heartbeat included: a beat counts only after the trial started; a trial that never
+        # beat is timed from its start
         now = time.time()
         return [t._trial_id for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
                 if t.datetime_start is not None
@@ -110,8 +108,8 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     def get_heartbeat_interval(self) -> int:
         return self._heartbeat
 
-    def get_heartbeat_stale_trial_callback(self) -> RetryHeartbeatStaleTrialCallback:
-        return self._stale_callback
+    def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None]:
+        return retry_stale
 
 
 def mark_owner(trial: optuna.Trial) -> None:
@@ -161,7 +159,25 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
 
 
 def _retry(study: optuna.Study, failed: optuna.trial.FrozenTrial) -> None:
-    study.enqueue_trial(failed.params, user_attrs={"retry_of": failed.number}, skip_if_exists=False)
+    """`failed` queued again: a WAITING trial with its parameters (the next worker's trial takes them) and the
+    user attribute retry_of, nothing of the dead worker's attributes."""
+    study.add_trial(optuna.create_trial(state=TrialState.WAITING, params=failed.params,
+                                        distributions=failed.distributions, user_attrs={"retry_of": failed.number}))
+
+
+MAX_RETRY = 3  # retries along one chain of a stale trial (Optuna's RetryHeartbeatStaleTrialCallback's, as before)
+
+
+def retry_stale(study: optuna.Study, failed: FrozenTrial) -> None:
+    """The heartbeat's retry of a stale trial (RDB and journal storages), the same retry as a dead or signalled
+    worker's (`_retry`: user attribute retry_of, no copy of the dead worker's host, pid and job), so `hand_back`,
+    `bench status` and the tests see one kind; at most MAX_RETRY along one chain."""
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    depth, trial = 0, failed
+    while (before := trial.user_attrs.get("retry_of")) is not None and before in by_number:
+        depth, trial = depth + 1, by_number[before]
+    if depth < MAX_RETRY:
+        _retry(study, failed)
 
 
 def hand_back(study: optuna.Study) -> list[int]:
