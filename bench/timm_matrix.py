@@ -12,8 +12,10 @@ Each model runs in its own process under a time limit: build it (num_classes 10,
 perturb its norm statistics so a wrong gate shows, find its channel groups at 32x32 (the synthetic set's
 size; the smallest of SIZES the model runs at, with the images resized, for stems that need more), select a random half of every group's units (the `random` method, ratio 0.5, seed 0), gate the
 synthetic test images with that plan and compare with the physically pruned network, and count params and
-FLOPs before and after. A model either runs, or is refused with the one-line reason (PruningError), or fails
-(a traceback, a gate-vs-removal error above TOLERANCE or the time limit: defects to fix, never results).
+FLOPs before and after. The groups found have passed the removal check (methods/core/verify.py): groups a
+construct cannot take are excluded, and the row's note names the constructs (`checked_out`). A model either
+runs, or is refused with the one-line reason (PruningError: nothing prunable left, the construct named), or
+fails (a traceback, a gate-vs-removal error above TOLERANCE or the time limit: defects to fix, never results).
 """
 from __future__ import annotations
 
@@ -83,24 +85,6 @@ def representatives() -> dict[str, str]:
     return out
 
 
-def perturb_norms(model, seed: int = 0):
-    """Non-trivial norm statistics and affine terms (and layer scales), so a wrong gate shows."""
-    import torch
-    import torch.nn as nn
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-        for name, p in model.named_parameters():
-            if p.dim() == 1:  # norm weights/biases, layer scales, conv/linear biases
-                scale = torch.rand(p.shape, generator=g) + 0.5
-                p.copy_(scale if not name.endswith("bias") else (scale - 1) * 0.2)
-    return model.eval()
-
-
 def probe(name: str, batch: int = 8) -> dict[str, Any]:
     """Groups and a random 50% trial of one model (in this process); refusals raise PruningError."""
     import torch
@@ -108,6 +92,7 @@ def probe(name: str, batch: int = 8) -> dict[str, Any]:
     import methods
     import models
     from methods.core import channel_groups, gate_vs_removal, prune_model
+    from methods.core.verify import perturb_norms
 
     from .data import make_synthetic
     from .measure import count_flops, count_params
@@ -129,8 +114,20 @@ def probe(name: str, batch: int = 8) -> dict[str, Any]:
     if not err < TOLERANCE:
         raise GateMismatch(f"gating differs from removal: relative error {err:.1e} (tolerance {TOLERANCE:.0e})")
     return {"size": side, "groups": len(groups), "excluded": len(groups.excluded), "units": sum(g.units for g in groups),
-            "gate_vs_removal": err, "params": count_params(model), "params_pruned": count_params(pruned),
+            "reason": checked_out(groups.excluded), "gate_vs_removal": err, "params": count_params(model), "params_pruned": count_params(pruned),
             "flops": count_flops(model, size), "flops_pruned": count_flops(pruned, size)}
+
+
+def checked_out(excluded: dict[str, str]) -> str:
+    """The constructs whose groups the removal check excluded (methods/core/verify.py), with counts, or ""."""
+    import collections
+    import re
+
+    kinds = collections.Counter(m.group(1) for why in excluded.values()
+                                if (m := re.search(r"(?:removing it breaks|differs from its removal in) (\w+) \(", why)))
+    if not kinds:
+        return ""
+    return "removal check excluded groups of " + ", ".join(f"{k} (x{n})" for k, n in sorted(kinds.items()))
 
 
 class GateMismatch(AssertionError):
@@ -202,7 +199,7 @@ def _fmt(row: dict[str, Any], key: str) -> str:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     head = ["family", "model", "status", "size", "groups (excluded)", "gate vs removal", "params", "params at 50%",
-            "FLOPs", "FLOPs at 50%", "s", "reason"]
+            "FLOPs", "FLOPs at 50%", "s", "reason or note"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         groups = f"{r['groups']} ({r['excluded']})" if r.get("groups") != "" and "groups" in r else ""
@@ -215,8 +212,10 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 def summary(rows: list[dict[str, Any]]) -> str:
     n = {s: sum(r["status"] == s for r in rows) for s in ("ok", "refused", "failed")}
     worst = max((r["gate_vs_removal"] for r in rows if r["status"] == "ok"), default=float("nan"))
+    checked = sum(r["status"] == "ok" and bool(r.get("reason")) for r in rows)
     return (f"{len(rows)} families: {n['ok']} pruned, {n['refused']} refused with a named construct, "
-            f"{n['failed']} failed (tracebacks, gate mismatches or time-outs); largest gate-vs-removal relative error {worst:.1e}")
+            f"{n['failed']} failed (tracebacks, gate mismatches or time-outs); largest gate-vs-removal relative error {worst:.1e}; "
+            f"{checked} pruned with groups the removal check excluded (the construct named)")
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -108,6 +108,12 @@ def _matrix() -> str:
             f"{n.get('refused', 0)} refused naming the")
 
 
+def _matrix_checked() -> int:
+    """Families pruned with groups the removal check excluded (their note names the construct)."""
+    df = pd.read_csv(RESULTS / "timm-matrix" / "matrix.csv")
+    return int(((df["status"] == "ok") & df["reason"].fillna("").str.startswith("removal check")).sum())
+
+
 def _gated(perf: str) -> str:
     df = pd.read_csv(RESULTS / perf)
     rows = df[df["measure"] == "gated / plain"]
@@ -136,6 +142,7 @@ QUOTES: list[tuple[tuple[str, ...], Callable[[], str]]] = [
     ((f"results/{MICRO}/NOTES.md",), lambda: f"is {_minutes(MICRO)}."),
     ((f"results/{MICRO}/NOTES.md",), lambda: f"baseline at {_baseline(MICRO)} test top-1"),
     (("docs/models.md",), _matrix),
+    (("docs/models.md",), lambda: f"In {_matrix_checked()} of them the removal check excluded"),
     (("results/perf/README.md",), lambda: f"first table below ({_gated('perf/perf.csv')})"),
     (("results/perf/README.md",), lambda: f"it gave {_gated('perf/run-before/perf.csv')}"),
 ]

@@ -8,8 +8,8 @@ import torch.nn as nn
 import models
 from bench.measure import count_flops, count_params
 from bench.pruned import load_pruned, save_pruned
-from bench.timm_matrix import perturb_norms
 from methods.core import Gates, KeepPlan, PruningError, channel_groups, gate_vs_removal, prune_model, rebuild
+from methods.core.verify import perturb_norms
 
 # (model, constructor args, input size, scope)
 CASES = [

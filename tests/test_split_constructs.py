@@ -3,6 +3,8 @@
 For every construct: channel groups are found, a seeded random half of every group is removed, the gated
 network equals the physically pruned one, and the pruned network runs (its split sizes follow the removal).
 """
+import re
+
 import pytest
 import torch
 import torch.nn as nn
@@ -116,6 +118,36 @@ class SkBlock(nn.Module):
         return torch.relu(x + self.conv(self.sk(x)))
 
 
+class ChannelOffset(nn.Module):
+    """A per-channel offset held in a buffer of fixed width: the trace sees an add of a constant, and after a
+    removal the buffer no longer fits (a construct the harness cannot prune: its group is excluded)."""
+
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        self.register_buffer("offset", torch.linspace(-1, 1, c).view(1, c, 1, 1))
+
+    def forward(self, x):
+        return x + self.offset
+
+
+class SoftmaxMix(nn.Module):
+    """A conv whose normalised outputs go through a softmax over the channels: a gated channel still counts in
+    the softmax's sum (as exp(0)), a removed one does not, so gating differs from removal (its group is
+    excluded, the block named)."""
+
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return torch.softmax(self.bn(self.conv(x)), dim=1)
+
+
+def _between(construct: nn.Module) -> nn.Module:
+    """stem -> conv -> construct -> conv -> head: only the first conv's group passes through the construct."""
+    return _Net(nn.Sequential(_cbr(16, 16, 3), construct, _cbr(16, 16)), 16, 16)
+
+
 CONSTRUCTS = {
     "csp_split_concat": (lambda: _Net(CspBlock(), 16, 16)),
     "scale_split": (lambda: _Net(ScaleSplit(), 16, 16)),
@@ -191,3 +223,29 @@ def test_nothing_prunable_names_the_construct():
     model(torch.randn(1, 3, 8, 8))
     with pytest.raises(PruningError, match="GroupNorm"):
         channel_groups(model, torch.randn(1, 3, 8, 8), "all", name="gn")
+
+
+@pytest.mark.parametrize("construct, bad, reason", [
+    (ChannelOffset, "block.0.0", r"removing it breaks ChannelOffset \(block\.1\): .*size"),
+    (SoftmaxMix, "block.1.conv", r"its gate differs from its removal in SoftmaxMix \(block\.1\): relative error"),
+])
+def test_a_group_a_construct_cannot_take_is_excluded_and_the_rest_pruned(construct, bad, reason):
+    """The removal check: the group whose removal breaks the construct (or differs from its gate) is excluded
+    with the construct named; every other group stays offered, and a random half of them prunes exactly."""
+    torch.manual_seed(0)
+    model = _randomize(_between(construct()))
+    x = torch.randn(4, 3, 16, 16)
+    groups = channel_groups(model, x[:1], "all", name=construct.__name__)
+    assert list(groups.excluded) == [bad], groups.excluded
+    assert re.search(reason, groups.excluded[bad]), groups.excluded
+    assert len(groups) >= 2
+    masks = _random_half(groups)
+    pruned = prune_model(model, KeepPlan.from_masks(groups, masks, "x", input_size=[3, 16, 16]))
+    assert gate_vs_removal(model, groups, masks, pruned, x)[2] < 1e-5
+
+
+def test_a_network_refused_names_the_construct_that_stopped_it():
+    """Nothing prunable left after the removal check: refused, naming the construct (not its wrapper)."""
+    model = nn.Sequential(_cbr(3, 8, 3), ChannelOffset(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    with pytest.raises(PruningError, match=r"nothing to prune.*removing it breaks ChannelOffset \(1\)"):
+        channel_groups(model, torch.randn(1, 3, 8, 8), "all", name="offset")

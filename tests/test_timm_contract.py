@@ -43,6 +43,8 @@ FAMILIES = {
     # stream concatenated from two pointwise convs would lose one whole conv at some half: excluded
     "rexnet_100": ({}, 0, False),  # partial residual: the shortcut adds into a slice of the channels
     "skresnet18": ({}, 8, False),  # selective kernel: its 8 attention maps cannot lose half their units
+    "resnest14d": ({}, 17, False),  # split attention: 13 groups regroup or are too small; the removal check
+    # excludes the 4 whose removal breaks SplitAttn's radix reshape (methods/core/verify.py); 6 stay prunable
 }
 
 
@@ -135,3 +137,11 @@ def test_coupling_ties_only_a_regular_pattern():
     assert _coupling_tie([[c, c + 8] for c in range(8)], 16) == (2, "")
     tie, why = _coupling_tie([[0, 5]], 16)  # one pair only: no mask unit layout can gate it exactly
     assert tie == 1 and "coupled unevenly" in why and "[0, 5]" in why
+
+
+def test_split_attention_groups_the_removal_check_excludes_are_named():
+    """ResNeSt: the groups of SplitAttn's fc2 pass tracing, but removing them breaks its radix reshape; the
+    removal check excludes exactly those four, naming the construct, and leaves the rest prunable."""
+    _, groups, _ = _setup("resnest14d")
+    broke = sorted(gid for gid, why in groups.excluded.items() if why.startswith("removing it breaks SplitAttn ("))
+    assert broke == [f"layer{i}.0.conv2.fc2" for i in range(1, 5)], groups.excluded

@@ -25,3 +25,12 @@ def test_one_row_runs_and_writes(tmp_path):
     md = (tmp_path / "matrix.md").read_text()
     assert "`test_resnet` | ok" in md and "a \\| b" in md
     assert "2 families: 1 pruned, 1 refused with a named construct, 0 failed" in (tmp_path / "README.md").read_text()
+
+
+def test_the_note_names_the_constructs_the_removal_check_excluded():
+    excluded = {"a": "removing it breaks SplitAttn (layer1.0.conv2): shape '[1, 2, 64]' is invalid",
+                "b": "removing it breaks SplitAttn (layer2.0.conv2): shape '[1, 2, 128]' is invalid",
+                "c": "its gate differs from its removal in HSMSSD (stages.0.mixer): relative error 9.3e-02",
+                "d": "normalised across channels by LayerNorm2d norm"}
+    assert timm_matrix.checked_out(excluded) == "removal check excluded groups of HSMSSD (x1), SplitAttn (x2)"
+    assert timm_matrix.checked_out({"d": excluded["d"]}) == ""

@@ -106,11 +106,13 @@ def build_graph(model: nn.Module, example: torch.Tensor, name: str = "model") ->
 
 
 def channel_groups(model: nn.Module, example: torch.Tensor, scope: str = "all", name: str = "model",
-                   graph: tp.DependencyGraph | None = None) -> GroupSet:
+                   graph: tp.DependencyGraph | None = None, verify: bool = True) -> GroupSet:
     """The prunable channel groups of `model` at `scope` ("internal": inside blocks; "all": streams too).
 
-    A model with no group at `scope` is refused (PruningError): every method would prune nothing and
-    report success.
+    With `verify` (the default; removal itself needs only the ids), every group offered passed the removal
+    check (methods/core/verify.py): groups whose removal breaks a construct or differs from their gate are
+    excluded, naming it. A model with no group at `scope` is refused (PruningError): every method would prune
+    nothing and report success.
     """
     if scope not in SCOPES:
         raise ValueError(f"scope {scope!r} is unknown: use one of {', '.join(SCOPES)}")
@@ -131,9 +133,16 @@ def channel_groups(model: nn.Module, example: torch.Tensor, scope: str = "all", 
             groups.append(g)
         else:
             streams += 1
+    if verify and groups:
+        from .verify import unremovable
+
+        bad = unremovable(model, example, GroupSet(groups, excluded, scope, dg), name)
+        excluded.update(bad)
+        groups = [g for g in groups if g.id not in bad]
     if excluded:
         listing = "; ".join(f"{gid} ({why})" for gid, why in excluded.items())
-        log.warning("%s: %d channel groups cannot be gated exactly and are left unpruned: %s", name, len(excluded), listing)
+        log.log(logging.WARNING if verify else logging.DEBUG,  # removal finds the groups again: said once
+                "%s: %d channel groups cannot be gated exactly and are left unpruned: %s", name, len(excluded), listing)
     if not groups:
         raise PruningError(_nothing_to_prune(name, scope, streams, excluded))
     return GroupSet(groups, excluded, scope, dg)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from . import splits, timm_layers
+from . import splits, timm_layers, verify
 from .groups import ChannelGroup, GroupSet, PruningError, channel_groups
 
 PLAN_FORMAT = 1
@@ -66,7 +66,7 @@ def apply_plan(model: nn.Module, plan: KeepPlan, example: torch.Tensor | None = 
     """Remove, in place, every channel the plan does not keep. Returns the model."""
     example = torch.randn(1, *plan.input_size) if example is None else example
     timm_layers.fold_standardised(model)  # exact, and removing their input channels needs it
-    groups = channel_groups(model, example, plan.scope, name=plan.model)
+    groups = channel_groups(model, example, plan.scope, name=plan.model, verify=False)
     by_id, modules = groups.by_id, dict(model.named_modules())
     dg = groups.graph
     for gid, kept in plan.keep.items():
@@ -108,11 +108,14 @@ def _check_runs(model: nn.Module, example: torch.Tensor, name: str) -> None:
         with torch.no_grad():
             model.eval()(example)
     except RuntimeError as e:
-        where = stack[-1] or "the network"
-        parent = model.get_submodule(where.rpartition(".")[0]) if "." in where else model
-        raise PruningError(f"{name}: after removal {where} ({type(model.get_submodule(where)).__name__} in "
-                           f"{type(parent).__name__}) no longer fits its input ({str(e).splitlines()[0][:120]}); "
-                           f"{type(parent).__name__} is a construct this harness cannot prune") from e
+        where = stack[-1] if stack and stack[-1] else ""
+        layer = f"{where} ({type(model.get_submodule(where)).__name__})" if where else "the network"
+        kind, path = verify.construct_at(model, where)
+        detail = str(e).splitlines()[0][:120]
+        err = PruningError(f"{name}: after removal {layer} no longer fits its input ({detail}): {kind} ({path}) is "
+                           "a construct this harness cannot prune")
+        err.construct, err.detail = f"{kind} ({path})", detail
+        raise err from e
     finally:
         pre.remove()
         post.remove()
