@@ -113,7 +113,7 @@ worker: env
 
 # a benchmark, not a test: training loops, DECORE's gated step, pruned-model speed -> RESULTS_DIR/perf/
 perf: env
-	$(PY) -m bench perf --models $(PERF_MODELS) --device $(DEVICE) $(PERF_ARGS)
+	$(PY) -m bench perf --models $(PERF_MODELS) --device $(DEVICE) --compile $(PERF_ARGS)
 
 # loader, bf16 + compile epochs, fp32 vs bf16 eval, gated step, torchrun (nccl), pruned latency, a short sweep;
 # on a CPU-only machine the same checks in a reduced form (tiny sizes, synthetic data, gloo)

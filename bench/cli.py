@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -125,7 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-recipe", default="cifar-standard")
     p.add_argument("--joint-recipe", default="finetune-cifar", help="DECORE's joint training phase")
     p.add_argument("--finetune-recipe", default="finetune-cifar", help="the same for every method")
-    p.add_argument("--round-to", type=int, default=1, help="round kept channels up to a multiple (beyond the papers)")
+    p.add_argument("--round-to", default="1", help="round kept channels up to a multiple (beyond the papers), or "
+                   "auto: the multiple `bench align` measures fastest for this model and device")
+    p.add_argument("--align-form", default="folded", choices=["eager", "folded", "onnxruntime"],
+                   help="the deploy form --round-to auto measures (default folded)")
     p.add_argument("--label", default="custom", help="experiment label: the trial goes to RESULTS_DIR/<model>-<dataset>-<label>-<hash>/")
     p.add_argument("--budget", default="equal", choices=["equal", "paper"],
                    help="equal (default): every method trains for the same images after the baseline; paper: each "
@@ -159,7 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "paper's own schedule (unequal, labelled so)")
     p.add_argument("--selection", default="val", choices=["val", "test", "val-test"],
                    help="val (default): decisions read a hold-out of the training set; test: the papers' practice")
-    p.add_argument("--round-to", type=int, default=1)
+    p.add_argument("--round-to", default="1", help="round every plan's kept channels up to a multiple (beyond the "
+                   "papers; default 1: none), or auto: the multiple `bench align` measures fastest per FLOPs removed "
+                   "for this model and device in the --align-form deploy form")
+    p.add_argument("--align-form", default="folded", choices=["eager", "folded", "onnxruntime"],
+                   help="the deploy form --round-to auto measures (default folded)")
     p.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "off"])
     p.add_argument("--compile", action="store_true", help="torch.compile training (pays on GPUs; models of one "
                    "architecture reuse the compiled graph across trials)")
@@ -232,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the CIFAR models and their aliases")
     p.add_argument("pattern", nargs="?", default=None, help="a timm wildcard, e.g. 'resnet*', to list timm models too")
     _deploy_parsers(sub)
+    from . import align
+    align.register(sub, COMMANDS)
     from sweeps import launch  # `launch` (SLURM) and `status`
     launch.register(sub, COMMANDS)
     _finish_help(parser, sub)
@@ -294,12 +304,32 @@ def sweep_config(args: argparse.Namespace):
                             args.trials, args.seeds, selection=args.selection, budget=args.budget)
         profile, args.trials, line = choose_profile(probe, resolve_device(args.device))
         print(line)
+    round_to, alignment = _round_to(args)
     cfg = SweepConfig(args.model, args.dataset, profile, tuple(m.strip() for m in args.methods.split(",") if m.strip()),
                       args.trials, args.seeds, args.storage, args.workers, args.device, args.scope,
-                      None if args.match == "none" else args.match, args.round_to, args.wandb, compile=args.compile,
+                      None if args.match == "none" else args.match, round_to, args.wandb, compile=args.compile,
+                      alignment=alignment,
                       budget=args.budget, selection=args.selection, **_controls(args.control),
                       pretrained=args.pretrained, checkpoint=args.checkpoint)
     return cfg
+
+
+def _round_to(args: argparse.Namespace) -> tuple[int, dict | None]:
+    """--round-to as a number, `auto` resolved by measurement (bench.align; its record reused from RESULTS_DIR/align/)."""
+    if str(args.round_to) == "auto":
+        from . import align
+        from .train import resolve_device
+
+        record = align.auto(args.model, resolve_device(args.device), args.align_form)
+        print(record.line())
+        return record.chosen, dataclasses.asdict(record)
+    try:
+        value = int(args.round_to)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserError(f"--round-to {args.round_to!r} is not a whole number of at least 1 nor auto: use e.g. 8, or auto")
+    return value, None
 
 
 @command
@@ -392,7 +422,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = TrialConfig(model=args.model, dataset=args.dataset, method=args.method, knobs=_parse_knobs(args.knob),
                       scope=args.scope, seed=args.seed, baseline_recipe=args.baseline_recipe,
-                      joint_recipe=args.joint_recipe, finetune_recipe=args.finetune_recipe, round_to=args.round_to,
+                      joint_recipe=args.joint_recipe, finetune_recipe=args.finetune_recipe, round_to=_round_to(args)[0],
                       profile=args.label, budget=args.budget, selection=args.selection, pretrained=args.pretrained,
                       checkpoint=args.checkpoint)
     train.PROGRESS_LINES = not sys.stderr.isatty()  # tqdm is silent off a terminal: a line per phase and epoch

@@ -46,6 +46,7 @@ from .io import atomic_write
 from .measure import profile_model
 from .recipe import Recipe
 from .train import Trainer, autocast_for, build_optimizer, ce_step, evaluate, prepare_model
+from .train import compiled as compiled_module  # noqa: I001
 
 MEAN, STD, _ = CIFAR_STATS["cifar10"]
 
@@ -62,7 +63,7 @@ class PerfConfig:
     latency_batch: int = 64            # the throughput batch of the latency rows (and batch 1)
     deploy: bool = True                # also time the deployment forms: BN folded, onnxruntime (CPU)
     flops_targets: tuple[float, ...] = (0.7, 0.5, 0.3)   # kept fraction of the baseline's FLOPs
-    round_to: tuple[int, ...] = (8, 16)  # also measure the 50% plan with kept channels rounded to these multiples
+    round_to: tuple[int, ...] = (8, 16)  # also measure every plan with kept channels rounded to these multiples
     ref_workers: int = 2               # DataLoader workers of the reference loop (pytorch-cifar's value)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     compile: bool = False              # also measure the harness step with torch.compile
@@ -260,9 +261,7 @@ def pruned_plans(model_name: str, base: nn.Module, cfg: PerfConfig) -> list[tupl
     cost = lambda plan: profile_model(prune_model(base_cpu, plan), (3, 32, 32))  # noqa: E731
     l1 = methods.get_method("l1")
     out = []
-    variants = [(t, 1) for t in cfg.flops_targets]
-    if 0.5 in cfg.flops_targets:
-        variants += [(0.5, r) for r in cfg.round_to if r > 1]
+    variants = [(t, r) for t in cfg.flops_targets for r in (1, *(r for r in cfg.round_to if r > 1))]
     for target, rnd in variants:
         ctx = methods.Context(base_cpu, groups, name, {"num_classes": 10}, (3, 32, 32), torch.device("cpu"),
                               plan_cost=cost, round_to=rnd)
@@ -357,7 +356,7 @@ def _rotated(items: list, r: int) -> list:
     return items[k:] + items[:k]
 
 
-UNITS = {"train img/s": "img/s", "train peak MB": "MB", "eval img/s": "img/s", "latency ms": "ms"}
+UNITS = {"train img/s": "img/s", "train peak MB": "MB", "eval img/s": "img/s", "latency ms": "ms", "compile s": "s"}
 
 
 # ---------------------------------------------------------------------------------------------- sections
@@ -396,15 +395,22 @@ def train_section(model_name: str, base: nn.Module, plans: list[Plan], base_flop
         "reference": lambda n: reference_train(ref_model, ref_opt, ref_batches, n, dev),
         "decore_gated": lambda n: harness_train(gated, loader, n, bs),
     }
-    if cfg.compile:
+    compile_s: dict[str, float] = {}
+    if cfg.compile:  # inductor; the first calls (the compilation) are timed apart, in the warm-up below
         compiled = plain_trainer(prepare_model(copy.deepcopy(base), dev, compile=True).train(), cfg)
         contestants["harness_compiled"] = lambda n: harness_train(compiled, loader, n, bs)
+        gated_c, gates_c = gated_trainer(prepare_model(copy.deepcopy(base), dev).train(), groups, cfg)
+        gated_c = replace(gated_c, model=compiled_module(gated_c.model))  # the gates' hooks compiled in
+        contestants["decore_gated_compiled"] = lambda n: harness_train(gated_c, loader, n, bs)
     for p in plans:
         tr = plain_trainer(prepare_model(copy.deepcopy(p.model), dev).train(), cfg)
         contestants[p.label] = (lambda n, tr=tr: harness_train(tr, loader, n, bs))
     log(f"{model_name}: warming up {len(contestants)} training variants")
-    for fn in contestants.values():  # first calls: allocator, oneDNN primitives, worker start, compile
+    for k, fn in contestants.items():  # first calls: allocator, oneDNN primitives, worker start, compile
+        t0 = time.perf_counter()
         fn(2)
+        if k.endswith("_compiled"):
+            compile_s[k] = time.perf_counter() - t0
 
     harness = contestants.pop("harness")
 
@@ -425,6 +431,11 @@ def train_section(model_name: str, base: nn.Module, plans: list[Plan], base_flop
         values.update({("train peak MB", k, "", bs): v.peak_mb for k, v in {"harness": base, **t}.items()})
         ratios = {("harness / reference", "harness", "", bs): h["reference"].img_s / t["reference"].img_s,
                   ("gated / plain", "decore_gated", "", bs): t["decore_gated"].seconds / h["decore_gated"].seconds}
+        if "decore_gated_compiled" in t:  # each beside its own eager harness timing: the ratio of the two ratios
+            ratios[("compiled gated / plain", "decore_gated_compiled", "", bs)] = (
+                (t["decore_gated_compiled"].seconds / h["decore_gated_compiled"].seconds)
+                / (t["harness_compiled"].seconds / h["harness_compiled"].seconds))
+            values.update({("compile s", k, "", bs): v for k, v in compile_s.items()})
         for p in plans:
             up = h[p.label].seconds / t[p.label].seconds   # equal images: time ratio = throughput ratio
             ratios[("train speed-up", p.label, "", bs)] = up
@@ -433,6 +444,8 @@ def train_section(model_name: str, base: nn.Module, plans: list[Plan], base_flop
 
     out = repeat_rounds(one_round, cfg, f"{model_name} training rounds", prior)
     gates.remove()
+    if cfg.compile:
+        gates_c.remove()
     return out
 
 
@@ -440,7 +453,7 @@ def latency_runners(base: nn.Module, plans: list[Plan], cfg: PerfConfig, log: Ca
                     channels_last: bool | None = None) -> dict[tuple[str, str], Any]:
     """(form, variant) -> runner: eager (eval, channels_last) for every plan; with cfg.deploy, BatchNorm
     folded (channels_last where it measures faster, unless `channels_last` decides) and, on CPU,
-    onnxruntime for the unrounded plans."""
+    onnxruntime, for every plan (each alignment too)."""
     from .deploy import OnnxRunner, TorchRunner, faster_channels_last, fold_bn
 
     dev, size = cfg.device, (3, 32, 32)
@@ -448,7 +461,7 @@ def latency_runners(base: nn.Module, plans: list[Plan], cfg: PerfConfig, log: Ca
     runners: dict[tuple[str, str], Any] = {("eager", k): TorchRunner(copy.deepcopy(m), size, dev) for k, m in variants.items()}
     if not cfg.deploy:
         return runners
-    deploy = {k: m for k, m in variants.items() if k == "baseline" or next(p for p in plans if p.label == k).round_to == 1}
+    deploy = variants
     folded = {k: fold_bn(m) for k, m in deploy.items()}
     cl = channels_last
     if cl is None:
@@ -638,6 +651,11 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
         }
         if (g.variant == "harness_compiled").any():
             row["compiled img/s"] = _cell(g, "train img/s", "harness_compiled")
+            row["compiled gated img/s"] = _cell(g, "train img/s", "decore_gated_compiled")
+            row["compiled gated / plain"] = _cell(g, "compiled gated / plain", "decore_gated_compiled")
+            row["compile s (plain, gated)"] = " / ".join(
+                f"{c.median:.0f}" for c in (_cell(g, "compile s", k) for k in ("harness_compiled", "decore_gated_compiled"))
+                if c is not None) or None
         row["rounds"] = _rounds_note(g, "train")
         train.append(row)
     out["train"] = pd.DataFrame(train)

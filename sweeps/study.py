@@ -80,6 +80,9 @@ class SweepConfig:
     scratch: tuple[str, ...] = ()       # scratch-b / scratch-e of every DECORE trial (Liu et al. 2019), --control
     pretrained: bool = False            # the baseline is timm's pretrained weights for the model (--pretrained)
     checkpoint: str | None = None       # the baseline is this state_dict of the user's (--checkpoint)
+    # --round-to auto: the measurement behind round_to (bench.align); recorded in experiment.json, not in the
+    # identity (which holds the chosen number: auto and the same number typed by hand share an experiment)
+    alignment: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "selection", imported_selection(self.selection, self.pretrained, self.checkpoint))
@@ -425,7 +428,7 @@ def write_experiment(cfg: SweepConfig, data: Any) -> None:
     if not path.is_file():
         write_json(path, {"experiment": cfg.experiment, "model": cfg.model, "dataset": cfg.dataset,
                           "protocol": cfg.protocol(), "identity": cfg.identity(),
-                          "data": _split_info(cfg, data)})
+                          "data": _split_info(cfg, data), **({"alignment": cfg.alignment} if cfg.alignment else {})})
 
 
 def prepare_baseline(cfg: SweepConfig, profile: Profile, device: torch.device, data: Any, seed: int) -> tuple[Any, float | None]:

@@ -20,10 +20,11 @@ def test_perf_writes_tables_with_every_measurement(tmp_path):
     lat = df[df.measure == "latency ms"]
     assert sorted(set(lat.batch)) == [1, 4]
     assert set(lat.form) == {"eager", "folded", "onnxruntime"}
-    assert set(lat[lat.form == "onnxruntime"].variant) == {"baseline", "l1@0.5"}  # deployment: unrounded plans
+    assert set(lat[lat.form == "onnxruntime"].variant) == {"baseline", "l1@0.5", "l1@0.5 round8"}  # every alignment
     half = lat[lat.variant == "l1@0.5"].iloc[0]
     assert half.flops_fraction == pytest.approx(0.5, abs=0.01)       # the plan meets its FLOPs target
-    assert lat[lat.variant == "l1@0.5 round8"].iloc[0].round_to == 8
+    round8 = lat[lat.variant == "l1@0.5 round8"].iloc[0]
+    assert round8.round_to == 8 and round8.flops_fraction == pytest.approx(0.5, abs=0.02)  # the same work, aligned
     text = md.read_text()
     for heading in ("## Training loops", "## Pruned models", "## Deployment form", "harness / reference",
                     "gated step / plain step", "efficiency b4", "train speed-up", "median (IQR)"):
@@ -107,3 +108,19 @@ def test_every_abbreviation_of_the_committed_perf_tables_is_defined():
             defined = generic or (f"*{word}*" if word.startswith("round") else "*bN*")
             assert defined in perf.ABBREVIATIONS, (path, word)
     assert "IQR i (interquartile range" in perf.ABBREVIATIONS
+
+
+def test_compiled_gated_and_plain_steps_are_timed_with_compile_time_apart(tmp_path):
+    """--compile: the gated DECORE step and the plain one compiled (inductor) beside the eager ones; their ratio
+    is a row of its own, and the compilation (the first calls) is reported in seconds, not in any step time."""
+    cfg = perf.PerfConfig(models=("resnet20",), batch_size=4, steps=1, rounds=1, max_rounds=1, flops_targets=(0.5,),
+                          round_to=(), ref_workers=0, eval_images=16, latency_repeats=1, latency_batch=2,
+                          device=torch.device("cpu"), processes=1, deploy=False, compile=True)
+    csv, md = perf.run(cfg, tmp_path / "perf", "pytest")
+    df = pd.read_csv(csv)
+    assert {"harness_compiled", "decore_gated_compiled"} <= set(df.variant)
+    ratio = df[df.measure == "compiled gated / plain"]
+    assert len(ratio) == 1 and ratio.iloc[0].value > 0
+    compile_s = df[df.measure == "compile s"]
+    assert set(compile_s.variant) == {"harness_compiled", "decore_gated_compiled"} and (compile_s.unit == "s").all()
+    assert "compiled gated / plain" in md.read_text() and "compile s (plain, gated)" in md.read_text()
