@@ -690,6 +690,27 @@ def _pruned_table(df: pd.DataFrame, form: str, train_columns: bool = False) -> p
     return pd.DataFrame(rows)
 
 
+def alignment_advice(df: pd.DataFrame, min_removed: float = 0.3) -> pd.DataFrame:
+    """Which alignment to pick, per deploy form and batch: for each round_to, the median efficiency of its plans
+    (over models and FLOPs targets) and how many of its plans removing at least `min_removed` of the FLOPs ran
+    slower than the unpruned model in that form. The pick is the highest median efficiency (the smaller
+    multiple on a tie), the rule `bench align` applies to one model."""
+    eff, up = df[df.measure == "efficiency"], df[df.measure == "speed-up"]
+    rows = []
+    for (form, batch), g in eff.groupby(["form", "batch"], sort=False):
+        per = {}
+        for r, gr in g.groupby("round_to"):
+            big = up[(up.form == form) & (up.batch == batch) & (up.round_to == r)
+                     & (up.flops_fraction <= 1 - min_removed + 0.01)]
+            per[int(r)] = (float(gr.value.median()), len(gr), int((big.value < 1).sum()), len(big))
+        pick = max(per, key=lambda r: (round(per[r][0], 6), -r))
+        for r, (med, n, slow, n_big) in sorted(per.items()):
+            rows.append({"form": form, "batch": int(batch), "round_to": r, "plans": n, "median efficiency": med,
+                         f"slower than unpruned (of those >= {min_removed:.0%} removed)": f"{slow} of {n_big}",
+                         "pick": "**pick**" if r == pick else ""})
+    return pd.DataFrame(rows)
+
+
 def _num(v: float) -> str:
     if math.isnan(v):
         return "-"
@@ -771,6 +792,12 @@ def write(rows: list[dict[str, Any]], cfg: PerfConfig, out: Path, command: str) 
         "PyTorch) in an onnxruntime CPU session with all graph optimisations, as many threads as torch.",
         "Speed-up and efficiency compare the pruned and the unpruned model in the same form.",
         "", _md(tables["deploy"]), "",
+        "## Which alignment to pick on this machine", "",
+        "Per form and batch, each `round_to` over all its plans above (every model and FLOPs target): the median",
+        "efficiency, and how many plans removing 30% of the FLOPs or more ran slower than the unpruned model in",
+        "the same form. *pick* = the highest median efficiency (the smaller multiple on a tie), the rule",
+        "`python -m bench align` applies to one model (`--round-to auto` for a sweep).",
+        "", _md(alignment_advice(df)), "",
     ]
     md = atomic_write(out / "perf.md", lambda p: Path(p).write_text("\n".join(text)))
     return csv, md

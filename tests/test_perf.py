@@ -35,6 +35,13 @@ def test_perf_writes_tables_with_every_measurement(tmp_path):
     assert isinstance(cell, perf.Spread) and cell.median == pytest.approx(ratios.value)
     assert f"{cell.median:.2f} ({cell.iqr:.2f})" in text
     assert "split among 2 fresh processes" in text and "in 2 processes" in text
+    advice = perf.alignment_advice(df)
+    assert set(advice.form) == {"eager", "folded", "onnxruntime"} and set(advice.round_to) == {1, 8}
+    for (form, batch), g in advice.groupby(["form", "batch"]):
+        eff = df[(df.measure == "efficiency") & (df.form == form) & (df.batch == batch)]
+        best = max((1, 8), key=lambda r: (round(eff[eff.round_to == r].value.median(), 6), -r))
+        assert g[g.pick != ""].round_to.tolist() == [best]
+    assert "## Which alignment to pick on this machine" in text and "**pick**" in text
 
 
 def test_rounds_repeat_until_ratios_settle():
