@@ -128,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-recipe", default="finetune-cifar", help="the same for every method")
     p.add_argument("--round-to", default="1", help="round kept channels up to a multiple (beyond the papers), or "
                    "auto: the multiple `bench align` measures fastest for this model and device")
-    p.add_argument("--align-form", default="folded", choices=["eager", "folded", "onnxruntime"],
-                   help="the deploy form --round-to auto measures (default folded)")
+    p.add_argument("--deploy-form", default="eager", choices=["eager", "folded", "onnxruntime"],
+                   help="the form pruned models are deployed in: speed-ups are timed in it and --round-to auto "
+                        "aligns for it (default eager: PyTorch, channels_last)")
     p.add_argument("--label", default="custom", help="experiment label: the trial goes to RESULTS_DIR/<model>-<dataset>-<label>-<hash>/")
     p.add_argument("--budget", default="equal", choices=["equal", "paper"],
                    help="equal (default): every method trains for the same images after the baseline; paper: each "
@@ -165,9 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="val (default): decisions read a hold-out of the training set; test: the papers' practice")
     p.add_argument("--round-to", default="1", help="round every plan's kept channels up to a multiple (beyond the "
                    "papers; default 1: none), or auto: the multiple `bench align` measures fastest per FLOPs removed "
-                   "for this model and device in the --align-form deploy form")
-    p.add_argument("--align-form", default="folded", choices=["eager", "folded", "onnxruntime"],
-                   help="the deploy form --round-to auto measures (default folded)")
+                   "for this model and device in the --deploy-form form")
+    p.add_argument("--deploy-form", default="eager", choices=["eager", "folded", "onnxruntime"],
+                   help="the form pruned models are deployed in: speed-ups are timed in it and --round-to auto "
+                        "aligns for it (default eager: PyTorch, channels_last)")
     p.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "off"])
     p.add_argument("--compile", action="store_true", help="torch.compile training (pays on GPUs; models of one "
                    "architecture reuse the compiled graph across trials)")
@@ -194,7 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("retime", help="time stored trials' speed-ups again, alone, from their kept channels (then report)")
     p.add_argument("experiments", nargs="+", help="experiment folders")
-    p.add_argument("--all", action="store_true", help="every complete trial, not only those not yet timed alone")
+    p.add_argument("--all", action="store_true", help="every complete trial, not only those not yet timed alone "
+                   "(or timed in another form)")
+    p.add_argument("--deploy-form", default="eager", choices=["eager", "folded", "onnxruntime"],
+                   help="the form to time them in (default eager: PyTorch, channels_last)")
 
     p = sub.add_parser("groups", help="the channel groups of a model, and what keeping a fraction of each gives")
     _common_model_args(p)
@@ -308,7 +313,7 @@ def sweep_config(args: argparse.Namespace):
     cfg = SweepConfig(args.model, args.dataset, profile, tuple(m.strip() for m in args.methods.split(",") if m.strip()),
                       args.trials, args.seeds, args.storage, args.workers, args.device, args.scope,
                       None if args.match == "none" else args.match, round_to, args.wandb, compile=args.compile,
-                      alignment=alignment,
+                      alignment=alignment, deploy_form=args.deploy_form,
                       budget=args.budget, selection=args.selection, **_controls(args.control),
                       pretrained=args.pretrained, checkpoint=args.checkpoint)
     return cfg
@@ -320,7 +325,7 @@ def _round_to(args: argparse.Namespace) -> tuple[int, dict | None]:
         from . import align
         from .train import resolve_device
 
-        record = align.auto(args.model, resolve_device(args.device), args.align_form)
+        record = align.auto(args.model, resolve_device(args.device), args.deploy_form)
         print(record.line())
         return record.chosen, dataclasses.asdict(record)
     try:
@@ -380,7 +385,8 @@ def cmd_retime(args: argparse.Namespace) -> int:
     for folder in map(Path, args.experiments):
         if not (folder / "runs.csv").is_file():
             raise UserError(f"{str(folder)!r} holds no runs.csv: pass an experiment folder such as results/resnet20-cifar10-smoke")
-        print(f"{folder}: {retime(folder, force=args.all)} trial(s) timed alone; `python -m bench report {folder}` "
+        print(f"{folder}: {retime(folder, force=args.all, form=args.deploy_form)} trial(s) timed alone "
+              f"({args.deploy_form}); `python -m bench report {folder}` "
               "writes the tables again")
     return 0
 
@@ -429,7 +435,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         row = run_trial(cfg, dist.setup(resolve_device(args.device)), compile=args.compile)
         if dist.is_main():
-            row = {**row, **measure_speedup(trial_folder(cfg))}
+            row = {**row, **measure_speedup(trial_folder(cfg), form=args.deploy_form)}
     finally:
         train.PROGRESS_LINES = False
     if not dist.is_main():

@@ -107,3 +107,29 @@ def faster_channels_last(model: nn.Module, input_size: tuple[int, ...], device: 
     ms = {cl: TorchRunner(copy.deepcopy(model), input_size, device, cl).latency_ms(batch, 1, repeats)
           for cl in (False, True)}
     return ms[True] < ms[False]
+
+
+FORMS = ("eager", "folded", "onnxruntime")
+
+
+class OnnxModule(nn.Module):
+    """An onnxruntime session (the model's ONNX export, `threads` threads) called like a module, so the trials'
+    interleaved timing (`bench.measure.speedup`) times it as it times PyTorch forms."""
+
+    def __init__(self, model: nn.Module, input_size: tuple[int, ...], threads: int = 1) -> None:
+        super().__init__()
+        self.runner = OnnxRunner(model, input_size, threads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feed = {self.runner.name: x.detach().cpu().contiguous().numpy()}
+        return torch.from_numpy(self.runner.session.run(None, feed)[0])
+
+
+def in_form(model: nn.Module, form: str, input_size: tuple[int, ...]) -> nn.Module:
+    """`model` (eval, CPU) as deployed in `form`: eager and folded in channels_last, onnxruntime on one thread."""
+    if form not in FORMS:
+        raise UserError(f"deploy form {form!r} is unknown: use one of {', '.join(FORMS)}")
+    model = model.cpu().eval()
+    if form == "onnxruntime":
+        return OnnxModule(model, input_size)
+    return (fold_bn(model) if form == "folded" else model).to(memory_format=torch.channels_last)

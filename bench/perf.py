@@ -746,6 +746,13 @@ def cpu_model() -> str:
 
 # every abbreviation of perf.md's tables, defined where the tables start (issue #29)
 ABBREVIATIONS = ("Plans and columns: *l1@F* = the L1 plan whose pruned model keeps the fraction F of the baseline's "
+                 "FLOPs; *round8* / *round16* after it = an L1 plan of the same FLOPs target with every group's kept "
+                 "channels rounded up to a multiple of 8 / 16 (the `round_to` option); *bN* (b1, b64) = batch N; *red.* = reduction; "
+                 "*ms* = milliseconds per call; cells \"m (i)\" = median m and IQR i (interquartile range: third "
+                 "quartile minus first) over rounds, the one way the project prints a spread.")
+# the legend of perf.md files written before every plan was measured at every alignment (their round8/16 rows
+# are the l1@0.5 plan only)
+LEGACY_ABBREVIATIONS = ("Plans and columns: *l1@F* = the L1 plan whose pruned model keeps the fraction F of the baseline's "
                  "FLOPs; *round8* / *round16* = the same l1@0.5 plan with every group's kept channels rounded up to a "
                  "multiple of 8 / 16 (the `round_to` option); *bN* (b1, b64) = batch N; *red.* = reduction; "
                  "*ms* = milliseconds per call; cells \"m (i)\" = median m and IQR i (interquartile range: third "

@@ -539,14 +539,29 @@ def speedup_when(df: pd.DataFrame) -> str:
     return before if alone == 0 else f"{alone} of {len(timed)} rows from the measuring pass, the other {len(timed) - alone} {before}"
 
 
+FORM_TEXT = {"eager": ("eager PyTorch", "channels_last"), "folded": ("PyTorch with BatchNorm folded", "channels_last"),
+             "onnxruntime": ("onnxruntime", "the ONNX export")}
+
+
+def speedup_form(df: pd.DataFrame) -> tuple[str, str]:
+    """The deploy form the table's speed-ups were timed in, from the rows' `speedup_form` (empty: eager), as
+    (name, detail) for the footnote."""
+    timed = df[(df["row_type"] == "trial") & df["speedup_b1"].notna()] if "speedup_b1" in df.columns else df.iloc[:0]
+    forms = (timed["speedup_form"].fillna("eager") if "speedup_form" in timed.columns
+             else pd.Series(["eager"] * len(timed), dtype=object)).value_counts()
+    if len(forms) <= 1:
+        return FORM_TEXT[forms.index[0] if len(forms) else "eager"]
+    return "in several forms", ", ".join(f"{n} rows {FORM_TEXT[f][0]}" for f, n in forms.items())
+
+
 def _markdown(measured: list[dict], published: list[dict], sources: list[str], caption: str,
-              matched: list[list[str]], when: str) -> str:
+              matched: list[list[str]], when: str, form: tuple[str, str] = FORM_TEXT["eager"]) -> str:
     lines = [f"*{caption}*", ""]
     lines += _md_table(HEADERS, [r["cells"] for r in measured])
     foot = ("◆: on its series' Pareto front (validation top-1 against FLOPs, on seed means). Mean ± std over n seeds. "
             "vs control: test top-1 minus the no-pruning control's (the baseline trained on for the same budget), so "
             "extra training is not read as a pruning gain. (down %): reduction against the baseline. Speed-up: "
-            "baseline time / pruned time at batch 1 on one CPU thread, eager PyTorch (channels_last; "
+            f"baseline time / pruned time at batch 1 on one CPU thread, {form[0]} ({form[1]}; "
             f"{when}), median (IQR: third minus first quartile) over interleaved rounds, as "
             "perf.md prints it; "
             "efficiency: speed-up / (baseline FLOPs / pruned FLOPs).")
@@ -614,7 +629,7 @@ def paper_table(df: pd.DataFrame, reference: pd.DataFrame | None, official: bool
     published, sources = _reference_rows(reference)
     caption = f"{_title(df)}. Protocol: {protocol_text(df, official)}."
     matched = _matched_rows(df)
-    return (_markdown(measured, published, sources, caption, matched, speedup_when(df)),
+    return (_markdown(measured, published, sources, caption, matched, speedup_when(df), speedup_form(df)),
             _latex(measured, published, sources, caption, matched))
 
 

@@ -57,6 +57,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "speedup_pass": ("string", "when the speed-up was timed: alone (the sweep's measuring pass after its trials, "
                                "run's after its trial, or bench retime); empty: a row from before that pass, timed "
                                "inside its trial"),
+    "speedup_form": ("string", "the deploy form the speed-up was timed in: eager (channels_last), folded (BatchNorm "
+                               "folded) or onnxruntime (the ONNX export, one thread); empty: eager"),
     "latency_gpu_b1_ms": ("float64", "median GPU latency at batch 1 (ms), when on a GPU"),
     "baseline_epochs": ("Int64", "epochs of baseline training"),
     "joint_epochs": ("Int64", "epochs of the method's own training phase (DECORE's joint phase)"),

@@ -4,8 +4,9 @@ sweep's measuring pass existed (timed inside their trials, while other work may 
 A pruned network's latency depends on its widths, not on its weights or on which channels were kept: each
 trial's architecture is rebuilt from the unpruned model and the kept count of every group (the first `kept`
 units), and timed against the unpruned architecture exactly as the measuring pass times a trial
-(`bench.measure.speedup`: batch 1, one thread, interleaved rounds, channels_last). The rows get the pass's
-columns and `speedup_pass` = `alone`; every other column stays. Run it with nothing else training on the
+(`bench.measure.speedup`: batch 1, one thread, interleaved rounds, in the deploy form: eager channels_last by
+default, `--deploy-form folded` or `onnxruntime`). The rows get the pass's columns, `speedup_pass` = `alone`
+and `speedup_form`; every other column stays. Run it with nothing else training on the
 machine: `python -m bench retime results/<experiment>`, then `make report`.
 """
 from __future__ import annotations
@@ -73,17 +74,18 @@ def _unpruned(name: str, classes: int, scope: str):
     return base, channel_groups(base, torch.randn(1, *SIZE), scope, name=models.resolve(name))
 
 
-def retime(folder: str | Path, force: bool = False) -> int:
-    """Re-time the complete trials of one experiment folder whose speed-up was not timed alone (all with
-    `force`); returns how many rows it re-timed."""
+def retime(folder: str | Path, force: bool = False, form: str = "eager") -> int:
+    """Re-time, in the deploy `form`, the complete trials of one experiment folder whose speed-up was not timed
+    alone in that form (all with `force`); returns how many rows it re-timed."""
     from .trial import speedup_columns
 
     table = ResultsTable(Path(folder))
     df = table.read()
     trials = df[(df["row_type"] == "trial") & (df["status"] == "complete") & df["kept_channels"].notna()]
     if not force and "speedup_pass" in trials.columns:
-        trials = trials[trials["speedup_pass"].fillna("") != "alone"]
+        timed_form = trials["speedup_form"].fillna("eager") if "speedup_form" in trials.columns else "eager"
+        trials = trials[(trials["speedup_pass"].fillna("") != "alone") | (timed_form != form)]
     for _, row in tqdm(list(trials.iterrows()), desc=f"retime {Path(folder).name}", unit="model", disable=None):
         pruned, base = rebuilt(row)
-        table.upsert({**row.to_dict(), **speedup_columns(pruned, base, SIZE)})
+        table.upsert({**row.to_dict(), **speedup_columns(pruned, base, SIZE, form=form)})
     return len(trials)

@@ -377,25 +377,29 @@ def _row(cfg, scope, knobs, base: Baseline, pruned, input_size, before_ft, val, 
     }
 
 
-def measure_speedup(trial_dir: str | Path, batch_size: int = 1) -> dict[str, Any]:
-    """The latency columns of a finished trial: its pruned model against the unpruned architecture, interleaved
-    in this process on a fixed thread count (bench.measure.speedup). Call it when nothing else trains on this
-    machine (the sweep's measuring pass after its trials; `run` after its trial)."""
+def measure_speedup(trial_dir: str | Path, batch_size: int = 1, form: str = "eager") -> dict[str, Any]:
+    """The latency columns of a finished trial: its pruned model against the unpruned architecture in the deploy
+    `form`, interleaved in this process on a fixed thread count (bench.measure.speedup). Call it when nothing else
+    trains on this machine (the sweep's measuring pass after its trials; `run` after its trial)."""
     from .pruned import load_pruned
 
-    progress("phase 4/4: time the pruned model against the unpruned one (batch 1, one thread, interleaved)")
+    progress(f"phase 4/4: time the pruned model against the unpruned one ({form}, batch 1, one thread, interleaved)")
     plan, pruned = load_pruned(trial_dir)
-    return speedup_columns(pruned, models.create(plan.model, **plan.model_args), plan.input_size, batch_size)
+    return speedup_columns(pruned, models.create(plan.model, **plan.model_args), plan.input_size, batch_size, form)
 
 
-def speedup_columns(pruned: nn.Module, base: nn.Module, input_size, batch_size: int = 1) -> dict[str, Any]:
-    """The results table's latency columns of `pruned` timed alone against `base` (bench.measure.speedup)."""
+def speedup_columns(pruned: nn.Module, base: nn.Module, input_size, batch_size: int = 1,
+                    form: str = "eager") -> dict[str, Any]:
+    """The results table's latency columns of `pruned` timed alone against `base`, both in the deploy `form`
+    (bench.deploy.in_form; bench.measure.speedup)."""
+    from .deploy import in_form
     from .measure import speedup
 
-    s = speedup(pruned.to(memory_format=torch.channels_last), base.to(memory_format=torch.channels_last),
-                tuple(input_size), batch_size)
+    size = tuple(input_size)
+    s = speedup(in_form(pruned, form, size), in_form(base, form, size), size, batch_size)
     return {"latency_cpu_b1_ms": s["ms"], "base_latency_cpu_b1_ms": s["base_ms"], "speedup_b1": s["speedup"],
-            "speedup_b1_q1": s["speedup_q1"], "speedup_b1_q3": s["speedup_q3"], "speedup_pass": "alone"}
+            "speedup_b1_q1": s["speedup_q1"], "speedup_b1_q3": s["speedup_q3"], "speedup_pass": "alone",
+            "speedup_form": form}
 
 
 def primary_knob(knobs: dict[str, Any]) -> tuple[str | None, float | None]:

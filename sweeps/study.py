@@ -83,6 +83,8 @@ class SweepConfig:
     # --round-to auto: the measurement behind round_to (bench.align); recorded in experiment.json, not in the
     # identity (which holds the chosen number: auto and the same number typed by hand share an experiment)
     alignment: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+    deploy_form: str = "eager"          # the form the measuring pass times speed-ups in (and --round-to auto aligns
+                                        # for): eager, folded, onnxruntime; latency columns only, not in the identity
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "selection", imported_selection(self.selection, self.pretrained, self.checkpoint))
@@ -417,7 +419,7 @@ def measure_speedups(cfg: SweepConfig) -> None:
     for _, row in tqdm(list(todo.iterrows()), desc="latency", unit="model", disable=None):
         folder = cfg.folder / "trials" / f"{row['method']}-{row['config_hash']}"
         if (folder / "plan.json").is_file():
-            table.upsert({**row.to_dict(), **measure_speedup(folder)})
+            table.upsert({**row.to_dict(), **measure_speedup(folder, form=cfg.deploy_form)})
 
 
 def write_experiment(cfg: SweepConfig, data: Any) -> None:
@@ -428,7 +430,8 @@ def write_experiment(cfg: SweepConfig, data: Any) -> None:
     if not path.is_file():
         write_json(path, {"experiment": cfg.experiment, "model": cfg.model, "dataset": cfg.dataset,
                           "protocol": cfg.protocol(), "identity": cfg.identity(),
-                          "data": _split_info(cfg, data), **({"alignment": cfg.alignment} if cfg.alignment else {})})
+                          "data": _split_info(cfg, data), "deploy_form": cfg.deploy_form,
+                          **({"alignment": cfg.alignment} if cfg.alignment else {})})
 
 
 def prepare_baseline(cfg: SweepConfig, profile: Profile, device: torch.device, data: Any, seed: int) -> tuple[Any, float | None]:

@@ -45,8 +45,8 @@ def test_measure_compares_plans_of_equal_flops_and_writes_a_record(tmp_path):
 
 
 def test_round_to_auto_reuses_the_record_and_the_experiment_records_it(tmp_path, monkeypatch, capsys):
-    """A sweep with --round-to auto takes the multiple from RESULTS_DIR/align/ (written there by a measurement
-    once; here by hand, so that nothing is timed) and records the measurement in its experiment.json."""
+    """A sweep with --round-to auto takes the multiple for its deploy form from RESULTS_DIR/align/ (written there
+    by a measurement once; here by hand, so that nothing is timed) and records it in its experiment.json."""
     from bench.cli import build_parser, sweep_config
 
     monkeypatch.setenv("RESULTS_DIR", str(tmp_path))
@@ -58,16 +58,17 @@ def test_round_to_auto_reuses_the_record_and_the_experiment_records_it(tmp_path,
                             "speedup_q3": 1.6, "efficiency": 0.75}], 16)
     align.write(rec, align.record_path("resnet20", device, "folded", 64))
     args = build_parser().parse_args(["sweep", "--model", "resnet20", "--dataset", "synthetic", "--profile", "test",
-                                      "--device", "cpu", "--round-to", "auto"])
+                                      "--device", "cpu", "--round-to", "auto", "--deploy-form", "folded"])
     cfg = sweep_config(args)
-    assert cfg.round_to == 16 and cfg.alignment["chosen"] == 16
+    assert cfg.round_to == 16 and cfg.alignment["chosen"] == 16 and cfg.deploy_form == "folded"
     assert "round_to 16" in capsys.readouterr().out
     assert cfg.identity()["round_to"] == 16  # auto and a typed 16 share one experiment
     from bench.data import load_dataset
     from sweeps.study import write_experiment
 
     write_experiment(cfg, load_dataset("synthetic", selection="val"))
-    assert json.loads((cfg.folder / "experiment.json").read_text())["alignment"]["form"] == "folded"
+    written = json.loads((cfg.folder / "experiment.json").read_text())
+    assert written["alignment"]["form"] == "folded" and written["deploy_form"] == "folded"
 
 
 def test_align_command_prints_the_table_and_the_choice(tmp_path, capsys):

@@ -10,7 +10,7 @@ import pytest
 
 from bench.errors import UserError
 from bench.measure import count_flops, count_params
-from bench.report import speedup_when
+from bench.report import speedup_form, speedup_when
 from bench.retime import rebuilt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,3 +68,31 @@ def test_retime_times_the_rows_alone_and_changes_nothing_else(tmp_path):
     r = subprocess.run([sys.executable, "-m", "bench", "retime", str(folder)], cwd=ROOT, capture_output=True, text=True,
                        timeout=600, env={**os.environ, **env})
     assert "0 trial(s) timed alone" in r.stdout
+    # in another deploy form: every row is timed again, in that form, and the table's footnote says which
+    r = subprocess.run([sys.executable, "-m", "bench", "retime", str(folder), "--deploy-form", "folded"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600, env={**os.environ, **env})
+    assert r.returncode == 0 and "2 trial(s) timed alone (folded)" in r.stdout, r.stderr[-2000:]
+    folded = pd.read_csv(folder / "runs.csv")
+    assert (folded.loc[folded["row_type"] == "trial", "speedup_form"] == "folded").all()
+    assert speedup_form(folded) == ("PyTorch with BatchNorm folded", "channels_last")
+    assert speedup_form(after) == ("eager PyTorch", "channels_last")  # rows from before the column: eager
+
+
+def test_speedup_columns_in_the_onnxruntime_form(monkeypatch):
+    """The measuring pass times an onnxruntime session of each model like a module (bench.deploy.in_form)."""
+    import torch
+
+    import models
+    from bench.deploy import OnnxModule, in_form
+    from bench.trial import speedup_columns
+
+    monkeypatch.setenv("BENCH_LATENCY_ROUNDS", "3,3")
+    row = _trials(EXPERIMENT).iloc[0]
+    pruned, base = rebuilt(row)
+    session = in_form(pruned, "onnxruntime", (3, 32, 32))
+    x = torch.randn(2, 3, 32, 32)
+    assert isinstance(session, OnnxModule) and torch.allclose(session(x), pruned.eval()(x), atol=1e-4)
+    cols = speedup_columns(pruned, models.create("resnet20", num_classes=10), (3, 32, 32), form="onnxruntime")
+    assert cols["speedup_form"] == "onnxruntime" and cols["speedup_pass"] == "alone" and cols["speedup_b1"] > 0
+    with pytest.raises(UserError, match="deploy form 'tensorrt' is unknown"):
+        in_form(base, "tensorrt", (3, 32, 32))
