@@ -528,9 +528,14 @@ def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(r) + " |" for r in rows)]
 
 
+def _timed(df: pd.DataFrame) -> pd.DataFrame:
+    """The trial rows that carry a speed-up."""
+    return df[(df["row_type"] == "trial") & df["speedup_b1"].notna()] if "speedup_b1" in df.columns else df.iloc[:0]
+
+
 def speedup_when(df: pd.DataFrame) -> str:
     """When the table's speed-ups were timed, from the rows' `speedup_pass` (empty: before the measuring pass)."""
-    timed = df[(df["row_type"] == "trial") & df["speedup_b1"].notna()] if "speedup_b1" in df.columns else df.iloc[:0]
+    timed = _timed(df)
     alone = int((timed.get("speedup_pass", pd.Series(dtype=object)) == "alone").sum())
     if alone == len(timed):
         return "timed alone, nothing training beside it: the sweep's measuring pass after its trials, or bench retime"
@@ -546,7 +551,7 @@ FORM_TEXT = {"eager": ("eager PyTorch", "channels_last"), "folded": ("PyTorch wi
 def speedup_form(df: pd.DataFrame) -> tuple[str, str]:
     """The deploy form the table's speed-ups were timed in, from the rows' `speedup_form` (empty: eager), as
     (name, detail) for the footnote."""
-    timed = df[(df["row_type"] == "trial") & df["speedup_b1"].notna()] if "speedup_b1" in df.columns else df.iloc[:0]
+    timed = _timed(df)
     forms = (timed["speedup_form"].fillna("eager") if "speedup_form" in timed.columns
              else pd.Series(["eager"] * len(timed), dtype=object)).value_counts()
     if len(forms) <= 1:
