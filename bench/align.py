@@ -33,10 +33,10 @@ from typing import Any
 
 import torch
 
+from .deploy import FORMS
 from .errors import UserError
 from .io import read_json, write_json
 
-FORMS = ("eager", "folded", "onnxruntime")
 CANDIDATES = (1, 4, 8, 16, 32)
 ALIGN_VERSION = 1
 
@@ -75,20 +75,21 @@ def parse_candidates(text: str) -> tuple[int, ...]:
 
 
 def _runner(form: str, model: torch.nn.Module, size: tuple[int, ...], device: torch.device):
+    """A timer of `model` as deployed in `form` (bench.deploy.in_form's forms; onnxruntime on the CPU only)."""
     from .deploy import OnnxRunner, TorchRunner, fold_bn
 
-    if form == "eager":
-        return TorchRunner(copy.deepcopy(model), size, device)
-    if form == "folded":
-        return TorchRunner(fold_bn(model), size, device)
-    if device.type != "cpu":
+    if form == "onnxruntime" and device.type != "cpu":
         raise UserError(f"form onnxruntime runs on the CPU here, not on {device}: use --form eager or folded")
-    return OnnxRunner(model, size)
+    if form == "onnxruntime":
+        return OnnxRunner(model, size)
+    return TorchRunner(fold_bn(model) if form == "folded" else copy.deepcopy(model), size, device)
 
 
-def _plans(name: str, base: torch.nn.Module, size: tuple[int, ...], target: float, candidates: tuple[int, ...]):
-    """round_to -> (pruned model, FLOPs): L1 plans keeping `target` of the FLOPs (within 1%), counts rounded up to
-    the multiple; where rounding makes the target unreachable, the uniform ratio whose FLOPs come closest."""
+def l1_plans(name: str, base: torch.nn.Module, size: tuple[int, ...], variants: list[tuple[float, int]]
+             ) -> list[tuple[float, int, dict, int]]:
+    """(target, round_to, plan, FLOPs) for each (target, round_to): the L1 plan keeping `target` of the FLOPs
+    (within 1%) with its kept counts rounded up to the multiple; where rounding makes the target unreachable,
+    the uniform ratio whose FLOPs come closest. Shared by `bench align` and `make perf`."""
     import methods
     from methods.core import channel_groups, prune_model
 
@@ -98,17 +99,23 @@ def _plans(name: str, base: torch.nn.Module, size: tuple[int, ...], target: floa
     cost = lambda plan: profile_model(prune_model(base, plan), size)  # noqa: E731
     base_flops = cost(methods.Context(base, groups, name, {}, size, torch.device("cpu")).plan({}))["flops"]
     l1 = methods.get_method("l1")
-    out = {}
-    for r in candidates:
+    out = []
+    for target, r in variants:
         ctx = methods.Context(base, groups, name, {"num_classes": 10}, size, torch.device("cpu"), plan_cost=cost, round_to=r)
         try:
             plan = l1.select(ctx, flops_target=target).plan
         except methods.KnobError:
-            plans = [l1.select(ctx, ratio=k / 100).plan for k in range(5, 96, 3)]
+            plans = [l1.select(ctx, ratio=k / 100).plan for k in range(5, 96, 2)]
             plan = min(plans, key=lambda p: abs(cost(p)["flops"] / base_flops - target))
-        pruned = prune_model(base, plan)
-        out[r] = (pruned, cost(plan)["flops"])
+        out.append((target, r, plan, cost(plan)["flops"]))
     return out
+
+
+def _plans(name: str, base: torch.nn.Module, size: tuple[int, ...], target: float, candidates: tuple[int, ...]):
+    """round_to -> (pruned model, FLOPs) of every candidate's plan at `target` (see l1_plans)."""
+    from methods.core import prune_model
+
+    return {r: (prune_model(base, plan), flops) for _, r, plan, flops in l1_plans(name, base, size, [(target, r) for r in candidates])}
 
 
 def measure(model: str, device: torch.device, form: str = "folded", batch: int = 64, target: float = 0.5,

@@ -225,13 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=3, help="timed training steps per variant and round, each variant's "
                    "beside a harness timing of as many steps")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds at least; reported values are medians")
-    p.add_argument("--max-rounds", type=int, default=15, help="rounds at most per model and section (more until "
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds at least; reported values are medians")
+    p.add_argument("--max-rounds", type=int, default=12, help="rounds at most per model and section (more until "
                    "every ratio's IQR is within 3%% of its median)")
-    p.add_argument("--max-seconds", type=float, default=400.0, help="no new round after this many seconds per model "
+    p.add_argument("--max-seconds", type=float, default=240.0, help="no new round after this many seconds per model "
                    "and section")
     p.add_argument("--flops-targets", default="0.7,0.5,0.3", help="kept FLOPs fractions of the pruned models")
-    p.add_argument("--round-to", default="8,16", help="also measure the 0.5 plan with kept channels rounded to these multiples")
+    p.add_argument("--round-to", default="8,16", help="also measure every plan with kept channels rounded to these multiples")
+    p.add_argument("--train-round-to", default="1,16", help="the alignments whose plans the training section times too")
     p.add_argument("--ref-workers", type=int, default=2, help="DataLoader workers of the reference loop")
     p.add_argument("--compile", action="store_true", help="also measure the harness step under torch.compile")
     p.add_argument("--processes", type=int, default=3, help="split each model's rounds among this many fresh "
@@ -545,15 +546,19 @@ def cmd_perf(args: argparse.Namespace) -> int:
         round_to = tuple(int(r) for r in args.round_to.split(",") if r.strip())
     except ValueError:
         raise UserError(f"--round-to {args.round_to!r} is not a list of whole numbers: use e.g. 8,16") from None
+    try:
+        train_round_to = tuple(int(r) for r in args.train_round_to.split(",") if r.strip())
+    except ValueError:
+        raise UserError(f"--train-round-to {args.train_round_to!r} is not a list of whole numbers: use e.g. 1,16") from None
     for flag, value in (("--batch-size", args.batch_size), ("--steps", args.steps), ("--rounds", args.rounds),
                         ("--max-rounds", args.max_rounds), ("--max-seconds", args.max_seconds),
                         ("--processes", args.processes),
-                        ("--round-to", min(round_to, default=1))):
+                        ("--round-to", min(round_to, default=1)), ("--train-round-to", min(train_round_to, default=1))):
         if value < 1:
             raise UserError(f"{flag} {value} must be at least 1")
     cfg = perf.PerfConfig(models=names, batch_size=args.batch_size, steps=args.steps, rounds=args.rounds,
                           max_rounds=args.max_rounds, max_seconds=args.max_seconds,
-                          flops_targets=targets, round_to=round_to, ref_workers=max(args.ref_workers, 0),
+                          flops_targets=targets, round_to=round_to, train_round_to=train_round_to, ref_workers=max(args.ref_workers, 0),
                           device=resolve_device(args.device), compile=args.compile, processes=args.processes)
     out = Path(args.out) if args.out else results_dir() / "perf"
     csv, md = perf.run(cfg, out, "python -m bench " + " ".join(sys.argv[1:]))

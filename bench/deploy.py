@@ -80,17 +80,19 @@ class TorchRunner:
 
 
 class OnnxRunner:
-    """The model exported to ONNX (checked against PyTorch at export) in an onnxruntime CPU session."""
+    """The model exported to ONNX (checked against PyTorch at export) in an onnxruntime CPU session;
+    `unblocked` of its `convs` run outside onnxruntime's blocked layout (bench.export.blocked_convs)."""
 
     def __init__(self, model: nn.Module, input_size: tuple[int, ...], threads: int | None = None,
                  folder: str | Path | None = None) -> None:
-        from .export import export_onnx, onnx_session
+        from .export import blocked_convs, export_onnx, onnx_session
 
         self.input_size = tuple(input_size)
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             path = Path(tmp) / "model.onnx"
             self.max_abs_diff = export_onnx(copy.deepcopy(model).cpu(), path, self.input_size)
-            self.session = onnx_session(path, threads or torch.get_num_threads())
+            self.session = onnx_session(path, threads or torch.get_num_threads(), Path(tmp) / "optimized.onnx")
+            self.unblocked, self.convs = blocked_convs(Path(tmp) / "optimized.onnx")
         self.name = self.session.get_inputs()[0].name
         self._inputs: dict[int, np.ndarray] = {}
 

@@ -56,14 +56,15 @@ class PerfConfig:
     models: tuple[str, ...] = ("resnet20", "resnet56", "resnet110")
     batch_size: int = 128
     steps: int = 3                     # timed training steps per round and variant (each beside its own harness timing)
-    rounds: int = 5                    # interleaved rounds at least; values are medians over rounds
-    max_rounds: int = 15               # ... repeated until every ratio's IQR <= rel_iqr x its median,
+    rounds: int = 3                    # interleaved rounds at least; values are medians over rounds
+    max_rounds: int = 12               # ... repeated until every ratio's IQR <= rel_iqr x its median,
     rel_iqr: float = 0.03              #     or max_rounds, or max_seconds per model and section
-    max_seconds: float = 400.0         # (resnet110's latency round takes ~25 s on 2 CPU cores: 15 rounds fit)
+    max_seconds: float = 240.0         # (resnet110's latency round takes ~25 s on 2 CPU cores)
     latency_batch: int = 64            # the throughput batch of the latency rows (and batch 1)
     deploy: bool = True                # also time the deployment forms: BN folded, onnxruntime (CPU)
     flops_targets: tuple[float, ...] = (0.7, 0.5, 0.3)   # kept fraction of the baseline's FLOPs
     round_to: tuple[int, ...] = (8, 16)  # also measure every plan with kept channels rounded to these multiples
+    train_round_to: tuple[int, ...] = (1, 16)  # the alignments whose plans the training section times too
     ref_workers: int = 2               # DataLoader workers of the reference loop (pytorch-cifar's value)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     compile: bool = False              # also measure the harness step with torch.compile
@@ -250,30 +251,14 @@ def gated_trainer(model: nn.Module, groups: Any, cfg: PerfConfig, lam: float = 1
 
 
 def pruned_plans(model_name: str, base: nn.Module, cfg: PerfConfig) -> list[tuple[str, float, int, Any]]:
-    """(label, FLOPs target, round_to, plan) of L1 plans at the configured FLOPs fractions."""
-    import methods
+    """(label, FLOPs target, round_to, plan) of L1 plans at the configured FLOPs fractions and alignments."""
     import models
-    from methods.core import channel_groups, prune_model
 
-    name = models.resolve(model_name)
-    base_cpu = base.cpu().eval()
-    groups = channel_groups(base_cpu, torch.randn(1, 3, 32, 32), "all", name=name)
-    cost = lambda plan: profile_model(prune_model(base_cpu, plan), (3, 32, 32))  # noqa: E731
-    l1 = methods.get_method("l1")
-    out = []
+    from .align import l1_plans
+
     variants = [(t, r) for t in cfg.flops_targets for r in (1, *(r for r in cfg.round_to if r > 1))]
-    for target, rnd in variants:
-        ctx = methods.Context(base_cpu, groups, name, {"num_classes": 10}, (3, 32, 32), torch.device("cpu"),
-                              plan_cost=cost, round_to=rnd)
-        try:
-            plan = l1.select(ctx, flops_target=target).plan
-        except methods.KnobError:  # rounding can make a target unreachable within 1%: the closest uniform ratio
-            base_flops = cost(ctx.plan({}))["flops"]
-            candidates = [l1.select(ctx, ratio=r / 100).plan for r in range(5, 96, 2)]
-            plan = min(candidates, key=lambda p: abs(cost(p)["flops"] / base_flops - target))
-        label = f"l1@{target:g}" + (f" round{rnd}" if rnd > 1 else "")
-        out.append((label, target, rnd, plan))
-    return out
+    return [(f"l1@{target:g}" + (f" round{rnd}" if rnd > 1 else ""), target, rnd, plan)
+            for target, rnd, plan, _ in l1_plans(models.resolve(model_name), base.cpu().eval(), (3, 32, 32), variants)]
 
 
 # ---------------------------------------------------------------------------------------------- spread
@@ -356,7 +341,8 @@ def _rotated(items: list, r: int) -> list:
     return items[k:] + items[:k]
 
 
-UNITS = {"train img/s": "img/s", "train peak MB": "MB", "eval img/s": "img/s", "latency ms": "ms", "compile s": "s"}
+UNITS = {"train img/s": "img/s", "train peak MB": "MB", "eval img/s": "img/s", "latency ms": "ms", "compile s": "s",
+         "onnx convs": "convs", "onnx convs unblocked": "convs"}
 
 
 # ---------------------------------------------------------------------------------------------- sections
@@ -402,6 +388,7 @@ def train_section(model_name: str, base: nn.Module, plans: list[Plan], base_flop
         gated_c, gates_c = gated_trainer(prepare_model(copy.deepcopy(base), dev).train(), groups, cfg)
         gated_c = replace(gated_c, model=compiled_module(gated_c.model))  # the gates' hooks compiled in
         contestants["decore_gated_compiled"] = lambda n: harness_train(gated_c, loader, n, bs)
+    plans = [p for p in plans if p.round_to in cfg.train_round_to]
     for p in plans:
         tr = plain_trainer(prepare_model(copy.deepcopy(p.model), dev).train(), cfg)
         contestants[p.label] = (lambda n, tr=tr: harness_train(tr, loader, n, bs))
@@ -494,6 +481,10 @@ def latency_section(model_name: str, base: nn.Module, plans: list[Plan], base_fl
         evaluate(eval_runner, eval_loader, dev, amp, desc="perf eval")
         _sync(dev)
         values = {("eval img/s", "harness", "", 500): len(test_split.y) / (time.perf_counter() - t0)}
+        for (form, variant), run in runners.items():  # the graph's facts, the same every round
+            if form == "onnxruntime":
+                values[("onnx convs", variant, form, 0)] = run.convs
+                values[("onnx convs unblocked", variant, form, 0)] = run.unblocked
         ratios = {}
         for b in batches:
             repeats = cfg.latency_repeats if b == 1 else cfg.throughput_repeats
@@ -682,6 +673,9 @@ def _pruned_table(df: pd.DataFrame, form: str, train_columns: bool = False) -> p
                 row[f"baseline ms b{b}"] = _cell(gm, "latency ms", "baseline", form, b)
                 row[f"speed-up b{b}"] = _cell(gm, "speed-up", variant, form, b)
                 row[f"efficiency b{b}"] = _cell(gm, "efficiency", variant, form, b)
+            blocked = _cell(gm, "onnx convs unblocked", variant, form, 0), _cell(gm, "onnx convs", variant, form, 0)
+            if form == "onnxruntime" and all(blocked):
+                row["convs outside NCHWc"] = f"{blocked[0].median:.0f} of {blocked[1].median:.0f}"
             if train_columns:
                 row["train speed-up"] = _cell(gm, "train speed-up", variant)
                 row["train efficiency"] = _cell(gm, "train efficiency", variant)
@@ -709,6 +703,26 @@ def alignment_advice(df: pd.DataFrame, min_removed: float = 0.3) -> pd.DataFrame
                          f"slower than unpruned (of those >= {min_removed:.0%} removed)": f"{slow} of {n_big}",
                          "pick": "**pick**" if r == pick else ""})
     return pd.DataFrame(rows)
+
+
+def onnx_layout_note(df: pd.DataFrame) -> str:
+    """What remains the runtime's in onnxruntime, from the optimised graphs' facts: how many plans of each
+    alignment have convs outside the blocked NCHWc layout (bench.export.blocked_convs)."""
+    sel = df[(df.measure == "onnx convs unblocked") & (df.form == "onnxruntime")]
+    if sel.empty:
+        return ""
+    base = sel[sel.variant == "baseline"]
+    parts = []
+    for r, g in sel[sel.variant != "baseline"].groupby("round_to"):
+        parts.append(f"round_to {int(r)}: {int((g.value > 0).sum())} of {len(g)} plans "
+                     f"({int(g.value.sum())} convs in all)")
+    return ("onnxruntime runs a conv in its blocked NCHWc layout (channel blocks of the SIMD width) only when its "
+            "channel counts fit the block; any other conv runs the plain kernel with layout reorders around it "
+            "(column *convs outside NCHWc*). That cost is the runtime's: the export is checked against PyTorch, "
+            "every graph optimisation is on and the session has torch's threads. Unpruned models: "
+            f"{int(base.value.sum())} such convs over {len(base)} models. Plans with convs outside the layout, "
+            "by alignment: " + "; ".join(parts) + ". Aligning the kept widths is the remedy on our side; the "
+            "table below prices it.")
 
 
 def _num(v: float) -> str:
@@ -798,7 +812,7 @@ def write(rows: list[dict[str, Any]], cfg: PerfConfig, out: Path, command: str) 
         "measured faster for the folded baseline; *onnxruntime* = the ONNX export (opset 18, checked against",
         "PyTorch) in an onnxruntime CPU session with all graph optimisations, as many threads as torch.",
         "Speed-up and efficiency compare the pruned and the unpruned model in the same form.",
-        "", _md(tables["deploy"]), "",
+        "", _md(tables["deploy"]), "", *([onnx_layout_note(df), ""] if onnx_layout_note(df) else []),
         "## Which alignment to pick on this machine", "",
         "Per form and batch, each `round_to` over all its plans above (every model and FLOPs target): the median",
         "efficiency, and how many plans removing 30% of the FLOPs or more ran slower than the unpruned model in",

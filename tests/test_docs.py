@@ -114,6 +114,14 @@ def _matrix_checked() -> int:
     return int(((df["status"] == "ok") & df["reason"].fillna("").str.startswith("removal check")).sum())
 
 
+def _matrix_run() -> str:
+    """The matrix's command and wall time as its README states them (written by bench.timm_matrix.write)."""
+    text = (RESULTS / "timm-matrix" / "README.md").read_text()
+    command, wall = re.search(r"Command: `([^`]+)`", text), re.search(r"Wall time: ([\d.]+ min)", text)
+    assert command and wall, "results/timm-matrix/README.md no longer states its command and wall time"
+    return f"(`{command.group(1)}`, {wall.group(1)} on"
+
+
 def _gated(perf: str) -> str:
     df = pd.read_csv(RESULTS / perf)
     rows = df[df["measure"] == "gated / plain"]
@@ -142,6 +150,7 @@ QUOTES: list[tuple[tuple[str, ...], Callable[[], str]]] = [
     ((f"results/{MICRO}/NOTES.md",), lambda: f"is {_minutes(MICRO)}."),
     ((f"results/{MICRO}/NOTES.md",), lambda: f"baseline at {_baseline(MICRO)} test top-1"),
     (("docs/models.md",), _matrix),
+    (("docs/models.md",), _matrix_run),
     (("docs/models.md",), lambda: f"In {_matrix_checked()} of them the removal check excluded"),
     (("results/perf/README.md",), lambda: f"first table below ({_gated('perf/perf.csv')})"),
     (("results/perf/README.md",), lambda: f"it gave {_gated('perf/run-before/perf.csv')}"),

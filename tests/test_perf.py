@@ -14,7 +14,15 @@ def test_perf_writes_tables_with_every_measurement(tmp_path):
     csv, md = perf.run(cfg, tmp_path / "perf", "pytest")
     df = pd.read_csv(csv)
     assert set(df.variant) >= {"harness", "reference", "decore_gated", "baseline", "l1@0.5", "l1@0.5 round8"}
-    assert (df.value > 0).all() and (df.q1 <= df.value).all() and (df.value <= df.q3).all()
+    timed = df[df.unit != "convs"]
+    assert (timed.value > 0).all() and (df.q1 <= df.value).all() and (df.value <= df.q3).all()
+    # the optimised ONNX graphs' facts: every conv of resnet20 (19) counted, those outside the blocked layout among them
+    convs = df[df.measure == "onnx convs"].set_index("variant").value
+    unblocked = df[df.measure == "onnx convs unblocked"].set_index("variant").value
+    assert set(convs.index) == {"baseline", "l1@0.5", "l1@0.5 round8"} and (convs == 19).all()
+    assert ((0 <= unblocked) & (unblocked <= convs)).all()
+    # the training section times the alignments of train_round_to (1, 16 by default): not the round8 plan
+    assert set(df[df.measure == "train speed-up"].variant) == {"l1@0.5"}
     assert (df.processes == 2).all()                                  # every section's rounds came from 2 processes
     assert df.rounds.between(2, 4).all()                              # per process: 1 (2 / 2) to 2 (ceil(3 / 2))
     lat = df[df.measure == "latency ms"]
@@ -42,6 +50,8 @@ def test_perf_writes_tables_with_every_measurement(tmp_path):
         best = max((1, 8), key=lambda r: (round(eff[eff.round_to == r].value.median(), 6), -r))
         assert g[g.pick != ""].round_to.tolist() == [best]
     assert "## Which alignment to pick on this machine" in text and "**pick**" in text
+    assert perf.onnx_layout_note(df) in text and "convs outside NCHWc" in text
+    assert f"Unpruned models: {int(unblocked['baseline'])} such convs over 1 models" in text
 
 
 def test_rounds_repeat_until_ratios_settle():
