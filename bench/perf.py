@@ -67,7 +67,9 @@ class PerfConfig:
     train_round_to: tuple[int, ...] = (1, 16)  # the alignments whose plans the training section times too
     ref_workers: int = 2               # DataLoader workers of the reference loop (pytorch-cifar's value)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    compile: bool = False              # also measure the harness step with torch.compile
+    compile: bool = False              # also measure the harness step with torch.compile ...
+    compile_models: tuple[str, ...] = ("resnet20", "resnet56")  # ... of these models (inductor takes minutes a
+                                       # process on resnet110's graph, and the gated / plain ratio is the step's)
     processes: int = 3                 # each model's rounds are split among this many fresh processes, one after
                                        # another, so the spreads cover the speed differences between processes
     eval_images: int = 2000
@@ -382,7 +384,8 @@ def train_section(model_name: str, base: nn.Module, plans: list[Plan], base_flop
         "decore_gated": lambda n: harness_train(gated, loader, n, bs),
     }
     compile_s: dict[str, float] = {}
-    if cfg.compile:  # inductor; the first calls (the compilation) are timed apart, in the warm-up below
+    compiling = cfg.compile and model_name in cfg.compile_models
+    if compiling:  # inductor; the first calls (the compilation) are timed apart, in the warm-up below
         compiled = plain_trainer(prepare_model(copy.deepcopy(base), dev, compile=True).train(), cfg)
         contestants["harness_compiled"] = lambda n: harness_train(compiled, loader, n, bs)
         gated_c, gates_c = gated_trainer(prepare_model(copy.deepcopy(base), dev).train(), groups, cfg)
@@ -431,7 +434,7 @@ def train_section(model_name: str, base: nn.Module, plans: list[Plan], base_flop
 
     out = repeat_rounds(one_round, cfg, f"{model_name} training rounds", prior)
     gates.remove()
-    if cfg.compile:
+    if compiling:
         gates_c.remove()
     return out
 
@@ -796,6 +799,8 @@ def write(rows: list[dict[str, Any]], cfg: PerfConfig, out: Path, command: str) 
         *([f"- each model's rounds are split among {cfg.processes} fresh processes run one after another (each "
            f"continues the rounds before it; the caps are shared among them), so the spreads include the speed "
            "differences between processes, which one process's rounds do not see"] if cfg.processes > 1 else []),
+        *([f"- the compiled steps (torch.compile, inductor; compile time apart, in the warm-up) are measured for "
+           f"{', '.join(m for m in cfg.models if m in cfg.compile_models) or 'no model'}"] if cfg.compile else []),
         "", "## Training loops", "",
         "img/s of one training step at the batch size. *reference*: torchvision DataLoader with per-sample PIL",
         f"transforms ({cfg.ref_workers} workers), contiguous layout, `.item()` per step. *harness*: device-resident",
