@@ -240,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "processes (one after another), so the spreads include the differences between processes")
     p.add_argument("--out", default=None, help="output folder (default RESULTS_DIR/perf)")
 
+    p = sub.add_parser("perf-readme", help="write a perf folder's README.md from its runs (newest, run-before/, earlier)")
+    p.add_argument("folder", nargs="?", default=None, help="the perf folder (default RESULTS_DIR/perf)")
+
     p = sub.add_parser("perf-compare", help="do two `make perf` runs agree? every ratio against the printed spreads")
     p.add_argument("run1", help="perf.csv, or the folder holding it")
     p.add_argument("run2", help="perf.csv, or the folder holding it")
@@ -579,6 +582,17 @@ def cmd_perf_compare(args: argparse.Namespace) -> int:
 
 
 COMMANDS["perf-compare"] = cmd_perf_compare
+
+
+def cmd_perf_readme(args: argparse.Namespace) -> int:
+    from .baseline import results_dir
+    from .perf_summary import write_readme
+
+    print(f"wrote {write_readme(Path(args.folder) if args.folder else results_dir() / 'perf')}")
+    return 0
+
+
+COMMANDS["perf-readme"] = cmd_perf_readme
 
 
 @command
