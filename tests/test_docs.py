@@ -122,6 +122,12 @@ def _matrix_run() -> str:
     return f"(`{command.group(1)}`, {wall.group(1)} on"
 
 
+def _gated(perf: str) -> str:
+    df = pd.read_csv(RESULTS / perf)
+    rows = df[df["measure"] == "gated / plain"]
+    return ", ".join(f"{v:.2f} ({i:.2f})" for v, i in zip(rows["value"], rows["iqr"]))
+
+
 SMOKE20, SMOKE110 = "resnet20-cifar10-smoke-94a65d09", "resnet110-cifar10-smoke-94a65d09"
 CPU20, MICRO = "resnet20-cifar10-cpu-bea263c0", "densenet40-cifar10-micro-cce59d0d"
 TABLES = ("README.md", "docs/profiles.md")
@@ -147,6 +153,8 @@ QUOTES: list[tuple[tuple[str, ...], Callable[[], str]]] = [
     (("docs/models.md",), _matrix_run),
     (("docs/models.md",), lambda: f"In {_matrix_checked()} of them the removal check excluded"),
     (("README.md",), lambda: _perf_pick()),
+    (("results/perf/2026-12-04/README.md",), lambda: f"first table below ({_gated('perf/2026-12-04/perf.csv')})"),
+    (("results/perf/2026-12-04/README.md",), lambda: f"it gave {_gated('perf/2026-12-04/run-before/perf.csv')}"),
 ]
 
 
