@@ -65,7 +65,7 @@ help:
 	@echo "  STORAGE=<url> (Optuna storage; passed as BENCH_STORAGE) WANDB=$(WANDB) (auto|online|offline|off) COMPILE=$(COMPILE) (1: torch.compile)"
 	@echo "  SWEEP_ARGS=$(SWEEP_ARGS) (more flags for python -m bench sweep, e.g. --control none, --pretrained)"
 	@echo "  DATA_DIR=$(DATA_DIR) RESULTS_DIR=$(RESULTS_DIR) DEMO_DIR=$(DEMO_DIR) PERF_MODELS=$(PERF_MODELS) PERF_ARGS=$(PERF_ARGS)"
-	@echo "  TIMM_MATRIX_ARGS=$(TIMM_MATRIX_ARGS) (more flags for python -m bench.timm_matrix: --limit SECONDS, --only FAMILIES, --list)"
+	@echo "  TIMM_MATRIX_ARGS=$(TIMM_MATRIX_ARGS) (more flags for python -m bench.checks.timm_matrix: --limit SECONDS, --only FAMILIES, --list)"
 	@echo "  PYTHON=$(PYTHON) (builds the venv) VENV=$(VENV)"
 	@echo "every flag: $(VENV)/bin/python -m bench <command> --help; docs: docs/ (make docs)"
 
@@ -122,7 +122,7 @@ gpu-check: env
 
 # one representative per timm CNN module, each in its own process under a time limit (one thread each)
 timm-matrix: env
-	OMP_NUM_THREADS=1 $(PY) -m bench.timm_matrix --out $(RESULTS_DIR)/timm-matrix $(TIMM_MATRIX_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m bench.checks.timm_matrix --out $(RESULTS_DIR)/timm-matrix $(TIMM_MATRIX_ARGS)
 
 report: env
 	$(PY) -m bench report
@@ -140,7 +140,7 @@ demo: env
 	@start=$$(date +%s); \
 	RESULTS_DIR=$(DEMO_DIR) $(PY) -m bench sweep --model resnet20 --dataset synthetic --profile demo \
 		--methods decore,l1 --match none --wandb off --device $(DEVICE) && \
-	RESULTS_DIR=$(DEMO_DIR) $(PY) -m bench.site $(DEMO_DIR) >/dev/null && \
+	RESULTS_DIR=$(DEMO_DIR) $(PY) -m bench.report.site $(DEMO_DIR) >/dev/null && \
 	exp=$$(ls -d $(DEMO_DIR)/resnet20-synthetic-demo-*/ | head -1) && \
 	echo "demo done in $$(( $$(date +%s) - start )) s. Where to look:" && \
 	echo "  $${exp}README.md    the report: Pareto plot, table (key: docs/outputs.md), layers, agents" && \

@@ -10,7 +10,7 @@ stop early: test top-1 is reported after every fine-tune epoch to a median (or H
 - L1 and random take the scale of pruning that meets the budget (bisection on the real pruned model)
   and search what is left: a uniform ratio, or per-stage shares of it.
 
-A winner is saved as plan + weights (`bench.pruned.load_pruned(folder)` rebuilds it), marked in the
+A winner is saved as plan + weights (`bench.deploy.pruned.load_pruned(folder)` rebuilds it), marked in the
 results table's `budget_winner` column and described in `<experiment>/search/<budget>/README.md`.
 Trials are ordinary trials of the experiment: same folders, same cache, same results table.
 """
@@ -32,16 +32,16 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 import methods
-from bench.baseline import Baseline
-from bench.data import load_dataset
-from bench.errors import UserError
-from bench.io import atomic_write, write_json
-from bench.measure import count_flops, count_params, measure_latency, speedup
-from bench.pruned import load_pruned, save_pruned
-from bench.recipe import load_recipe
-from bench.results import ResultsTable
-from bench.train import resolve_device
-from bench.trial import trial_folder
+from bench.engine.baseline import Baseline
+from bench.engine.data import load_dataset
+from bench.core.errors import UserError
+from bench.core.io import atomic_write, write_json
+from bench.engine.measure import count_flops, count_params, measure_latency, speedup
+from bench.deploy.pruned import load_pruned, save_pruned
+from bench.engine.recipe import load_recipe
+from bench.trial.results import ResultsTable
+from bench.engine.train import resolve_device
+from bench.trial.run import trial_folder
 from methods.core import KeepPlan, channel_groups, prune_model
 from methods.scored import stage_of
 
@@ -129,7 +129,7 @@ def row_cost(kind: str, row: dict[str, Any], folder: Path | None = None) -> floa
         if gpu is not None and gpu == gpu:
             return float(gpu)
         if (cpu is None or cpu != cpu) and folder is not None:
-            from bench.trial import measure_speedup
+            from bench.trial.run import measure_speedup
             cpu = measure_speedup(folder)["latency_cpu_b1_ms"]
         return float(cpu)
     return float(row[kind])
@@ -475,7 +475,7 @@ def write_search_report(setup: Setup, winners: dict[str, dict[str, Any] | None])
         if w is None:
             continue
         kept = json.loads(w["row"]["kept_channels"])
-        lines += ["", f"## {method}", "", f"Rebuild: `from bench.pruned import load_pruned; plan, model = "
+        lines += ["", f"## {method}", "", f"Rebuild: `from bench.deploy.pruned import load_pruned; plan, model = "
                   f"load_pruned({w['folder']!r})`", "", "| layer group | kept | of |", "| --- | ---: | ---: |"]
         lines += [f"| {gid} | {k} | {n} |" for gid, (k, n, *_) in kept.items()]
     path = cfg.folder / "README.md"

@@ -14,8 +14,6 @@ whose worker dies is failed (heartbeat, or a dead pid on this host) and must be 
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import logging
 import math
@@ -35,134 +33,28 @@ import torch
 from tqdm.auto import tqdm
 
 import methods
-from bench.baseline import get_baseline, weights_identity, weights_source
-from bench.data import (check_selection, data_fingerprint, image_folder_split_info, image_folder_train_images, load_dataset,
-                        open_loaders)
-from bench.engine import engine_version
-from bench.errors import UserError
-from bench.faults import crash_point
-from bench.recipe import load_recipe
-from bench.results import ResultsTable
-from bench.train import Diverged, prepare_model, resolve_device
-from bench.report import report_experiment
-from bench.tracking import Tracker
-from bench.trial import (BREAK_EVEN_IMAGES, TrialConfig, experiment_dir, experiment_name, imported_selection,
-                         measure_speedup, run_trial, smallest_flops_fraction, train_accuracy, trial_folder)
+from bench.engine.baseline import get_baseline
+from bench.engine.data import (load_dataset, open_loaders)
+from bench.core.errors import UserError
+from bench.core.faults import crash_point
+from bench.engine.recipe import load_recipe
+from bench.trial.results import ResultsTable
+from bench.engine.train import Diverged, resolve_device
+from bench.report.experiment import report_experiment
+from bench.engine.tracking import Tracker
+from bench.trial.run import (BREAK_EVEN_IMAGES, TrialConfig, measure_speedup, run_trial, smallest_flops_fraction,
+                         train_accuracy, trial_folder)
 from methods.decore import break_even_from_counts
 
 from .profile import Profile, load_profile
 from .rows import baseline_row, failed_row, table_row
 from .storage import fail_stale, is_active, mark_owner, open_storage, recover_dead_trials, scrub
+from sweeps.config import SweepConfig, validate
+from sweeps.plan import _split_info, print_plan
+from sweeps.plan import _timm
+from sweeps.config import MATCH_METHODS_EXCLUDED
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    model: str
-    dataset: str
-    profile: str = "smoke"
-    methods: tuple[str, ...] = ("decore", "l1", "random")
-    trials: int | None = None           # per method; None: the profile's
-    seeds: int = 1
-    storage: str | None = None          # None: sqlite in the experiment folder
-    workers: int = 1
-    device: str = "auto"
-    scope: str | None = None            # None: each method's default
-    match: str | None = "decore"        # "decore": the other methods at every DECORE trial's FLOPs; None: off
-    round_to: int = 1
-    wandb: str = "auto"
-    sampler_seed: int = 0
-    compile: bool = False               # torch.compile the method's training and fine-tuning (GPUs)
-    budget: str = "equal"               # equal: the same training images after the baseline; paper: each its own
-    selection: str = "val"              # val: decisions read a hold-out of the training set; test: papers' practice
-    control: bool = True                # the no-pruning control per seed (the baseline trained on, same budget)
-    scratch: tuple[str, ...] = ()       # scratch-b / scratch-e of every DECORE trial (Liu et al. 2019), --control
-    pretrained: bool = False            # the baseline is timm's pretrained weights for the model (--pretrained)
-    checkpoint: str | None = None       # the baseline is this state_dict of the user's (--checkpoint)
-    # --round-to auto: the measurement behind round_to (bench.align); recorded in experiment.json, not in the
-    # identity (which holds the chosen number: auto and the same number typed by hand share an experiment)
-    alignment: dict[str, Any] | None = field(default=None, compare=False, hash=False)
-    deploy_form: str = "eager"          # the form the measuring pass times speed-ups in (and --round-to auto aligns
-                                        # for): eager, folded, onnxruntime; latency columns only, not in the identity
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "selection", imported_selection(self.selection, self.pretrained, self.checkpoint))
-
-    def identity(self) -> dict[str, Any]:
-        """Everything that changes a number, except the method's own code (in the study name and trial hash)."""
-        profile = load_profile(self.profile)
-        recipes = sorted({profile.baseline_for(_timm(self.model)), profile.joint_recipe, profile.finetune_recipe,
-                          *profile.paper_finetune.values()})
-        return {"profile": profile.identity(), "recipes": {r: load_recipe(r).to_dict() for r in recipes},
-                "scope": self.scope, "round_to": self.round_to, "budget": self.budget, "selection": self.selection,
-                "data": data_fingerprint(self.dataset), **weights_identity(self.model, self.pretrained, self.checkpoint)}
-
-    @functools.cached_property
-    def experiment(self) -> str:
-        return experiment_name(self.model, self.dataset, self.profile, self.identity())
-
-    @property
-    def folder(self) -> Path:
-        return experiment_dir(self.experiment)
-
-    @property
-    def storage_url(self) -> str:
-        return self.storage or f"sqlite:///{self.folder / 'optuna.db'}"
-
-    def study_name(self, method: str) -> str:
-        """One study per method code and engine version: a changed engine searches (and trains) again."""
-        return f"{self.experiment}-{method}-{methods.code_version(method)}-{engine_version()}"
-
-    def protocol(self) -> dict[str, Any]:
-        return {"budget": self.budget, "selection": self.selection, "match": self.match, "scope": self.scope,
-                "round_to": self.round_to, "control": self.control, "scratch": self.scratch}
-
-    def baseline_weights(self) -> dict[str, Any]:
-        """get_baseline's arguments for where the baseline's weights come from."""
-        return {"pretrained": self.pretrained, "checkpoint": self.checkpoint}
-
-
-def validate(cfg: SweepConfig) -> Profile:
-    """Everything typed by the user, checked before anything trains or is written."""
-    profile = load_profile(cfg.profile)
-    if not cfg.methods:
-        raise UserError("no method given (--methods / METHODS is empty): name one or more, e.g. --methods decore,l1,random")
-    for m in cfg.methods:
-        try:
-            methods.get_method(m)
-        except methods.KnobError as e:
-            raise UserError(str(e)) from None
-        if m not in profile.methods:
-            raise UserError(f"profile {cfg.profile!r} has no search space for method {m!r}: add it to sweeps/profiles/{cfg.profile}.json")
-    for name, value in (("TRIALS", cfg.trials if cfg.trials is not None else profile.trials), ("SEEDS", cfg.seeds),
-                        ("WORKERS", cfg.workers)):
-        if value < 1:
-            raise UserError(f"{name}={value} must be at least 1")
-    if cfg.match not in (None, "decore"):
-        raise UserError(f"--match {cfg.match!r} is not supported: use --match decore (the default) or --match none")
-    if cfg.budget not in ("equal", "paper"):
-        raise UserError(f"--budget {cfg.budget!r} is unknown: use equal (the default) or paper")
-    check_selection(cfg.selection)
-    resolve_device(cfg.device)
-    _check_weights(cfg, profile)
-    ResultsTable(cfg.folder).read()  # a table broken by hand is refused before anything trains or is written
-    return profile
-
-
-def _check_weights(cfg: SweepConfig, profile: Profile) -> None:
-    """A profile that starts from trained weights gets them; weights exist (a file, timm's for this model)."""
-    weights = weights_source(cfg.model, cfg.pretrained, cfg.checkpoint)
-    if weights is None and profile.start_from_weights:
-        raise UserError(f"profile {cfg.profile!r} starts from trained weights and does not train {cfg.model} itself: "
-                        "pass --pretrained (timm's weights, downloaded once; with make: SWEEP_ARGS=--pretrained) "
-                        "or --checkpoint PATH (a state_dict of your own)")
-    unknown = set(cfg.scratch) - {"scratch-b", "scratch-e"}
-    if unknown:
-        raise UserError(f"scratch controls {sorted(unknown)} are unknown: use scratch-b, scratch-e")
-    if weights is not None and cfg.scratch:
-        raise UserError("--control scratch-b/scratch-e scale the baseline's training images, and a baseline from "
-                        "--pretrained or --checkpoint has no image count here: use --control keep")
 
 
 # ---------------------------------------------------------------- one trial of a study
@@ -323,12 +215,6 @@ def _summary_line(row: dict[str, Any]) -> None:
                f"params -{row['params_reduction_pct']:5.1f}%  ({row['wall_seconds']:.0f}s)")
 
 
-def _timm(model: str) -> str:
-    import models
-
-    return models.resolve(model)
-
-
 # ---------------------------------------------------------------- the sweep
 
 def run_sweep(cfg: SweepConfig) -> Path:
@@ -412,7 +298,7 @@ def finish_sweep(cfg: SweepConfig, profile: Profile, data: Any) -> None:
 def measure_speedups(cfg: SweepConfig) -> None:
     """The measuring pass: after every trial of the sweep has trained (no training process of this sweep runs
     now), each finished trial's pruned model is timed against the unpruned architecture, interleaved, on one
-    thread (bench.measure.speedup); its latency columns go into the results table."""
+    thread (bench.engine.measure.speedup); its latency columns go into the results table."""
     table = ResultsTable(cfg.folder)
     df = table.read()
     todo = df[(df["row_type"] == "trial") & (df["status"] == "complete") & df["speedup_b1"].isna()]
@@ -424,7 +310,7 @@ def measure_speedups(cfg: SweepConfig) -> None:
 
 def write_experiment(cfg: SweepConfig, data: Any) -> None:
     """experiment.json: the identity behind the folder's hash, readable (what was compared, on what data)."""
-    from bench.io import write_json
+    from bench.core.io import write_json
 
     path = cfg.folder / "experiment.json"
     if not path.is_file():
@@ -574,9 +460,6 @@ def _worker(cfg: SweepConfig, method: str, break_even: float | None, n_trials: i
     work_on(study, Objective(cfg, profile, method, break_even, data, wanted, flops_floor=flops_floor), n_trials)
 
 
-MATCH_METHODS_EXCLUDED = ("decore", "control")
-
-
 def run_matches(cfg: SweepConfig, profile: Profile, data: Any) -> None:
     """Every other method of the sweep (with a flops_target knob) at every finished DECORE trial's FLOPs (a
     fraction of its baseline's, met within 1% by the closest plan, at or below it when one exists), at the DECORE
@@ -605,8 +488,8 @@ def run_matches(cfg: SweepConfig, profile: Profile, data: Any) -> None:
 def run_scratch_controls(cfg: SweepConfig, profile: Profile, data: Any) -> None:
     """The sweep's scratch controls (Scratch-B: the baseline's images x FLOPs_base / FLOPs_pruned; Scratch-E: the
     baseline's images) of every finished DECORE trial: its pruned architecture re-initialised and trained from
-    scratch (bench.scratch); rows of method `scratch-b` / `scratch-e` name the trial in match_of."""
-    from bench.scratch import run_scratch
+    scratch (bench.trial.scratch); rows of method `scratch-b` / `scratch-e` name the trial in match_of."""
+    from bench.trial.scratch import run_scratch
 
     df = ResultsTable(cfg.folder).read()
     done = df[(df["method"] == "decore") & (df["status"] == "complete") & (df["row_type"] == "trial")]
@@ -635,254 +518,4 @@ def run_control(cfg: SweepConfig, profile: Profile, data: Any) -> None:
 
 # ---------------------------------------------------------------- the plan printed before training
 
-def plan_images(cfg: SweepConfig, profile: Profile, trials: int, data: Any) -> dict[str, float]:
-    """Training images the sweep will feed, per phase kind: baselines, and trials with matches and controls."""
-    base_r = load_recipe(profile.baseline_for(_timm(cfg.model)))
-    joint, ft = load_recipe(profile.joint_recipe), load_recipe(profile.finetune_recipe)
-    n = {r.name: _images(cfg, data, r) for r in (base_r, joint, ft)}
-    joint_images, ft_images = joint.epochs * n[joint.name], ft.epochs * n[ft.name]
-    equal = joint_images + ft_images
 
-    def images(m: str) -> float:
-        if methods.get_method(m).trains:
-            return joint_images * 1.1 + ft_images  # the gated step costs about 1.1 plain steps
-        if cfg.budget == "equal":
-            return equal
-        r = load_recipe(profile.paper_finetune.get(m, profile.finetune_recipe))
-        return r.epochs * _images(cfg, data, r)
-    per_trial = {m: images(m) for m in cfg.methods}
-    partners = [m for m in cfg.methods if m not in MATCH_METHODS_EXCLUDED] if cfg.match == "decore" and "decore" in cfg.methods else []
-    extra = sum(per_trial[m] for m in partners) * trials + (equal if cfg.control else 0)
-    trained = not (cfg.pretrained or cfg.checkpoint)  # an imported baseline trains no image
-    # evaluation (forward passes): every trial reads the selection split before and after fine-tuning and the test
-    # set once; every seed's baseline reads both once, and the break-even pass its training images
-    n_trials = (len(cfg.methods) + len(partners)) * trials + (1 if cfg.control else 0)
-    info = _split_info(cfg, data)
-    test = int(info.get("test_images") or 0)
-    val = int(info.get("val_images") or 0) if cfg.selection != "test" else test
-    # the break-even pass reads at most one epoch of the joint phase's loader, and only when a method searches it
-    break_even = (min(BREAK_EVEN_IMAGES, n[joint.name])
-                  if any(profile.methods[m].break_even_range is not None for m in cfg.methods) else 0)
-    evals = (n_trials * (2 * val + test) + val + test + break_even) * cfg.seeds
-    # trials that meet a FLOPs target by bisection: every matched partner, and methods whose knob is flops_target
-    own = sum(1 for m in cfg.methods if m in profile.methods and profile.methods[m].knob == "flops_target")
-    return {"baseline": base_r.epochs * n[base_r.name] * cfg.seeds * trained, "trials": (sum(per_trial.values()) * trials + extra) * cfg.seeds,
-            "evals": evals, "n_trials": n_trials * cfg.seeds, "n_bisect": (len(partners) + own) * trials * cfg.seeds,
-            "equal": equal, "joint": joint_images, "finetune": ft_images, **{f"n:{k}": v for k, v in n.items()}}
-
-
-def estimate_seconds(imgs: dict[str, float], rates: Rates) -> float:
-    """The plan's time estimate: training images at the measured training rate (the real loader and step),
-    evaluation images at the measured evaluation rate, and every trial's measured fixed cost (tracing, counts,
-    the FLOPs bisection of matched and flops_target trials, its latency pass). Not counted: the report at the end
-    and process start-up (seconds)."""
-    return (imgs["baseline"] * rates.train + imgs["trials"] * rates.trial_train + imgs["evals"] * rates.trial_eval
-            + imgs["n_trials"] * rates.per_trial(False) + imgs["n_bisect"] * (rates.per_trial(True) - rates.per_trial(False)))
-
-
-def trial_seconds(cfg: SweepConfig, profile: Profile, data: Any, rates: Rates) -> tuple[float, str]:
-    """The plan's estimate of one trial (all its seeds) of the sweep's longest method, and that method: what one
-    more trial adds to `estimate_seconds`, so a scheduler's time limit can be held against it."""
-    def seconds(method: str, trials: int) -> float:
-        one = dataclasses.replace(cfg, methods=(method,), match=None, control=False)
-        return estimate_seconds(plan_images(one, profile, trials, data), rates)
-    return max((seconds(m, 2) - seconds(m, 1), m) for m in cfg.methods)
-
-
-AUTO_CPU_MINUTES = 35  # `--profile auto` on a CPU: the most thorough profile estimated under this
-
-
-def choose_profile(cfg: SweepConfig, device: torch.device) -> tuple[str, int | None, str]:
-    """`--profile auto`: `fast` on a GPU; on a CPU the most thorough of smoke < cpu < fast < paper whose
-    estimate (from rates measured here, `measure_rates`) is under AUTO_CPU_MINUTES; when none is and no trial count
-    was given, smoke with the most trials per method that fit (at least 1). Returns the profile, the trial count
-    (None: the profile's or the user's) and the plan line that says which, why, and what the others would cost."""
-    order = ("smoke", "cpu", "fast", "paper")
-    if cfg.dataset.startswith("imagefolder:"):
-        return "fast", cfg.trials, "profile auto -> fast (image folders: no CPU profile)"
-    data = load_dataset(cfg.dataset, selection=cfg.selection)
-    rates = measure_rates(cfg.model, data, load_recipe(load_profile("smoke").finetune_recipe), device)
-
-    def minutes(name: str, trials: int | None = None) -> float:
-        p = load_profile(name)
-        c = dataclasses.replace(cfg, profile=name)
-        return estimate_seconds(plan_images(c, p, trials or cfg.trials or p.trials, data), rates) / 60
-    est = {name: minutes(name) for name in order}
-    trials = cfg.trials
-    if device.type == "cuda":
-        chosen, why = "fast", "a GPU is here"
-    else:
-        fits = [n for n in order if est[n] <= AUTO_CPU_MINUTES]
-        chosen = fits[-1] if fits else "smoke"
-        if fits:
-            why = f"CPU only: the most thorough profile estimated under {AUTO_CPU_MINUTES} min"
-        elif cfg.trials is None:
-            fewer = [k for k in range(1, load_profile("smoke").trials) if minutes("smoke", k) <= AUTO_CPU_MINUTES]
-            trials = fewer[-1] if fewer else 1
-            why = (f"CPU only, and no profile fits {AUTO_CPU_MINUTES} min here at its trial count: smoke with {trials} "
-                   f"trial(s) per method, ~{minutes('smoke', trials):.0f} min" +
-                   ("" if fewer else f", the least there is; PROFILE=smoke TRIALS={trials} names it"))
-        else:
-            why = f"CPU only, and no profile fits {AUTO_CPU_MINUTES} min here with {cfg.trials} trials: the cheapest"
-    others = ", ".join(f"{n} ~{est[n]:.0f} min" for n in order)
-    return chosen, trials, (f"profile auto -> {chosen} ({why}; estimates here at {1 / rates.trial_train:.0f} img/s training, "
-                            f"{1 / rates.trial_eval:.0f} evaluation, {rates.per_trial(False):.0f}-{rates.per_trial(True):.0f} s "
-                            f"fixed per trial: {others})")
-
-
-def print_plan(cfg: SweepConfig, profile: Profile, trials: int, device: torch.device, data: Any) -> None:
-    base_r = load_recipe(profile.baseline_for(_timm(cfg.model)))
-    joint, ft = load_recipe(profile.joint_recipe), load_recipe(profile.finetune_recipe)
-    imgs = plan_images(cfg, profile, trials, data)
-    n = {r.name: imgs[f"n:{r.name}"] for r in (base_r, joint, ft)}
-    equal = imgs["equal"]
-    t0 = time.perf_counter()
-    rates = measure_rates(cfg.model, data, ft, device) if data is not None else None
-    measuring = time.perf_counter() - t0
-    total = estimate_seconds(imgs, rates) if rates is not None else float("nan")
-    partners = [m for m in cfg.methods if m not in MATCH_METHODS_EXCLUDED] if cfg.match == "decore" and "decore" in cfg.methods else []
-    info = _split_info(cfg, data)
-    print(f"plan: {cfg.folder.name} on {device}, storage {scrub(cfg.storage_url)}")
-    print(f"  data: {cfg.dataset} (fingerprint {info['fingerprint']}); selection split: " +
-          (f"validation hold-out of {info.get('val_images', '?')} training images (seeded, class-balanced), "
-           f"{info.get('train_images', '?')} train; decisions read validation top-1, test top-1/top-5 only reported"
-           if cfg.selection == "val" else
-           f"a seeded, class-balanced hold-out of the test side ({info.get('val_images', '?')} images; the imported weights "
-           f"trained on every training image), {info.get('test_images', '?')} test images reported"
-           if cfg.selection == "val-test" else "the test set (the papers' practice: every decision reads test accuracy)"))
-    print(f"  studies: {', '.join(cfg.study_name(m) for m in cfg.methods)}; {trials} trials each x {cfg.seeds} seed(s)"
-          f"{', ' + str(cfg.workers) + ' workers' if cfg.workers > 1 else ''}")
-    weights = weights_source(cfg.model, cfg.pretrained, cfg.checkpoint)
-    if weights is None:
-        print(f"  baseline: {base_r.epochs} epochs ({base_r.name}) on {n[base_r.name]} images, once per seed, cached")
-    else:
-        print("  baseline: imported, not trained: " + (f"timm's pretrained {weights.removeprefix('timm:')}"
-              if cfg.pretrained else f"checkpoint {cfg.checkpoint} ({weights})") + "; measured once per seed, cached")
-    if cfg.budget == "equal":
-        print(f"  budget: equal, {equal:,} training images after the baseline for every method: DECORE's joint phase "
-              f"{joint.epochs} x {n[joint.name]} ({joint.name}) + fine-tuning {ft.epochs} x {n[ft.name]} ({ft.name}); "
-              f"methods without a training phase fine-tune for all of it on {ft.name}'s schedule, stretched")
-    else:
-        own = {m: load_recipe(profile.paper_finetune.get(m, profile.finetune_recipe)).name for m in cfg.methods}
-        print(f"  budget: paper budgets, unequal: DECORE joint {joint.epochs} ({joint.name}) + fine-tune {ft.epochs}; "
-              + ", ".join(f"{m} fine-tunes with {r}" for m, r in own.items() if not methods.get_method(m).trains))
-    print("  matching: " + (f"{', '.join(partners)} at every DECORE trial's FLOPs (within 1%, DECORE's scope)"
-                             if partners else "off") +
-          f"; no-pruning control: {'one per seed, same budget' if cfg.control else 'off'}; "
-          f"scope {cfg.scope or 'each method its default'}; round_to {cfg.round_to}")
-    if math.isfinite(total):
-        print(f"  estimate: about {total / 60:.0f} min if nothing is cached yet ({imgs['baseline']:,.0f} baseline "
-              f"training images at {1 / rates.train:.0f} img/s, {imgs['trials']:,.0f} trial training images at "
-              f"{1 / rates.trial_train:.0f} img/s, {imgs['evals']:,.0f} evaluation images at {1 / rates.trial_eval:.0f} img/s, {imgs['n_trials']:.0f} trials at {rates.per_trial(False):.0f} s fixed "
-              f"({imgs['n_bisect']:.0f} matching FLOPs at {rates.per_trial(True):.0f} s); measured here, which took "
-              f"{measuring:.0f} s before this line and is not in the estimate; cached baselines and finished trials cost nothing)")
-
-
-def _images(cfg: SweepConfig, data: Any, recipe: Any) -> int:
-    """Training images of one epoch of `recipe` (image folders: the training split, no subsets)."""
-    if data is None:
-        return image_folder_train_images(cfg.dataset.split(":", 1)[1], cfg.selection)
-    return len(data.train.subset_per_class(recipe.subset_per_class).y)
-
-
-def _split_info(cfg: SweepConfig, data: Any) -> dict[str, Any]:
-    return data.split_info() if data is not None else image_folder_split_info(cfg.dataset, cfg.selection)
-
-
-@dataclass(frozen=True)
-class Rates:
-    """What the plan's estimate multiplies, measured on this machine before anything trains (`measure_rates`).
-    Seconds per image of the unpruned model and of a pruned copy (every group at 85% of its channels): on CPUs a
-    pruned network at odd widths can train slower per image than the unpruned one (resnet110: 73 against 90 img/s),
-    so trials are estimated at the slower of the two."""
-    train: float          # seconds per training image: the real loader (augmentation), optimizer step and schedule
-    eval: float           # seconds per evaluation image: evaluate() over an evaluation loader at its batch size
-    trace: float          # seconds to trace the model's channel groups (once per trial)
-    count: float          # seconds of one FLOPs/params count of a pruned copy (prune_model + fvcore)
-    latency: float        # seconds of one latency measurement at batch 1 (bench.measure.speedup at its round limit)
-    train_pruned: float
-    eval_pruned: float
-
-    @property
-    def trial_train(self) -> float:
-        return max(self.train, self.train_pruned)
-
-    @property
-    def trial_eval(self) -> float:
-        return max(self.eval, self.eval_pruned)
-
-    def per_trial(self, bisects: bool) -> float:
-        """A trial's seconds beyond its images: tracing, the final counts, its latency pass, and for a trial that
-        meets a FLOPs target (flops_target knobs, matched partners) the bisection's counts."""
-        return self.trace + 2 * self.count + self.latency + (BISECTION_COUNTS * self.count if bisects else 0.0)
-
-
-BISECTION_COUNTS = 30  # FLOPs counts one flops_target trial makes (ScoredMethod._to_flops; measured: 31 on resnet110)
-PRUNED_KEEP = 0.85     # the pruned copy measure_rates times: every group keeps this fraction of its channels
-_RATES: dict[tuple[str, ...], Rates] = {}
-
-
-def measure_rates(model_name: str, data: Any, recipe: Any, device: torch.device, batches: int = 6) -> Rates:
-    """Measure `Rates` here (cached per model, data, recipe and device): for the unpruned model and a pruned copy,
-    `batches` training batches of the real loader through `fit` after one warm-up batch and two evaluation batches
-    of `evaluate`; one trace, one count (after a first, warm-up count), and one batch-1 forward pass on one thread
-    scaled to the latency pass's most rounds."""
-    key = (model_name, str(data.fingerprint), recipe.name, str(device))
-    if key in _RATES:
-        return _RATES[key]
-    import copy
-
-    import models
-    from bench.data import DeviceLoader
-    from bench.measure import LATENCY_ROUNDS, LATENCY_THREADS, profile_model
-    from bench.train import evaluate, fit
-    from methods.core import channel_groups, prune_model
-
-    loader = open_loaders(data.name, recipe.batch_size, device, data=data, subset_per_class=100).train
-    bs = recipe.batch_size
-    split = data.selection_split.subset_per_class(max(1, 1000 // data.num_classes))  # timed only, never scored
-    evals = DeviceLoader(split, data.mean, data.std, max(bs, 500), device)
-
-    def clock(fn: Callable[[], Any]) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
-
-    def speeds(net: torch.nn.Module) -> tuple[float, float]:
-        model = prepare_model(net, device)
-        fit(model, loader, None, recipe, device, images=bs)  # warm-up
-        train = clock(lambda: fit(model, loader, None, recipe, device, images=batches * bs)) / (batches * bs)
-        evaluate(model, evals, device)  # warm-up
-        return train, clock(lambda: evaluate(model, evals, device)) / len(split.y)
-
-    cpu = models.create(model_name, num_classes=data.num_classes).eval()
-    x = torch.randn(1, 3, *data.train.x.shape[1:3])
-    t0 = time.perf_counter()
-    groups = channel_groups(cpu, x, "all", name=model_name)
-    trace = time.perf_counter() - t0
-    ctx = methods.Context(cpu, groups, model_name, {"num_classes": data.num_classes}, tuple(x.shape[1:]),
-                          torch.device("cpu"), 0)
-    plan = ctx.plan({})
-    profile_model(prune_model(cpu, plan), tuple(x.shape[1:]))  # warm-up: the first count pays fvcore's set-up
-    count = clock(lambda: profile_model(prune_model(cpu, plan), tuple(x.shape[1:])))
-    masks = {g.id: (torch.arange(g.units) < max(1, round(g.units * PRUNED_KEEP))).float() for g in groups}
-    pruned = prune_model(cpu, ctx.plan(masks))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(LATENCY_THREADS)
-    try:
-        with torch.inference_mode():
-            xl = x.contiguous(memory_format=torch.channels_last)
-            cl = copy.deepcopy(cpu).to(memory_format=torch.channels_last)
-            cl(xl)
-            call = min(clock(lambda: cl(xl)) for _ in range(5))
-    finally:
-        torch.set_num_threads(threads)
-    latency = call * 2 * 10 * (3 + LATENCY_ROUNDS[1])  # two models, 10 calls a round, 3 warm-up rounds
-    train, evaluation = speeds(copy.deepcopy(cpu))
-    train_pruned, eval_pruned = speeds(pruned)
-    _RATES[key] = rates = Rates(train, evaluation, trace, count, latency, train_pruned, eval_pruned)
-    return rates

@@ -1,6 +1,6 @@
 """Crash safety: a sweep SIGKILLed in every phase, then rerun, loses, duplicates and corrupts nothing.
 
-The kills come from bench.faults (BENCH_CRASH_AT=<point>: the process SIGKILLs itself at that point), so each
+The kills come from bench.core.faults (BENCH_CRASH_AT=<point>: the process SIGKILLs itself at that point), so each
 one lands inside its phase every time; the test profile's phases last well under a second, too short to hit
 reliably by watching a child's output.
 """
@@ -14,9 +14,10 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from bench.io import sha256_file
-from bench.results import ResultsTable
-from sweeps.study import SweepConfig, run_sweep
+from bench.core.io import sha256_file
+from bench.trial.results import ResultsTable
+from sweeps.config import SweepConfig
+from sweeps.study import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = [sys.executable, "-m", "bench", "sweep", "--model", "resnet20", "--dataset", "synthetic", "--profile", "test",

@@ -37,7 +37,7 @@ def _env() -> dict[str, str]:
 
 
 def test_site_builds_strictly_with_generated_pages(site: Path) -> None:
-    from bench.results import COLUMNS
+    from bench.trial.results import COLUMNS
 
     outputs = (site / "outputs" / "index.html").read_text()
     for column in COLUMNS:  # the runs.csv columns come from the code's own list
@@ -115,7 +115,7 @@ def _matrix_checked() -> int:
 
 
 def _matrix_run() -> str:
-    """The matrix's command and wall time as its README states them (written by bench.timm_matrix.write)."""
+    """The matrix's command and wall time as its README states them (written by bench.checks.timm_matrix.write)."""
     text = (RESULTS / "timm-matrix" / "README.md").read_text()
     command, wall = re.search(r"Command: `([^`]+)`", text), re.search(r"Wall time: ([\d.]+ min)", text)
     assert command and wall, "results/timm-matrix/README.md no longer states its command and wall time"
@@ -195,7 +195,8 @@ def profiles_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[
 
 
 def _sweep(model: str, methods: tuple[str, ...]) -> pd.DataFrame:
-    from sweeps.study import SweepConfig, run_sweep
+    from sweeps.config import SweepConfig
+    from sweeps.study import run_sweep
 
     folder = run_sweep(SweepConfig(model, "synthetic", profile="test", methods=methods, trials=1, match=None,
                                    control=False, device="cpu", wandb="off"))

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import perf
+from bench.checks import perf
 from bench.cli import main
 
 

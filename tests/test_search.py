@@ -6,10 +6,10 @@ import optuna
 import pytest
 
 from bench.cli import main
-from bench.errors import UserError
-from bench.measure import count_flops
-from bench.pruned import load_pruned
-from bench.results import ResultsTable
+from bench.core.errors import UserError
+from bench.engine.measure import count_flops
+from bench.deploy.pruned import load_pruned
+from bench.trial.results import ResultsTable
 from sweeps.search import SearchConfig, parse_budget, run_search
 
 STATES = optuna.trial.TrialState

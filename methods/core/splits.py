@@ -481,6 +481,6 @@ def sync_attributes(dg: tp.DependencyGraph) -> list[str]:
 
 
 def tp_error(owner: nn.Module, dg: tp.DependencyGraph, what: str) -> Exception:
-    from .groups import PruningError
+    from .errors import PruningError
 
     return PruningError(f"{dg._module2name.get(owner, type(owner).__name__)} ({type(owner).__name__}): {what}")

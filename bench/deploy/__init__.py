@@ -1,0 +1,6 @@
+"""bench.deploy: a pruned model as it leaves the harness. Pruned files (`pruned`: plan + weights, rebuilt on
+load), exports (`export`: ONNX checked against PyTorch, TorchScript), the deploy forms timed for speed-ups
+(`forms`: eager, BatchNorm folded, onnxruntime) and the alignment chosen by measurement (`align`).
+
+May import: bench.core, bench.engine, methods, models.
+"""
