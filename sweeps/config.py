@@ -11,7 +11,8 @@ from typing import Any
 
 import methods
 from bench.engine.baseline import weights_identity, weights_source
-from bench.engine.data import (check_selection, data_fingerprint)
+from bench.engine.splits import check_selection
+from bench.engine.data import data_fingerprint
 from bench.core.version import engine_version
 from bench.core.errors import UserError
 from bench.engine.recipe import load_recipe

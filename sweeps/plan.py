@@ -16,7 +16,8 @@ import torch
 import methods
 from bench.core.errors import UserError
 from bench.engine.baseline import weights_source
-from bench.engine.data import (image_folder_split_info, image_folder_train_images, load_dataset, open_loaders)
+from bench.engine.imagefolder import image_folder_split_info, image_folder_train_images
+from bench.engine.data import load_dataset, open_loaders
 from bench.engine.recipe import load_recipe
 from bench.engine.train import prepare_model
 from bench.trial.run import BREAK_EVEN_IMAGES
@@ -208,8 +209,6 @@ class Rates:
 
 
 BISECTION_COUNTS = 30  # FLOPs counts one flops_target trial makes (ScoredMethod._to_flops; measured: 31 on resnet110)
-
-
 PRUNED_KEEP = 0.85     # the pruned copy measure_rates times: every group keeps this fraction of its channels
 
 

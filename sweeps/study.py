@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 import methods
 from bench.engine.baseline import get_baseline
-from bench.engine.data import (load_dataset, open_loaders)
+from bench.engine.data import load_dataset, open_loaders
 from bench.core.errors import UserError
 from bench.core.faults import crash_point
 from bench.engine.recipe import load_recipe

@@ -20,7 +20,7 @@ from timm.models.resnet import resnet50
 import models
 from bench.engine.baseline import BaselineSpec, load_pretrained
 from bench.cli import main
-from bench.engine.data import image_data_config, image_transforms
+from bench.engine.imagefolder import image_data_config, image_transforms
 from bench.core.errors import UserError
 from bench.core.io import sha256_file
 from bench.engine.measure import count_flops

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from bench.engine.baseline import get_baseline
-from bench.engine.data import CIFAR_STATS, DeviceLoader, load_dataset, make_synthetic, with_selection
+from bench.engine.splits import CIFAR_STATS
+from bench.engine.data import DeviceLoader, load_dataset, make_synthetic, with_selection
 from bench.engine.recipe import load_recipe
 from bench.trial.results import ResultsTable
 from bench.trial.run import TrialConfig, train_accuracy
@@ -299,7 +300,7 @@ def test_imported_weights_take_the_hold_out_from_the_test_side(tmp_path):
 def test_image_folder_test_side_hold_out_is_disjoint(tmp_path):
     from PIL import Image
 
-    from bench.engine.data import image_folder_loaders, image_folder_split_info
+    from bench.engine.imagefolder import image_folder_loaders, image_folder_split_info
 
     for split, n in (("train", 6), ("val", 12)):
         for c in ("a", "b"):

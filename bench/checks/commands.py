@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction, commands: dict[str, Callable[[argp
 def cmd_perf(args: argparse.Namespace) -> int:
     import models
 
-    from bench.checks import perf
+    from bench.checks import perf, timing
     from bench.engine.train import resolve_device
 
     names = tuple(m.strip() for m in args.models.split(",") if m.strip())
@@ -71,7 +71,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
                         ("--round-to", min(round_to, default=1)), ("--train-round-to", min(train_round_to, default=1))):
         if value < 1:
             raise UserError(f"{flag} {value} must be at least 1")
-    cfg = perf.PerfConfig(models=names, batch_size=args.batch_size, steps=args.steps, rounds=args.rounds,
+    cfg = timing.PerfConfig(models=names, batch_size=args.batch_size, steps=args.steps, rounds=args.rounds,
                           max_rounds=args.max_rounds, max_seconds=args.max_seconds,
                           flops_targets=targets, round_to=round_to, train_round_to=train_round_to, ref_workers=max(args.ref_workers, 0),
                           device=resolve_device(args.device), compile=args.compile, processes=args.processes)
@@ -83,11 +83,11 @@ def cmd_perf(args: argparse.Namespace) -> int:
 
 
 def cmd_perf_compare(args: argparse.Namespace) -> int:
-    from bench.checks import perf
+    from bench.checks import perf_report
 
-    a, b = perf.read_perf(args.run1), perf.read_perf(args.run2)
-    m = perf.compare(a, b)
-    print(perf.compare_text(m, int((a["unit"] == "ratio").sum()), int((b["unit"] == "ratio").sum())))
+    a, b = perf_report.read_perf(args.run1), perf_report.read_perf(args.run2)
+    m = perf_report.compare(a, b)
+    print(perf_report.compare_text(m, int((a["unit"] == "ratio").sum()), int((b["unit"] == "ratio").sum())))
     return 0
 
 

@@ -98,7 +98,8 @@ def check_loader(cfg: CheckConfig, state: dict[str, Any]) -> tuple[str, list[str
 def _epoch(model_name: str, cfg: CheckConfig, state: dict[str, Any], compile: bool) -> dict[str, Any]:
     import models
 
-    from bench.checks.perf import _Steps, _recipe
+    from bench.checks.timing import _Steps
+    from bench.checks.perf import _recipe
     from bench.engine.train import Trainer, autocast_for, build_optimizer, ce_step, prepare_model
 
     torch.manual_seed(0)
@@ -161,24 +162,24 @@ def check_gated(cfg: CheckConfig, state: dict[str, Any]) -> tuple[str, list[str]
     import models
     from methods.core import channel_groups
 
-    from bench.checks import perf
+    from bench.checks import perf, timing
     from bench.engine.train import prepare_model
 
-    pcfg = perf.PerfConfig(batch_size=cfg.batch_size, device=cfg.device)
+    pcfg = timing.PerfConfig(batch_size=cfg.batch_size, device=cfg.device)
     base = models.create(cfg.gated_model, num_classes=10)
     plain = perf.plain_trainer(prepare_model(copy.deepcopy(base), cfg.device).train(), pcfg)
     gm = prepare_model(copy.deepcopy(base), cfg.device).train()
     groups = channel_groups(gm, torch.randn(1, 3, 32, 32, device=cfg.device), "all", name=models.resolve(cfg.gated_model))
     gated, gates = perf.gated_trainer(gm, groups, pcfg)
     for tr in (plain, gated):
-        perf.harness_train(tr, state["train"], 2, cfg.batch_size)
+        timing.harness_train(tr, state["train"], 2, cfg.batch_size)
     ratios = []
     for r in range(cfg.gated_rounds):
         order = [plain, gated] if r % 2 == 0 else [gated, plain]
-        t = {id(tr): perf.harness_train(tr, state["train"], cfg.gated_steps, cfg.batch_size).seconds for tr in order}
+        t = {id(tr): timing.harness_train(tr, state["train"], cfg.gated_steps, cfg.batch_size).seconds for tr in order}
         ratios.append(t[id(gated)] / t[id(plain)])
     gates.remove()
-    s = perf.spread(ratios)
+    s = timing.spread(ratios)
     return (f"{cfg.gated_model}: gated step / plain step {s.median:.3f} (IQR {s.iqr:.3f}) over {s.n} rounds of "
             f"{cfg.gated_steps} steps"), []
 
@@ -246,9 +247,9 @@ def probe(device_type: str) -> None:
 
 
 def check_latency(cfg: CheckConfig, state: dict[str, Any]) -> tuple[str, list[str]]:
-    from bench.checks import perf
+    from bench.checks import perf, perf_report, timing
 
-    pcfg = perf.PerfConfig(batch_size=cfg.batch_size, device=cfg.device, flops_targets=cfg.flops_targets, round_to=(),
+    pcfg = timing.PerfConfig(batch_size=cfg.batch_size, device=cfg.device, flops_targets=cfg.flops_targets, round_to=(),
                            rounds=3, max_rounds=3 if cfg.reduced else 10, max_seconds=60,
                            latency_batch=cfg.latency_batch, latency_repeats=2 if cfg.reduced else 20,
                            throughput_repeats=2 if cfg.reduced else 5,
@@ -257,11 +258,11 @@ def check_latency(cfg: CheckConfig, state: dict[str, Any]) -> tuple[str, list[st
     rounds, layout = perf.latency_section(cfg.latency_model, base, plans, prof["flops"], pcfg, lambda s: None)
     rows = perf.section_rows(cfg.latency_model, "latency", rounds, plans, prof, pcfg, layout)
     df = pd.DataFrame(rows)
-    tables = [perf._pruned_table(df, form) for form in ("eager", "folded", "onnxruntime")]
+    tables = [perf_report._pruned_table(df, form) for form in ("eager", "folded", "onnxruntime")]
     table = pd.concat([t.assign(form=t.get("form", "eager")) for t in tables if not t.empty], ignore_index=True)
     eff = df[(df.measure == "efficiency") & (df.batch == cfg.latency_batch)]
     return (f"{cfg.latency_model}: {len(plans)} L1 plans; efficiency at batch {cfg.latency_batch} "
-            f"{eff.value.min():.2f}-{eff.value.max():.2f} of the FLOPs promise"), [perf._md(table)]
+            f"{eff.value.min():.2f}-{eff.value.max():.2f} of the FLOPs promise"), [perf_report._md(table)]
 
 
 def check_sweep(cfg: CheckConfig, state: dict[str, Any]) -> tuple[str, list[str]]:
@@ -299,7 +300,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _md(df: pd.DataFrame) -> str:
-    from bench.checks.perf import _md as perf_md
+    from bench.checks.perf_report import _md as perf_md
     return perf_md(df)
 
 

@@ -22,13 +22,15 @@ ROOT = Path(__file__).resolve().parents[2]
 ENGINE_FILES: tuple[str, ...] = (
     "methods/core",
     "methods/base.py",
-    "bench/engine/train.py",    # the training loop, optimiser and schedule
-    "bench/trial/run.py",       # the trial pipeline and the equal budget
-    "bench/engine/data.py",        # loading, augmentation, selection splits
-    "bench/engine/recipe.py",      # how a recipe file becomes a schedule
-    "bench/engine/baseline.py",    # the baseline a trial starts from
-    "bench/engine/measure.py",     # FLOPs and parameter counting
-    "bench/trial/scratch.py",     # the scratch controls' budgets
+    "bench/engine/train.py",        # the training loop, optimiser and schedule
+    "bench/trial/run.py",           # the trial pipeline and the equal budget
+    "bench/engine/data.py",         # loading and augmentation
+    "bench/engine/splits.py",       # the selection splits
+    "bench/engine/imagefolder.py",  # image folders: their splits and transforms
+    "bench/engine/recipe.py",       # how a recipe file becomes a schedule
+    "bench/engine/baseline.py",     # the baseline a trial starts from
+    "bench/engine/measure.py",      # FLOPs and parameter counting
+    "bench/trial/scratch.py",       # the scratch controls' budgets
 )
 
 

@@ -23,8 +23,9 @@ import torch.nn as nn
 import models
 
 from bench.engine import dist
-from bench.engine.data import (ArrayDataset, check_selection, data_fingerprint, image_folder_classes, image_folder_train_images,
-                   load_dataset, open_loaders)
+from bench.engine.data import ArrayDataset, data_fingerprint, load_dataset, open_loaders
+from bench.engine.splits import check_selection
+from bench.engine.imagefolder import image_folder_classes, image_folder_train_images
 from bench.core.env import environment
 from bench.core.errors import UserError
 from bench.core.faults import crash_point

@@ -12,7 +12,6 @@ Every dataset carries a content fingerprint, part of the identity of baselines, 
 from __future__ import annotations
 
 import difflib
-import functools
 import hashlib
 import os
 import shutil
@@ -26,19 +25,9 @@ import torch
 from bench.engine import dist
 from bench.core.errors import UserError
 from bench.core.io import atomic_write, sha256_file_cached
-
-CIFAR_STATS = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 10),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 100),
-}
-DATASETS = ("cifar10", "cifar100", "synthetic", "imagefolder:<path>")
-SELECTIONS = ("val", "test", "val-test")
-TEST_SIDE_PER_CLASS = 10        # val-test on image folders: a seeded hold-out of val/ (ImageNet: 10 of 50 per class)
-TEST_SIDE_FRACTION = 0.1        # val-test on arrays: this fraction of every test class (CIFAR: 100 per class)
-SPLIT_SEED = 0                 # the hold-out is the same for every trial seed: one split per experiment
-CIFAR_VAL_IMAGES = 5000        # He et al. 2016: 45k/5k
-VAL_FRACTION = 0.1             # other sets: this fraction of every class (image folders: at most 50 per class)
-IMAGEFOLDER_VAL_MAX = 50
+from bench.engine.splits import SPLIT_SEED, TEST_SIDE_FRACTION, check_selection, holdout_indices, val_per_class
+from bench.engine.imagefolder import image_data_config, image_folder_loaders, imagefolder_fingerprint
+from bench.engine.splits import CIFAR_STATS, DATASETS
 
 
 def data_dir() -> Path:
@@ -95,35 +84,6 @@ class ArrayDataset:
                 "val_images": int(len(self.val.y)) if self.val is not None else 0, "test_images": int(len(self.test.y))}
 
 
-def check_selection(selection: str) -> str:
-    if selection not in SELECTIONS:
-        raise UserError(f"selection split {selection!r} is unknown: use val (a hold-out of the training set, the default), "
-                        "val-test (a hold-out of the test split: for weights trained on every training image) "
-                        "or test (the papers' practice)")
-    return selection
-
-
-def holdout_indices(y: np.ndarray, per_class: int, seed: int = SPLIT_SEED) -> np.ndarray:
-    """A seeded, class-balanced hold-out: `per_class` random indices of every class (sorted)."""
-    rng = np.random.default_rng(seed)
-    parts = []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        if len(idx) < 2:
-            raise UserError(f"class {int(c)} has {len(idx)} training image(s): a validation hold-out needs at least 2 "
-                            "per class (or use --selection test)")
-        parts.append(rng.permutation(idx)[: min(per_class, len(idx) - 1)])
-    return np.sort(np.concatenate(parts))
-
-
-def val_per_class(name: str, y: np.ndarray) -> int:
-    """CIFAR: 5,000 images in all (He et al.); other sets: VAL_FRACTION of the smallest class, at least 1."""
-    classes = len(np.unique(y))
-    if name in CIFAR_STATS:
-        return CIFAR_VAL_IMAGES // classes
-    return max(1, int(VAL_FRACTION * np.bincount(y).min()))
-
-
 def with_selection(data: ArrayDataset, selection: str) -> ArrayDataset:
     """The dataset with its selection split: a hold-out of the training set (`val`) or the test set (`test`)."""
     check_selection(selection)
@@ -154,87 +114,6 @@ def file_fingerprint(*paths: Path) -> str:
     h = hashlib.sha256()
     for p in paths:
         h.update(sha256_file_cached(p).encode())
-    return h.hexdigest()[:16]
-
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-
-def check_image_folder(root: str | Path) -> None:
-    """An ImageNet-layout folder a run can use, checked when it is opened (before anything is written):
-    train/ and val/ exist, hold the same two or more classes, every class has images, and the first image
-    of every class opens."""
-    from PIL import Image, UnidentifiedImageError
-
-    root = Path(root)
-    classes = {}
-    for split in ("train", "val"):
-        folder = root / split
-        if not folder.is_dir():
-            raise UserError(f"image folder {str(folder)!r} does not exist: expected {root}/train/<class>/ and "
-                            f"{root}/val/<class>/ (ImageNet layout)")
-        classes[split] = sorted(p.name for p in folder.iterdir() if p.is_dir())
-        if len(classes[split]) < 2:
-            raise UserError(f"image folder {str(folder)!r} has {len(classes[split])} class folder(s): a classifier "
-                            "needs at least 2 (one sub-folder of images per class)")
-        for c in classes[split]:
-            images = sorted(p for p in (folder / c).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-            if not images:
-                raise UserError(f"class folder {str(folder / c)!r} holds no image ({', '.join(IMAGE_EXTENSIONS)}): "
-                                "add images or remove the folder")
-            try:
-                with Image.open(images[0]) as im:
-                    im.verify()
-            except (UnidentifiedImageError, OSError) as e:
-                raise UserError(f"{str(images[0])!r} is not a readable image ({type(e).__name__}): remove or "
-                                "replace it") from None
-    if classes["train"] != classes["val"]:
-        raise UserError(f"image folder {str(root)!r}: train/ and val/ hold different classes "
-                        f"({len(classes['train'])} and {len(classes['val'])}): give both the same class folders")
-
-
-def image_folder_train_images(root: str | Path, selection: str = "val") -> int:
-    """Training images of an image folder after the validation hold-out (as image_folder_loaders splits it)."""
-    counts = [sum(1 for f in c.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
-              for c in sorted((Path(root) / "train").iterdir()) if c.is_dir()]
-    if selection != "val" or not counts:
-        return sum(counts)
-    per_class = max(1, min(IMAGEFOLDER_VAL_MAX, int(VAL_FRACTION * min(counts))))
-    return sum(n - min(per_class, n - 1) for n in counts)
-
-
-def image_folder_split_info(dataset: str, selection: str) -> dict[str, object]:
-    """ArrayDataset.split_info of an image folder (imagefolder:<path>), from its file list: nothing is decoded."""
-    root = Path(dataset.split(":", 1)[1])
-    total, test = (sum(1 for f in (root / split).rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
-                   for split in ("train", "val"))
-    train = image_folder_train_images(root, selection)
-    val = total - train
-    if selection == "val-test":  # the hold-out is TEST_SIDE_PER_CLASS of every class of val/
-        classes = [c for c in (root / "val").iterdir() if c.is_dir()]
-        val = sum(min(TEST_SIDE_PER_CLASS, sum(1 for f in c.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS) - 1)
-                  for c in classes)
-        test -= val
-    return {"dataset": dataset, "fingerprint": data_fingerprint(dataset), "official": False, "selection": selection,
-            "split_seed": SPLIT_SEED if selection != "test" else None, "train_images": train,
-            "val_images": val, "test_images": test}
-
-
-def image_folder_classes(root: str | Path) -> int:
-    """Number of classes of an image folder (its train/ sub-folders; check_image_folder holds val/ to the same)."""
-    return sum(1 for c in (Path(root) / "train").iterdir() if c.is_dir())
-
-
-def imagefolder_fingerprint(root: str | Path) -> str:
-    """Hash of an image folder's file list and sizes (relative paths under train/ and val/); the folder is
-    checked first (check_image_folder)."""
-    root = Path(root)
-    check_image_folder(root)
-    h = hashlib.sha256()
-    for split in ("train", "val"):
-        for p in sorted((root / split).rglob("*")):
-            if p.is_file():
-                h.update(f"{p.relative_to(root)}\0{p.stat().st_size}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -444,100 +323,6 @@ class DeviceLoader:
             mask = torch.rand(n, device=x.device, generator=self.aug_generator) < 0.5
             x = torch.where(mask[:, None, None, None], x.flip(3), x)
         return x
-
-
-def image_data_config(model: str) -> dict[str, object]:
-    """timm's data config of a model: input size, interpolation, crop_pct, crop mode and mean/std, from the
-    pretrained_cfg of the name as given (a tag such as resnet50.tv_in1k selects that weights' preprocessing)."""
-    return dict(_image_data_config(model))
-
-
-@functools.lru_cache(maxsize=16)
-def _image_data_config(model: str) -> dict[str, object]:
-    from timm.data import resolve_model_data_config
-
-    import models
-
-    return resolve_model_data_config(models.create(model))  # use_test_size False: train and test at one size
-
-
-def image_transforms(config: dict[str, object]) -> tuple[object, object]:
-    """timm's standard ImageNet transforms for a data config: (training: random-resized crop, flip and colour
-    jitter; evaluation: resize to size / crop_pct, centre crop), both normalised with the config's mean/std."""
-    from timm.data import create_transform
-
-    return create_transform(**config, is_training=True), create_transform(**config, is_training=False)
-
-
-def image_folder_loaders(root: str | Path, batch_size: int, config: dict[str, object], workers: int = 8,
-                         device: torch.device | str = "cpu", seed: int = 0,
-                         selection: str = "val") -> tuple[object, object, object, int]:
-    """ImageNet-layout folders root/{train,val}/<class>/* through torchvision's DataLoader and timm's transforms
-    for the data `config` (image_data_config): (train, selection, test, classes). The folder's `val/` is the test
-    split; with selection "val" a seeded, class-balanced hold-out of `train/` (VAL_FRACTION of each class, at most
-    IMAGEFOLDER_VAL_MAX) is the selection split, evaluated with the test transforms; with "test" the selection split
-    is `val/` itself (the papers' practice).
-
-    Under torchrun every split goes through DistributedSampler (training: equal shards, reshuffled per
-    epoch with the same seed on every rank; evaluation: unshuffled shards whose counts evaluate() sums;
-    the sampler pads it to equal shards, repeating at most N - 1 images).
-    """
-    from torch.utils.data import DataLoader, DistributedSampler, Subset
-    from torchvision import datasets
-
-    root = Path(root)
-    for split in ("train", "val"):
-        if not (root / split).is_dir():
-            raise UserError(f"image folder {str(root / split)!r} does not exist: expected {root}/train/<class>/ and {root}/val/<class>/")
-    train_tf, val_tf = image_transforms(config)
-    train = datasets.ImageFolder(str(root / "train"), train_tf)
-    test = datasets.ImageFolder(str(root / "val"), val_tf)
-    select = test
-    if check_selection(selection) == "val-test":  # imported weights: a seeded, class-balanced part of val/
-        y = np.asarray(test.targets)
-        held = holdout_indices(y, TEST_SIDE_PER_CLASS)
-        select = Subset(test, held.tolist())
-        test = Subset(test, np.setdiff1d(np.arange(len(y)), held).tolist())
-    if selection == "val":
-        y = np.asarray(train.targets)
-        per_class = max(1, min(IMAGEFOLDER_VAL_MAX, int(VAL_FRACTION * np.bincount(y).min())))
-        held = holdout_indices(y, per_class)
-        select = Subset(datasets.ImageFolder(str(root / "train"), val_tf), held.tolist())
-        train = Subset(train, np.setdiff1d(np.arange(len(y)), held).tolist())
-    classes = image_folder_classes(root)
-    pin = torch.device(device).type == "cuda"
-    workers = min(workers, os.cpu_count() or 1)
-    if dist.world_size() == 1:
-        def evaluation(ds):
-            return _ToDevice(DataLoader(ds, batch_size, shuffle=False, num_workers=workers, pin_memory=pin), device)
-        return (_ToDevice(DataLoader(train, batch_size, shuffle=True, num_workers=workers, pin_memory=pin, drop_last=True), device),
-                evaluation(select), evaluation(test), classes)
-
-    def sharded(ds):
-        return _ToDevice(DataLoader(ds, batch_size, sampler=DistributedSampler(ds, shuffle=False), num_workers=workers,
-                                    pin_memory=pin), device)
-    train_sampler = DistributedSampler(train, shuffle=True, seed=seed, drop_last=True)
-    return (_ToDevice(DataLoader(train, batch_size, sampler=train_sampler, num_workers=workers, pin_memory=pin,
-                                 drop_last=True), device),
-            sharded(select), sharded(test), classes)
-
-
-class _ToDevice:
-    """Wrap a DataLoader so batches arrive on the device, non-blocking, in channels_last."""
-
-    def __init__(self, loader, device) -> None:
-        self.loader, self.device, self.epoch = loader, torch.device(device), 0
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        if hasattr(self.loader.sampler, "set_epoch"):  # DistributedSampler: a new shuffle every epoch
-            self.loader.sampler.set_epoch(self.epoch)
-            self.epoch += 1
-        for x, y in self.loader:
-            yield (x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last),
-                   y.to(self.device, non_blocking=True))
 
 
 @dataclass

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -59,7 +60,8 @@ def list_recipes() -> list[str]:
 
 
 def load_recipe(name_or_path: str) -> Recipe:
-    """A recipe by name (bench/engine/recipes/<name>.json) or by path to a JSON file."""
+    """A recipe by name (bench/engine/recipes/<name>.json) or by path to a JSON file; each file is read once
+    while it is unchanged (a Recipe is frozen, so the cached one is shared safely)."""
     path = Path(name_or_path)
     if path.suffix != ".json":
         path = RECIPE_DIR / f"{name_or_path}.json"
@@ -67,9 +69,15 @@ def load_recipe(name_or_path: str) -> Recipe:
         close = difflib.get_close_matches(name_or_path, list_recipes(), n=3)
         hint = f"did you mean {', '.join(close)}?" if close else f"choose one of {', '.join(list_recipes())} or a .json path"
         raise UserError(f"unknown recipe {name_or_path!r}: {hint}")
+    stat = path.stat()
+    return _read_recipe(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_recipe(path: str, mtime_ns: int, size: int) -> Recipe:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(Path(path).read_text())
         data["milestones"] = tuple(data.get("milestones", ()))
-        return Recipe(name=data.pop("name", path.stem), **data)
+        return Recipe(name=data.pop("name", Path(path).stem), **data)
     except (json.JSONDecodeError, TypeError) as e:
-        raise UserError(f"recipe file {str(path)!r} is invalid ({e}): fix it against bench/engine/recipes/cifar-standard.json") from None
+        raise UserError(f"recipe file {path!r} is invalid ({e}): fix it against bench/engine/recipes/cifar-standard.json") from None

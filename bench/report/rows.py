@@ -21,8 +21,6 @@ REFERENCE_CSV = Path(__file__).parents[2] / "results" / "reference" / "published
 
 # method -> (name in plots and tables, colour, marker): one map for every output (bench.report.style)
 STYLE = METHOD_STYLE
-
-
 COSTS = {"flops": "FLOPs (M)", "params": "Params (M)"}
 
 
@@ -178,8 +176,6 @@ def complete_trials(df: pd.DataFrame) -> pd.DataFrame:
 
 # the columns that tell one configuration from another when only the seed differs
 CONFIG_KEY = [*CONFIG_KEYS, "knob_name", "knob_value", "joint_epochs", "finetune_epochs", "budget_images"]
-
-
 _MEANS = ("top1_pct", "val_top1_pct", "top5_pct", "top1_drop_pct", "params", "flops", "params_reduction_pct",
           "flops_reduction_pct", "speedup_b1", "speedup_b1_q1", "speedup_b1_q3", "budget_images")
 

@@ -54,8 +54,6 @@ PLOTLY_SYMBOL = {"o": "circle", "s": "square", "^": "triangle-up", "D": "diamond
 
 # scope -> matplotlib fillstyle (published points: "none")
 SCOPE_FILL = {"all": "full", "internal": "bottom"}
-
-
 FONT_PT = 8  # the smallest text at print size
 
 

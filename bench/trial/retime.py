@@ -19,7 +19,8 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from bench.engine.data import CIFAR_STATS, make_synthetic
+from bench.engine.splits import CIFAR_STATS
+from bench.engine.data import make_synthetic
 from bench.core.errors import UserError
 from bench.engine.measure import count_flops
 from bench.trial.results import ResultsTable

@@ -39,7 +39,8 @@ from bench.engine import dist
 from bench.core.io import results_dir
 from bench.engine.baseline import Baseline, get_baseline, weights_identity
 from bench.core.version import engine_version
-from bench.engine.data import ArrayDataset, check_selection, data_fingerprint, load_dataset, open_loaders
+from bench.engine.data import ArrayDataset, data_fingerprint, load_dataset, open_loaders
+from bench.engine.splits import check_selection
 from bench.core.env import git_commit, package_versions
 from bench.core.errors import UserError
 from bench.core.io import config_hash, read_json, write_json
