@@ -69,7 +69,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 @command
 def cmd_search(args: argparse.Namespace) -> int:
-    from sweeps.search import SearchConfig, run_search
+    from sweeps.budget import SearchConfig
+    from sweeps.search import run_search
 
     if args.profile == "auto":  # the same choice as `sweep --profile auto` (on a CPU never the GPU profile `fast`)
         from sweeps.config import SweepConfig
@@ -146,7 +147,8 @@ def _parse_knobs(pairs: list[str]) -> dict[str, str]:
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.engine import dist
     from bench.engine import train
-    from bench.trial.run import TrialConfig, measure_speedup, run_trial, trial_folder
+    from bench.trial.run import TrialConfig, run_trial, trial_folder
+    from bench.deploy.speed import measure_speedup
     from bench.engine.train import resolve_device
 
     cfg = TrialConfig(model=args.model, dataset=args.dataset, method=args.method, knobs=_parse_knobs(args.knob),

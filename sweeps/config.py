@@ -10,17 +10,18 @@ from typing import Any
 
 
 import methods
-from bench.engine.baseline import weights_identity, weights_source
-from bench.engine.splits import check_selection
-from bench.engine.data import data_fingerprint
-from bench.core.version import engine_version
 from bench.core.errors import UserError
+from bench.core.version import engine_version
+from bench.engine.baseline import weights_identity, weights_source
+from bench.engine.data import data_fingerprint
 from bench.engine.recipe import load_recipe
-from bench.trial.results import ResultsTable
+from bench.engine.splits import check_selection
 from bench.engine.train import resolve_device
-from bench.trial.run import (experiment_dir, experiment_name, imported_selection)
+from bench.trial.results import ResultsTable
+from bench.trial.run import experiment_dir, experiment_name, imported_selection
 
 from .profile import Profile, load_profile
+
 
 
 @dataclass(frozen=True)

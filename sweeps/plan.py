@@ -16,14 +16,15 @@ import torch
 import methods
 from bench.core.errors import UserError
 from bench.engine.baseline import weights_source
-from bench.engine.imagefolder import image_folder_split_info, image_folder_train_images
 from bench.engine.data import load_dataset, open_loaders
+from bench.engine.imagefolder import image_folder_split_info, image_folder_train_images
 from bench.engine.recipe import load_recipe
 from bench.engine.train import prepare_model
 from bench.trial.run import BREAK_EVEN_IMAGES
 
 from .config import MATCH_METHODS_EXCLUDED, SweepConfig, _timm, scrub
 from .profile import Profile, load_profile
+
 
 
 def plan_images(cfg: SweepConfig, profile: Profile, trials: int, data: Any) -> dict[str, float]:

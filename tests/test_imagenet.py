@@ -169,7 +169,7 @@ def _micro_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     profiles.mkdir()
     profile = json.loads((ROOT / "sweeps" / "profiles" / "imagenet.json").read_text())
     for phase in ("baseline_recipe", "joint_recipe", "finetune_recipe"):
-        recipe = json.loads((ROOT / "bench" / "recipes" / f"{profile[phase]}.json").read_text())
+        recipe = json.loads((ROOT / "bench" / "engine" / "recipes" / f"{profile[phase]}.json").read_text())
         path = tmp_path / f"micro-{phase}.json"
         path.write_text(json.dumps({**recipe, "epochs": 1, "batch_size": 16, "milestones": []}))
         profile[phase] = str(path)

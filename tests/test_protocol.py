@@ -252,10 +252,10 @@ def test_engine_code_is_part_of_the_identity(tmp_path, monkeypatch):
 
     import bench.core.version as engine
     import bench.trial.run as trial_mod
-    import sweeps.study as study_mod
+    import sweeps.config as config_mod
 
     root = tmp_path / "copy"
-    for path in engine.engine_files() + [engine.ROOT / "bench" / "report.py"]:
+    for path in engine.engine_files() + [engine.ROOT / "bench" / "report" / "experiment.py"]:
         dest = root / path.relative_to(engine.ROOT)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, dest)
@@ -263,13 +263,13 @@ def test_engine_code_is_part_of_the_identity(tmp_path, monkeypatch):
     def identity() -> tuple[str, str]:
         version = engine.engine_version(root)
         monkeypatch.setattr(trial_mod, "engine_version", lambda: version)
-        monkeypatch.setattr(study_mod, "engine_version", lambda: version)
+        monkeypatch.setattr(config_mod, "engine_version", lambda: version)
         tc = TrialConfig("resnet20", "synthetic", "l1", {"ratio": 0.5}, profile="test")
         return tc.key, SweepConfig("resnet20", "synthetic", profile="test").study_name("l1")
 
     original = identity()
     assert engine.engine_version(root) == engine.engine_version()  # a faithful copy hashes as the real engine
-    report = root / "bench" / "report.py"
+    report = root / "bench" / "report" / "experiment.py"
     report.write_text(report.read_text() + "\n# an unrelated edit\n")
     engine.engine_version.cache_clear()
     assert identity() == original

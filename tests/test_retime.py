@@ -84,7 +84,7 @@ def test_speedup_columns_in_the_onnxruntime_form(monkeypatch):
 
     import models
     from bench.deploy.forms import OnnxModule, in_form
-    from bench.trial.run import speedup_columns
+    from bench.deploy.speed import speedup_columns
 
     monkeypatch.setenv("BENCH_LATENCY_ROUNDS", "3,3")
     row = _trials(EXPERIMENT).iloc[0]

@@ -47,7 +47,7 @@ def test_sweep_two_trials_per_method_then_resume(capsys, monkeypatch):
 
     before = (folder / "runs.csv").read_text()
     with monkeypatch.context() as m:  # everything finished: no trial runs, nothing changes
-        m.setattr("sweeps.study.run_trial", lambda *a, **k: pytest.fail("a finished sweep ran a trial again"))
+        m.setattr("sweeps.objective.run_trial", lambda *a, **k: pytest.fail("a finished sweep ran a trial again"))
         run_sweep(_cfg(trials=2, match=None))
     assert (folder / "runs.csv").read_text() == before
 
@@ -113,7 +113,7 @@ def test_sigkill_mid_trial_loses_and_duplicates_nothing(tmp_path):
 
 def test_matched_partners_by_default_at_decores_scope():
     # fast agents and a low lambda, so that the one DECORE trial removes channels and gets partners
-    from sweeps.study import Objective
+    from sweeps.objective import Objective
     with pytest.MonkeyPatch.context() as m:
         m.setattr(Objective, "knob", lambda self, trial: {**({"lambda": 0.02, "agent_init": 0.5, "agent_lr": 0.2}
                                                               if self.method == "decore" else {"flops_target": 0.7})})

@@ -78,7 +78,7 @@ def _unpruned(name: str, classes: int, scope: str):
 def retime(folder: str | Path, force: bool = False, form: str = "eager") -> int:
     """Re-time, in the deploy `form`, the complete trials of one experiment folder whose speed-up was not timed
     alone in that form (all with `force`); returns how many rows it re-timed."""
-    from bench.trial.run import speedup_columns
+    from bench.deploy.speed import speedup_columns
 
     table = ResultsTable(Path(folder))
     df = table.read()

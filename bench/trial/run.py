@@ -264,10 +264,43 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
     base = get_baseline(cfg.model, cfg.dataset, load_recipe(cfg.baseline_recipe), seed=cfg.seed, device=device,
                         data=data, selection=cfg.selection, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint)
     input_size = tuple(base.meta["input_size"])
-    model_args = {"num_classes": base.meta["num_classes"]}
     joint, finetune = load_recipe(cfg.joint_recipe), load_recipe(cfg.finetune_recipe)
     log_row = log_row or (lambda phase, row: None)
 
+    work, groups, joint_loaders, result, select_seconds, method_images = _select(
+        cfg, method, knobs, scope, base, data, joint, device, log_row, compile)
+
+    # the method may have trained `work` (DECORE): prune that network, else the baseline
+    source = work.cpu().to(memory_format=torch.contiguous_format).eval() if method.trains else base.model
+    pruned = prune_model(source, result.plan)
+    if admit is not None:
+        admit(result.plan, pruned)
+    runner, ft_loaders, before_ft, ft_history, trained_on, finetune_seconds = _finetune(
+        cfg, method.trains, pruned, data, joint, finetune, joint_loaders, device, log_row, finetune_test, compile)
+    distinct, amp = distinct_images(trained_on), autocast_for(device)
+    val = evaluate(runner, ft_loaders.val, device, amp)
+    test = evaluate(runner, ft_loaders.test, device, amp)  # measured once, reported, never read by a decision
+    pruned = pruned.cpu().to(memory_format=torch.contiguous_format).eval()
+    if not dist.is_main():  # rank 0 measures (latency alone on its cores) and writes; the others get its row
+        return dist.broadcast_object(None)
+
+    row = _row(cfg, scope, knobs, base, pruned, input_size, before_ft, val, test, result, joint, finetune,
+               method.trains, select_seconds, finetune_seconds, time.perf_counter() - t_start, ft_history,
+               method_images, data, groups, distinct)
+    if device.type == "cuda":
+        row["latency_gpu_b1_ms"] = measure_latency(copy.deepcopy(pruned).to(device), input_size, batch_size=1)["median_ms"]
+    save_pruned(folder, result.plan, pruned)
+    write_json(folder / "history.json", {"method": result.history, "finetune": ft_history, "info": result.info})
+    write_json(folder / "result.json", row)  # last: its presence marks the trial finished
+    return dist.broadcast_object(row)
+
+
+def _select(cfg: TrialConfig, method: Any, knobs: dict[str, Any], scope: str, base: Baseline, data: Any, joint: Recipe,
+            device: torch.device, log_row: Callable[[str, dict[str, Any]], None], compile: bool) -> tuple:
+    """Phase 2: the method selects channels on a copy of the baseline. Returns that copy (trained by DECORE),
+    its groups, the method's phase loaders, the method's result, seconds, and images trained (0 for methods that
+    only look)."""
+    input_size, model_args = tuple(base.meta["input_size"]), {"num_classes": base.meta["num_classes"]}
     work = prepare_model(copy.deepcopy(base.model), device)
     groups = channel_groups(work, torch.randn(1, *input_size, device=device), scope, name=base.spec.model)
     base_cpu = base.model
@@ -293,18 +326,22 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
     dist.check_same(result.plan.to_json(), "the keep plan")
     method_images = phase_images(result.history) if method.trains else 0
 
-    # the method may have trained `work` (DECORE): prune that network, else the baseline
-    source = work.cpu().to(memory_format=torch.contiguous_format).eval() if method.trains else base_cpu
-    pruned = prune_model(source, result.plan)
-    if admit is not None:
-        admit(result.plan, pruned)
+    return work, groups, joint_loaders, result, select_seconds, method_images
+
+
+def _finetune(cfg: TrialConfig, trains: bool, pruned: nn.Module, data: Any, joint: Recipe, finetune: Recipe,
+              joint_loaders: Any, device: torch.device, log_row: Callable[[str, dict[str, Any]], None],
+              finetune_test: bool, compile: bool) -> tuple:
+    """Phase 3: fine-tune the pruned model (first the joint phase's share, for a method that does not train, under
+    the equal budget). Returns the model being trained, the fine-tune loaders, validation top-1 before it, the
+    epochs' rows, the loaders trained on and seconds."""
     ft_loaders = _loaders(data, cfg, finetune, device)
     segments = [("finetune", ft_loaders.train, finetune)]
-    if cfg.budget == "equal" and not method.trains:
+    if cfg.budget == "equal" and not trains:
         # the joint phase's share on the joint phase's data: a fresh loader with DECORE's seed draws DECORE's
         # order and augmentation (a method that read batches for its scores advanced the first one)
         segments.insert(0, ("joint share", _loaders(data, cfg, joint, device).train, joint))
-    trained_on = [joint_loaders.train] if method.trains else []
+    trained_on = [joint_loaders.train] if trains else []
     runner = prepare_model(pruned, device)
     amp = autocast_for(device)
     before_ft = evaluate(runner, ft_loaders.val, device, amp)
@@ -321,22 +358,7 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
                           desc=f"{segment} {cfg.method} ", compile=compile, on_epoch=on_epoch)
         trained_on.append(loader)
     finetune_seconds = time.perf_counter() - t1
-    distinct = distinct_images(trained_on)
-    val = evaluate(runner, ft_loaders.val, device, amp)
-    test = evaluate(runner, ft_loaders.test, device, amp)  # measured once, reported, never read by a decision
-    pruned = pruned.cpu().to(memory_format=torch.contiguous_format).eval()
-    if not dist.is_main():  # rank 0 measures (latency alone on its cores) and writes; the others get its row
-        return dist.broadcast_object(None)
-
-    row = _row(cfg, scope, knobs, base, pruned, input_size, before_ft, val, test, result, joint, finetune,
-               method.trains, select_seconds, finetune_seconds, time.perf_counter() - t_start, ft_history,
-               method_images, data, groups, distinct)
-    if device.type == "cuda":
-        row["latency_gpu_b1_ms"] = measure_latency(copy.deepcopy(pruned).to(device), input_size, batch_size=1)["median_ms"]
-    save_pruned(folder, result.plan, pruned)
-    write_json(folder / "history.json", {"method": result.history, "finetune": ft_history, "info": result.info})
-    write_json(folder / "result.json", row)  # last: its presence marks the trial finished
-    return dist.broadcast_object(row)
+    return runner, ft_loaders, before_ft, ft_history, trained_on, finetune_seconds
 
 
 def _row(cfg, scope, knobs, base: Baseline, pruned, input_size, before_ft, val, test, result, joint, finetune,
@@ -377,31 +399,6 @@ def _row(cfg, scope, knobs, base: Baseline, pruned, input_size, before_ft, val, 
         "world_size": dist.world_size(), "data": data.split_info() if data is not None else None,
         "distinct_images_sha": distinct[1] if distinct else None,
     }
-
-
-def measure_speedup(trial_dir: str | Path, batch_size: int = 1, form: str = "eager") -> dict[str, Any]:
-    """The latency columns of a finished trial: its pruned model against the unpruned architecture in the deploy
-    `form`, interleaved in this process on a fixed thread count (bench.engine.measure.speedup). Call it when nothing else
-    trains on this machine (the sweep's measuring pass after its trials; `run` after its trial)."""
-    from bench.deploy.pruned import load_pruned
-
-    progress(f"phase 4/4: time the pruned model against the unpruned one ({form}, batch 1, one thread, interleaved)")
-    plan, pruned = load_pruned(trial_dir)
-    return speedup_columns(pruned, models.create(plan.model, **plan.model_args), plan.input_size, batch_size, form)
-
-
-def speedup_columns(pruned: nn.Module, base: nn.Module, input_size, batch_size: int = 1,
-                    form: str = "eager") -> dict[str, Any]:
-    """The results table's latency columns of `pruned` timed alone against `base`, both in the deploy `form`
-    (bench.deploy.forms.in_form; bench.engine.measure.speedup)."""
-    from bench.deploy.forms import in_form
-    from bench.engine.measure import speedup
-
-    size = tuple(input_size)
-    s = speedup(in_form(pruned, form, size), in_form(base, form, size), size, batch_size)
-    return {"latency_cpu_b1_ms": s["ms"], "base_latency_cpu_b1_ms": s["base_ms"], "speedup_b1": s["speedup"],
-            "speedup_b1_q1": s["speedup_q1"], "speedup_b1_q3": s["speedup_q3"], "speedup_pass": "alone",
-            "speedup_form": form}
 
 
 def primary_knob(knobs: dict[str, Any]) -> tuple[str | None, float | None]:
