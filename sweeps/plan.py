@@ -213,6 +213,36 @@ BISECTION_COUNTS = 30  # FLOPs counts one flops_target trial makes (ScoredMethod
 PRUNED_KEEP = 0.85     # the pruned copy measure_rates times: every group keeps this fraction of its channels
 
 
+def _clock(fn: Callable[[], Any], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def _latency_pass(cpu: torch.nn.Module, x: torch.Tensor) -> float:
+    """Seconds the measuring pass spends on one trial: a batch-1 forward on the latency pass's threads, scaled to
+    its most rounds (two models, 10 calls a round, 3 warm-up rounds)."""
+    import copy
+
+    from bench.engine.measure import LATENCY_ROUNDS, LATENCY_THREADS
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(LATENCY_THREADS)
+    try:
+        with torch.inference_mode():
+            xl = x.contiguous(memory_format=torch.channels_last)
+            cl = copy.deepcopy(cpu).to(memory_format=torch.channels_last)
+            cl(xl)
+            call = min(_clock(lambda: cl(xl), torch.device("cpu")) for _ in range(5))
+    finally:
+        torch.set_num_threads(threads)
+    return call * 2 * 10 * (3 + LATENCY_ROUNDS[1])
+
+
 def measure_rates(model_name: str, data: Any, recipe: Any, device: torch.device, batches: int = 6) -> Rates:
     """Measure `Rates` here (cached per model, data, recipe and device): for the unpruned model and a pruned copy,
     `batches` training batches of the real loader through `fit` after one warm-up batch and two evaluation batches
@@ -225,7 +255,7 @@ def measure_rates(model_name: str, data: Any, recipe: Any, device: torch.device,
 
     import models
     from bench.engine.data import DeviceLoader
-    from bench.engine.measure import LATENCY_ROUNDS, LATENCY_THREADS, profile_model
+    from bench.engine.measure import profile_model
     from bench.engine.train import evaluate, fit
     from methods.core import channel_groups, prune_model
 
@@ -235,13 +265,7 @@ def measure_rates(model_name: str, data: Any, recipe: Any, device: torch.device,
     evals = DeviceLoader(split, data.mean, data.std, max(bs, 500), device)
 
     def clock(fn: Callable[[], Any]) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
+        return _clock(fn, device)
 
     def speeds(net: torch.nn.Module) -> tuple[float, float]:
         model = prepare_model(net, device)
@@ -262,17 +286,7 @@ def measure_rates(model_name: str, data: Any, recipe: Any, device: torch.device,
     count = clock(lambda: profile_model(prune_model(cpu, plan), tuple(x.shape[1:])))
     masks = {g.id: (torch.arange(g.units) < max(1, round(g.units * PRUNED_KEEP))).float() for g in groups}
     pruned = prune_model(cpu, ctx.plan(masks))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(LATENCY_THREADS)
-    try:
-        with torch.inference_mode():
-            xl = x.contiguous(memory_format=torch.channels_last)
-            cl = copy.deepcopy(cpu).to(memory_format=torch.channels_last)
-            cl(xl)
-            call = min(clock(lambda: cl(xl)) for _ in range(5))
-    finally:
-        torch.set_num_threads(threads)
-    latency = call * 2 * 10 * (3 + LATENCY_ROUNDS[1])  # two models, 10 calls a round, 3 warm-up rounds
+    latency = _latency_pass(cpu, x)
     train, evaluation = speeds(copy.deepcopy(cpu))
     train_pruned, eval_pruned = speeds(pruned)
     _RATES[key] = rates = Rates(train, evaluation, trace, count, latency, train_pruned, eval_pruned)

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from . import records as records_mod
 from . import splits, timm_layers
 from .errors import PruningError
 from .shortcut import CUSTOM_PRUNERS
@@ -88,10 +89,10 @@ def build_graph(model: nn.Module, example: torch.Tensor, name: str = "model") ->
     try:
         with torch.enable_grad(), warnings.catch_warnings(), splits.patched():
             warnings.simplefilter("ignore")
-            with splits.recording(records, outputs):
+            with records_mod.recording(records, outputs):
                 dg = tp.DependencyGraph().build_dependency(model, example_inputs=example,
                                                            customized_pruners={**CUSTOM_PRUNERS, **timm_layers.CUSTOM_PRUNERS})
-            splits.attach(dg, records)
+            records_mod.attach(dg, records)
             dg.output_modules = outputs
             tp.dependency.index_mapping.update_index_mapping(dg)
             return dg

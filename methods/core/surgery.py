@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from . import splits, timm_layers
 from .constructs import construct_at
+from .records import sync_attributes
 from .errors import PruningError
 from .groups import ChannelGroup, GroupSet, find_groups, settle
 
@@ -90,7 +91,7 @@ def apply_plan(model: nn.Module, plan: KeepPlan, example: torch.Tensor | None = 
             pg.prune()
         except Exception as e:
             raise PruningError(f"cannot prune group {gid!r} of {plan.model} ({type(e).__name__}: {e})") from e
-    splits.sync_attributes(dg)
+    sync_attributes(dg)
     _check_runs(model, example, plan.model)
     return model
 
