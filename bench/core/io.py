@@ -128,7 +128,7 @@ def _load_failure(e: Exception) -> str:
     """torch.load's multi-paragraph errors, in a few words for a one-line message."""
     text = str(e)
     if isinstance(e, EOFError) or not text.strip():
-        return f"{type(e).__name__}: the file is empty or cut short"
+        return f"not a torch checkpoint: the file is empty or cut short ({type(e).__name__})"
     if "central directory" in text or "zip archive" in text:
         return "a truncated or corrupt zip archive"
     if m := _PICKLED_CLASS.search(text):

@@ -60,7 +60,7 @@ class _SplitSizes:
 
 
 def _paper_images(user: str, dataset: str) -> dict[str, float]:
-    """The images `make bench ... PROFILE=paper` would train and evaluate (sweeps.study.plan_images)."""
+    """The images `make bench ... PROFILE=paper` would train and evaluate (sweeps.plan.plan_images)."""
     from sweeps.profile import load_profile
     from sweeps.config import SweepConfig
     from sweeps.plan import plan_images
