@@ -109,3 +109,15 @@ def test_modules_and_functions_stay_readable():
                 if n > MAX_FUNCTION:
                     long_functions.append(f"{name}.{node.name}: {n} lines")
     assert not long_modules and not long_functions, "\n".join(long_modules + long_functions)
+
+
+def test_every_package_says_what_it_owns_and_may_import():
+    """bench's packages open with a docstring naming what they own and what they may import (the layers above)."""
+    for init in sorted((ROOT / "bench").glob("*/__init__.py")):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        assert "May import:" in doc, f"{init.relative_to(ROOT)} does not say what it may import"
+        allowed = doc.split("May import:", 1)[1]
+        own = layer(module_name(init))
+        for name in {m for m in modules() if m.count(".") == 1 and m.startswith("bench.")} - {module_name(init)}:
+            if name in allowed.replace(",", " ").split():
+                assert layer(name) <= own, f"{init.relative_to(ROOT)} allows {name}, a layer above it"

@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction, commands: dict[str, Callable[[argp
     p.add_argument("--train-round-to", default="1,16", help="the alignments whose plans the training section times too")
     p.add_argument("--ref-workers", type=int, default=2, help="DataLoader workers of the reference loop")
     p.add_argument("--compile", action="store_true", help="also measure the harness step under torch.compile")
+    p.add_argument("--compile-models", default="resnet20,resnet56", help="the models whose steps --compile measures")
     p.add_argument("--processes", type=int, default=3, help="split each model's rounds among this many fresh "
                    "processes (one after another), so the spreads include the differences between processes")
     p.add_argument("--out", default=None, help="output folder (default RESULTS_DIR/perf)")
@@ -74,7 +75,8 @@ def cmd_perf(args: argparse.Namespace) -> int:
     cfg = timing.PerfConfig(models=names, batch_size=args.batch_size, steps=args.steps, rounds=args.rounds,
                           max_rounds=args.max_rounds, max_seconds=args.max_seconds,
                           flops_targets=targets, round_to=round_to, train_round_to=train_round_to, ref_workers=max(args.ref_workers, 0),
-                          device=resolve_device(args.device), compile=args.compile, processes=args.processes)
+                          device=resolve_device(args.device), compile=args.compile, processes=args.processes,
+                          compile_models=tuple(m.strip() for m in args.compile_models.split(",") if m.strip()))
     out = Path(args.out) if args.out else results_dir() / "perf"
     csv, md = perf.run(cfg, out, "python -m bench " + " ".join(sys.argv[1:]))
     print(Path(md).read_text())

@@ -121,7 +121,8 @@ def _train_contestants(model_name: str, base: nn.Module, plans: list[Plan], cfg:
         "decore_gated": lambda n: harness_train(gated, loader, n, bs),
     }
     compile_s: dict[str, float] = {}
-    if cfg.compile:  # inductor; the first calls (the compilation) are timed apart, in the warm-up below
+    compiling = cfg.compile and model_name in cfg.compile_models
+    if compiling:  # inductor; the first calls (the compilation) are timed apart, in the warm-up below
         compiled = plain_trainer(prepare_model(copy.deepcopy(base), dev, compile=True).train(), cfg)
         contestants["harness_compiled"] = lambda n: harness_train(compiled, loader, n, bs)
         gated_c, gates_c = gated_trainer(prepare_model(copy.deepcopy(base), dev).train(), groups, cfg)
@@ -136,7 +137,7 @@ def _train_contestants(model_name: str, base: nn.Module, plans: list[Plan], cfg:
         fn(2)
         if k.endswith("_compiled"):
             compile_s[k] = time.perf_counter() - t0
-    return contestants, compile_s, [gates, gates_c] if cfg.compile else [gates]
+    return contestants, compile_s, [gates, gates_c] if compiling else [gates]
 
 
 def train_section(model_name: str, base: nn.Module, plans: list[Plan], base_flops: int, cfg: PerfConfig,

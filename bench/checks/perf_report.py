@@ -204,6 +204,8 @@ def write(rows: list[dict[str, Any]], cfg: PerfConfig, out: Path, command: str) 
         *([f"- each model's rounds are split among {cfg.processes} fresh processes run one after another (each "
            f"continues the rounds before it; the caps are shared among them), so the spreads include the speed "
            "differences between processes, which one process's rounds do not see"] if cfg.processes > 1 else []),
+        *([f"- the compiled steps (torch.compile, inductor; compile time apart, in the warm-up) are measured for "
+           f"{', '.join(m for m in cfg.models if m in cfg.compile_models) or 'no model'}"] if cfg.compile else []),
         "", "## Training loops", "",
         "img/s of one training step at the batch size. *reference*: torchvision DataLoader with per-sample PIL",
         f"transforms ({cfg.ref_workers} workers), contiguous layout, `.item()` per step. *harness*: device-resident",

@@ -39,7 +39,9 @@ class PerfConfig:
     train_round_to: tuple[int, ...] = (1, 16)  # the alignments whose plans the training section times too
     ref_workers: int = 2               # DataLoader workers of the reference loop (pytorch-cifar's value)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    compile: bool = False              # also measure the harness step with torch.compile
+    compile: bool = False              # also measure the harness step with torch.compile ...
+    compile_models: tuple[str, ...] = ("resnet20", "resnet56")  # ... of these models (inductor takes minutes a
+                                       # process on resnet110's graph, and the gated / plain ratio is the step's)
     processes: int = 3                 # each model's rounds are split among this many fresh processes, one after
                                        # another, so the spreads cover the speed differences between processes
     eval_images: int = 2000

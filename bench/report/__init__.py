@@ -2,5 +2,5 @@
 (`experiment`), its figures (`figures`), paired statistics (`stats`), DECORE's paper tables beside the published
 rows (`paper`) and the results site (`site`).
 
-May import: bench.core, bench.engine, bench.deploy, bench.trial, sweeps.profile, sweeps.plan, methods, models.
+May import: bench.core, bench.engine, bench.deploy, bench.trial, sweeps.profile, sweeps.config, sweeps.plan, methods, models.
 """
