@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction, commands: dict[str, Callable[[argp
                    "processes (one after another), so the spreads include the differences between processes")
     p.add_argument("--out", default=None, help="output folder (default RESULTS_DIR/perf)")
 
+    p = sub.add_parser("perf-readme", help="write a perf folder's README.md from its runs (newest, run-before/, earlier)")
+    p.add_argument("folder", nargs="?", default=None, help="the perf folder (default RESULTS_DIR/perf)")
+
     p = sub.add_parser("perf-compare", help="do two `make perf` runs agree? every ratio against the printed spreads")
     p.add_argument("run1", help="perf.csv, or the folder holding it")
     p.add_argument("run2", help="perf.csv, or the folder holding it")
@@ -39,7 +42,8 @@ def register(sub: argparse._SubParsersAction, commands: dict[str, Callable[[argp
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cuda, cpu (the reduced CPU form)")
     p.add_argument("--reduced", action="store_true", help="tiny sizes and synthetic data (what the CPU form always uses)")
     p.add_argument("--out", default=None, help="output folder (default RESULTS_DIR/perf)")
-    commands.update({"perf": cmd_perf, "perf-compare": cmd_perf_compare, "gpu-check": cmd_gpu_check})
+    commands.update({"perf": cmd_perf, "perf-compare": cmd_perf_compare, "perf-readme": cmd_perf_readme,
+                     "gpu-check": cmd_gpu_check})
 
 
 def cmd_perf(args: argparse.Namespace) -> int:
@@ -104,3 +108,10 @@ def cmd_gpu_check(args: argparse.Namespace) -> int:
     print(Path(md).read_text())
     print(f"wrote {md}" + ("" if ok else " (some checks failed: see the table)"))
     return 0 if ok else 1
+
+
+def cmd_perf_readme(args: argparse.Namespace) -> int:
+    from bench.checks.perf_summary import write_readme
+
+    print(f"wrote {write_readme(Path(args.folder) if args.folder else results_dir() / 'perf')}")
+    return 0

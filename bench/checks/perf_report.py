@@ -121,7 +121,7 @@ def alignment_advice(df: pd.DataFrame, min_removed: float = 0.3) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
-def onnx_layout_note(df: pd.DataFrame) -> str:
+def onnx_layout_note(df: pd.DataFrame, where: str = "the table below") -> str:
     """What remains the runtime's in onnxruntime, from the optimised graphs' facts: how many plans of each
     alignment have convs outside the blocked NCHWc layout (bench.deploy.export.blocked_convs)."""
     sel = df[(df.measure == "onnx convs unblocked") & (df.form == "onnxruntime")]
@@ -136,9 +136,9 @@ def onnx_layout_note(df: pd.DataFrame) -> str:
             "channel counts fit the block; any other conv runs the plain kernel with layout reorders around it "
             "(column *convs outside NCHWc*). That cost is the runtime's: the export is checked against PyTorch, "
             "every graph optimisation is on and the session has torch's threads. Unpruned models: "
-            f"{int(base.value.sum())} such convs over {len(base)} models. Plans with convs outside the layout, "
-            "by alignment: " + "; ".join(parts) + ". Aligning the kept widths is the remedy on our side; the "
-            "table below prices it.")
+            f"{int(base.value.sum())} such convs in {len(base)} model{'s' if len(base) != 1 else ''}. Plans with "
+            "convs outside the layout, by alignment: " + "; ".join(parts) + ". Aligning the kept widths is the "
+            f"remedy on our side; {where} prices it.")
 
 
 def _num(v: float) -> str:
