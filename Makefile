@@ -39,7 +39,7 @@ PERF_ARGS ?=
 TIMM_MATRIX_ARGS ?=
 DEMO_DIR ?= demo-results
 
-.PHONY: env test baseline bench search worker report tables paper measure perf gpu-check timm-matrix clean-env help demo docs
+.PHONY: env test test-fast coverage baseline bench search worker report tables paper measure perf gpu-check timm-matrix clean-env help demo docs
 
 help:
 	@echo "targets (each builds .venv first when it is missing or pyproject.toml changed):"
@@ -56,7 +56,9 @@ help:
 	@echo "  make gpu-check                every CUDA path in one short run -> RESULTS_DIR/perf/gpu.md (reduced form on a CPU)"
 	@echo "  make timm-matrix              every timm CNN family: groups + a random 50% trial on synthetic data -> RESULTS_DIR/timm-matrix/ (CPU, ~15 min)"
 	@echo "  make docs                     the documentation site (mkdocs, strict) -> site/"
-	@echo "  make test                     the test suite (CPU only; builds docs/ strictly too)"
+	@echo "  make test                     the test suite on every core (CPU only; builds docs/ strictly too)"
+	@echo "  make test-fast                the tests not marked slow, for the edit-test loop (under 2 minutes)"
+	@echo "  make coverage                 the suite with line coverage of bench/, sweeps/, methods/, models/"
 	@echo "  make env                      build .venv only;  make clean-env  remove it;  make help  this list"
 	@echo "variables (current value):"
 	@echo "  MODEL=$(MODEL) DATASET=$(DATASET) PROFILE=$(PROFILE) (auto|demo|test|smoke|cpu|micro|fast|paper|imagenet) METHODS=$(METHODS)"
@@ -78,8 +80,19 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+# the suite on every core (pytest-xdist: one worker a core, each test's torch on its share of the cores; the tests
+# that share one server or cluster run on one worker: --dist loadgroup and their xdist_group mark)
+TEST_ARGS ?=
 test: env
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n auto --dist loadgroup tests $(TEST_ARGS)
+
+# the edit-test loop: every test not marked slow (training, sweeps, servers, browsers, the docs build), < 2 minutes
+test-fast: env
+	$(PY) -m pytest -n auto --dist loadgroup -m "not slow" tests $(TEST_ARGS)
+
+# which lines the suite runs: bench/, sweeps/, methods/, models/ -> the terminal and RESULTS_DIR/coverage.txt
+coverage: env
+	$(PY) -m pytest -n auto --dist loadgroup --cov=bench --cov=sweeps --cov=methods --cov=models --cov-report=term tests $(TEST_ARGS) | tee $(RESULTS_DIR)/coverage.txt
 
 baseline: env
 	$(PY) -m bench baseline --model $(MODEL) --dataset $(DATASET) --recipe $(RECIPE) --seed $(SEED) --device $(DEVICE)

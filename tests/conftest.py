@@ -18,6 +18,16 @@ def shared_cifar10() -> Path | None:
     return None
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist each worker's torch gets its share of the cores (two workers of two threads each on two
+    cores would fight over them)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        share = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(share)
+        os.environ["OMP_NUM_THREADS"] = str(share)  # the processes a test starts (CLI runs, torchrun, SLURM jobs)
+
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test writes results under its own tmp folder; torch is seeded and on few threads."""

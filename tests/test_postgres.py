@@ -106,6 +106,7 @@ def _other_host_prefix() -> list[str]:
 
 
 @pytest.mark.postgres
+@pytest.mark.xdist_group("servers")
 def test_three_workers_one_killed_every_trial_once(postgres, tmp_path):
     url, password = postgres
     env = {**os.environ, "RESULTS_DIR": str(tmp_path), "PYTHONPATH": str(ROOT), "SWEEP_HEARTBEAT_S": "1",

@@ -209,6 +209,7 @@ def _running_trial(storage: optuna.storages.BaseStorage):
 
 
 @pytest.mark.slurm
+@pytest.mark.xdist_group("servers")  # one worker runs the tests that start servers, one after the other
 def test_three_slurm_workers_one_cancelled_every_trial_once(slurm, tmp_path):
     # each trial pauses 6 s in its fine-tuning, so the scancel lands inside one whatever the machine's speed
     env = {**slurm, "RESULTS_DIR": str(tmp_path), "PYTHONPATH": str(ROOT), "SWEEP_HEARTBEAT_S": "1",
