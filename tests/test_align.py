@@ -1,6 +1,7 @@
 """bench align and --round-to auto: alignments compared by measurement, the choice recorded and reused."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -52,7 +53,9 @@ def test_round_to_auto_reuses_the_record_and_the_experiment_records_it(tmp_path,
 
     monkeypatch.setenv("RESULTS_DIR", str(tmp_path))
     device = torch.device("cpu")
-    rec = align.Alignment("cifar_resnet20", align.device_label(device), "folded", 64, 0.5, 3, "cpu", torch.__version__,
+    from bench.core.env import cpu_model
+
+    rec = align.Alignment("cifar_resnet20", align.device_label(device), "folded", 64, 0.5, 3, cpu_model(), torch.__version__,
                           [{"round_to": 1, "flops": 1, "flops_kept": 0.5, "speedup": 1.0, "speedup_q1": 1.0,
                             "speedup_q3": 1.0, "efficiency": 0.5},
                            {"round_to": 16, "flops": 1, "flops_kept": 0.5, "speedup": 1.5, "speedup_q1": 1.4,
@@ -70,6 +73,13 @@ def test_round_to_auto_reuses_the_record_and_the_experiment_records_it(tmp_path,
     write_experiment(cfg, load_dataset("synthetic", selection="val"))
     written = json.loads((cfg.folder / "experiment.json").read_text())
     assert written["alignment"]["form"] == "folded" and written["deploy_form"] == "folded"
+    # a record measured on another CPU is measured again here (a device label does not tell CPUs apart)
+    rec.cpu = "another CPU"
+    align.write(rec, align.record_path("resnet20", device, "folded", 64))
+    measured = []
+    monkeypatch.setattr(align, "measure", lambda *a, **k: measured.append(a) or dataclasses.replace(rec, cpu=cpu_model(), chosen=8))
+    assert align.auto("resnet20", device, "folded").chosen == 8 and len(measured) == 1
+    assert align.read(align.record_path("resnet20", device, "folded", 64)).cpu == cpu_model()
 
 
 def test_align_command_prints_the_table_and_the_choice(tmp_path, capsys):

@@ -51,7 +51,21 @@ def test_perf_writes_tables_with_every_measurement(tmp_path):
         assert g[g.pick != ""].round_to.tolist() == [best]
     assert "## Which alignment to pick on this machine" in text and "**pick**" in text
     assert perf_report.onnx_layout_note(df) in text and "convs outside NCHWc" in text
-    assert f"Unpruned models: {int(unblocked['baseline'])} such convs over 1 models" in text
+    # the summary a perf folder's README and the main README quote, from the same rows
+    from bench.checks import perf_summary
+
+    picked = perf_summary.picks(df, batch=4)
+    for form, (r, eff) in picked.items():
+        g = advice[(advice.form == form) & (advice.batch == 4) & (advice.round_to == r)]
+        assert g.pick.tolist() == ["**pick**"] and g["median efficiency"].iloc[0] == pytest.approx(eff)
+    up = df[(df.measure == "speed-up") & (df.batch == 4)]
+    for form, (slow, n) in perf_summary.slower_with_pick(df, batch=4).items():
+        g = up[(up.form == form) & (up.round_to == picked[form][0])]
+        assert (slow, n) == (int((g.value < 1).sum()), len(g)) and n == 1   # one 50% plan per alignment here
+    best = perf_summary.best_half_cut(df, batch=4)["resnet20"]
+    assert best[0] == pytest.approx(up.value.max()) and best[1] in ("eager", "folded", "onnxruntime")
+    assert perf_summary.pick_sentence(df, 4).startswith("at batch 4, pick `round_to ")
+    assert f"Unpruned models: {int(unblocked['baseline'])} such convs in 1 model." in text
 
 
 def test_rounds_repeat_until_ratios_settle():

@@ -188,10 +188,16 @@ def read(path: str | Path) -> Alignment:
 
 
 def auto(model: str, device: torch.device, form: str = "folded", batch: int = 64) -> Alignment:
-    """The alignment record of (model, device, form, batch) from RESULTS_DIR/align/, measured once when missing."""
+    """The alignment record of (model, device, form, batch) from RESULTS_DIR/align/, measured once when missing
+    (or when it was measured on another CPU model or torch version: a device label alone does not tell CPUs apart)."""
+    from bench.core.env import cpu_model
+
     path = record_path(model, device, form, batch)
     if path.is_file():
-        return read(path)
+        record = read(path)
+        if (record.cpu, record.torch) == (cpu_model(), torch.__version__) or device.type == "cuda":
+            return record
+        print(f"{path} was measured on {record.cpu} (torch {record.torch}): measuring again here")
     alignment = measure(model, device, form, batch)
     write(alignment, path)
     return alignment
