@@ -100,7 +100,27 @@ def readme(folder: str | Path) -> str:
     note = onnx_layout_note(new, "perf.md's alignment table")
     if note:
         lines.append(f"- **onnxruntime**: {note}")
+    records = sorted(folder.glob("align/*.json"))
+    if records:
+        lines += ["", "## What `--round-to auto` chose here", "",
+                  "`python -m bench align --model M --form F` for each model and deploy form (batch 64, plans keeping "
+                  "50% of the FLOPs; records in `align/`). The choice is the multiple of highest measured efficiency "
+                  "(speed-up / FLOPs promise):", "",
+                  "| model | form | chosen | its speed-up (IQR) | its efficiency | round_to 1: speed-up, efficiency |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [_alignment_row(r) for r in records]
     return "\n".join(lines) + "\n"
+
+
+def _alignment_row(path: Path) -> str:
+    from bench.deploy.align import read as read_alignment
+
+    a = read_alignment(path)
+    best = next(c for c in a.candidates if c["round_to"] == a.chosen)
+    plain = next((c for c in a.candidates if c["round_to"] == 1), None)
+    vs = f"{plain['speedup']:.2f}x, {plain['efficiency']:.2f}" if plain else "-"
+    return (f"| {a.model} | {a.form} | round_to {a.chosen} | {best['speedup']:.2f}x "
+            f"({best['speedup_q3'] - best['speedup_q1']:.2f}) | {best['efficiency']:.2f} | {vs} |")
 
 
 def write_readme(folder: str | Path) -> Path:
