@@ -16,6 +16,9 @@ def test_choice_is_the_highest_efficiency_and_the_smaller_multiple_on_a_tie():
     rows = [{"round_to": 1, "efficiency": 0.6}, {"round_to": 8, "efficiency": 0.8}, {"round_to": 16, "efficiency": 0.8}]
     assert align.choose(rows) == 8
     assert align.choose(rows[:1] + [{"round_to": 16, "efficiency": 0.5}]) == 1
+    # a multiple too coarse for the target keeps more FLOPs: it does not compete, however efficient
+    kept = [{**r, "flops_kept": 0.5} for r in rows] + [{"round_to": 32, "efficiency": 0.9, "flops_kept": 0.77}]
+    assert align.choose(kept, 0.5) == 8 and align.choose(kept) == 32
 
 
 def test_candidates_are_parsed_or_refused():

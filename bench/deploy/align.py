@@ -14,8 +14,9 @@ Which multiple pays depends on the model, the device and the deploy form, so it 
    interleaved: each round times the unpruned model and every candidate, the order rotating between rounds,
    and a candidate's speed-up is the median over rounds of the unpruned time / its time in the same round.
 3. Its efficiency is that speed-up over its FLOPs promise (unpruned FLOPs / pruned FLOPs): 1.0 means the
-   FLOPs removed turned fully into speed. The choice is the candidate of highest median efficiency (the
-   smaller multiple on a tie).
+   FLOPs removed turned fully into speed. The choice is the candidate of highest median efficiency among those
+   that keep the target's FLOPs within 2 points (a multiple too coarse for the target keeps more work), the
+   smaller multiple on a tie.
 
 The record (candidates with FLOPs, speed-up and quartiles, the choice, form, batch, device, CPU, versions)
 is written as JSON; a sweep with `--round-to auto` reuses the record of its model, device and form from
@@ -154,13 +155,19 @@ def measure(model: str, device: torch.device, form: str = "folded", batch: int =
         up = statistics.median(ups[r])
         rows.append({"round_to": r, "flops": flops, "flops_kept": flops / base_flops, "speedup": up,
                      "speedup_q1": q[0], "speedup_q3": q[2], "efficiency": up * flops / base_flops})
-    chosen = choose(rows)
+    chosen = choose(rows, target)
     return Alignment(name, device_label(device), form, batch, target, rounds, cpu_model(), torch.__version__, rows, chosen)
 
 
-def choose(rows: list[dict[str, Any]]) -> int:
-    """The candidate of highest median efficiency; the smaller multiple on a tie (closer to the paper's plan)."""
-    return max(rows, key=lambda c: (round(c["efficiency"], 6), -c["round_to"]))["round_to"]
+ON_TARGET = 0.02  # a candidate counts when its FLOPs kept lie within 2 points of the target (equal work)
+
+
+def choose(rows: list[dict[str, Any]], target: float | None = None) -> int:
+    """The candidate of highest median efficiency among those that keep the target's FLOPs (a multiple too coarse
+    to reach it keeps more work, and would win on efficiency by pruning less); the smaller multiple on a tie
+    (closer to the paper's plan). round_to 1 reaches every target (within 1%)."""
+    fair = [c for c in rows if target is None or abs(c["flops_kept"] - target) <= ON_TARGET] or rows
+    return max(fair, key=lambda c: (round(c["efficiency"], 6), -c["round_to"]))["round_to"]
 
 
 def device_label(device: torch.device) -> str:
