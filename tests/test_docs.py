@@ -152,9 +152,25 @@ QUOTES: list[tuple[tuple[str, ...], Callable[[], str]]] = [
     (("docs/models.md",), _matrix),
     (("docs/models.md",), _matrix_run),
     (("docs/models.md",), lambda: f"In {_matrix_checked()} of them the removal check excluded"),
-    (("results/perf/README.md",), lambda: f"first table below ({_gated('perf/perf.csv')})"),
-    (("results/perf/README.md",), lambda: f"it gave {_gated('perf/run-before/perf.csv')}"),
+    (("README.md",), lambda: _perf_pick()),
+    (("results/perf/2026-12-04/README.md",), lambda: f"first table below ({_gated('perf/2026-12-04/perf.csv')})"),
+    (("results/perf/2026-12-04/README.md",), lambda: f"it gave {_gated('perf/2026-12-04/run-before/perf.csv')}"),
 ]
+
+
+def _perf_pick() -> str:
+    """The main README's advice on alignment, from the committed perf run (results/perf/perf.csv)."""
+    from bench.perf import read_perf
+    from bench.perf_summary import pick_sentence
+
+    return pick_sentence(read_perf(RESULTS / "perf"))
+
+
+def test_the_perf_folder_readme_is_written_from_its_runs() -> None:
+    """results/perf/README.md is `bench perf-readme`'s output for the files beside it, to the byte."""
+    from bench.perf_summary import readme
+
+    assert (RESULTS / "perf" / "README.md").read_text() == readme(RESULTS / "perf")
 
 
 @pytest.mark.parametrize("files, quote", QUOTES, ids=[f"{q[0][0]}#{i}" for i, q in enumerate(QUOTES)])
