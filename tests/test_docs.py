@@ -160,15 +160,15 @@ QUOTES: list[tuple[tuple[str, ...], Callable[[], str]]] = [
 
 def _perf_pick() -> str:
     """The main README's advice on alignment, from the committed perf run (results/perf/perf.csv)."""
-    from bench.perf import read_perf
-    from bench.perf_summary import pick_sentence
+    from bench.checks.perf_report import read_perf
+    from bench.checks.perf_summary import pick_sentence
 
     return pick_sentence(read_perf(RESULTS / "perf"))
 
 
 def test_the_perf_folder_readme_is_written_from_its_runs() -> None:
     """results/perf/README.md is `bench perf-readme`'s output for the files beside it, to the byte."""
-    from bench.perf_summary import readme
+    from bench.checks.perf_summary import readme
 
     assert (RESULTS / "perf" / "README.md").read_text() == readme(RESULTS / "perf")
 

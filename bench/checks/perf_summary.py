@@ -104,8 +104,8 @@ def readme(folder: str | Path) -> str:
     if records:
         lines += ["", "## What `--round-to auto` chose here", "",
                   "`python -m bench align --model M --form F` for each model and deploy form (batch 64, plans keeping "
-                  "50% of the FLOPs; records in `align/`). The choice is the multiple of highest measured efficiency "
-                  "(speed-up / FLOPs promise):", "",
+                  "50% of the FLOPs; records in `align/`). The choice is the multiple of highest measured efficiency, among those that "
+                  "keep the target's FLOPs within 2 points (efficiency = speed-up / FLOPs promise):", "",
                   "| model | form | chosen | its speed-up (IQR) | its efficiency | round_to 1: speed-up, efficiency |",
                   "| --- | --- | --- | --- | --- | --- |"]
         lines += [_alignment_row(r) for r in records]
