@@ -65,7 +65,7 @@ help:
 	@echo "  TRIALS=$(TRIALS) (per method; empty: the profile's) SEEDS=$(SEEDS) WORKERS=$(WORKERS) LAUNCHER=$(LAUNCHER) (local|slurm) SLURM=$(SLURM) DEVICE=$(DEVICE) (auto|cpu|cuda|cuda:N)"
 	@echo "  RECIPE=$(RECIPE) SEED=$(SEED) (make baseline)  BUDGET=$(BUDGET) SEARCH_ARGS=$(SEARCH_ARGS) (make search)"
 	@echo "  STORAGE=<url> (Optuna storage; passed as BENCH_STORAGE) WANDB=$(WANDB) (auto|online|offline|off) COMPILE=$(COMPILE) (1: torch.compile)"
-	@echo "  SWEEP_ARGS=$(SWEEP_ARGS) (more flags for python -m bench sweep, e.g. --control none, --pretrained)"
+	@echo "  SWEEP_ARGS=$(SWEEP_ARGS) (more flags for python -m bench sweep, e.g. --control none, --pretrained)  TEST_ARGS=$(TEST_ARGS) (more flags for pytest in make test)"
 	@echo "  DATA_DIR=$(DATA_DIR) RESULTS_DIR=$(RESULTS_DIR) DEMO_DIR=$(DEMO_DIR) PERF_MODELS=$(PERF_MODELS) PERF_ARGS=$(PERF_ARGS)"
 	@echo "  TIMM_MATRIX_ARGS=$(TIMM_MATRIX_ARGS) (more flags for python -m bench.checks.timm_matrix: --limit SECONDS, --only FAMILIES, --list)"
 	@echo "  PYTHON=$(PYTHON) (builds the venv) VENV=$(VENV)"
