@@ -79,7 +79,7 @@ def check_time_limit(cfg: Any, minutes: int, where: str) -> float | None:
     from bench.engine.train import resolve_device
 
     from .profile import load_profile
-    from .study import measure_rates, trial_seconds
+    from .plan import measure_rates, trial_seconds
 
     if cfg.dataset.startswith("imagefolder:"):
         return None
@@ -203,8 +203,8 @@ def launch(cfg: Any, params: dict[str, Any]) -> dict[str, str]:
         raise UserError("submitit is not installed: pip install submitit (or make env)") from None
     from bench.core.io import write_json
 
-    from .storage import open_storage, scrub
-    from .study import validate
+    from .config import scrub, validate
+    from .storage import open_storage
 
     validate(cfg)
     open_storage(cfg.storage or f"journal:{cfg.folder / JOURNAL}")  # a bad URL or a server down: said now

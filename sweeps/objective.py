@@ -22,11 +22,11 @@ from bench.engine.train import Diverged, resolve_device
 from bench.trial.results import ResultsTable
 from bench.trial.run import TrialConfig, run_trial, trial_folder
 
-from .config import SweepConfig
+from .config import SweepConfig, scrub
 from .plan import _timm
 from .profile import Profile
 from .rows import failed_row, table_row
-from .storage import is_active, mark_owner, scrub
+from .storage import is_active, mark_owner
 
 
 

@@ -41,8 +41,10 @@ from methods.core import KeepPlan, channel_groups, prune_model
 from methods.scored import stage_of
 
 from .profile import Profile
-from .storage import mark_owner, open_storage, recover_dead_trials, scrub
-from .study import Objective, Stopped, prepare_baseline, run_and_record, validate
+from .config import scrub, validate
+from .objective import Objective, Stopped, run_and_record
+from .storage import mark_owner, open_storage, recover_dead_trials
+from .study import prepare_baseline
 from sweeps.budget import Budget, fmt, measure_cost, parse_budget, row_cost
 from sweeps.search_report import _mark, _plain, unreachable_message, write_search_report
 from sweeps.budget import SearchConfig, Setup

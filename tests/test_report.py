@@ -11,7 +11,8 @@ from matplotlib.collections import PathCollection
 from matplotlib.container import ErrorbarContainer
 
 from bench.report import experiment as report
-from bench.report import rows, tables
+from bench.report import rows as report_rows
+from bench.report import tables
 from bench.core.errors import UserError
 from bench.trial.results import ResultsTable, mark_pareto, normalise
 
@@ -70,7 +71,7 @@ def table() -> pd.DataFrame:
 
 @pytest.fixture
 def reference() -> pd.DataFrame:
-    return rows.load_reference("cifar_resnet56", "cifar10")
+    return report_rows.load_reference("cifar_resnet56", "cifar10")
 
 
 def _by_hash(df: pd.DataFrame) -> dict[str, str]:
@@ -85,14 +86,14 @@ def test_reference_maps_timm_names_and_keeps_baseline_apart(reference):
     assert reference.attrs["baseline"]["flops_m"] == pytest.approx(125.49)
     decore200 = reference[reference["variant"] == "DECORE-200"].iloc[0]
     assert (decore200["flops_m"], decore200["top1"]) == (62.93, 93.26)
-    vgg = rows.load_reference("cifar_vgg16_bn", "cifar10")
+    vgg = report_rows.load_reference("cifar_vgg16_bn", "cifar10")
     assert vgg.attrs["baseline"]["params_m"] == pytest.approx(14.98) and (vgg["model"] == "vgg16_bn").all()
-    assert rows.load_reference("cifar_resnet20", "cifar10").empty
+    assert report_rows.load_reference("cifar_resnet20", "cifar10").empty
 
 
 def test_missing_reference_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        rows.load_reference("cifar_resnet56", "cifar10", tmp_path / "nope.csv")
+        report_rows.load_reference("cifar_resnet56", "cifar10", tmp_path / "nope.csv")
 
 
 @pytest.mark.parametrize("method,knob,value,label", [
@@ -103,7 +104,7 @@ def test_missing_reference_file_is_a_user_error(tmp_path):
 ])
 def test_trial_labels_follow_the_paper(method, knob, value, label):
     row = normalise([_trial(0, method, knob, value, 0, 90.0, 1, 1)]).iloc[0]
-    assert rows.trial_label(row) == label
+    assert report_rows.trial_label(row) == label
 
 
 # ---------------------------------------------------------------- Pareto front
@@ -117,7 +118,7 @@ def test_pareto_flags_on_hand_chosen_points(table):
 
 
 def test_aggregate_means_over_seeds(table):
-    agg = rows.aggregate(table)
+    agg = report_rows.aggregate(table)
     assert len(agg) == 9  # 10 complete trials, two of them seeds of one configuration
     d200 = agg[agg["label"].str.startswith("DECORE-200 ")].iloc[0]
     assert d200["label"] == "DECORE-200 · all · 4.0k img (2+2 ep) · n=2"
@@ -134,7 +135,7 @@ def test_labels_differ_when_only_budget_scope_or_round_to_differ():
     rows.append({**rows[0], "config_hash": "b", "budget": "paper", "budget_images": 2000, "finetune_epochs": 40})
     rows.append({**rows[0], "config_hash": "c", "scope": "all"})
     rows.append({**rows[0], "config_hash": "d", "round_to": 8})
-    agg = rows.aggregate(normalise(rows))
+    agg = report_rows.aggregate(normalise(rows))
     assert len(agg) == 4 and agg["label"].is_unique and agg["series"].is_unique
     assert "round_to 8" in agg.loc[agg["round_to"] == 8, "label"].iloc[0]
     assert "internal" in agg.loc[0, "label"] and " all " in agg.loc[2, "label"]
@@ -249,7 +250,7 @@ def _balanced(tex: str) -> bool:
 
 
 def test_latex_escape():
-    assert rows.latex_escape("a_b & 5% #1 {x} ~ ^ \\") == \
+    assert report_rows.latex_escape("a_b & 5% #1 {x} ~ ^ \\") == \
         r"a\_b \& 5\% \#1 \{x\} \textasciitilde{} \^{} \textbackslash{}"
 
 
@@ -440,16 +441,16 @@ def test_labels_name_non_paper_options_and_engine_versions():
     older rows without one) say which engine made them."""
     dec = pd.Series({"method": "decore", "knob_name": "lambda", "knob_value": 0.99, "scope": "all",
                      "model": "cifar_resnet20", "knobs": json.dumps({"lambda": 0.99, "agent_init": 3.0, "agent_lr": 0.1})})
-    assert rows.trial_label(dec) == "DECORE-0.99 (agents init 3, lr 0.1)"
-    assert rows.trial_label({**dec, "knobs": json.dumps({"lambda": 0.99})}) == "DECORE-0.99"
+    assert report_rows.trial_label(dec) == "DECORE-0.99 (agents init 3, lr 0.1)"
+    assert report_rows.trial_label({**dec, "knobs": json.dumps({"lambda": 0.99})}) == "DECORE-0.99"
     l1 = pd.Series({"method": "l1", "knob_name": "flops_target", "knob_value": 0.6, "scope": "all",
                     "model": "cifar_resnet20", "knobs": json.dumps({"flops_target": 0.6})})
-    assert rows.trial_label(l1) == "L1 (FLOPs 0.60; scope all)"  # Li et al. prune inside the blocks
-    assert rows.trial_label({**l1, "scope": "internal"}) == "L1 (FLOPs 0.60)"
-    assert rows.trial_label(pd.Series({"method": "scratch-b", "knobs": "{}", "scope": "all"})) == "Scratch-B"
+    assert report_rows.trial_label(l1) == "L1 (FLOPs 0.60; scope all)"  # Li et al. prune inside the blocks
+    assert report_rows.trial_label({**l1, "scope": "internal"}) == "L1 (FLOPs 0.60)"
+    assert report_rows.trial_label(pd.Series({"method": "scratch-b", "knobs": "{}", "scope": "all"})) == "Scratch-B"
     row = {**l1, "scope": "internal", "budget_images": 15000, "joint_epochs": 0, "finetune_epochs": 2,
            "round_to": 1, "method_version": "abc", "engine_version": "e1e1e1e1"}
-    assert "engine" not in rows.series_label(pd.Series(row), {"l1": 1, rows.ENGINE: 1})
-    assert rows.series_label(pd.Series(row), {"l1": 1, rows.ENGINE: 2}).endswith("engine e1e1e1")
+    assert "engine" not in report_rows.series_label(pd.Series(row), {"l1": 1, report_rows.ENGINE: 1})
+    assert report_rows.series_label(pd.Series(row), {"l1": 1, report_rows.ENGINE: 2}).endswith("engine e1e1e1")
     older = pd.Series({**row, "engine_version": None})
-    assert rows.series_label(older, {"l1": 1, rows.ENGINE: 2}).endswith("engine older (unrecorded)")
+    assert report_rows.series_label(older, {"l1": 1, report_rows.ENGINE: 2}).endswith("engine older (unrecorded)")
