@@ -39,7 +39,7 @@ PERF_ARGS ?=
 TIMM_MATRIX_ARGS ?=
 DEMO_DIR ?= demo-results
 
-.PHONY: env test coverage baseline bench search worker report tables paper measure perf gpu-check timm-matrix clean-env help demo docs
+.PHONY: env test test-fast coverage baseline bench search worker report tables paper measure perf gpu-check timm-matrix clean-env help demo docs
 
 help:
 	@echo "targets (each builds .venv first when it is missing or pyproject.toml changed):"
@@ -57,6 +57,7 @@ help:
 	@echo "  make timm-matrix              every timm CNN family: groups + a random 50% trial on synthetic data -> RESULTS_DIR/timm-matrix/ (CPU, ~15 min)"
 	@echo "  make docs                     the documentation site (mkdocs, strict) -> site/"
 	@echo "  make test                     the test suite on every core (CPU only; builds docs/ strictly too)"
+	@echo "  make test-fast                the tests not marked slow, for the edit-test loop (under 2 minutes)"
 	@echo "  make coverage                 the suite with line coverage of bench/, sweeps/, methods/, models/"
 	@echo "  make env                      build .venv only;  make clean-env  remove it;  make help  this list"
 	@echo "variables (current value):"
@@ -66,7 +67,7 @@ help:
 	@echo "  STORAGE=<url> (Optuna storage; passed as BENCH_STORAGE) WANDB=$(WANDB) (auto|online|offline|off) COMPILE=$(COMPILE) (1: torch.compile)"
 	@echo "  SWEEP_ARGS=$(SWEEP_ARGS) (more flags for python -m bench sweep, e.g. --control none, --pretrained)  TEST_ARGS=$(TEST_ARGS) (more flags for pytest in make test)"
 	@echo "  DATA_DIR=$(DATA_DIR) RESULTS_DIR=$(RESULTS_DIR) DEMO_DIR=$(DEMO_DIR) PERF_MODELS=$(PERF_MODELS) PERF_ARGS=$(PERF_ARGS)"
-	@echo "  TIMM_MATRIX_ARGS=$(TIMM_MATRIX_ARGS) (more flags for python -m bench.timm_matrix: --limit SECONDS, --only FAMILIES, --list)"
+	@echo "  TIMM_MATRIX_ARGS=$(TIMM_MATRIX_ARGS) (more flags for python -m bench.checks.timm_matrix: --limit SECONDS, --only FAMILIES, --list)"
 	@echo "  PYTHON=$(PYTHON) (builds the venv) VENV=$(VENV)"
 	@echo "every flag: $(VENV)/bin/python -m bench <command> --help; docs: docs/ (make docs)"
 
@@ -85,9 +86,13 @@ TEST_ARGS ?=
 test: env
 	$(PY) -m pytest -n auto --dist loadgroup tests $(TEST_ARGS)
 
-# which lines the suite runs: bench/, sweeps/, methods/, models/
+# the edit-test loop: every test not marked slow (training, sweeps, servers, browsers, the docs build), < 2 minutes
+test-fast: env
+	$(PY) -m pytest -n auto --dist loadgroup -m "not slow" tests $(TEST_ARGS)
+
+# which lines the suite runs: bench/, sweeps/, methods/, models/ -> the terminal and RESULTS_DIR/coverage.txt
 coverage: env
-	$(PY) -m pytest -n auto --dist loadgroup --cov=bench --cov=sweeps --cov=methods --cov=models --cov-report=term tests $(TEST_ARGS)
+	$(PY) -m pytest -n auto --dist loadgroup --cov=bench --cov=sweeps --cov=methods --cov=models --cov-report=term tests $(TEST_ARGS) | tee $(RESULTS_DIR)/coverage.txt
 
 baseline: env
 	$(PY) -m bench baseline --model $(MODEL) --dataset $(DATASET) --recipe $(RECIPE) --seed $(SEED) --device $(DEVICE)
@@ -130,7 +135,7 @@ gpu-check: env
 
 # one representative per timm CNN module, each in its own process under a time limit (one thread each)
 timm-matrix: env
-	OMP_NUM_THREADS=1 $(PY) -m bench.timm_matrix --out $(RESULTS_DIR)/timm-matrix $(TIMM_MATRIX_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m bench.checks.timm_matrix --out $(RESULTS_DIR)/timm-matrix $(TIMM_MATRIX_ARGS)
 
 report: env
 	$(PY) -m bench report
@@ -148,7 +153,7 @@ demo: env
 	@start=$$(date +%s); \
 	RESULTS_DIR=$(DEMO_DIR) $(PY) -m bench sweep --model resnet20 --dataset synthetic --profile demo \
 		--methods decore,l1 --match none --wandb off --device $(DEVICE) && \
-	RESULTS_DIR=$(DEMO_DIR) $(PY) -m bench.site $(DEMO_DIR) >/dev/null && \
+	RESULTS_DIR=$(DEMO_DIR) $(PY) -m bench.report.site $(DEMO_DIR) >/dev/null && \
 	exp=$$(ls -d $(DEMO_DIR)/resnet20-synthetic-demo-*/ | head -1) && \
 	echo "demo done in $$(( $$(date +%s) - start )) s. Where to look:" && \
 	echo "  $${exp}README.md    the report: Pareto plot, table (key: docs/outputs.md), layers, agents" && \

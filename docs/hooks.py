@@ -1,5 +1,5 @@
 """mkdocs hook: pages that the code writes. `<!-- generated: runs-columns -->` becomes the table of runs.csv's
-columns from bench.results.COLUMNS (the one place that knows them); `<!-- generated: bad-input -->` becomes the
+columns from bench.trial.results.COLUMNS (the one place that knows them); `<!-- generated: bad-input -->` becomes the
 table of user errors from tests/test_bad_input.py's CASES (each one run through the real CLI by the tests)."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def _cell(text: str) -> str:
 
 def runs_columns() -> str:
     sys.path.insert(0, str(ROOT))
-    from bench.results import COLUMNS
+    from bench.trial.results import COLUMNS
 
     rows = [f"| `{name}` | {dtype} | {_cell(meaning)} |" for name, (dtype, meaning) in COLUMNS.items()]
     return "\n".join(["| column | type | meaning |", "| --- | --- | --- |", *rows])

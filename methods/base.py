@@ -61,8 +61,8 @@ class Context:
     seed: int = 0
     train_loader: Iterable | None = None
     test_loader: Iterable | None = None
-    recipe: Any = None                # bench.recipe.Recipe of the method's own training phase
-    fit: Callable[..., list[dict[str, Any]]] | None = None        # bench.train.fit
+    recipe: Any = None                # bench.engine.recipe.Recipe of the method's own training phase
+    fit: Callable[..., list[dict[str, Any]]] | None = None        # bench.engine.train.fit
     plan_cost: Callable[[KeepPlan], dict[str, int]] | None = None  # plan -> {"params", "flops"} of the pruned model
     log: Callable[[dict[str, Any]], None] = lambda row: None       # per-epoch statistics sink
     round_to: int = 1                 # named option: kept channels per group rounded up to a multiple

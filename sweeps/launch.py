@@ -30,7 +30,7 @@ try:
 except ImportError:  # the launcher says so when used; importing this module (for the CLI's parser) must not fail
     Checkpointable = object
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 JOURNAL = "optuna.journal"
@@ -74,12 +74,12 @@ def parse_slurm(text: str) -> dict[str, Any]:
 def check_time_limit(cfg: Any, minutes: int, where: str) -> float | None:
     """Refuse a job time limit shorter than one trial as the plan estimates it (rates measured on this machine's
     device); the estimate in seconds, or None where it cannot be made (image folders: no in-memory data)."""
-    from bench.data import load_dataset
-    from bench.recipe import load_recipe
-    from bench.train import resolve_device
+    from bench.engine.data import load_dataset
+    from bench.engine.recipe import load_recipe
+    from bench.engine.train import resolve_device
 
     from .profile import load_profile
-    from .study import measure_rates, trial_seconds
+    from .plan import measure_rates, trial_seconds
 
     if cfg.dataset.startswith("imagefolder:"):
         return None
@@ -181,9 +181,9 @@ STAGES: dict[str, Callable[[Any, int | None], None]] = {"prepare": _prepare, "wo
 # ---------------------------------------------------------------- the login node
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from bench.baseline import results_dir
-    from bench.cli import sweep_config
-    from bench.io import check_writable
+    from bench.core.io import results_dir
+    from sweeps.plan import sweep_config
+    from bench.core.io import check_writable
 
     check_writable(results_dir())
     if args.profile == "auto":
@@ -201,10 +201,10 @@ def launch(cfg: Any, params: dict[str, Any]) -> dict[str, str]:
         import submitit
     except ImportError:
         raise UserError("submitit is not installed: pip install submitit (or make env)") from None
-    from bench.io import write_json
+    from bench.core.io import write_json
 
-    from .storage import open_storage, scrub
-    from .study import validate
+    from .config import scrub, validate
+    from .storage import open_storage
 
     validate(cfg)
     open_storage(cfg.storage or f"journal:{cfg.folder / JOURNAL}")  # a bad URL or a server down: said now

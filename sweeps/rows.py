@@ -1,4 +1,4 @@
-"""Result rows for the results table: trials, failed trials and baselines, in bench.results.COLUMNS."""
+"""Result rows for the results table: trials, failed trials and baselines, in bench.trial.results.COLUMNS."""
 from __future__ import annotations
 
 import json
@@ -7,12 +7,12 @@ from typing import Any
 import torch
 
 import methods
-from bench.baseline import Baseline
-from bench.engine import engine_version
-from bench.env import device_name, git_commit, package_versions
-from bench.io import config_hash
-from bench.results import COLUMNS
-from bench.trial import TrialConfig, primary_knob
+from bench.engine.baseline import Baseline
+from bench.core.version import engine_version
+from bench.core.env import device_name, git_commit, package_versions
+from bench.core.io import config_hash
+from bench.trial.results import COLUMNS
+from bench.trial.run import TrialConfig, primary_knob
 
 
 def table_row(result: dict[str, Any], *, study: str, optuna_trial: int | None, device: torch.device,

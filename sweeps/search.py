@@ -10,48 +10,46 @@ stop early: test top-1 is reported after every fine-tune epoch to a median (or H
 - L1 and random take the scale of pruning that meets the budget (bisection on the real pruned model)
   and search what is left: a uniform ratio, or per-stage shares of it.
 
-A winner is saved as plan + weights (`bench.pruned.load_pruned(folder)` rebuilds it), marked in the
+A winner is saved as plan + weights (`bench.deploy.pruned.load_pruned(folder)` rebuilds it), marked in the
 results table's `budget_winner` column and described in `<experiment>/search/<budget>/README.md`.
 Trials are ordinary trials of the experiment: same folders, same cache, same results table.
 """
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import math
-import re
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
-import pandas as pd
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
 import methods
-from bench.baseline import Baseline
-from bench.data import load_dataset
-from bench.errors import UserError
-from bench.io import atomic_write, write_json
-from bench.measure import count_flops, count_params, measure_latency, speedup
-from bench.pruned import load_pruned, save_pruned
-from bench.recipe import load_recipe
-from bench.results import ResultsTable
-from bench.train import resolve_device
-from bench.trial import trial_folder
+from bench.core.errors import UserError
+from bench.core.io import write_json
+from bench.deploy.pruned import load_pruned, save_pruned
+from bench.engine.data import load_dataset
+from bench.engine.measure import count_flops, count_params
+from bench.engine.recipe import load_recipe
+from bench.engine.train import resolve_device
+from bench.trial.results import ResultsTable
+from bench.trial.run import trial_folder
 from methods.core import KeepPlan, channel_groups, prune_model
 from methods.scored import stage_of
 
 from .profile import Profile
-from .storage import mark_owner, open_storage, recover_dead_trials, scrub
-from .study import Objective, Stopped, SweepConfig, prepare_baseline, run_and_record, validate
+from .config import scrub, validate
+from .objective import Objective, Stopped, run_and_record
+from .storage import mark_owner, open_storage, recover_dead_trials
+from .study import prepare_baseline
+from sweeps.budget import Budget, fmt, measure_cost, parse_budget, row_cost
+from sweeps.search_report import _mark, _plain, unreachable_message, write_search_report
+from sweeps.budget import SearchConfig, Setup
 
-BUDGET_KINDS = {"flops": "FLOPs (conv+linear MACs)", "params": "parameters", "latency_ms": "batch-1 latency (ms) on this device"}
-_NUMBER = re.compile(r"^([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)([kmg]?)$", re.IGNORECASE)
-_SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
+
 MAX_RATIO = 0.99      # L1/random: the most any group is pruned (a group keeps at least one channel anyway)
 BISECT_STEPS = 14
 DOWN_FACTOR = 5.0     # DECORE in a search: lambda from break_even_range[0] / DOWN_FACTOR (more compression)
@@ -60,131 +58,8 @@ PRUNERS = ("median", "hyperband", "none")
 
 # ---------------------------------------------------------------- budgets
 
-@dataclass(frozen=True)
-class Budget:
-    kind: str           # flops, params, latency_ms
-    value: float
-    fraction: bool      # value is a fraction of the baseline's
-    text: str
-
-    @property
-    def slug(self) -> str:
-        return self.text.replace(":", "-")
-
-    def limit(self, base: dict[str, float]) -> float:
-        return self.value * base[self.kind] if self.fraction else self.value
-
-    def describe(self, base: dict[str, float]) -> str:
-        rel = f" ({self.value:g} of the baseline's {fmt(self.kind, base[self.kind])})" if self.fraction else ""
-        return f"{self.kind} <= {fmt(self.kind, self.limit(base))}{rel}"
-
-
-def parse_budget(text: str) -> Budget:
-    """flops:0.5 / params:0.4 (fractions of the baseline), flops:60M / params:0.4M (absolute), latency_ms:2.5."""
-    example = "e.g. flops:0.5, flops:60M, params:0.4M or latency_ms:2.5"
-    kind, sep, raw = str(text).strip().partition(":")
-    if not sep or not raw.strip():
-        raise UserError(f"budget {text!r} is not KIND:VALUE: write {example}")
-    kind, raw = kind.strip().lower(), raw.strip()
-    if kind not in BUDGET_KINDS:
-        close = difflib.get_close_matches(kind, list(BUDGET_KINDS), n=1)
-        hint = f"did you mean {close[0]}?" if close else f"use one of {', '.join(BUDGET_KINDS)}"
-        raise UserError(f"budget kind {kind!r} is unknown: {hint}")
-    m = _NUMBER.match(raw)
-    if not m:
-        raise UserError(f"budget value {raw!r} is not a number (optionally with K, M or G): {example}")
-    number, suffix = float(m.group(1)), m.group(2).lower()
-    if not (math.isfinite(number) and number > 0):
-        raise UserError(f"budget {text!r} must be positive: {example}")
-    if kind == "latency_ms":
-        if suffix:
-            raise UserError(f"budget {text!r}: latency is in milliseconds, without a K/M/G suffix (e.g. latency_ms:2.5)")
-        return Budget(kind, number, False, f"{kind}:{raw}")
-    fraction = not suffix and number <= 1.0
-    return Budget(kind, number * _SUFFIX[suffix], fraction, f"{kind}:{raw}")
-
-
-def fmt(kind: str, value: float) -> str:
-    return f"{value:.3f} ms" if kind == "latency_ms" else f"{value / 1e6:.3f}M"
-
-
-def measure_cost(kind: str, model: nn.Module, input_size: tuple[int, ...], device: torch.device,
-                 base: nn.Module | None = None) -> float:
-    """The budgeted quantity of a (pruned) model: FLOPs and params are exact; latency is measured on `device`,
-    on CPU as the results table's latency: interleaved with the unpruned `base` on a fixed thread count."""
-    if kind == "flops":
-        return float(count_flops(model, input_size))
-    if kind == "params":
-        return float(count_params(model))
-    if device.type == "cuda":
-        return measure_latency(copy.deepcopy(model).to(device), input_size, batch_size=1, repeats=30)["median_ms"]
-    return speedup(model, model if base is None else base, input_size, batch_size=1)["ms"]
-
-
-def row_cost(kind: str, row: dict[str, Any], folder: Path | None = None) -> float:
-    """The same quantity read from a results-table row (a trial the search found already finished); a CPU latency
-    the measuring pass has not filled yet is measured now, on the trial's saved model (the same measurement)."""
-    if kind == "latency_ms":
-        gpu, cpu = row.get("latency_gpu_b1_ms"), row.get("latency_cpu_b1_ms")
-        if gpu is not None and gpu == gpu:
-            return float(gpu)
-        if (cpu is None or cpu != cpu) and folder is not None:
-            from bench.trial import measure_speedup
-            cpu = measure_speedup(folder)["latency_cpu_b1_ms"]
-        return float(cpu)
-    return float(row[kind])
-
 
 # ---------------------------------------------------------------- the search
-
-@dataclass(frozen=True)
-class SearchConfig:
-    model: str
-    dataset: str
-    budget: str
-    profile: str = "smoke"
-    methods: tuple[str, ...] = ("decore", "l1", "random")
-    trials: int | None = None           # per method; None: the profile's
-    storage: str | None = None          # None: the experiment's sqlite file
-    device: str = "auto"
-    scope: str | None = None            # None: each method's default
-    decore_per_stage: bool = False      # beyond the paper: one lambda factor per stage
-    pruner: str = "median"
-    wandb: str = "auto"
-    sampler_seed: int = 0
-    pretrained: bool = False            # the baseline is timm's pretrained weights (--pretrained)
-    checkpoint: str | None = None       # the baseline is the user's state_dict (--checkpoint)
-
-    @property
-    def sweep(self) -> SweepConfig:
-        """The same experiment as `make bench`: folder, storage, trial cache and results table are shared."""
-        return SweepConfig(self.model, self.dataset, self.profile, self.methods, self.trials, 1, self.storage, 1,
-                           self.device, self.scope, wandb=self.wandb, sampler_seed=self.sampler_seed,
-                           pretrained=self.pretrained, checkpoint=self.checkpoint)
-
-    @property
-    def folder(self) -> Path:
-        return self.sweep.folder / "search" / parse_budget(self.budget).slug
-
-    def study_name(self, method: str) -> str:
-        return f"{self.sweep.study_name(method)}-search-{parse_budget(self.budget).slug}"
-
-
-@dataclass
-class Setup:
-    """What every method's objective shares: the baseline, its costs and the budget's limit."""
-    cfg: SearchConfig
-    budget: Budget
-    profile: Profile
-    base: Baseline
-    base_cost: dict[str, float]
-    limit: float
-    device: torch.device
-    data: Any = field(default=None, repr=False)
-
-    @property
-    def input_size(self) -> tuple[int, ...]:
-        return tuple(self.base.meta["input_size"])
 
 
 @dataclass
@@ -420,75 +295,3 @@ def save_winner(setup: Setup, method: str, study: optuna.Study) -> dict[str, Any
     return winner
 
 
-def _plain(row: dict[str, Any]) -> dict[str, Any]:
-    """A table row with pandas' missing values as None (JSON, and upsert, want plain values)."""
-    return {k: (None if pd.isna(v) else v.item() if hasattr(v, "item") else v) for k, v in row.items()}
-
-
-def _mark(table: ResultsTable, df: pd.DataFrame, method: str, key: str, budget: str) -> None:
-    """`budget` in the winner's budget_winner column, and out of any other row of this method."""
-    for _, r in df[(df["method"] == method) & (df["row_type"] == "trial")].iterrows():
-        have = [b for b in ("" if pd.isna(r["budget_winner"]) else str(r["budget_winner"])).split(";") if b]
-        want = sorted((set(have) - {budget}) | ({budget} if r["config_hash"] == key else set()))
-        if want != sorted(have):
-            table.upsert({**_plain(r.to_dict()), "budget_winner": ";".join(want) or None})
-
-
-def unreachable_message(setup: Setup, counts: dict[str, int]) -> str:
-    """No winner: say what the smallest models reached, so the user knows how far off the budget is."""
-    if counts.get("pruned") or counts.get("failed"):  # models within the budget were tried but none finished
-        return (f"budget {setup.budget.text}: no trial within it finished ({counts['pruned']} pruned, "
-                f"{counts['failed']} failed, {counts['infeasible']} infeasible): run more trials (--trials) or "
-                "use --pruner none")
-    df = ResultsTable(setup.cfg.sweep.folder).read()
-    mine = df[df["study"].isin([setup.cfg.study_name(m) for m in setup.cfg.methods]) & df["flops"].notna()]
-    b, budget = setup.base_cost, setup.budget
-    head = f"budget {budget.text} ({budget.describe(b)}) was not met by any trial of {', '.join(setup.cfg.methods)}"
-    if mine.empty:
-        return f"{head}, and no trial got as far as choosing its channels: see the messages above"
-    flops, params = int(mine["flops"].min()), int(mine["params"].min())
-    scope = "" if setup.cfg.scope == "all" else "; --scope all prunes the residual streams too"
-    return (f"{head}: the smallest model reached has {fmt('flops', flops)} FLOPs ({flops / b['flops']:.3f} of the "
-            f"baseline's) and {fmt('params', params)} params ({params / b['params']:.3f}); relax the budget{scope}")
-
-
-def write_search_report(setup: Setup, winners: dict[str, dict[str, Any] | None]) -> Path:
-    """README.md in the search folder: the winners, their layer widths and the trials they took."""
-    cfg, b, meta = setup.cfg, setup.base_cost, setup.base.meta
-    lines = [f"# Budgeted search: {cfg.model} on {cfg.dataset} ({cfg.profile}), budget `{setup.budget.text}`", "",
-             f"Budget: {setup.budget.describe(b)}. Baseline: top-1 {meta['test']['top1']:.2f}%, "
-             f"{fmt('flops', b['flops'])} FLOPs, {fmt('params', b['params'])} params. Pruner: {cfg.pruner}"
-             f"{', DECORE per-stage lambda on' if cfg.decore_per_stage else ''}.", "",
-             "| method | val top-1 (%) (chose it) | test top-1 (%) | FLOPs | params | latency (ms) | knobs | found at trial | trials (complete / infeasible / pruned / failed) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
-    for method, w in winners.items():
-        if w is None:
-            lines.append(f"| {method} | no feasible model | | | | | | | |")
-            continue
-        r = w["row"]
-        val = r.get("val_top1_pct")
-        lines.append(f"| {method} | {'–' if val is None else f'{val:.2f}'} | {r['top1_pct']:.2f} | {fmt('flops', r['flops'])} (-{r['flops_reduction_pct']:.1f}%) | "
-                     f"{fmt('params', r['params'])} (-{r['params_reduction_pct']:.1f}%) | {_latency(r, w['folder']):.3f} | "
-                     f"`{r['knobs']}` | {w['found_at_trial']} | {w['trials']} ({w['complete']} / {w['infeasible']} / "
-                     f"{w['pruned']} / {w['failed']}) |")
-    for method, w in winners.items():
-        if w is None:
-            continue
-        kept = json.loads(w["row"]["kept_channels"])
-        lines += ["", f"## {method}", "", f"Rebuild: `from bench.pruned import load_pruned; plan, model = "
-                  f"load_pruned({w['folder']!r})`", "", "| layer group | kept | of |", "| --- | ---: | ---: |"]
-        lines += [f"| {gid} | {k} | {n} |" for gid, (k, n, *_) in kept.items()]
-    path = cfg.folder / "README.md"
-    cfg.folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
-    tqdm.write(f"search report: {path}")
-    for method, w in winners.items():
-        tqdm.write(f"  {method:7s} " + ("no feasible model" if w is None else
-                   f"winner top-1 {w['row']['top1_pct']:.2f}%  FLOPs {fmt('flops', w['row']['flops'])}  "
-                   f"params {fmt('params', w['row']['params'])}  latency {_latency(w['row'], w['folder']):.3f} ms  "
-                   f"(trial {w['found_at_trial']} of {w['trials']}) -> {w['folder']}"))
-    return path
-
-
-def _latency(row: dict[str, Any], folder: str | Path | None = None) -> float:
-    return row_cost("latency_ms", row, Path(folder) if folder is not None else None)

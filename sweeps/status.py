@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 STATES = ("complete", "running", "failed", "waiting")
 
@@ -29,7 +29,7 @@ def add_status_parser(sub: argparse._SubParsersAction, commands: dict[str, Calla
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from bench.baseline import results_dir
+    from bench.core.io import results_dir
 
     folders = [Path(f) for f in args.experiments] or sorted(
         {p.parent for pattern in ("*/launch.json", "*/optuna.db", "*/optuna.journal") for p in results_dir().glob(pattern)})
@@ -42,7 +42,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def status_text(folder: Path) -> str:
     """The status of one experiment folder, as printed."""
-    from .storage import scrub
+    from .config import scrub
 
     launch = _read_launch(folder)
     url = _storage_url(folder, launch)

@@ -24,7 +24,8 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
-from bench.errors import UserError
+from bench.core.errors import UserError
+from sweeps.config import scrub
 
 HEARTBEAT_S, GRACE_S = 30, 120  # defaults of SWEEP_HEARTBEAT_S, SWEEP_GRACE_S
 
@@ -41,16 +42,6 @@ def heartbeat_settings() -> tuple[int, int]:
         raise UserError(f"SWEEP_GRACE_S={values[1]} must exceed SWEEP_HEARTBEAT_S={values[0]}: "
                         "a live trial would be failed between two heartbeats")
     return values[0], values[1]
-
-
-def scrub(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    if "://" in url and "@" in url.split("://", 1)[1]:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}" if ":" in creds else url
-    return url
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:

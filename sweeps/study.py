@@ -14,8 +14,6 @@ whose worker dies is failed (heartbeat, or a dead pid on this host) and must be 
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import logging
 import math
@@ -25,308 +23,38 @@ import socket
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 import methods
-from bench.baseline import get_baseline, weights_identity, weights_source
-from bench.data import (check_selection, data_fingerprint, image_folder_split_info, image_folder_train_images, load_dataset,
-                        open_loaders)
-from bench.engine import engine_version
-from bench.errors import UserError
-from bench.faults import crash_point
-from bench.recipe import load_recipe
-from bench.results import ResultsTable
-from bench.train import Diverged, prepare_model, resolve_device
-from bench.report import report_experiment
-from bench.tracking import Tracker
-from bench.trial import (BREAK_EVEN_IMAGES, TrialConfig, experiment_dir, experiment_name, imported_selection,
-                         measure_speedup, run_trial, smallest_flops_fraction, train_accuracy, trial_folder)
+from bench.core.errors import UserError
+from bench.deploy.speed import measure_speedup
+from bench.engine.baseline import get_baseline
+from bench.engine.data import load_dataset, open_loaders
+from bench.engine.recipe import load_recipe
+from bench.engine.train import resolve_device
+from bench.report.experiment import report_experiment
+from bench.trial.results import ResultsTable
+from bench.trial.run import BREAK_EVEN_IMAGES, smallest_flops_fraction, train_accuracy
 from methods.decore import break_even_from_counts
 
+from .config import MATCH_METHODS_EXCLUDED, SweepConfig, validate
+from .objective import Objective, _STATES, _complete, run_and_record, tracker_for
+from .plan import _split_info, _timm, print_plan
 from .profile import Profile, load_profile
-from .rows import baseline_row, failed_row, table_row
-from .storage import fail_stale, is_active, mark_owner, open_storage, recover_dead_trials, scrub
+from .rows import baseline_row, table_row
+from .storage import fail_stale, is_active, open_storage, recover_dead_trials
+
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SweepConfig:
-    model: str
-    dataset: str
-    profile: str = "smoke"
-    methods: tuple[str, ...] = ("decore", "l1", "random")
-    trials: int | None = None           # per method; None: the profile's
-    seeds: int = 1
-    storage: str | None = None          # None: sqlite in the experiment folder
-    workers: int = 1
-    device: str = "auto"
-    scope: str | None = None            # None: each method's default
-    match: str | None = "decore"        # "decore": the other methods at every DECORE trial's FLOPs; None: off
-    round_to: int = 1
-    wandb: str = "auto"
-    sampler_seed: int = 0
-    compile: bool = False               # torch.compile the method's training and fine-tuning (GPUs)
-    budget: str = "equal"               # equal: the same training images after the baseline; paper: each its own
-    selection: str = "val"              # val: decisions read a hold-out of the training set; test: papers' practice
-    control: bool = True                # the no-pruning control per seed (the baseline trained on, same budget)
-    scratch: tuple[str, ...] = ()       # scratch-b / scratch-e of every DECORE trial (Liu et al. 2019), --control
-    pretrained: bool = False            # the baseline is timm's pretrained weights for the model (--pretrained)
-    checkpoint: str | None = None       # the baseline is this state_dict of the user's (--checkpoint)
-    # --round-to auto: the measurement behind round_to (bench.align); recorded in experiment.json, not in the
-    # identity (which holds the chosen number: auto and the same number typed by hand share an experiment)
-    alignment: dict[str, Any] | None = field(default=None, compare=False, hash=False)
-    deploy_form: str = "eager"          # the form the measuring pass times speed-ups in (and --round-to auto aligns
-                                        # for): eager, folded, onnxruntime; latency columns only, not in the identity
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "selection", imported_selection(self.selection, self.pretrained, self.checkpoint))
-
-    def identity(self) -> dict[str, Any]:
-        """Everything that changes a number, except the method's own code (in the study name and trial hash)."""
-        profile = load_profile(self.profile)
-        recipes = sorted({profile.baseline_for(_timm(self.model)), profile.joint_recipe, profile.finetune_recipe,
-                          *profile.paper_finetune.values()})
-        return {"profile": profile.identity(), "recipes": {r: load_recipe(r).to_dict() for r in recipes},
-                "scope": self.scope, "round_to": self.round_to, "budget": self.budget, "selection": self.selection,
-                "data": data_fingerprint(self.dataset), **weights_identity(self.model, self.pretrained, self.checkpoint)}
-
-    @functools.cached_property
-    def experiment(self) -> str:
-        return experiment_name(self.model, self.dataset, self.profile, self.identity())
-
-    @property
-    def folder(self) -> Path:
-        return experiment_dir(self.experiment)
-
-    @property
-    def storage_url(self) -> str:
-        return self.storage or f"sqlite:///{self.folder / 'optuna.db'}"
-
-    def study_name(self, method: str) -> str:
-        """One study per method code and engine version: a changed engine searches (and trains) again."""
-        return f"{self.experiment}-{method}-{methods.code_version(method)}-{engine_version()}"
-
-    def protocol(self) -> dict[str, Any]:
-        return {"budget": self.budget, "selection": self.selection, "match": self.match, "scope": self.scope,
-                "round_to": self.round_to, "control": self.control, "scratch": self.scratch}
-
-    def baseline_weights(self) -> dict[str, Any]:
-        """get_baseline's arguments for where the baseline's weights come from."""
-        return {"pretrained": self.pretrained, "checkpoint": self.checkpoint}
-
-
-def validate(cfg: SweepConfig) -> Profile:
-    """Everything typed by the user, checked before anything trains or is written."""
-    profile = load_profile(cfg.profile)
-    if not cfg.methods:
-        raise UserError("no method given (--methods / METHODS is empty): name one or more, e.g. --methods decore,l1,random")
-    for m in cfg.methods:
-        try:
-            methods.get_method(m)
-        except methods.KnobError as e:
-            raise UserError(str(e)) from None
-        if m not in profile.methods:
-            raise UserError(f"profile {cfg.profile!r} has no search space for method {m!r}: add it to sweeps/profiles/{cfg.profile}.json")
-    for name, value in (("TRIALS", cfg.trials if cfg.trials is not None else profile.trials), ("SEEDS", cfg.seeds),
-                        ("WORKERS", cfg.workers)):
-        if value < 1:
-            raise UserError(f"{name}={value} must be at least 1")
-    if cfg.match not in (None, "decore"):
-        raise UserError(f"--match {cfg.match!r} is not supported: use --match decore (the default) or --match none")
-    if cfg.budget not in ("equal", "paper"):
-        raise UserError(f"--budget {cfg.budget!r} is unknown: use equal (the default) or paper")
-    check_selection(cfg.selection)
-    resolve_device(cfg.device)
-    _check_weights(cfg, profile)
-    ResultsTable(cfg.folder).read()  # a table broken by hand is refused before anything trains or is written
-    return profile
-
-
-def _check_weights(cfg: SweepConfig, profile: Profile) -> None:
-    """A profile that starts from trained weights gets them; weights exist (a file, timm's for this model)."""
-    weights = weights_source(cfg.model, cfg.pretrained, cfg.checkpoint)
-    if weights is None and profile.start_from_weights:
-        raise UserError(f"profile {cfg.profile!r} starts from trained weights and does not train {cfg.model} itself: "
-                        "pass --pretrained (timm's weights, downloaded once; with make: SWEEP_ARGS=--pretrained) "
-                        "or --checkpoint PATH (a state_dict of your own)")
-    unknown = set(cfg.scratch) - {"scratch-b", "scratch-e"}
-    if unknown:
-        raise UserError(f"scratch controls {sorted(unknown)} are unknown: use scratch-b, scratch-e")
-    if weights is not None and cfg.scratch:
-        raise UserError("--control scratch-b/scratch-e scale the baseline's training images, and a baseline from "
-                        "--pretrained or --checkpoint has no image count here: use --control keep")
-
-
 # ---------------------------------------------------------------- one trial of a study
-
-@dataclass
-class Objective:
-    cfg: SweepConfig
-    profile: Profile
-    method: str
-    break_even: float | None
-    data: Any = field(default=None, repr=False)
-    wanted: int | None = None           # the study's complete trials wanted: a trial beyond them is pruned
-    low_divisor: float = 1.0            # break-even ranges reach this many times lower (budgeted search)
-    flops_floor: float | None = None    # the smallest FLOPs fraction the method reaches at its scope
-
-    def knob_range(self) -> tuple[float, float]:
-        space = self.profile.methods[self.method]
-        declared = {k.name: k for k in methods.get_method(self.method).knobs}[space.knob]
-        if space.break_even_range is not None:
-            if self.break_even is None:
-                raise UserError(f"{self.method}'s range is a fraction of the break-even lambda, which was not measured")
-            low, high = (f * self.break_even for f in space.break_even_range)
-            return low / self.low_divisor, high
-        low, high = space.range or (declared.low, declared.high)
-        if space.knob == "flops_target" and self.flops_floor is not None and low < self.flops_floor * 1.02:
-            low = min(self.flops_floor * 1.02, high)  # below the floor a target cannot be met at this scope
-        return low, high
-
-    def knob(self, trial: optuna.Trial) -> dict[str, Any]:
-        space = self.profile.methods[self.method]
-        declared = {k.name: k for k in methods.get_method(self.method).knobs}[space.knob]
-        low, high = self.knob_range()
-        value = trial.suggest_float(space.knob, low, high, log=declared.log)
-        return {space.knob: float(f"{value:.3g}"), **space.options}  # 3 significant digits: readable labels
-
-    def config(self, knobs: dict[str, Any], seed: int, scope: str | None = None) -> TrialConfig:
-        """The trial of these knobs: under the paper budget a method without a training phase fine-tunes with
-        its paper's recipe where the profile names one (Li et al.'s for L1); under the equal budget the engine
-        gives it the images of DECORE's joint phase plus the shared fine-tuning."""
-        finetune = self.profile.finetune_recipe
-        if self.cfg.budget == "paper":
-            finetune = self.profile.paper_finetune.get(self.method, finetune)
-        return TrialConfig(self.cfg.model, self.cfg.dataset, self.method, knobs, scope or self.cfg.scope, seed,
-                           self.profile.baseline_for(_timm(self.cfg.model)), self.profile.joint_recipe, finetune,
-                           self.cfg.round_to, self.profile.name, self.cfg.budget, self.cfg.selection,
-                           self.cfg.experiment, **self.cfg.baseline_weights())
-
-    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
-        mark_owner(trial)
-        if self.wanted is not None and _claimed_before(trial.study, trial.number) >= self.wanted:
-            raise optuna.TrialPruned("the study already has its trials (another worker started one at the same time)")
-        knobs = self.knob(trial)
-        twin = _same_knob(trial, knobs)
-        if twin is not None:  # rounding made it a config the study has: running it again would count it twice
-            raise optuna.TrialPruned(f"the same knobs as trial {twin}")
-        results = [run_and_record(self.cfg, self.config(knobs, seed), self.data, self.cfg.study_name(self.method),
-                                  trial.number) for seed in range(self.cfg.seeds)]
-        ok = [r for r in results if r["status"] == "complete"]
-        if not ok:
-            trial.set_user_attr("reason", results[0].get("reason"))
-            return float("nan"), float("nan")  # Optuna records a failed trial; the sweep goes on
-        # the objective reads validation top-1 only (the test set decides nothing)
-        return (sum(r["val_top1_pct"] for r in ok) / len(ok), sum(r["flops"] for r in ok) / len(ok))
-
-
-class Stopped(Exception):
-    """A trial stopped on purpose before it finished: `status` infeasible (over a search's budget) or pruned."""
-
-    def __init__(self, status: str, reason: str, measured: dict[str, Any] | None = None) -> None:
-        super().__init__(reason)
-        self.status, self.measured = status, measured or {}
-
-
-SUMMARY_KEYS = ("val_top1_pct", "top1_pct", "top5_pct", "budget_images", "top1_drop_pct", "params", "flops", "params_reduction_pct",
-                "flops_reduction_pct", "latency_cpu_b1_ms", "base_top1_pct", "knob_value", "wall_seconds")
-_TRACKERS: dict[tuple[str, str], Tracker] = {}
-
-
-def tracker_for(cfg: SweepConfig) -> Tracker:
-    """One Tracker per process and experiment (W&B state is per process)."""
-    key = (cfg.wandb, str(cfg.folder))
-    if key not in _TRACKERS:
-        _TRACKERS[key] = Tracker(cfg.wandb, directory=cfg.folder)
-    return _TRACKERS[key]
-
-
-def run_and_record(cfg: SweepConfig, tc: TrialConfig, data: Any, study: str, number: int | None, *,
-                   admit: Callable[..., None] | None = None,
-                   on_epoch: Callable[[str, dict[str, Any]], None] | None = None,
-                   match_of: str | None = None, match_flops: float | None = None) -> dict[str, Any]:
-    """run_trial with its W&B run, then one row in the results table (a failed row when training diverged).
-    A matched partner (`match_of`) records its signed FLOPs gap to the DECORE trial's `match_flops`.
-
-    `admit` and `on_epoch` (budgeted search) may raise `Stopped`: the row records its status, then it propagates.
-    """
-    table = ResultsTable(cfg.folder)
-    device = resolve_device(cfg.device)
-    folder = trial_folder(tc)
-    if (folder / "result.json").is_file() and tc.key in table.finished_hashes():
-        row = table.read().set_index("config_hash").loc[tc.key].to_dict()
-        if match_of is not None and match_of not in str(row.get("match_of") or "").split(";"):
-            # the same trial also partners this point; its gap stays the one to the first DECORE trial it matched
-            gap = row.get("flops_gap_pct")
-            table.upsert({**row, "config_hash": tc.key, "flops_gap_pct": _gap(row, match_flops) if pd.isna(gap) else gap,
-                          "match_of": ";".join(sorted({*str(row.get("match_of") or "").split(";"), match_of} - {""}))})
-        return {**row, "config_hash": tc.key}  # finished before: nothing to train, nothing to log
-    config = {**tc.to_dict(), "config_hash": tc.key, "study": study, "optuna_trial": number,
-              "recipes": {r: load_recipe(r).to_dict() for r in tc.recipes()}, "storage": scrub(cfg.storage_url)}
-    run = tracker_for(cfg).trial(name=f"{tc.method}-{tc.key}", group=study, job_type=tc.method, config=config)
-
-    def log_row(phase: str, row: dict[str, Any]) -> None:
-        crash_point("joint" if phase == "method" else phase)
-        run.log_epoch(phase, row)
-        if on_epoch is not None:
-            on_epoch(phase, row)
-
-    try:
-        result = run_trial(tc, device, data=data, log_row=log_row, admit=admit, finetune_test=on_epoch is not None,
-                           compile=cfg.compile)
-        row = table_row(result, study=study, optuna_trial=number, device=device, wandb_run_id=run.id,
-                        match_of=match_of)
-        row["flops_gap_pct"] = _gap(row, match_flops)
-        run.finish({k: row[k] for k in SUMMARY_KEYS if row.get(k) is not None},
-                   kept_channels=json.loads(row["kept_channels"]), artifact_dir=folder)
-    except (Diverged, torch.cuda.OutOfMemoryError) as e:
-        reason = str(e).splitlines()[0][:300]
-        run.fail(reason)
-        row = failed_row(tc, reason=reason, study=study, optuna_trial=number, device=device)
-    except Stopped as e:
-        run.fail(f"{e.status}: {e}")
-        table.upsert(failed_row(tc, reason=str(e), study=study, optuna_trial=number, device=device, status=e.status,
-                                **e.measured))
-        tqdm.write(f"  {tc.method:7s} {json.dumps(tc.knobs, sort_keys=True)}  {e.status.upper()}: {e}")
-        raise
-    except BaseException as e:
-        run.fail(f"{type(e).__name__}: {e}")
-        raise
-    table.upsert(row)
-    _summary_line(row)
-    return row
-
-
-def _gap(row: dict[str, Any], match_flops: float | None) -> float | None:
-    """100 * (the row's FLOPs - the DECORE trial's) / the DECORE trial's: negative = fewer FLOPs than DECORE."""
-    if match_flops is None or row.get("flops") is None or pd.isna(row.get("flops")):
-        return None
-    return 100.0 * (float(row["flops"]) - match_flops) / match_flops
-
-
-def _summary_line(row: dict[str, Any]) -> None:
-    if row["status"] != "complete":
-        tqdm.write(f"  {row['method']:7s} {row['knob_name']}={row['knob_value']}  FAILED: {row['reason']}")
-        return
-    value = "" if row["knob_value"] is None else f"={row['knob_value']:<10.4g}"  # None: a preset or stage ratios
-    tqdm.write(f"  {row['method']:7s} {row['knob_name']}{value} seed {row['seed']}: "
-               f"val top-1 {row['val_top1_pct']:6.2f}%  test top-1 {row['top1_pct']:6.2f}%  "
-               f"FLOPs -{row['flops_reduction_pct']:5.1f}%  "
-               f"params -{row['params_reduction_pct']:5.1f}%  ({row['wall_seconds']:.0f}s)")
-
-
-def _timm(model: str) -> str:
-    import models
-
-    return models.resolve(model)
 
 
 # ---------------------------------------------------------------- the sweep
@@ -412,7 +140,7 @@ def finish_sweep(cfg: SweepConfig, profile: Profile, data: Any) -> None:
 def measure_speedups(cfg: SweepConfig) -> None:
     """The measuring pass: after every trial of the sweep has trained (no training process of this sweep runs
     now), each finished trial's pruned model is timed against the unpruned architecture, interleaved, on one
-    thread (bench.measure.speedup); its latency columns go into the results table."""
+    thread (bench.engine.measure.speedup); its latency columns go into the results table."""
     table = ResultsTable(cfg.folder)
     df = table.read()
     todo = df[(df["row_type"] == "trial") & (df["status"] == "complete") & df["speedup_b1"].isna()]
@@ -424,7 +152,7 @@ def measure_speedups(cfg: SweepConfig) -> None:
 
 def write_experiment(cfg: SweepConfig, data: Any) -> None:
     """experiment.json: the identity behind the folder's hash, readable (what was compared, on what data)."""
-    from bench.io import write_json
+    from bench.core.io import write_json
 
     path = cfg.folder / "experiment.json"
     if not path.is_file():
@@ -481,28 +209,6 @@ def _process_salt(cfg: SweepConfig) -> int:
     """0 for a sweep on its own storage (reproducible); host and pid on a storage given by URL, which
     workers on other machines may join at the same moment (equal seeds would suggest equal knobs)."""
     return 0 if cfg.storage is None else zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())
-
-
-_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
-
-
-def _complete(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-
-
-def _same_knob(trial: optuna.Trial, knobs: dict[str, Any]) -> int | None:
-    """The number of another complete, or running, trial whose rounded knob equals this one's."""
-    for t in trial.study.get_trials(deepcopy=False, states=_STATES[:2]):
-        if t.number != trial.number and {k: float(f"{v:.3g}") for k, v in t.params.items()} == {
-                k: v for k, v in knobs.items() if k in t.params} and (t.state == _STATES[0] or is_active(trial.study, t)):
-            return t.number
-    return None
-
-
-def _claimed_before(study: optuna.Study, number: int) -> int:
-    """Trials numbered before `number` that are complete, queued or running (and will finish or be retried)."""
-    return sum(1 for t in study.get_trials(deepcopy=False, states=_STATES) if t.number < number
-               and (t.state != optuna.trial.TrialState.RUNNING or is_active(study, t)))
 
 
 POLL_S, MAX_PRUNED = 2.0, 20
@@ -574,9 +280,6 @@ def _worker(cfg: SweepConfig, method: str, break_even: float | None, n_trials: i
     work_on(study, Objective(cfg, profile, method, break_even, data, wanted, flops_floor=flops_floor), n_trials)
 
 
-MATCH_METHODS_EXCLUDED = ("decore", "control")
-
-
 def run_matches(cfg: SweepConfig, profile: Profile, data: Any) -> None:
     """Every other method of the sweep (with a flops_target knob) at every finished DECORE trial's FLOPs (a
     fraction of its baseline's, met within 1% by the closest plan, at or below it when one exists), at the DECORE
@@ -605,8 +308,8 @@ def run_matches(cfg: SweepConfig, profile: Profile, data: Any) -> None:
 def run_scratch_controls(cfg: SweepConfig, profile: Profile, data: Any) -> None:
     """The sweep's scratch controls (Scratch-B: the baseline's images x FLOPs_base / FLOPs_pruned; Scratch-E: the
     baseline's images) of every finished DECORE trial: its pruned architecture re-initialised and trained from
-    scratch (bench.scratch); rows of method `scratch-b` / `scratch-e` name the trial in match_of."""
-    from bench.scratch import run_scratch
+    scratch (bench.trial.scratch); rows of method `scratch-b` / `scratch-e` name the trial in match_of."""
+    from bench.trial.scratch import run_scratch
 
     df = ResultsTable(cfg.folder).read()
     done = df[(df["method"] == "decore") & (df["status"] == "complete") & (df["row_type"] == "trial")]
@@ -635,254 +338,4 @@ def run_control(cfg: SweepConfig, profile: Profile, data: Any) -> None:
 
 # ---------------------------------------------------------------- the plan printed before training
 
-def plan_images(cfg: SweepConfig, profile: Profile, trials: int, data: Any) -> dict[str, float]:
-    """Training images the sweep will feed, per phase kind: baselines, and trials with matches and controls."""
-    base_r = load_recipe(profile.baseline_for(_timm(cfg.model)))
-    joint, ft = load_recipe(profile.joint_recipe), load_recipe(profile.finetune_recipe)
-    n = {r.name: _images(cfg, data, r) for r in (base_r, joint, ft)}
-    joint_images, ft_images = joint.epochs * n[joint.name], ft.epochs * n[ft.name]
-    equal = joint_images + ft_images
 
-    def images(m: str) -> float:
-        if methods.get_method(m).trains:
-            return joint_images * 1.1 + ft_images  # the gated step costs about 1.1 plain steps
-        if cfg.budget == "equal":
-            return equal
-        r = load_recipe(profile.paper_finetune.get(m, profile.finetune_recipe))
-        return r.epochs * _images(cfg, data, r)
-    per_trial = {m: images(m) for m in cfg.methods}
-    partners = [m for m in cfg.methods if m not in MATCH_METHODS_EXCLUDED] if cfg.match == "decore" and "decore" in cfg.methods else []
-    extra = sum(per_trial[m] for m in partners) * trials + (equal if cfg.control else 0)
-    trained = not (cfg.pretrained or cfg.checkpoint)  # an imported baseline trains no image
-    # evaluation (forward passes): every trial reads the selection split before and after fine-tuning and the test
-    # set once; every seed's baseline reads both once, and the break-even pass its training images
-    n_trials = (len(cfg.methods) + len(partners)) * trials + (1 if cfg.control else 0)
-    info = _split_info(cfg, data)
-    test = int(info.get("test_images") or 0)
-    val = int(info.get("val_images") or 0) if cfg.selection != "test" else test
-    # the break-even pass reads at most one epoch of the joint phase's loader, and only when a method searches it
-    break_even = (min(BREAK_EVEN_IMAGES, n[joint.name])
-                  if any(profile.methods[m].break_even_range is not None for m in cfg.methods) else 0)
-    evals = (n_trials * (2 * val + test) + val + test + break_even) * cfg.seeds
-    # trials that meet a FLOPs target by bisection: every matched partner, and methods whose knob is flops_target
-    own = sum(1 for m in cfg.methods if m in profile.methods and profile.methods[m].knob == "flops_target")
-    return {"baseline": base_r.epochs * n[base_r.name] * cfg.seeds * trained, "trials": (sum(per_trial.values()) * trials + extra) * cfg.seeds,
-            "evals": evals, "n_trials": n_trials * cfg.seeds, "n_bisect": (len(partners) + own) * trials * cfg.seeds,
-            "equal": equal, "joint": joint_images, "finetune": ft_images, **{f"n:{k}": v for k, v in n.items()}}
-
-
-def estimate_seconds(imgs: dict[str, float], rates: Rates) -> float:
-    """The plan's time estimate: training images at the measured training rate (the real loader and step),
-    evaluation images at the measured evaluation rate, and every trial's measured fixed cost (tracing, counts,
-    the FLOPs bisection of matched and flops_target trials, its latency pass). Not counted: the report at the end
-    and process start-up (seconds)."""
-    return (imgs["baseline"] * rates.train + imgs["trials"] * rates.trial_train + imgs["evals"] * rates.trial_eval
-            + imgs["n_trials"] * rates.per_trial(False) + imgs["n_bisect"] * (rates.per_trial(True) - rates.per_trial(False)))
-
-
-def trial_seconds(cfg: SweepConfig, profile: Profile, data: Any, rates: Rates) -> tuple[float, str]:
-    """The plan's estimate of one trial (all its seeds) of the sweep's longest method, and that method: what one
-    more trial adds to `estimate_seconds`, so a scheduler's time limit can be held against it."""
-    def seconds(method: str, trials: int) -> float:
-        one = dataclasses.replace(cfg, methods=(method,), match=None, control=False)
-        return estimate_seconds(plan_images(one, profile, trials, data), rates)
-    return max((seconds(m, 2) - seconds(m, 1), m) for m in cfg.methods)
-
-
-AUTO_CPU_MINUTES = 35  # `--profile auto` on a CPU: the most thorough profile estimated under this
-
-
-def choose_profile(cfg: SweepConfig, device: torch.device) -> tuple[str, int | None, str]:
-    """`--profile auto`: `fast` on a GPU; on a CPU the most thorough of smoke < cpu < fast < paper whose
-    estimate (from rates measured here, `measure_rates`) is under AUTO_CPU_MINUTES; when none is and no trial count
-    was given, smoke with the most trials per method that fit (at least 1). Returns the profile, the trial count
-    (None: the profile's or the user's) and the plan line that says which, why, and what the others would cost."""
-    order = ("smoke", "cpu", "fast", "paper")
-    if cfg.dataset.startswith("imagefolder:"):
-        return "fast", cfg.trials, "profile auto -> fast (image folders: no CPU profile)"
-    data = load_dataset(cfg.dataset, selection=cfg.selection)
-    rates = measure_rates(cfg.model, data, load_recipe(load_profile("smoke").finetune_recipe), device)
-
-    def minutes(name: str, trials: int | None = None) -> float:
-        p = load_profile(name)
-        c = dataclasses.replace(cfg, profile=name)
-        return estimate_seconds(plan_images(c, p, trials or cfg.trials or p.trials, data), rates) / 60
-    est = {name: minutes(name) for name in order}
-    trials = cfg.trials
-    if device.type == "cuda":
-        chosen, why = "fast", "a GPU is here"
-    else:
-        fits = [n for n in order if est[n] <= AUTO_CPU_MINUTES]
-        chosen = fits[-1] if fits else "smoke"
-        if fits:
-            why = f"CPU only: the most thorough profile estimated under {AUTO_CPU_MINUTES} min"
-        elif cfg.trials is None:
-            fewer = [k for k in range(1, load_profile("smoke").trials) if minutes("smoke", k) <= AUTO_CPU_MINUTES]
-            trials = fewer[-1] if fewer else 1
-            why = (f"CPU only, and no profile fits {AUTO_CPU_MINUTES} min here at its trial count: smoke with {trials} "
-                   f"trial(s) per method, ~{minutes('smoke', trials):.0f} min" +
-                   ("" if fewer else f", the least there is; PROFILE=smoke TRIALS={trials} names it"))
-        else:
-            why = f"CPU only, and no profile fits {AUTO_CPU_MINUTES} min here with {cfg.trials} trials: the cheapest"
-    others = ", ".join(f"{n} ~{est[n]:.0f} min" for n in order)
-    return chosen, trials, (f"profile auto -> {chosen} ({why}; estimates here at {1 / rates.trial_train:.0f} img/s training, "
-                            f"{1 / rates.trial_eval:.0f} evaluation, {rates.per_trial(False):.0f}-{rates.per_trial(True):.0f} s "
-                            f"fixed per trial: {others})")
-
-
-def print_plan(cfg: SweepConfig, profile: Profile, trials: int, device: torch.device, data: Any) -> None:
-    base_r = load_recipe(profile.baseline_for(_timm(cfg.model)))
-    joint, ft = load_recipe(profile.joint_recipe), load_recipe(profile.finetune_recipe)
-    imgs = plan_images(cfg, profile, trials, data)
-    n = {r.name: imgs[f"n:{r.name}"] for r in (base_r, joint, ft)}
-    equal = imgs["equal"]
-    t0 = time.perf_counter()
-    rates = measure_rates(cfg.model, data, ft, device) if data is not None else None
-    measuring = time.perf_counter() - t0
-    total = estimate_seconds(imgs, rates) if rates is not None else float("nan")
-    partners = [m for m in cfg.methods if m not in MATCH_METHODS_EXCLUDED] if cfg.match == "decore" and "decore" in cfg.methods else []
-    info = _split_info(cfg, data)
-    print(f"plan: {cfg.folder.name} on {device}, storage {scrub(cfg.storage_url)}")
-    print(f"  data: {cfg.dataset} (fingerprint {info['fingerprint']}); selection split: " +
-          (f"validation hold-out of {info.get('val_images', '?')} training images (seeded, class-balanced), "
-           f"{info.get('train_images', '?')} train; decisions read validation top-1, test top-1/top-5 only reported"
-           if cfg.selection == "val" else
-           f"a seeded, class-balanced hold-out of the test side ({info.get('val_images', '?')} images; the imported weights "
-           f"trained on every training image), {info.get('test_images', '?')} test images reported"
-           if cfg.selection == "val-test" else "the test set (the papers' practice: every decision reads test accuracy)"))
-    print(f"  studies: {', '.join(cfg.study_name(m) for m in cfg.methods)}; {trials} trials each x {cfg.seeds} seed(s)"
-          f"{', ' + str(cfg.workers) + ' workers' if cfg.workers > 1 else ''}")
-    weights = weights_source(cfg.model, cfg.pretrained, cfg.checkpoint)
-    if weights is None:
-        print(f"  baseline: {base_r.epochs} epochs ({base_r.name}) on {n[base_r.name]} images, once per seed, cached")
-    else:
-        print("  baseline: imported, not trained: " + (f"timm's pretrained {weights.removeprefix('timm:')}"
-              if cfg.pretrained else f"checkpoint {cfg.checkpoint} ({weights})") + "; measured once per seed, cached")
-    if cfg.budget == "equal":
-        print(f"  budget: equal, {equal:,} training images after the baseline for every method: DECORE's joint phase "
-              f"{joint.epochs} x {n[joint.name]} ({joint.name}) + fine-tuning {ft.epochs} x {n[ft.name]} ({ft.name}); "
-              f"methods without a training phase fine-tune for all of it on {ft.name}'s schedule, stretched")
-    else:
-        own = {m: load_recipe(profile.paper_finetune.get(m, profile.finetune_recipe)).name for m in cfg.methods}
-        print(f"  budget: paper budgets, unequal: DECORE joint {joint.epochs} ({joint.name}) + fine-tune {ft.epochs}; "
-              + ", ".join(f"{m} fine-tunes with {r}" for m, r in own.items() if not methods.get_method(m).trains))
-    print("  matching: " + (f"{', '.join(partners)} at every DECORE trial's FLOPs (within 1%, DECORE's scope)"
-                             if partners else "off") +
-          f"; no-pruning control: {'one per seed, same budget' if cfg.control else 'off'}; "
-          f"scope {cfg.scope or 'each method its default'}; round_to {cfg.round_to}")
-    if math.isfinite(total):
-        print(f"  estimate: about {total / 60:.0f} min if nothing is cached yet ({imgs['baseline']:,.0f} baseline "
-              f"training images at {1 / rates.train:.0f} img/s, {imgs['trials']:,.0f} trial training images at "
-              f"{1 / rates.trial_train:.0f} img/s, {imgs['evals']:,.0f} evaluation images at {1 / rates.trial_eval:.0f} img/s, {imgs['n_trials']:.0f} trials at {rates.per_trial(False):.0f} s fixed "
-              f"({imgs['n_bisect']:.0f} matching FLOPs at {rates.per_trial(True):.0f} s); measured here, which took "
-              f"{measuring:.0f} s before this line and is not in the estimate; cached baselines and finished trials cost nothing)")
-
-
-def _images(cfg: SweepConfig, data: Any, recipe: Any) -> int:
-    """Training images of one epoch of `recipe` (image folders: the training split, no subsets)."""
-    if data is None:
-        return image_folder_train_images(cfg.dataset.split(":", 1)[1], cfg.selection)
-    return len(data.train.subset_per_class(recipe.subset_per_class).y)
-
-
-def _split_info(cfg: SweepConfig, data: Any) -> dict[str, Any]:
-    return data.split_info() if data is not None else image_folder_split_info(cfg.dataset, cfg.selection)
-
-
-@dataclass(frozen=True)
-class Rates:
-    """What the plan's estimate multiplies, measured on this machine before anything trains (`measure_rates`).
-    Seconds per image of the unpruned model and of a pruned copy (every group at 85% of its channels): on CPUs a
-    pruned network at odd widths can train slower per image than the unpruned one (resnet110: 73 against 90 img/s),
-    so trials are estimated at the slower of the two."""
-    train: float          # seconds per training image: the real loader (augmentation), optimizer step and schedule
-    eval: float           # seconds per evaluation image: evaluate() over an evaluation loader at its batch size
-    trace: float          # seconds to trace the model's channel groups (once per trial)
-    count: float          # seconds of one FLOPs/params count of a pruned copy (prune_model + fvcore)
-    latency: float        # seconds of one latency measurement at batch 1 (bench.measure.speedup at its round limit)
-    train_pruned: float
-    eval_pruned: float
-
-    @property
-    def trial_train(self) -> float:
-        return max(self.train, self.train_pruned)
-
-    @property
-    def trial_eval(self) -> float:
-        return max(self.eval, self.eval_pruned)
-
-    def per_trial(self, bisects: bool) -> float:
-        """A trial's seconds beyond its images: tracing, the final counts, its latency pass, and for a trial that
-        meets a FLOPs target (flops_target knobs, matched partners) the bisection's counts."""
-        return self.trace + 2 * self.count + self.latency + (BISECTION_COUNTS * self.count if bisects else 0.0)
-
-
-BISECTION_COUNTS = 30  # FLOPs counts one flops_target trial makes (ScoredMethod._to_flops; measured: 31 on resnet110)
-PRUNED_KEEP = 0.85     # the pruned copy measure_rates times: every group keeps this fraction of its channels
-_RATES: dict[tuple[str, ...], Rates] = {}
-
-
-def measure_rates(model_name: str, data: Any, recipe: Any, device: torch.device, batches: int = 6) -> Rates:
-    """Measure `Rates` here (cached per model, data, recipe and device): for the unpruned model and a pruned copy,
-    `batches` training batches of the real loader through `fit` after one warm-up batch and two evaluation batches
-    of `evaluate`; one trace, one count (after a first, warm-up count), and one batch-1 forward pass on one thread
-    scaled to the latency pass's most rounds."""
-    key = (model_name, str(data.fingerprint), recipe.name, str(device))
-    if key in _RATES:
-        return _RATES[key]
-    import copy
-
-    import models
-    from bench.data import DeviceLoader
-    from bench.measure import LATENCY_ROUNDS, LATENCY_THREADS, profile_model
-    from bench.train import evaluate, fit
-    from methods.core import channel_groups, prune_model
-
-    loader = open_loaders(data.name, recipe.batch_size, device, data=data, subset_per_class=100).train
-    bs = recipe.batch_size
-    split = data.selection_split.subset_per_class(max(1, 1000 // data.num_classes))  # timed only, never scored
-    evals = DeviceLoader(split, data.mean, data.std, max(bs, 500), device)
-
-    def clock(fn: Callable[[], Any]) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
-
-    def speeds(net: torch.nn.Module) -> tuple[float, float]:
-        model = prepare_model(net, device)
-        fit(model, loader, None, recipe, device, images=bs)  # warm-up
-        train = clock(lambda: fit(model, loader, None, recipe, device, images=batches * bs)) / (batches * bs)
-        evaluate(model, evals, device)  # warm-up
-        return train, clock(lambda: evaluate(model, evals, device)) / len(split.y)
-
-    cpu = models.create(model_name, num_classes=data.num_classes).eval()
-    x = torch.randn(1, 3, *data.train.x.shape[1:3])
-    t0 = time.perf_counter()
-    groups = channel_groups(cpu, x, "all", name=model_name)
-    trace = time.perf_counter() - t0
-    ctx = methods.Context(cpu, groups, model_name, {"num_classes": data.num_classes}, tuple(x.shape[1:]),
-                          torch.device("cpu"), 0)
-    plan = ctx.plan({})
-    profile_model(prune_model(cpu, plan), tuple(x.shape[1:]))  # warm-up: the first count pays fvcore's set-up
-    count = clock(lambda: profile_model(prune_model(cpu, plan), tuple(x.shape[1:])))
-    masks = {g.id: (torch.arange(g.units) < max(1, round(g.units * PRUNED_KEEP))).float() for g in groups}
-    pruned = prune_model(cpu, ctx.plan(masks))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(LATENCY_THREADS)
-    try:
-        with torch.inference_mode():
-            xl = x.contiguous(memory_format=torch.channels_last)
-            cl = copy.deepcopy(cpu).to(memory_format=torch.channels_last)
-            cl(xl)
-            call = min(clock(lambda: cl(xl)) for _ in range(5))
-    finally:
-        torch.set_num_threads(threads)
-    latency = call * 2 * 10 * (3 + LATENCY_ROUNDS[1])  # two models, 10 calls a round, 3 warm-up rounds
-    train, evaluation = speeds(copy.deepcopy(cpu))
-    train_pruned, eval_pruned = speeds(pruned)
-    _RATES[key] = rates = Rates(train, evaluation, trace, count, latency, train_pruned, eval_pruned)
-    return rates

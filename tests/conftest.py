@@ -39,5 +39,5 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def synthetic():
-    from bench.data import make_synthetic
+    from bench.engine.data import make_synthetic
     return make_synthetic()

@@ -46,16 +46,16 @@ def small_net() -> torch.nn.Module:
 
 
 def eval_split():
-    from bench.data import ArraySplit, make_synthetic
+    from bench.engine.data import ArraySplit, make_synthetic
 
     data = make_synthetic()
     return ArraySplit(data.test.x[:151], data.test.y[:151]), data.mean, data.std
 
 
 def checks(rank: int) -> dict:
-    from bench import dist
-    from bench.data import DeviceLoader
-    from bench.train import evaluate
+    from bench.engine import dist
+    from bench.engine.data import DeviceLoader
+    from bench.engine.train import evaluate
 
     weights, actions, correct = samples()
     mine = slice(rank * B, (rank + 1) * B)
@@ -84,10 +84,10 @@ def _digest(model: torch.nn.Module) -> str:
 
 def install_recorders(seen: dict) -> None:
     """Wrap the engine's training, writing and DECORE's selection so this rank records what it did."""
-    import bench.baseline
-    import bench.io
-    import bench.pruned
-    import bench.trial
+    import bench.engine.baseline
+    import bench.core.io
+    import bench.deploy.pruned
+    import bench.trial.run
     import methods.decore
 
     def record_fit(fit):
@@ -110,9 +110,9 @@ def install_recorders(seen: dict) -> None:
             return result
         return wrapped
 
-    bench.baseline.fit = record_fit(bench.baseline.fit)
-    bench.trial.fit = record_fit(bench.trial.fit)
-    bench.io.atomic_write = bench.pruned.atomic_write = record_writes(bench.io.atomic_write)
+    bench.engine.baseline.fit = record_fit(bench.engine.baseline.fit)
+    bench.trial.run.fit = record_fit(bench.trial.run.fit)
+    bench.core.io.atomic_write = bench.deploy.pruned.atomic_write = record_writes(bench.core.io.atomic_write)
     methods.decore.Decore.select = record_select(methods.decore.Decore.select)
 
 

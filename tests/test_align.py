@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from bench import align
+from bench.deploy import align
 from bench.cli import main
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 
 def test_choice_is_the_highest_efficiency_and_the_smaller_multiple_on_a_tie():
@@ -51,11 +51,12 @@ def test_measure_compares_plans_of_equal_flops_and_writes_a_record(tmp_path):
 def test_round_to_auto_reuses_the_record_and_the_experiment_records_it(tmp_path, monkeypatch, capsys):
     """A sweep with --round-to auto takes the multiple for its deploy form from RESULTS_DIR/align/ (written there
     by a measurement once; here by hand, so that nothing is timed) and records it in its experiment.json."""
-    from bench.cli import build_parser, sweep_config
+    from bench.cli import build_parser
+    from sweeps.plan import sweep_config
 
     monkeypatch.setenv("RESULTS_DIR", str(tmp_path))
     device = torch.device("cpu")
-    from bench.perf import cpu_model
+    from bench.core.env import cpu_model
 
     rec = align.Alignment("cifar_resnet20", align.device_label(device), "folded", 64, 0.5, 3, cpu_model(), torch.__version__,
                           [{"round_to": 1, "flops": 1, "flops_kept": 0.5, "speedup": 1.0, "speedup_q1": 1.0,
@@ -69,7 +70,7 @@ def test_round_to_auto_reuses_the_record_and_the_experiment_records_it(tmp_path,
     assert cfg.round_to == 16 and cfg.alignment["chosen"] == 16 and cfg.deploy_form == "folded"
     assert "round_to 16" in capsys.readouterr().out
     assert cfg.identity()["round_to"] == 16  # auto and a typed 16 share one experiment
-    from bench.data import load_dataset
+    from bench.engine.data import load_dataset
     from sweeps.study import write_experiment
 
     write_experiment(cfg, load_dataset("synthetic", selection="val"))

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import models
-from bench.baseline import get_baseline
-from bench.errors import UserError
-from bench.io import sha256_file
-from bench.recipe import load_recipe
+from bench.engine.baseline import get_baseline
+from bench.core.errors import UserError
+from bench.core.io import sha256_file
+from bench.engine.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 

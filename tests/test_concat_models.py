@@ -6,10 +6,10 @@ import torch
 
 import methods
 import models
-from bench.data import DeviceLoader, make_synthetic
-from bench.measure import count_flops, count_params
-from bench.recipe import Recipe
-from bench.train import fit
+from bench.engine.data import DeviceLoader, make_synthetic
+from bench.engine.measure import count_flops, count_params
+from bench.engine.recipe import Recipe
+from bench.engine.train import fit
 from methods.core import channel_groups, prune_model
 
 CPU = torch.device("cpu")

@@ -1,6 +1,6 @@
 """Crash safety: a sweep SIGKILLed in every phase, then rerun, loses, duplicates and corrupts nothing.
 
-The kills come from bench.faults (BENCH_CRASH_AT=<point>: the process SIGKILLs itself at that point), so each
+The kills come from bench.core.faults (BENCH_CRASH_AT=<point>: the process SIGKILLs itself at that point), so each
 one lands inside its phase every time; the test profile's phases last well under a second, too short to hit
 reliably by watching a child's output.
 """
@@ -14,9 +14,10 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from bench.io import sha256_file
-from bench.results import ResultsTable
-from sweeps.study import SweepConfig, run_sweep
+from bench.core.io import sha256_file
+from bench.trial.results import ResultsTable
+from sweeps.config import SweepConfig
+from sweeps.study import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = [sys.executable, "-m", "bench", "sweep", "--model", "resnet20", "--dataset", "synthetic", "--profile", "test",
@@ -79,7 +80,7 @@ def test_sigkill_in_every_phase_then_rerun(tmp_path):
 
 
 def test_a_diverging_trial_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path, monkeypatch):
-    recipe = json.loads((ROOT / "bench" / "recipes" / "test-micro.json").read_text())
+    recipe = json.loads((ROOT / "bench" / "engine" / "recipes" / "test-micro.json").read_text())
     (tmp_path / "explode.json").write_text(json.dumps({**recipe, "lr": 1e12, "name": "explode"}))
     profile = json.loads((ROOT / "sweeps" / "profiles" / "test.json").read_text())
     profiles = tmp_path / "profiles"

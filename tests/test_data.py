@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.data import ArraySplit, DeviceLoader, load_dataset, make_synthetic, open_loaders
-from bench.errors import UserError
+from bench.engine.data import ArraySplit, DeviceLoader, load_dataset, make_synthetic, open_loaders
+from bench.core.errors import UserError
 from conftest import shared_cifar10
 
 

@@ -18,10 +18,10 @@ import pytest
 import torch
 
 import ddp_worker
-from bench.data import ArraySplit, DeviceLoader, make_synthetic
-from bench.measure import count_flops
-from bench.pruned import load_pruned
-from bench.train import evaluate, prepare_model
+from bench.engine.data import ArraySplit, DeviceLoader, make_synthetic
+from bench.engine.measure import count_flops
+from bench.deploy.pruned import load_pruned
+from bench.engine.train import evaluate, prepare_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")

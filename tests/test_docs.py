@@ -37,7 +37,7 @@ def _env() -> dict[str, str]:
 
 
 def test_site_builds_strictly_with_generated_pages(site: Path) -> None:
-    from bench.results import COLUMNS
+    from bench.trial.results import COLUMNS
 
     outputs = (site / "outputs" / "index.html").read_text()
     for column in COLUMNS:  # the runs.csv columns come from the code's own list
@@ -115,7 +115,7 @@ def _matrix_checked() -> int:
 
 
 def _matrix_run() -> str:
-    """The matrix's command and wall time as its README states them (written by bench.timm_matrix.write)."""
+    """The matrix's command and wall time as its README states them (written by bench.checks.timm_matrix.write)."""
     text = (RESULTS / "timm-matrix" / "README.md").read_text()
     command, wall = re.search(r"Command: `([^`]+)`", text), re.search(r"Wall time: ([\d.]+ min)", text)
     assert command and wall, "results/timm-matrix/README.md no longer states its command and wall time"
@@ -160,15 +160,15 @@ QUOTES: list[tuple[tuple[str, ...], Callable[[], str]]] = [
 
 def _perf_pick() -> str:
     """The main README's advice on alignment, from the committed perf run (results/perf/perf.csv)."""
-    from bench.perf import read_perf
-    from bench.perf_summary import pick_sentence
+    from bench.checks.perf_report import read_perf
+    from bench.checks.perf_summary import pick_sentence
 
     return pick_sentence(read_perf(RESULTS / "perf"))
 
 
 def test_the_perf_folder_readme_is_written_from_its_runs() -> None:
     """results/perf/README.md is `bench perf-readme`'s output for the files beside it, to the byte."""
-    from bench.perf_summary import readme
+    from bench.checks.perf_summary import readme
 
     assert (RESULTS / "perf" / "README.md").read_text() == readme(RESULTS / "perf")
 
@@ -211,7 +211,8 @@ def profiles_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[
 
 
 def _sweep(model: str, methods: tuple[str, ...]) -> pd.DataFrame:
-    from sweeps.study import SweepConfig, run_sweep
+    from sweeps.config import SweepConfig
+    from sweeps.study import run_sweep
 
     folder = run_sweep(SweepConfig(model, "synthetic", profile="test", methods=methods, trials=1, match=None,
                                    control=False, device="cpu", wandb="off"))

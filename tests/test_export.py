@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import models
-from bench import export
+from bench.deploy import export
 from bench.cli import main
-from bench.pruned import save_pruned
+from bench.deploy.pruned import save_pruned
 from methods.core import channel_groups, prune_model
 from test_pruning_core import _random_plan, _randomize
 
@@ -73,7 +73,7 @@ def test_export_cli(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_vgg16_bn"])
 def test_folded_model_equals_unfolded_in_eval_mode(name):
-    from bench.deploy import count_bn, fold_bn
+    from bench.deploy.forms import count_bn, fold_bn
 
     model = _randomize(models.create(name, num_classes=10))
     groups = channel_groups(model, torch.randn(1, 3, 32, 32), "all", name=name)

@@ -11,10 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import figures, report
-from bench.results import SERIES_KEYS, ResultsTable, decision_top1
-from bench.site.data import find_experiments, read_runs
-from bench.site.pages import experiment_page
+from bench.report import figures
+from bench.report import experiment as report
+from bench.report import rows, style
+from bench.trial.results import SERIES_KEYS, ResultsTable, decision_top1
+from bench.report.site.data import find_experiments, read_runs
+from bench.report.site.pages import experiment_page
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = find_experiments(REPO / "results")
@@ -79,7 +81,7 @@ def test_static_and_paper_figures_draw_the_flagged_fronts(folder: Path) -> None:
         assert np.allclose(drawn, sorted(want.values()), atol=1e-9) and len(drawn) == len(want)
     # the paper figure marks the same configurations as fronts
     pts, _ = figures.paper_points(df)
-    hashes = {frozenset(h) for h, on in zip(report.aggregate(df).query("method != 'control'")["hashes"], pts["pareto"]) if on}
+    hashes = {frozenset(h) for h, on in zip(rows.aggregate(df).query("method != 'control'")["hashes"], pts["pareto"]) if on}
     assert hashes == set(want)
 
 
@@ -91,14 +93,14 @@ def test_paper_figure_sizes_fonts_and_colours() -> None:
         assert fig.get_figwidth() == inches
         texts = [t for ax in fig.axes for t in (ax.xaxis.label, ax.yaxis.label, *ax.get_xticklabels())]
         texts += list(fig.legends[0].get_texts())
-        assert min(t.get_fontsize() for t in texts) >= figures.FONT_PT
+        assert min(t.get_fontsize() for t in texts) >= style.FONT_PT
         # one colour per method: every marker of a method has the method's Okabe-Ito colour
         for ax in fig.axes:
             for line in ax.lines:
                 if line.get_marker() not in (None, "None", ""):
-                    colours = {figures.method_style(m)[1].lower() for m in figures.METHOD_STYLE}
+                    colours = {style.method_style(m)[1].lower() for m in style.METHOD_STYLE}
                     assert str(line.get_color()).lower() in colours
-    assert len({c for _, c, _ in figures.METHOD_STYLE.values()}) == len(figures.METHOD_STYLE)
+    assert len({c for _, c, _ in style.METHOD_STYLE.values()}) == len(style.METHOD_STYLE)
 
 
 def test_t_interval_matches_tables() -> None:

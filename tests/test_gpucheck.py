@@ -1,7 +1,7 @@
 """`make gpu-check` in its reduced CPU form (tiny sizes, synthetic data, gloo): every check runs and passes."""
 import torch
 
-from bench import gpucheck
+from bench.checks import gpucheck
 
 
 def test_gpu_check_cpu_form_runs_every_check(tmp_path):

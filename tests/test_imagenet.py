@@ -18,15 +18,15 @@ from timm.models import register_model
 from timm.models.resnet import resnet50
 
 import models
-from bench.baseline import BaselineSpec, load_pretrained
+from bench.engine.baseline import BaselineSpec, load_pretrained
 from bench.cli import main
-from bench.data import image_data_config, image_transforms
-from bench.errors import UserError
-from bench.io import sha256_file
-from bench.measure import count_flops
-from bench.recipe import load_recipe
-from bench.results import ResultsTable
-from bench.trial import TrialConfig
+from bench.engine.imagefolder import image_data_config, image_transforms
+from bench.core.errors import UserError
+from bench.core.io import sha256_file
+from bench.engine.measure import count_flops
+from bench.engine.recipe import load_recipe
+from bench.trial.results import ResultsTable
+from bench.trial.run import TrialConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,7 +101,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them in "
                       "the cached files.\nCheck your internet connection")
 
-    monkeypatch.setattr("bench.baseline.check_reachable", unreachable)
+    monkeypatch.setattr("bench.engine.baseline.check_reachable", unreachable)
     for fn in ("load_state_dict_from_hf", "load_state_dict_from_url", "download_cached_file", "load_custom_from_hf"):
         monkeypatch.setattr(builder, fn, refuse)
 
@@ -109,7 +109,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("probe", ["unreachable", "answers"])
 def test_pretrained_without_a_network_is_one_line_naming_checkpoint(offline, monkeypatch, probe):
     if probe == "answers":  # the port answers (a proxy, a firewall), the download fails all the same
-        monkeypatch.setattr("bench.baseline.check_reachable", lambda url, timeout=5.0: None)
+        monkeypatch.setattr("bench.engine.baseline.check_reachable", lambda url, timeout=5.0: None)
     with pytest.raises(UserError) as e:
         load_pretrained(models.create("resnet50", num_classes=1000), "resnet50.a1_in1k", 1000)
     msg = str(e.value)
@@ -169,7 +169,7 @@ def _micro_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     profiles.mkdir()
     profile = json.loads((ROOT / "sweeps" / "profiles" / "imagenet.json").read_text())
     for phase in ("baseline_recipe", "joint_recipe", "finetune_recipe"):
-        recipe = json.loads((ROOT / "bench" / "recipes" / f"{profile[phase]}.json").read_text())
+        recipe = json.loads((ROOT / "bench" / "engine" / "recipes" / f"{profile[phase]}.json").read_text())
         path = tmp_path / f"micro-{phase}.json"
         path.write_text(json.dumps({**recipe, "epochs": 1, "batch_size": 16, "milestones": []}))
         profile[phase] = str(path)

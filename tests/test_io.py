@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from bench.errors import UserError
-from bench.io import atomic_write, config_hash, load_state_dict, save_state_dict, write_json
+from bench.core.errors import UserError
+from bench.core.io import atomic_write, config_hash, load_state_dict, save_state_dict, write_json
 
 
 def test_config_hash_is_order_independent_and_content_sensitive():

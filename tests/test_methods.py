@@ -6,10 +6,10 @@ import torch
 
 import methods
 import models
-from bench.data import DeviceLoader
-from bench.measure import count_flops, count_params
-from bench.recipe import Recipe
-from bench.train import fit, prepare_model
+from bench.engine.data import DeviceLoader
+from bench.engine.measure import count_flops, count_params
+from bench.engine.recipe import Recipe
+from bench.engine.train import fit, prepare_model
 from methods.base import Knob, KnobError, Method, register
 from methods.core import channel_groups, prune_model
 from methods.decore import agent_loss, break_even_lambda

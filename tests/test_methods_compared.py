@@ -39,7 +39,7 @@ class Tiny(nn.Module):
 
 def _small(ctx: methods.Context, synthetic, per_class: int = 20) -> methods.Context:
     """The context with a 200-image training loader: slim's sparsity epoch in a few steps."""
-    from bench.data import DeviceLoader
+    from bench.engine.data import DeviceLoader
     ctx.train_loader = DeviceLoader(synthetic.train.subset_per_class(per_class), synthetic.mean, synthetic.std, 50,
                                     train=True, seed=0)
     return ctx
@@ -240,10 +240,10 @@ def test_plan_shape_needs_no_data(trained, synthetic):
 # ---------------------------------------------------------------- through the engine
 
 def _trial(method: str, knobs: dict):
-    from bench.trial import TrialConfig, run_trial
+    from bench.trial.run import TrialConfig, run_trial
     cfg = TrialConfig("resnet20", "synthetic", method, knobs, baseline_recipe="test-micro", joint_recipe="test-micro",
                       finetune_recipe="test-micro", profile="test", selection="test")
-    return run_trial(cfg, CPU, data=pytest.importorskip("bench.data").make_synthetic())
+    return run_trial(cfg, CPU, data=pytest.importorskip("bench.engine.data").make_synthetic())
 
 
 @pytest.mark.slow
@@ -272,7 +272,7 @@ def test_slim_sparsity_phase_makes_scales_sparse_and_records_it(trained, synthet
     (1e-5) is the default, and in one short epoch it moves nothing, which the row then shows."""
     import dataclasses
 
-    from bench.recipe import Recipe
+    from bench.engine.recipe import Recipe
     from methods.slim import paper_sparsity
     slim = methods.get_method("slim")
     assert paper_sparsity("cifar_resnet20") == 1e-5 and paper_sparsity("cifar_vgg16_bn") == 1e-4

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import models
-from bench.measure import count_flops, count_params
+from bench.engine.measure import count_flops, count_params
 from models.cifar_resnet import ShortcutA
 
 # Published params / conv+linear MACs at 1x3x32x32, 10 classes (DESIGN.md, Li et al. 2017, DECORE)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from bench.cli import main
-from bench.paper import write_paper
+from bench.report.paper import write_paper
 from test_report import make_table
 
 
@@ -20,7 +20,7 @@ def test_paper_lists_measured_and_missing_models(tmp_path, capsys):
         assert "**Not run yet.**" in part and f"make bench MODEL={model} DATASET=cifar10 PROFILE=paper" in part
     # the image count behind the GPU estimate, from the recipes: baseline + 41 trials (3 methods x 8, 2 partners x 8,
     # the control) of 300 epochs over the 45,000 training images (DECORE's gated joint epochs count 1.1)
-    from bench.recipe import load_recipe
+    from bench.engine.recipe import load_recipe
     base = load_recipe("cifar-standard").epochs * 45_000
     decore = (260 * 1.1 + 40) * 45_000
     trials = 8 * decore + (2 * 8 + 2 * 8 + 1) * 300 * 45_000

@@ -3,12 +3,12 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import perf
+from bench.checks import perf, perf_report, timing
 from bench.cli import main
 
 
 def test_perf_writes_tables_with_every_measurement(tmp_path):
-    cfg = perf.PerfConfig(models=("resnet20",), batch_size=8, steps=1, rounds=2, max_rounds=3, flops_targets=(0.5,),
+    cfg = timing.PerfConfig(models=("resnet20",), batch_size=8, steps=1, rounds=2, max_rounds=3, flops_targets=(0.5,),
                           round_to=(8,), ref_workers=0, eval_images=64, latency_repeats=2, latency_batch=4,
                           device=torch.device("cpu"), processes=2)
     csv, md = perf.run(cfg, tmp_path / "perf", "pytest")
@@ -37,22 +37,22 @@ def test_perf_writes_tables_with_every_measurement(tmp_path):
     for heading in ("## Training loops", "## Pruned models", "## Deployment form", "harness / reference",
                     "gated step / plain step", "efficiency b4", "train speed-up", "median (IQR)"):
         assert heading in text
-    tables = perf.summarise(df.drop(columns="device").to_dict("records"))
+    tables = perf_report.summarise(df.drop(columns="device").to_dict("records"))
     cell = tables["train"].iloc[0]["gated step / plain step"]
     ratios = df[(df.measure == "gated / plain")].iloc[0]
-    assert isinstance(cell, perf.Spread) and cell.median == pytest.approx(ratios.value)
+    assert isinstance(cell, timing.Spread) and cell.median == pytest.approx(ratios.value)
     assert f"{cell.median:.2f} ({cell.iqr:.2f})" in text
     assert "split among 2 fresh processes" in text and "in 2 processes" in text
-    advice = perf.alignment_advice(df)
+    advice = perf_report.alignment_advice(df)
     assert set(advice.form) == {"eager", "folded", "onnxruntime"} and set(advice.round_to) == {1, 8}
     for (form, batch), g in advice.groupby(["form", "batch"]):
         eff = df[(df.measure == "efficiency") & (df.form == form) & (df.batch == batch)]
         best = max((1, 8), key=lambda r: (round(eff[eff.round_to == r].value.median(), 6), -r))
         assert g[g.pick != ""].round_to.tolist() == [best]
     assert "## Which alignment to pick on this machine" in text and "**pick**" in text
-    assert perf.onnx_layout_note(df) in text and "convs outside NCHWc" in text
+    assert perf_report.onnx_layout_note(df) in text and "convs outside NCHWc" in text
     # the summary a perf folder's README and the main README quote, from the same rows
-    from bench import perf_summary
+    from bench.checks import perf_summary
 
     picked = perf_summary.picks(df, batch=4)
     for form, (r, eff) in picked.items():
@@ -69,22 +69,22 @@ def test_perf_writes_tables_with_every_measurement(tmp_path):
 
 
 def test_rounds_repeat_until_ratios_settle():
-    cfg = perf.PerfConfig(rounds=3, max_rounds=12, rel_iqr=0.05, max_seconds=60)
+    cfg = timing.PerfConfig(rounds=3, max_rounds=12, rel_iqr=0.05, max_seconds=60)
     noisy = iter([1.0, 2.0, 0.5, 1.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
-    r = perf.repeat_rounds(lambda i: ({}, {("x", "v", "", 1): next(noisy)}), cfg, "test")
+    r = timing.repeat_rounds(lambda i: ({}, {("x", "v", "", 1): next(noisy)}), cfg, "test")
     assert r.settled and 3 < len(r.series[("x", "v", "", 1)]) < 12     # more rounds than the minimum, then stops
-    steady = perf.repeat_rounds(lambda i: ({}, {("x", "v", "", 1): 2.0}), cfg, "test")
+    steady = timing.repeat_rounds(lambda i: ({}, {("x", "v", "", 1): 2.0}), cfg, "test")
     assert steady.settled and len(steady.series[("x", "v", "", 1)]) == 3
-    wild = perf.repeat_rounds(lambda i: ({}, {("x", "v", "", 1): float(i % 2 + 1)}), cfg, "test")
+    wild = timing.repeat_rounds(lambda i: ({}, {("x", "v", "", 1): float(i % 2 + 1)}), cfg, "test")
     assert not wild.settled and len(wild.series[("x", "v", "", 1)]) == 12
     # a later process continues an earlier one's rounds: numbering goes on, settling is judged on all of them
-    first = perf.repeat_rounds(lambda i: ({}, {("x", "v", "", 1): float(i % 2 + 1)}), perf.PerfConfig(
+    first = timing.repeat_rounds(lambda i: ({}, {("x", "v", "", 1): float(i % 2 + 1)}), timing.PerfConfig(
         rounds=2, max_rounds=2, rel_iqr=0.05), "test")
     seen = []
-    later = perf.repeat_rounds(lambda i: (seen.append(i), ({}, {("x", "v", "", 1): 1.0}))[1], cfg, "test", first)
+    later = timing.repeat_rounds(lambda i: (seen.append(i), ({}, {("x", "v", "", 1): 1.0}))[1], cfg, "test", first)
     assert seen[0] == 2 and later.series[("x", "v", "", 1)][:2] == [1.0, 2.0] and len(later.pids) == len(seen) + 2
     assert not first.settled and later.settled and len(seen) == 3     # its minimum: 4 of 5 rounds at 1.0, IQR 0
-    s = perf.spread([1.0, 2.0, 3.0, 4.0, 5.0])
+    s = timing.spread([1.0, 2.0, 3.0, 4.0, 5.0])
     assert (s.median, s.q1, s.q3, s.iqr) == (3.0, 2.0, 4.0, 2.0)
 
 
@@ -106,7 +106,7 @@ def _ratios(values, iqrs):
 def test_perf_compare_checks_every_ratio_against_the_printed_spreads(tmp_path, capsys):
     a = _ratios([1.00, 1.20, 1.50], [0.05, 0.05, 0.10])
     b = _ratios([1.04, 1.40, 1.601], [0.02, 0.05, 0.02])
-    m = perf.compare(a, b)
+    m = perf_report.compare(a, b)
     assert len(m) == 3                                                       # the ms row is left out
     agree = dict(zip(m.variant, m.agree))
     assert agree == {"l1@0.7": True, "l1@0.5": False, "l1@0.3": True}       # 0.04 <= 0.05; 0.20 > 0.05; 0.10 <= 0.10 as printed
@@ -124,7 +124,7 @@ def test_perf_compare_checks_every_ratio_against_the_printed_spreads(tmp_path, c
 
 def test_every_abbreviation_of_the_committed_perf_tables_is_defined():
     """perf.md's plan names (l1@F, round8, round16) and column abbreviations (bN, red., ms, IQR) are defined in
-    the text perf.write puts above the tables, and every committed perf.md carries that text."""
+    the text perf_report.write puts above the tables, and every committed perf.md carries that text."""
     import re
     from pathlib import Path
 
@@ -132,20 +132,20 @@ def test_every_abbreviation_of_the_committed_perf_tables_is_defined():
     assert found
     for path in found:
         text = path.read_text()
-        legend = perf.ABBREVIATIONS if perf.ABBREVIATIONS in text else perf.LEGACY_ABBREVIATIONS
+        legend = perf_report.ABBREVIATIONS if perf_report.ABBREVIATIONS in text else perf_report.LEGACY_ABBREVIATIONS
         assert legend in text, path
         tables = "\n".join(ln for ln in text.splitlines() if ln.startswith("|"))
         for word in set(re.findall(r"round\d+|l1@|\bb\d+\b|red\.|\bms\b", tables)):
             generic = {"l1@": "*l1@F*", "red.": "*red.*", "ms": "*ms*"}.get(word)
             defined = generic or (f"*{word}*" if word.startswith("round") else "*bN*")
             assert defined in legend, (path, word)
-    assert "IQR i (interquartile range" in perf.ABBREVIATIONS
+    assert "IQR i (interquartile range" in perf_report.ABBREVIATIONS
 
 
 def test_compiled_gated_and_plain_steps_are_timed_with_compile_time_apart(tmp_path):
     """--compile: the gated DECORE step and the plain one compiled (inductor) beside the eager ones; their ratio
     is a row of its own, and the compilation (the first calls) is reported in seconds, not in any step time."""
-    cfg = perf.PerfConfig(models=("resnet20",), batch_size=4, steps=1, rounds=1, max_rounds=1, flops_targets=(0.5,),
+    cfg = timing.PerfConfig(models=("resnet20",), batch_size=4, steps=1, rounds=1, max_rounds=1, flops_targets=(0.5,),
                           round_to=(), ref_workers=0, eval_images=16, latency_repeats=1, latency_batch=2,
                           device=torch.device("cpu"), processes=1, deploy=False, compile=True)
     csv, md = perf.run(cfg, tmp_path / "perf", "pytest")

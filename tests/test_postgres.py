@@ -20,8 +20,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from bench.results import ResultsTable
-from sweeps.study import SweepConfig
+from bench.trial.results import ResultsTable
+from sweeps.config import SweepConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIALS = 3

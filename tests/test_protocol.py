@@ -9,13 +9,15 @@ import optuna
 import pytest
 import torch
 
-from bench.baseline import get_baseline
-from bench.data import CIFAR_STATS, DeviceLoader, load_dataset, make_synthetic, with_selection
-from bench.recipe import load_recipe
-from bench.results import ResultsTable
-from bench.trial import TrialConfig, train_accuracy
+from bench.engine.baseline import get_baseline
+from bench.engine.splits import CIFAR_STATS
+from bench.engine.data import DeviceLoader, load_dataset, make_synthetic, with_selection
+from bench.engine.recipe import load_recipe
+from bench.trial.results import ResultsTable
+from bench.trial.run import TrialConfig, train_accuracy
 from methods.decore import break_even_from_counts
-from sweeps.study import SweepConfig, run_sweep
+from sweeps.config import SweepConfig
+from sweeps.study import run_sweep
 
 
 def _rows(split) -> set[bytes]:
@@ -145,7 +147,7 @@ def _decisions(folder, cfg):
 def test_no_decision_reads_the_test_set(tmp_path, monkeypatch):
     """Corrupt the test labels: objectives, Pareto flags and the trials chosen stay as they were; only the
     reported test top-1 changes."""
-    import bench.data as data_mod
+    import bench.engine.data as data_mod
 
     cfg_kw = dict(profile="test", device="cpu", methods=("l1", "random"), trials=2, control=False)
     monkeypatch.setenv("RESULTS_DIR", str(tmp_path / "clean"))
@@ -169,13 +171,13 @@ def test_no_decision_reads_the_test_set(tmp_path, monkeypatch):
 def test_scratch_controls_have_the_architecture_and_liu_et_al_budgets(tmp_path):
     """Scratch-B and Scratch-E of a real trial: the pruned architecture, fresh weights, and Liu et al.'s budgets
     (E: the baseline's training images; B: those x FLOPs_base / FLOPs_pruned), counted by the engine."""
-    from bench.pruned import load_pruned
-    from bench.scratch import run_scratch, scratch_folder
+    from bench.deploy.pruned import load_pruned
+    from bench.trial.scratch import run_scratch, scratch_folder
 
     data = with_selection(make_synthetic(), "val")
     tc = TrialConfig("resnet20", "synthetic", "l1", {"ratio": 0.5}, baseline_recipe="test-micro",
                      joint_recipe="test-micro", finetune_recipe="test-micro", profile="test")
-    from bench.trial import run_trial, trial_folder
+    from bench.trial.run import run_trial, trial_folder
     trial = run_trial(tc, torch.device("cpu"), data=data)
     base = get_baseline("resnet20", "synthetic", load_recipe("test-micro"), data=data)
     base_images = base.meta["train_images"]
@@ -213,7 +215,7 @@ def test_equal_budget_means_equal_data(tmp_path):
     """Smoke's shape (the joint phase on twice the fine-tuning subset) in miniature: DECORE, methods without a
     training phase (one that reads batches for its scores, one that does not) and the no-pruning control train
     on the same set of distinct images, as the engine counts them, and on the same number of images."""
-    from bench.trial import run_trial
+    from bench.trial.run import run_trial
 
     data = with_selection(make_synthetic(), "val")  # 90 training images per class
     joint = _recipe(tmp_path, "joint", 60, "constant", 0.01)
@@ -236,8 +238,8 @@ def test_equal_budget_means_equal_data(tmp_path):
 
 
 def run_history(row):
-    from bench.trial import experiment_dir
-    from bench.io import read_json
+    from bench.trial.run import experiment_dir
+    from bench.core.io import read_json
 
     folder = experiment_dir(row["experiment"]) / "trials" / f"{row['method']}-{row['config_hash']}"
     return read_json(folder / "history.json")["finetune"]
@@ -248,12 +250,12 @@ def test_engine_code_is_part_of_the_identity(tmp_path, monkeypatch):
     an edit to a module outside the engine (the report) changes neither."""
     import shutil
 
-    import bench.engine as engine
-    import bench.trial as trial_mod
-    import sweeps.study as study_mod
+    import bench.core.version as engine
+    import bench.trial.run as trial_mod
+    import sweeps.config as config_mod
 
     root = tmp_path / "copy"
-    for path in engine.engine_files() + [engine.ROOT / "bench" / "report.py"]:
+    for path in engine.engine_files() + [engine.ROOT / "bench" / "report" / "experiment.py"]:
         dest = root / path.relative_to(engine.ROOT)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, dest)
@@ -261,13 +263,13 @@ def test_engine_code_is_part_of_the_identity(tmp_path, monkeypatch):
     def identity() -> tuple[str, str]:
         version = engine.engine_version(root)
         monkeypatch.setattr(trial_mod, "engine_version", lambda: version)
-        monkeypatch.setattr(study_mod, "engine_version", lambda: version)
+        monkeypatch.setattr(config_mod, "engine_version", lambda: version)
         tc = TrialConfig("resnet20", "synthetic", "l1", {"ratio": 0.5}, profile="test")
         return tc.key, SweepConfig("resnet20", "synthetic", profile="test").study_name("l1")
 
     original = identity()
     assert engine.engine_version(root) == engine.engine_version()  # a faithful copy hashes as the real engine
-    report = root / "bench" / "report.py"
+    report = root / "bench" / "report" / "experiment.py"
     report.write_text(report.read_text() + "\n# an unrelated edit\n")
     engine.engine_version.cache_clear()
     assert identity() == original
@@ -298,7 +300,7 @@ def test_imported_weights_take_the_hold_out_from_the_test_side(tmp_path):
 def test_image_folder_test_side_hold_out_is_disjoint(tmp_path):
     from PIL import Image
 
-    from bench.data import image_folder_loaders, image_folder_split_info
+    from bench.engine.imagefolder import image_folder_loaders, image_folder_split_info
 
     for split, n in (("train", 6), ("val", 12)):
         for c in ("a", "b"):

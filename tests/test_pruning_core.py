@@ -6,8 +6,8 @@ import torch
 import torch.nn as nn
 
 import models
-from bench.measure import count_flops, count_params
-from bench.pruned import load_pruned, save_pruned
+from bench.engine.measure import count_flops, count_params
+from bench.deploy.pruned import load_pruned, save_pruned
 from methods.core import Gates, KeepPlan, PruningError, channel_groups, gate_vs_removal, prune_model, rebuild
 from methods.core.verify import perturb_norms
 

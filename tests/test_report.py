@@ -10,9 +10,11 @@ import pytest
 from matplotlib.collections import PathCollection
 from matplotlib.container import ErrorbarContainer
 
-from bench import report
-from bench.errors import UserError
-from bench.results import ResultsTable, mark_pareto, normalise
+from bench.report import experiment as report
+from bench.report import rows as report_rows
+from bench.report import tables
+from bench.core.errors import UserError
+from bench.trial.results import ResultsTable, mark_pareto, normalise
 
 BASE = {"top1": 93.10, "params": 853_018, "flops": 125_485_706}
 GROUPS = {"conv1": 16, "layer1.0.conv1": 16, "layer1.1.conv1": 16, "layer2.0.conv2": 32, "layer2.0.conv1": 32,
@@ -69,7 +71,7 @@ def table() -> pd.DataFrame:
 
 @pytest.fixture
 def reference() -> pd.DataFrame:
-    return report.load_reference("cifar_resnet56", "cifar10")
+    return report_rows.load_reference("cifar_resnet56", "cifar10")
 
 
 def _by_hash(df: pd.DataFrame) -> dict[str, str]:
@@ -84,14 +86,14 @@ def test_reference_maps_timm_names_and_keeps_baseline_apart(reference):
     assert reference.attrs["baseline"]["flops_m"] == pytest.approx(125.49)
     decore200 = reference[reference["variant"] == "DECORE-200"].iloc[0]
     assert (decore200["flops_m"], decore200["top1"]) == (62.93, 93.26)
-    vgg = report.load_reference("cifar_vgg16_bn", "cifar10")
+    vgg = report_rows.load_reference("cifar_vgg16_bn", "cifar10")
     assert vgg.attrs["baseline"]["params_m"] == pytest.approx(14.98) and (vgg["model"] == "vgg16_bn").all()
-    assert report.load_reference("cifar_resnet20", "cifar10").empty
+    assert report_rows.load_reference("cifar_resnet20", "cifar10").empty
 
 
 def test_missing_reference_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        report.load_reference("cifar_resnet56", "cifar10", tmp_path / "nope.csv")
+        report_rows.load_reference("cifar_resnet56", "cifar10", tmp_path / "nope.csv")
 
 
 @pytest.mark.parametrize("method,knob,value,label", [
@@ -102,13 +104,13 @@ def test_missing_reference_file_is_a_user_error(tmp_path):
 ])
 def test_trial_labels_follow_the_paper(method, knob, value, label):
     row = normalise([_trial(0, method, knob, value, 0, 90.0, 1, 1)]).iloc[0]
-    assert report.trial_label(row) == label
+    assert report_rows.trial_label(row) == label
 
 
 # ---------------------------------------------------------------- Pareto front
 
 def test_pareto_flags_on_hand_chosen_points(table):
-    """The one front (bench.results.mark_pareto, validation top-1 against FLOPs per series on seed means):
+    """The one front (bench.trial.results.mark_pareto, validation top-1 against FLOPs per series on seed means):
     DECORE-200's seeds share the flag; L1 ratio 0.1 is beaten by li2017-B; the failed trial is out."""
     assert set(table.loc[table["pareto"].fillna(False), "config_hash"]) == {"hash03", "hash01", "hash02", "hash00",
                                                                             "hash07", "hash06", "hash10", "hash09",
@@ -116,7 +118,7 @@ def test_pareto_flags_on_hand_chosen_points(table):
 
 
 def test_aggregate_means_over_seeds(table):
-    agg = report.aggregate(table)
+    agg = report_rows.aggregate(table)
     assert len(agg) == 9  # 10 complete trials, two of them seeds of one configuration
     d200 = agg[agg["label"].str.startswith("DECORE-200 ")].iloc[0]
     assert d200["label"] == "DECORE-200 · all · 4.0k img (2+2 ep) · n=2"
@@ -133,7 +135,7 @@ def test_labels_differ_when_only_budget_scope_or_round_to_differ():
     rows.append({**rows[0], "config_hash": "b", "budget": "paper", "budget_images": 2000, "finetune_epochs": 40})
     rows.append({**rows[0], "config_hash": "c", "scope": "all"})
     rows.append({**rows[0], "config_hash": "d", "round_to": 8})
-    agg = report.aggregate(normalise(rows))
+    agg = report_rows.aggregate(normalise(rows))
     assert len(agg) == 4 and agg["label"].is_unique and agg["series"].is_unique
     assert "round_to 8" in agg.loc[agg["round_to"] == 8, "label"].iloc[0]
     assert "internal" in agg.loc[0, "label"] and " all " in agg.loc[2, "label"]
@@ -167,8 +169,8 @@ def _block(md: str, first_header: str) -> list[list[str]]:
 
 
 def test_table_rows_numbers_order_and_no_trivial_bold(table, reference):
-    md, tex = report.paper_table(table, reference)
-    measured = _block(md, report.HEADERS[0])
+    md, tex = tables.paper_table(table, reference)
+    measured = _block(md, tables.HEADERS[0])
     assert len(measured) == 1 + 9  # baseline + 9 configurations
     assert [r[0].split(" · ")[0] for r in measured] == [
         "Baseline (before pruning)", "L1 (ratio 0.1)", "Random (ratio 0.1)", "DECORE-450", "L1 (li2017-B)",
@@ -193,7 +195,7 @@ def test_matched_partners_side_by_side_with_paired_difference():
         rows += [dec, part]
     control = {**_trial(20, "control", "ratio", 0.0, 0, 93.0, BASE["params"], BASE["flops"]), "knob_name": None,
                "knob_value": None, "knobs": "{}", "scope": "all"}
-    md, _ = report.paper_table(normalise(rows + [control]), None)
+    md, _ = tables.paper_table(normalise(rows + [control]), None)
     matched = _block(md, "Matched set")
     assert matched[0][0].startswith("DECORE-2 · all") and matched[0][1] == "91.50 ± 0.71"
     l1 = matched[1]
@@ -201,13 +203,13 @@ def test_matched_partners_side_by_side_with_paired_difference():
     # (-1.0, -1.5): mean -1.25, sd 0.354, t(0.975, 1 dof) = 12.706: half-width 3.18; two seeds give no verdict
     assert l1[3] == "-1.25 [-4.43, +1.93]" and l1[4] == "n=2 < 3: no verdict, paired by seed"
     assert l1[2] == "47.9% (gap +0.17%)"  # 60.1M against DECORE's 60.0M
-    measured = _block(md, report.HEADERS[0])
+    measured = _block(md, tables.HEADERS[0])
     decore = next(r for r in measured if r[0].startswith("DECORE-2 "))
     assert decore[5] == "-1.50"  # against the no-pruning control's 93.00
 
 
 def test_reference_block_lists_published_rows_with_sources(table, reference):
-    md, tex = report.paper_table(table, reference)
+    md, tex = tables.paper_table(table, reference)
     published = _block(md, "Method")
     assert len(published) == 11 and published[0][0].startswith("Baseline [")
     decore200 = next(r for r in published if r[0].startswith("DECORE-200"))
@@ -221,14 +223,14 @@ def test_reference_block_lists_published_rows_with_sources(table, reference):
 
 
 def test_latex_is_a_well_formed_booktabs_table(table, reference):
-    _, tex = report.paper_table(table, reference)
+    _, tex = tables.paper_table(table, reference)
     specs = re.findall(r"\\begin\{tabular\}\{([^}]*)\}", tex)
-    assert [len(s) for s in specs] == [len(report.HEADERS), len(report.PUBLISHED_HEADERS)]
+    assert [len(s) for s in specs] == [len(tables.HEADERS), len(tables.PUBLISHED_HEADERS)]
     for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
         assert tex.count(rule) == 2
     for ln in tex.splitlines():
         if ln.rstrip().endswith(r"\\") and "&" in ln:
-            assert len(re.findall(r"(?<!\\)&", ln)) in (len(report.HEADERS) - 1, len(report.PUBLISHED_HEADERS) - 1), ln
+            assert len(re.findall(r"(?<!\\)&", ln)) in (len(tables.HEADERS) - 1, len(tables.PUBLISHED_HEADERS) - 1), ln
     body = "\n".join(ln for ln in tex.splitlines() if not ln.startswith("%"))  # a leading comment names the packages
     assert not re.search(r"(?<!\\)[%_#]", body.replace("%\n", "\n")), "unescaped LaTeX special character"
     assert tex.isascii() and r"$\bullet$" in tex  # the front mark, in a macro every pdflatex knows
@@ -248,7 +250,7 @@ def _balanced(tex: str) -> bool:
 
 
 def test_latex_escape():
-    assert report.latex_escape("a_b & 5% #1 {x} ~ ^ \\") == \
+    assert report_rows.latex_escape("a_b & 5% #1 {x} ~ ^ \\") == \
         r"a\_b \& 5\% \#1 \{x\} \textasciitilde{} \^{} \textbackslash{}"
 
 
@@ -411,7 +413,7 @@ def test_report_experiment_via_upsert_and_without_decore(tmp_path):
             results.upsert({k: v for k, v in row.items() if not pd.isna(v)})
     out = report.report_experiment(tmp_path)
     assert "layers.png" not in out and not (tmp_path / "layers.png").exists()
-    assert "DECORE-" not in str(_block(out["table.md"].read_text(), report.HEADERS[0]))
+    assert "DECORE-" not in str(_block(out["table.md"].read_text(), tables.HEADERS[0]))
 
 
 def test_report_experiment_user_errors(table, tmp_path):
@@ -439,16 +441,16 @@ def test_labels_name_non_paper_options_and_engine_versions():
     older rows without one) say which engine made them."""
     dec = pd.Series({"method": "decore", "knob_name": "lambda", "knob_value": 0.99, "scope": "all",
                      "model": "cifar_resnet20", "knobs": json.dumps({"lambda": 0.99, "agent_init": 3.0, "agent_lr": 0.1})})
-    assert report.trial_label(dec) == "DECORE-0.99 (agents init 3, lr 0.1)"
-    assert report.trial_label({**dec, "knobs": json.dumps({"lambda": 0.99})}) == "DECORE-0.99"
+    assert report_rows.trial_label(dec) == "DECORE-0.99 (agents init 3, lr 0.1)"
+    assert report_rows.trial_label({**dec, "knobs": json.dumps({"lambda": 0.99})}) == "DECORE-0.99"
     l1 = pd.Series({"method": "l1", "knob_name": "flops_target", "knob_value": 0.6, "scope": "all",
                     "model": "cifar_resnet20", "knobs": json.dumps({"flops_target": 0.6})})
-    assert report.trial_label(l1) == "L1 (FLOPs 0.60; scope all)"  # Li et al. prune inside the blocks
-    assert report.trial_label({**l1, "scope": "internal"}) == "L1 (FLOPs 0.60)"
-    assert report.trial_label(pd.Series({"method": "scratch-b", "knobs": "{}", "scope": "all"})) == "Scratch-B"
+    assert report_rows.trial_label(l1) == "L1 (FLOPs 0.60; scope all)"  # Li et al. prune inside the blocks
+    assert report_rows.trial_label({**l1, "scope": "internal"}) == "L1 (FLOPs 0.60)"
+    assert report_rows.trial_label(pd.Series({"method": "scratch-b", "knobs": "{}", "scope": "all"})) == "Scratch-B"
     row = {**l1, "scope": "internal", "budget_images": 15000, "joint_epochs": 0, "finetune_epochs": 2,
            "round_to": 1, "method_version": "abc", "engine_version": "e1e1e1e1"}
-    assert "engine" not in report.series_label(pd.Series(row), {"l1": 1, report.ENGINE: 1})
-    assert report.series_label(pd.Series(row), {"l1": 1, report.ENGINE: 2}).endswith("engine e1e1e1")
+    assert "engine" not in report_rows.series_label(pd.Series(row), {"l1": 1, report_rows.ENGINE: 1})
+    assert report_rows.series_label(pd.Series(row), {"l1": 1, report_rows.ENGINE: 2}).endswith("engine e1e1e1")
     older = pd.Series({**row, "engine_version": None})
-    assert report.series_label(older, {"l1": 1, report.ENGINE: 2}).endswith("engine older (unrecorded)")
+    assert report_rows.series_label(older, {"l1": 1, report_rows.ENGINE: 2}).endswith("engine older (unrecorded)")

@@ -2,8 +2,8 @@
 import pandas as pd
 import pytest
 
-from bench.errors import UserError
-from bench.results import COLUMNS, ResultsTable, mark_pareto, normalise
+from bench.core.errors import UserError
+from bench.trial.results import COLUMNS, ResultsTable, mark_pareto, normalise
 
 
 def _row(h, method="l1", top1=90.0, flops=100, status="complete"):

@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.errors import UserError
-from bench.measure import count_flops, count_params
-from bench.report import speedup_form, speedup_when
-from bench.retime import rebuilt
+from bench.core.errors import UserError
+from bench.engine.measure import count_flops, count_params
+from bench.report.tables import speedup_form, speedup_when
+from bench.trial.retime import rebuilt
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = ROOT / "results" / "resnet20-cifar10-cpu-bea263c0"
@@ -79,12 +79,12 @@ def test_retime_times_the_rows_alone_and_changes_nothing_else(tmp_path):
 
 
 def test_speedup_columns_in_the_onnxruntime_form(monkeypatch):
-    """The measuring pass times an onnxruntime session of each model like a module (bench.deploy.in_form)."""
+    """The measuring pass times an onnxruntime session of each model like a module (bench.deploy.forms.in_form)."""
     import torch
 
     import models
-    from bench.deploy import OnnxModule, in_form
-    from bench.trial import speedup_columns
+    from bench.deploy.forms import OnnxModule, in_form
+    from bench.deploy.speed import speedup_columns
 
     monkeypatch.setenv("BENCH_LATENCY_ROUNDS", "3,3")
     row = _trials(EXPERIMENT).iloc[0]

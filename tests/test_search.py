@@ -6,11 +6,12 @@ import optuna
 import pytest
 
 from bench.cli import main
-from bench.errors import UserError
-from bench.measure import count_flops
-from bench.pruned import load_pruned
-from bench.results import ResultsTable
-from sweeps.search import SearchConfig, parse_budget, run_search
+from bench.core.errors import UserError
+from bench.engine.measure import count_flops
+from bench.deploy.pruned import load_pruned
+from bench.trial.results import ResultsTable
+from sweeps.budget import SearchConfig, parse_budget
+from sweeps.search import run_search
 
 STATES = optuna.trial.TrialState
 
@@ -57,7 +58,7 @@ def test_bad_budgets_are_one_line_errors(text, message, capsys):
 def test_winner_meets_the_budget_and_pruned_trials_are_pruned(tmp_path, monkeypatch):
     # two fine-tune epochs: the pruner judges after epoch 1 (after the last epoch nothing is left to save)
     root = Path(__file__).resolve().parents[1]
-    recipe = json.loads((root / "bench" / "recipes" / "test-micro.json").read_text())
+    recipe = json.loads((root / "bench" / "engine" / "recipes" / "test-micro.json").read_text())
     (tmp_path / "ft2.json").write_text(json.dumps({**recipe, "epochs": 2}))
     profile = json.loads((root / "sweeps" / "profiles" / "test.json").read_text())
     profiles = tmp_path / "profiles"

@@ -1,4 +1,4 @@
-"""The results site (bench/site): pages written from a results folder, then opened in headless Chromium.
+"""The results site (bench/report/site): pages written from a results folder, then opened in headless Chromium.
 
 The results folder is built by hand from the committed smoke experiment's runs.csv (real columns) plus a
 second experiment in the columns the results table is moving to (`test_top1`, `match_of`, `speedup`,
@@ -20,8 +20,8 @@ import optuna
 import pandas as pd
 import pytest
 
-from bench.site import write_site
-from bench.site.data import HOVER_FIELDS, find_experiments, hover_data, points, read_runs
+from bench.report.site import write_site
+from bench.report.site.data import HOVER_FIELDS, find_experiments, hover_data, points, read_runs
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "results" / "resnet20-cifar10-smoke"
@@ -108,7 +108,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _drawn_rows(folder: Path) -> dict[str, int]:
-    """Complete trial rows of runs.csv per method, counted from the file itself (not through bench.site)."""
+    """Complete trial rows of runs.csv per method, counted from the file itself (not through bench.report.site)."""
     counts: dict[str, int] = {}
     with open(folder / "runs.csv", newline="") as f:
         for r in csv.DictReader(f):

@@ -19,8 +19,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from bench.results import ResultsTable
-from sweeps.study import SweepConfig
+from bench.trial.results import ResultsTable
+from sweeps.config import SweepConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIALS = 3
@@ -277,7 +277,7 @@ def test_a_time_limit_shorter_than_one_trial_is_refused_before_anything_is_submi
 @pytest.mark.parametrize("text, fragment", [("partition=gpu", "needs time=MINUTES"), ("time=4h", "needs time=MINUTES"),
                                             ("gpus_per_node", "is not KEY=VALUE")])
 def test_bad_slurm_options_are_one_line_errors(text, fragment):
-    from bench.errors import UserError
+    from bench.core.errors import UserError
     from sweeps.launch import parse_slurm
 
     with pytest.raises(UserError, match=fragment):

@@ -11,7 +11,7 @@ import torch.nn as nn
 from timm.layers import MixedConv2d, SelectiveKernel
 
 from methods.core import KeepPlan, channel_groups, gate_vs_removal, prune_model
-from methods.core.groups import PruningError
+from methods.core.errors import PruningError
 from test_pruning_core import _randomize
 
 

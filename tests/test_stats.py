@@ -1,11 +1,11 @@
-"""bench.stats: paired differences and their t interval, against numbers computed by hand."""
+"""bench.report.stats: paired differences and their t interval, against numbers computed by hand."""
 from __future__ import annotations
 
 import math
 
 import pytest
 
-from bench.stats import paired, t_interval
+from bench.report.stats import paired, t_interval
 
 
 def test_paired_t_interval_by_hand():

@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.errors import UserError
-from bench.results import COLUMNS, ResultsTable
-from sweeps.study import SweepConfig, run_sweep
+from bench.core.errors import UserError
+from bench.trial.results import COLUMNS, ResultsTable
+from sweeps.config import SweepConfig
+from sweeps.study import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +47,7 @@ def test_sweep_two_trials_per_method_then_resume(capsys, monkeypatch):
 
     before = (folder / "runs.csv").read_text()
     with monkeypatch.context() as m:  # everything finished: no trial runs, nothing changes
-        m.setattr("sweeps.study.run_trial", lambda *a, **k: pytest.fail("a finished sweep ran a trial again"))
+        m.setattr("sweeps.objective.run_trial", lambda *a, **k: pytest.fail("a finished sweep ran a trial again"))
         run_sweep(_cfg(trials=2, match=None))
     assert (folder / "runs.csv").read_text() == before
 
@@ -112,7 +113,7 @@ def test_sigkill_mid_trial_loses_and_duplicates_nothing(tmp_path):
 
 def test_matched_partners_by_default_at_decores_scope():
     # fast agents and a low lambda, so that the one DECORE trial removes channels and gets partners
-    from sweeps.study import Objective
+    from sweeps.objective import Objective
     with pytest.MonkeyPatch.context() as m:
         m.setattr(Objective, "knob", lambda self, trial: {**({"lambda": 0.02, "agent_init": 0.5, "agent_lr": 0.2}
                                                               if self.method == "decore" else {"flops_target": 0.7})})
@@ -137,9 +138,9 @@ def test_matched_partners_by_default_at_decores_scope():
 
 
 def test_measure_rates_counts_a_pruned_copy_and_fixed_costs():
-    from bench.data import load_dataset
-    from bench.recipe import load_recipe
-    from sweeps.study import measure_rates
+    from bench.engine.data import load_dataset
+    from bench.engine.recipe import load_recipe
+    from sweeps.plan import measure_rates
 
     r = measure_rates("resnet20", load_dataset("synthetic", selection="val"), load_recipe("test-micro"),
                       torch.device("cpu"), batches=1)
@@ -150,31 +151,31 @@ def test_measure_rates_counts_a_pruned_copy_and_fixed_costs():
 
 
 def test_profile_auto_on_a_cpu_takes_fewer_trials_when_no_profile_fits(monkeypatch):
-    from sweeps import study
+    from sweeps import config, plan
 
-    rates = study.Rates(train=1e-3, eval=1e-4, trace=0.1, count=0.5, latency=10.0, train_pruned=2e-3, eval_pruned=1e-4)
-    monkeypatch.setattr(study, "measure_rates", lambda *a, **k: rates)
-    cfg = study.SweepConfig("resnet20", "synthetic", profile="auto", device="cpu")
-    imgs = {k: study.plan_images(study.dataclasses.replace(cfg, profile="smoke"), study.load_profile("smoke"), k,
-                                 study.load_dataset("synthetic", selection="val")) for k in (1, 3)}
-    one, three = (study.estimate_seconds(imgs[k], rates) / 60 for k in (1, 3))
+    rates = plan.Rates(train=1e-3, eval=1e-4, trace=0.1, count=0.5, latency=10.0, train_pruned=2e-3, eval_pruned=1e-4)
+    monkeypatch.setattr(plan, "measure_rates", lambda *a, **k: rates)
+    cfg = config.SweepConfig("resnet20", "synthetic", profile="auto", device="cpu")
+    imgs = {k: plan.plan_images(plan.dataclasses.replace(cfg, profile="smoke"), plan.load_profile("smoke"), k,
+                                 plan.load_dataset("synthetic", selection="val")) for k in (1, 3)}
+    one, three = (plan.estimate_seconds(imgs[k], rates) / 60 for k in (1, 3))
     # the estimate counts every trial's fixed cost, and the FLOPs bisection of matched and flops_target trials
     assert imgs[3]["n_trials"] == 16 and imgs[3]["n_bisect"] == 12
     fixed = (16 * rates.per_trial(False) + 12 * (rates.per_trial(True) - rates.per_trial(False))) / 60
     assert three > fixed > 0
     # evaluation images: each trial reads the selection split twice and the test set once; the baseline both once;
     # the break-even pass at most one epoch of the joint loader, and only when DECORE is swept
-    data = study.load_dataset("synthetic", selection="val")
-    info, smoke = data.split_info(), study.load_profile("smoke")
+    data = plan.load_dataset("synthetic", selection="val")
+    info, smoke = data.split_info(), plan.load_profile("smoke")
     val, test = info["val_images"], info["test_images"]
-    for methods, break_even in ((("decore", "l1", "random"), min(study.BREAK_EVEN_IMAGES, imgs[3][f"n:{smoke.joint_recipe}"])),
+    for methods, break_even in ((("decore", "l1", "random"), min(plan.BREAK_EVEN_IMAGES, imgs[3][f"n:{smoke.joint_recipe}"])),
                                 (("l1", "random"), 0)):
-        e = study.plan_images(study.dataclasses.replace(cfg, profile="smoke", methods=methods), smoke, 3, data)
+        e = plan.plan_images(plan.dataclasses.replace(cfg, profile="smoke", methods=methods), smoke, 3, data)
         assert e["evals"] == e["n_trials"] * (2 * val + test) + val + test + break_even
-    monkeypatch.setattr(study, "AUTO_CPU_MINUTES", (one + three) / 2)  # smoke fits with 1 trial, not with 3
-    profile, trials, line = study.choose_profile(cfg, torch.device("cpu"))
+    monkeypatch.setattr(plan, "AUTO_CPU_MINUTES", (one + three) / 2)  # smoke fits with 1 trial, not with 3
+    profile, trials, line = plan.choose_profile(cfg, torch.device("cpu"))
     assert (profile, trials) in {("smoke", 1), ("smoke", 2)} and f"smoke with {trials} trial(s) per method" in line
-    profile, trials, line = study.choose_profile(study.dataclasses.replace(cfg, trials=3), torch.device("cpu"))
+    profile, trials, line = plan.choose_profile(plan.dataclasses.replace(cfg, trials=3), torch.device("cpu"))
     assert (profile, trials) == ("smoke", 3) and "the cheapest" in line  # an explicit trial count is obeyed
-    monkeypatch.setattr(study, "AUTO_CPU_MINUTES", one / 2)  # not even one trial fits: one, and it says so
-    assert study.choose_profile(cfg, torch.device("cpu"))[1] == 1
+    monkeypatch.setattr(plan, "AUTO_CPU_MINUTES", one / 2)  # not even one trial fits: one, and it says so
+    assert plan.choose_profile(cfg, torch.device("cpu"))[1] == 1

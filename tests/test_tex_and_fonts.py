@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import figures, paper, report
+from bench.report import figures
+from bench.report import paper
+from bench.report import experiment as report
+from bench.report import rows, tables
 from test_report import make_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +67,7 @@ def test_every_committed_tex_is_ascii_and_compiles(tmp_path: Path) -> None:
 
 def test_generated_tables_and_caption_compile(tmp_path: Path) -> None:
     df = make_table()
-    _, tex = report.paper_table(df, report.load_reference("cifar_resnet56", "cifar10"))
+    _, tex = tables.paper_table(df, rows.load_reference("cifar_resnet56", "cifar10"))
     caption = figures.paper_caption(df, True, True)["tex"]
     results = tmp_path / "results"
     (results / "cifar_resnet56-cifar10-paper").mkdir(parents=True)

@@ -13,7 +13,7 @@ import torch
 
 import methods
 import models
-from bench.measure import count_flops
+from bench.engine.measure import count_flops
 from methods.core import KeepPlan, PruningError, channel_groups, gate_vs_removal, prune_model
 from methods.core.gates import _out_channels
 from methods.decore import Decore
@@ -112,7 +112,7 @@ def test_internal_scope(name):
 
 def test_nothing_to_prune_is_refused_before_training(synthetic, tmp_path):
     """The engine refuses repvgg_a0 at scope internal before any baseline trains (nothing is written)."""
-    from bench.trial import TrialConfig, run_trial
+    from bench.trial.run import TrialConfig, run_trial
 
     cfg = TrialConfig("repvgg_a0", "synthetic", "l1", {"ratio": 0.5}, scope="internal", selection="test")
     with pytest.raises(PruningError, match="repvgg_a0 has nothing to prune at scope 'internal'"):

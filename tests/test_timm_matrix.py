@@ -2,7 +2,7 @@
 import torch.nn as nn
 from timm.layers import Attention, SelectiveKernel
 
-from bench import timm_matrix
+from bench.checks import timm_matrix
 
 
 def test_channel_attention_stays_token_attention_goes():
@@ -21,7 +21,7 @@ def test_one_row_runs_and_writes(tmp_path):
     assert row["gate_vs_removal"] < timm_matrix.TOLERANCE and row["params_pruned"] < row["params"]
     rows = [{"family": "resnet", "model": "test_resnet", **row},
             {"family": "x", "model": "y", "status": "refused", "reason": "y: a | b", "seconds": 0.1}]
-    timm_matrix.write(rows, tmp_path, "python -m bench.timm_matrix", 12.0, 90)
+    timm_matrix.write(rows, tmp_path, "python -m bench.checks.timm_matrix", 12.0, 90)
     md = (tmp_path / "matrix.md").read_text()
     assert "`test_resnet` | ok" in md and "a \\| b" in md
     assert "2 families: 1 pruned, 1 refused with a named construct, 0 failed" in (tmp_path / "README.md").read_text()

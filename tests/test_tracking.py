@@ -11,8 +11,8 @@ import pytest
 import torch
 import wandb
 
-from bench import tracking
-from bench.tracking import Tracker, read_offline_run
+from bench.engine import tracking
+from bench.engine.tracking import Tracker, read_offline_run
 
 DB_URL = "postgresql://bench:hunter2@db.example.org:5432/optuna"
 KEPT = {"conv1": [8, 16], "layer1.0.conv1": [5, 16], "layer2.0.conv2": [32, 32]}
@@ -52,7 +52,7 @@ def _model_dir(tmp_path: Path) -> Path:
 
 
 def test_offline_trial_run_round_trip(offline: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture):
-    caplog.set_level(logging.INFO, logger="bench.tracking")
+    caplog.set_level(logging.INFO, logger="bench.engine.tracking")
     tracker = Tracker(directory=offline)
     assert tracker.mode == "offline"
     config = {"model": "cifar_resnet20", "knobs": {"lambda": 2.0}, "storage": DB_URL, "wandb_api_key": "k1",
@@ -193,7 +193,7 @@ def test_failure_mid_run_turns_tracking_off(tmp_path: Path, monkeypatch: pytest.
     run.log_epoch("finetune", {"loss": 0.5})
     run.finish({"top1_pct": 1.0})
     assert broken.logged == 1 and tracker.mode == "off"
-    assert [r.levelno for r in caplog.records if r.name == "bench.tracking"].count(logging.WARNING) == 1
+    assert [r.levelno for r in caplog.records if r.name == "bench.engine.tracking"].count(logging.WARNING) == 1
 
 
 def test_scrub_hides_credentials():

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import models
-from bench.data import DeviceLoader
-from bench.recipe import Recipe, load_recipe
-from bench.errors import UserError
-from bench.train import evaluate, fit, lr_factor, prepare_model, topk_correct
+from bench.engine.data import DeviceLoader
+from bench.engine.recipe import Recipe, load_recipe
+from bench.core.errors import UserError
+from bench.engine.train import evaluate, fit, lr_factor, prepare_model, topk_correct
 
 
 def test_lr_schedules():

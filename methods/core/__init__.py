@@ -1,6 +1,8 @@
 """The pruning core every method shares: channel groups, exact gates, physical removal, plans."""
 from .gates import Gates, gate_vs_removal
-from .groups import SCOPES, ChannelGroup, GatePoint, GroupSet, PruningError, channel_groups, describe
+from .errors import PruningError
+from .groups import SCOPES, ChannelGroup, GatePoint, GroupSet, describe
+from .offered import channel_groups
 from .surgery import KeepPlan, apply_plan, prune_model, rebuild, removed_channels
 
 __all__ = [

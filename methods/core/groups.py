@@ -21,17 +21,15 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from . import records as records_mod
 from . import splits, timm_layers
+from .errors import PruningError
 from .shortcut import CUSTOM_PRUNERS
 
 log = logging.getLogger(__name__)
 SCOPES = ("internal", "all")
 _NORMS = (nn.modules.batchnorm._BatchNorm,)
 _CROSS_CHANNEL_NORMS = (nn.LayerNorm, nn.GroupNorm)
-
-
-class PruningError(RuntimeError):
-    """A model whose graph cannot be traced or pruned, or that has nothing to prune at the asked scope."""
 
 
 @dataclass
@@ -91,10 +89,10 @@ def build_graph(model: nn.Module, example: torch.Tensor, name: str = "model") ->
     try:
         with torch.enable_grad(), warnings.catch_warnings(), splits.patched():
             warnings.simplefilter("ignore")
-            with splits.recording(records, outputs):
+            with records_mod.recording(records, outputs):
                 dg = tp.DependencyGraph().build_dependency(model, example_inputs=example,
                                                            customized_pruners={**CUSTOM_PRUNERS, **timm_layers.CUSTOM_PRUNERS})
-            splits.attach(dg, records)
+            records_mod.attach(dg, records)
             dg.output_modules = outputs
             tp.dependency.index_mapping.update_index_mapping(dg)
             return dg
@@ -105,15 +103,10 @@ def build_graph(model: nn.Module, example: torch.Tensor, name: str = "model") ->
         model.train(was_training)
 
 
-def channel_groups(model: nn.Module, example: torch.Tensor, scope: str = "all", name: str = "model",
-                   graph: tp.DependencyGraph | None = None, verify: bool = True) -> GroupSet:
-    """The prunable channel groups of `model` at `scope` ("internal": inside blocks; "all": streams too).
-
-    With `verify` (the default; removal itself needs only the ids), every group offered passed the removal
-    check (methods/core/verify.py): groups whose removal breaks a construct or differs from their gate are
-    excluded, naming it. A model with no group at `scope` is refused (PruningError): every method would prune
-    nothing and report success.
-    """
+def find_groups(model: nn.Module, example: torch.Tensor, scope: str = "all", name: str = "model",
+                graph: tp.DependencyGraph | None = None) -> tuple[GroupSet, int]:
+    """The channel groups of `model` at `scope` before the removal check, and how many stream groups the scope
+    left out (for the refusal's message). `methods.core.channel_groups` is what methods call."""
     if scope not in SCOPES:
         raise ValueError(f"scope {scope!r} is unknown: use one of {', '.join(SCOPES)}")
     dg = graph or build_graph(model, example, name)
@@ -133,19 +126,20 @@ def channel_groups(model: nn.Module, example: torch.Tensor, scope: str = "all", 
             groups.append(g)
         else:
             streams += 1
-    if verify and groups:
-        from .verify import unremovable
+    return GroupSet(groups, excluded, scope, dg), streams
 
-        bad = unremovable(model, example, GroupSet(groups, excluded, scope, dg), name)
-        excluded.update(bad)
-        groups = [g for g in groups if g.id not in bad]
-    if excluded:
-        listing = "; ".join(f"{gid} ({why})" for gid, why in excluded.items())
-        log.log(logging.WARNING if verify else logging.DEBUG,  # removal finds the groups again: said once
-                "%s: %d channel groups cannot be gated exactly and are left unpruned: %s", name, len(excluded), listing)
-    if not groups:
-        raise PruningError(_nothing_to_prune(name, scope, streams, excluded))
-    return GroupSet(groups, excluded, scope, dg)
+
+def settle(found: GroupSet, streams: int, name: str, loud: bool = True) -> GroupSet:
+    """`found` as offered: its exclusions logged (a warning when `loud`), refused (PruningError) when no group is
+    left, since every method would prune nothing and report success."""
+    if found.excluded:
+        listing = "; ".join(f"{gid} ({why})" for gid, why in found.excluded.items())
+        log.log(logging.WARNING if loud else logging.DEBUG,  # removal finds the groups again: said once
+                "%s: %d channel groups cannot be gated exactly and are left unpruned: %s", name, len(found.excluded),
+                listing)
+    if not found.groups:
+        raise PruningError(_nothing_to_prune(name, found.scope, streams, found.excluded))
+    return found
 
 
 def _empties_at_half(dg: tp.DependencyGraph, g: ChannelGroup, root: nn.Module, names: dict) -> str:

@@ -1,7 +1,7 @@
 """Physical removal: a keep plan (group id -> kept units) turns a model into a smaller dense one.
 
 A plan is JSON (model name, constructor args, input size, scope, kept units per group). A pruned model
-is rebuilt from the base architecture, the plan and a state_dict (bench.pruned stores the pair).
+is rebuilt from the base architecture, the plan and a state_dict (bench.deploy.pruned stores the pair).
 """
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from . import splits, timm_layers, verify
-from .groups import ChannelGroup, GroupSet, PruningError, channel_groups
+from . import splits, timm_layers
+from .constructs import construct_at
+from .records import sync_attributes
+from .errors import PruningError
+from .groups import ChannelGroup, GroupSet, find_groups, settle
 
 PLAN_FORMAT = 1
 
@@ -66,7 +69,7 @@ def apply_plan(model: nn.Module, plan: KeepPlan, example: torch.Tensor | None = 
     """Remove, in place, every channel the plan does not keep. Returns the model."""
     example = torch.randn(1, *plan.input_size) if example is None else example
     timm_layers.fold_standardised(model)  # exact, and removing their input channels needs it
-    groups = channel_groups(model, example, plan.scope, name=plan.model, verify=False)
+    groups = settle(*find_groups(model, example, plan.scope, name=plan.model), plan.model, loud=False)
     by_id, modules = groups.by_id, dict(model.named_modules())
     dg = groups.graph
     for gid, kept in plan.keep.items():
@@ -88,7 +91,7 @@ def apply_plan(model: nn.Module, plan: KeepPlan, example: torch.Tensor | None = 
             pg.prune()
         except Exception as e:
             raise PruningError(f"cannot prune group {gid!r} of {plan.model} ({type(e).__name__}: {e})") from e
-    splits.sync_attributes(dg)
+    sync_attributes(dg)
     _check_runs(model, example, plan.model)
     return model
 
@@ -110,7 +113,7 @@ def _check_runs(model: nn.Module, example: torch.Tensor, name: str) -> None:
     except RuntimeError as e:
         where = stack[-1] if stack and stack[-1] else ""
         layer = f"{where} ({type(model.get_submodule(where)).__name__})" if where else "the network"
-        kind, path = verify.construct_at(model, where)
+        kind, path = construct_at(model, where)
         detail = str(e).splitlines()[0][:120]
         err = PruningError(f"{name}: after removal {layer} no longer fits its input ({detail}): {kind} ({path}) is "
                            "a construct this harness cannot prune")

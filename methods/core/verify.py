@@ -20,31 +20,11 @@ import hashlib
 
 import torch
 import torch.nn as nn
+from .constructs import construct_at
 
 TOLERANCE = 1e-4  # gate vs removal, relative
 ROUNDS = 3        # culprit searches before every group still failing is excluded
-# conv/norm/activation wrappers: a failure inside one is the construct around it (torch.nn's own too)
-WRAPPERS = frozenset({
-    "ConvNormAct", "ConvNormActAa", "ConvBnAct", "ConvBn", "ConvNorm", "BatchNormAct2d", "SyncBatchNormAct",
-    "GroupNormAct", "GroupNorm1Act", "LayerNormAct", "LayerNormAct2d", "GroupNorm1", "LayerNorm2d", "LayerNorm",
-    "Residual", "Conv2dSame", "StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame",
-    "CreateConv2d", "MixedConv2d", "CondConv2d", "BlurPool2d", "Identity", "ConvLayer2d", "ConvLayer1d", "Conv2d_BN",
-    "BN_Linear", "ConvBnAct2d",
-})
 _cache: dict[str, dict[str, str]] = {}
-
-
-def construct_at(model: nn.Module, where: str) -> tuple[str, str]:
-    """(class, path) of the innermost module on the way to `where` that is a construct of its own: not
-    torch.nn's and not a conv/norm/activation wrapper (the block that uses the layer, not the layer)."""
-    parts = where.split(".") if where else []
-    for i in range(len(parts), 0, -1):
-        path = ".".join(parts[:i])
-        module = model.get_submodule(path)
-        kind = type(module)
-        if not kind.__module__.startswith("torch.") and kind.__name__ not in WRAPPERS:
-            return kind.__name__, path
-    return type(model).__name__, "the network"
 
 
 def perturb_norms(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -130,7 +110,7 @@ class _Probe:
 
     def _check(self, ids: list[str]) -> str:
         from .gates import gate_vs_removal
-        from .groups import PruningError
+        from .errors import PruningError
         from .surgery import KeepPlan, prune_model
 
         by_id = self.groups.by_id

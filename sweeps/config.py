@@ -1,0 +1,151 @@
+"""What a sweep is: `SweepConfig` (everything that changes a number, hashed into the experiment's name), its
+validation against the profile, and the storage URL as messages print it (`scrub`)."""
+from __future__ import annotations
+
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+import methods
+from bench.core.errors import UserError
+from bench.core.version import engine_version
+from bench.engine.baseline import weights_identity, weights_source
+from bench.engine.data import data_fingerprint
+from bench.engine.recipe import load_recipe
+from bench.engine.splits import check_selection
+from bench.engine.train import resolve_device
+from bench.trial.results import ResultsTable
+from bench.trial.run import experiment_dir, experiment_name, imported_selection
+
+from .profile import Profile, load_profile
+
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    model: str
+    dataset: str
+    profile: str = "smoke"
+    methods: tuple[str, ...] = ("decore", "l1", "random")
+    trials: int | None = None           # per method; None: the profile's
+    seeds: int = 1
+    storage: str | None = None          # None: sqlite in the experiment folder
+    workers: int = 1
+    device: str = "auto"
+    scope: str | None = None            # None: each method's default
+    match: str | None = "decore"        # "decore": the other methods at every DECORE trial's FLOPs; None: off
+    round_to: int = 1
+    wandb: str = "auto"
+    sampler_seed: int = 0
+    compile: bool = False               # torch.compile the method's training and fine-tuning (GPUs)
+    budget: str = "equal"               # equal: the same training images after the baseline; paper: each its own
+    selection: str = "val"              # val: decisions read a hold-out of the training set; test: papers' practice
+    control: bool = True                # the no-pruning control per seed (the baseline trained on, same budget)
+    scratch: tuple[str, ...] = ()       # scratch-b / scratch-e of every DECORE trial (Liu et al. 2019), --control
+    pretrained: bool = False            # the baseline is timm's pretrained weights for the model (--pretrained)
+    checkpoint: str | None = None       # the baseline is this state_dict of the user's (--checkpoint)
+    # --round-to auto: the measurement behind round_to (bench.deploy.align); recorded in experiment.json, not in the
+    # identity (which holds the chosen number: auto and the same number typed by hand share an experiment)
+    alignment: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+    deploy_form: str = "eager"          # the form the measuring pass times speed-ups in (and --round-to auto aligns
+                                        # for): eager, folded, onnxruntime; latency columns only, not in the identity
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "selection", imported_selection(self.selection, self.pretrained, self.checkpoint))
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that changes a number, except the method's own code (in the study name and trial hash)."""
+        profile = load_profile(self.profile)
+        recipes = sorted({profile.baseline_for(_timm(self.model)), profile.joint_recipe, profile.finetune_recipe,
+                          *profile.paper_finetune.values()})
+        return {"profile": profile.identity(), "recipes": {r: load_recipe(r).to_dict() for r in recipes},
+                "scope": self.scope, "round_to": self.round_to, "budget": self.budget, "selection": self.selection,
+                "data": data_fingerprint(self.dataset), **weights_identity(self.model, self.pretrained, self.checkpoint)}
+
+    @functools.cached_property
+    def experiment(self) -> str:
+        return experiment_name(self.model, self.dataset, self.profile, self.identity())
+
+    @property
+    def folder(self) -> Path:
+        return experiment_dir(self.experiment)
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{self.folder / 'optuna.db'}"
+
+    def study_name(self, method: str) -> str:
+        """One study per method code and engine version: a changed engine searches (and trains) again."""
+        return f"{self.experiment}-{method}-{methods.code_version(method)}-{engine_version()}"
+
+    def protocol(self) -> dict[str, Any]:
+        return {"budget": self.budget, "selection": self.selection, "match": self.match, "scope": self.scope,
+                "round_to": self.round_to, "control": self.control, "scratch": self.scratch}
+
+    def baseline_weights(self) -> dict[str, Any]:
+        """get_baseline's arguments for where the baseline's weights come from."""
+        return {"pretrained": self.pretrained, "checkpoint": self.checkpoint}
+
+
+def validate(cfg: SweepConfig) -> Profile:
+    """Everything typed by the user, checked before anything trains or is written."""
+    profile = load_profile(cfg.profile)
+    if not cfg.methods:
+        raise UserError("no method given (--methods / METHODS is empty): name one or more, e.g. --methods decore,l1,random")
+    for m in cfg.methods:
+        try:
+            methods.get_method(m)
+        except methods.KnobError as e:
+            raise UserError(str(e)) from None
+        if m not in profile.methods:
+            raise UserError(f"profile {cfg.profile!r} has no search space for method {m!r}: add it to sweeps/profiles/{cfg.profile}.json")
+    for name, value in (("TRIALS", cfg.trials if cfg.trials is not None else profile.trials), ("SEEDS", cfg.seeds),
+                        ("WORKERS", cfg.workers)):
+        if value < 1:
+            raise UserError(f"{name}={value} must be at least 1")
+    if cfg.match not in (None, "decore"):
+        raise UserError(f"--match {cfg.match!r} is not supported: use --match decore (the default) or --match none")
+    if cfg.budget not in ("equal", "paper"):
+        raise UserError(f"--budget {cfg.budget!r} is unknown: use equal (the default) or paper")
+    check_selection(cfg.selection)
+    resolve_device(cfg.device)
+    _check_weights(cfg, profile)
+    ResultsTable(cfg.folder).read()  # a table broken by hand is refused before anything trains or is written
+    return profile
+
+
+def _check_weights(cfg: SweepConfig, profile: Profile) -> None:
+    """A profile that starts from trained weights gets them; weights exist (a file, timm's for this model)."""
+    weights = weights_source(cfg.model, cfg.pretrained, cfg.checkpoint)
+    if weights is None and profile.start_from_weights:
+        raise UserError(f"profile {cfg.profile!r} starts from trained weights and does not train {cfg.model} itself: "
+                        "pass --pretrained (timm's weights, downloaded once; with make: SWEEP_ARGS=--pretrained) "
+                        "or --checkpoint PATH (a state_dict of your own)")
+    unknown = set(cfg.scratch) - {"scratch-b", "scratch-e"}
+    if unknown:
+        raise UserError(f"scratch controls {sorted(unknown)} are unknown: use scratch-b, scratch-e")
+    if weights is not None and cfg.scratch:
+        raise UserError("--control scratch-b/scratch-e scale the baseline's training images, and a baseline from "
+                        "--pretrained or --checkpoint has no image count here: use --control keep")
+
+
+MATCH_METHODS_EXCLUDED = ("decore", "control")
+
+
+def scrub(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    if "://" in url and "@" in url.split("://", 1)[1]:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+    return url
+
+
+def _timm(model: str) -> str:
+    import models
+
+    return models.resolve(model)
