@@ -168,6 +168,9 @@ def _sweep_parsers(sub: argparse._SubParsersAction) -> None:
                         "pruning), scratch-b and scratch-e (Liu et al. 2019's controls of every DECORE trial: its "
                         "architecture re-initialised and trained from scratch for the baseline's images x FLOPs_base / "
                         "FLOPs_pruned (B) or the baseline's images (E)), none")
+    p.add_argument("--scratch-at", type=float, default=None, metavar="FRACTION",
+                   help="scratch controls only of each seed's DECORE trial nearest this fraction of the FLOPs removed, "
+                        "e.g. 0.5 (default: of every DECORE trial)")
     p.add_argument("--budget", default="equal", choices=["equal", "paper"],
                    help="equal (default): every method trains for the same images after the baseline; paper: each "
                         "paper's own schedule (unequal, labelled so)")

@@ -45,6 +45,7 @@ class SweepConfig:
     selection: str = "val"              # val: decisions read a hold-out of the training set; test: papers' practice
     control: bool = True                # the no-pruning control per seed (the baseline trained on, same budget)
     scratch: tuple[str, ...] = ()       # scratch-b / scratch-e of every DECORE trial (Liu et al. 2019), --control
+    scratch_at: float | None = None     # scratch controls only of each seed's DECORE trial nearest this FLOPs removed
     pretrained: bool = False            # the baseline is timm's pretrained weights for the model (--pretrained)
     checkpoint: str | None = None       # the baseline is this state_dict of the user's (--checkpoint)
     # --round-to auto: the measurement behind round_to (bench.deploy.align); recorded in experiment.json, not in the
@@ -83,7 +84,8 @@ class SweepConfig:
 
     def protocol(self) -> dict[str, Any]:
         return {"budget": self.budget, "selection": self.selection, "match": self.match, "scope": self.scope,
-                "round_to": self.round_to, "control": self.control, "scratch": self.scratch}
+                "round_to": self.round_to, "control": self.control, "scratch": self.scratch,
+                **({"scratch_at": self.scratch_at} if self.scratch_at is not None else {})}
 
     def baseline_weights(self) -> dict[str, Any]:
         """get_baseline's arguments for where the baseline's weights come from."""
@@ -127,6 +129,9 @@ def _check_weights(cfg: SweepConfig, profile: Profile) -> None:
     unknown = set(cfg.scratch) - {"scratch-b", "scratch-e"}
     if unknown:
         raise UserError(f"scratch controls {sorted(unknown)} are unknown: use scratch-b, scratch-e")
+    if cfg.scratch_at is not None and not (cfg.scratch and 0 < cfg.scratch_at < 1):
+        raise UserError(f"--scratch-at {cfg.scratch_at:g} picks the DECORE trial nearest a fraction of the FLOPs removed: "
+                        "give one between 0 and 1 (e.g. 0.5) with --control scratch-b or scratch-e")
     if weights is not None and cfg.scratch:
         raise UserError("--control scratch-b/scratch-e scale the baseline's training images, and a baseline from "
                         "--pretrained or --checkpoint has no image count here: use --control keep")

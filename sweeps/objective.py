@@ -47,8 +47,12 @@ class Objective:
         if space.break_even_range is not None:
             if self.break_even is None:
                 raise UserError(f"{self.method}'s range is a fraction of the break-even lambda, which was not measured")
+            if space.values is not None:  # fixed values: the range that holds them (enqueued, see fixed_values)
+                return tuple(float(f"{f * self.break_even:.3g}") for f in (min(space.values), max(space.values)))
             low, high = (f * self.break_even for f in space.break_even_range)
             return low / self.low_divisor, high
+        if space.values is not None:
+            return min(space.values), max(space.values)
         low, high = space.range or (declared.low, declared.high)
         if space.knob == "flops_target" and self.flops_floor is not None and low < self.flops_floor * 1.02:
             low = min(self.flops_floor * 1.02, high)  # below the floor a target cannot be met at this scope
@@ -60,6 +64,13 @@ class Objective:
         low, high = self.knob_range()
         value = trial.suggest_float(space.knob, low, high, log=declared.log)
         return {space.knob: float(f"{value:.3g}"), **space.options}  # 3 significant digits: readable labels
+
+    def fixed_values(self) -> list[dict[str, float]]:
+        """The profile's fixed knob values as Optuna parameters (break-even fractions scaled, rounded as `knob` rounds):
+        the sweep enqueues them, and Optuna hands each to one trial instead of a suggestion."""
+        space = self.profile.methods[self.method]
+        scale = self.break_even if space.break_even_range is not None else 1.0
+        return [{space.knob: float(f"{v * scale:.3g}")} for v in space.values or ()]
 
     def config(self, knobs: dict[str, Any], seed: int, scope: str | None = None) -> TrialConfig:
         """The trial of these knobs: under the paper budget a method without a training phase fine-tunes with

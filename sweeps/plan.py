@@ -27,13 +27,17 @@ from .profile import Profile, load_profile
 
 
 
-def plan_images(cfg: SweepConfig, profile: Profile, trials: int, data: Any) -> dict[str, float]:
-    """Training images the sweep will feed, per phase kind: baselines, and trials with matches and controls."""
+def plan_images(cfg: SweepConfig, profile: Profile, trials: int | None, data: Any) -> dict[str, float]:
+    """Training images the sweep will feed, per phase kind: baselines, and trials with matches and controls.
+    `trials` per method (None: each method's own count from the profile, `Profile.trials_for`). Scratch-B's
+    images scale with a pruned FLOPs fraction unknown before DECORE runs: planned at --scratch-at's point, else at
+    half the FLOPs."""
     base_r = load_recipe(profile.baseline_for(_timm(cfg.model)))
     joint, ft = load_recipe(profile.joint_recipe), load_recipe(profile.finetune_recipe)
     n = {r.name: _images(cfg, data, r) for r in (base_r, joint, ft)}
     joint_images, ft_images = joint.epochs * n[joint.name], ft.epochs * n[ft.name]
     equal = joint_images + ft_images
+    count = {m: profile.trials_for(m, trials) for m in cfg.methods}
 
     def images(m: str) -> float:
         if methods.get_method(m).trains:
@@ -43,12 +47,17 @@ def plan_images(cfg: SweepConfig, profile: Profile, trials: int, data: Any) -> d
         r = load_recipe(profile.paper_finetune.get(m, profile.finetune_recipe))
         return r.epochs * _images(cfg, data, r)
     per_trial = {m: images(m) for m in cfg.methods}
+    decore = count.get("decore", 0)
     partners = [m for m in cfg.methods if m not in MATCH_METHODS_EXCLUDED] if cfg.match == "decore" and "decore" in cfg.methods else []
-    extra = sum(per_trial[m] for m in partners) * trials + (equal if cfg.control else 0)
     trained = not (cfg.pretrained or cfg.checkpoint)  # an imported baseline trains no image
+    baseline_images = base_r.epochs * n[base_r.name]
+    kept = 1.0 - (cfg.scratch_at if cfg.scratch_at is not None else 0.5)
+    scratch_runs = (1 if cfg.scratch_at is not None else decore) if "decore" in cfg.methods else 0
+    scratch = sum(baseline_images / kept if rule == "scratch-b" else baseline_images for rule in cfg.scratch) * scratch_runs
+    extra = sum(per_trial[m] for m in partners) * decore + (equal if cfg.control else 0) + scratch
     # evaluation (forward passes): every trial reads the selection split before and after fine-tuning and the test
     # set once; every seed's baseline reads both once, and the break-even pass its training images
-    n_trials = (len(cfg.methods) + len(partners)) * trials + (1 if cfg.control else 0)
+    n_trials = sum(count.values()) + len(partners) * decore + (1 if cfg.control else 0) + scratch_runs * len(cfg.scratch)
     info = _split_info(cfg, data)
     test = int(info.get("test_images") or 0)
     val = int(info.get("val_images") or 0) if cfg.selection != "test" else test
@@ -57,9 +66,10 @@ def plan_images(cfg: SweepConfig, profile: Profile, trials: int, data: Any) -> d
                   if any(profile.methods[m].break_even_range is not None for m in cfg.methods) else 0)
     evals = (n_trials * (2 * val + test) + val + test + break_even) * cfg.seeds
     # trials that meet a FLOPs target by bisection: every matched partner, and methods whose knob is flops_target
-    own = sum(1 for m in cfg.methods if m in profile.methods and profile.methods[m].knob == "flops_target")
-    return {"baseline": base_r.epochs * n[base_r.name] * cfg.seeds * trained, "trials": (sum(per_trial.values()) * trials + extra) * cfg.seeds,
-            "evals": evals, "n_trials": n_trials * cfg.seeds, "n_bisect": (len(partners) + own) * trials * cfg.seeds,
+    own = sum(count[m] for m in cfg.methods if m in profile.methods and profile.methods[m].knob == "flops_target")
+    return {"baseline": baseline_images * cfg.seeds * trained,
+            "trials": (sum(per_trial[m] * count[m] for m in cfg.methods) + extra) * cfg.seeds,
+            "evals": evals, "n_trials": n_trials * cfg.seeds, "n_bisect": (len(partners) * decore + own) * cfg.seeds,
             "equal": equal, "joint": joint_images, "finetune": ft_images, **{f"n:{k}": v for k, v in n.items()}}
 
 
@@ -98,7 +108,7 @@ def choose_profile(cfg: SweepConfig, device: torch.device) -> tuple[str, int | N
     def minutes(name: str, trials: int | None = None) -> float:
         p = load_profile(name)
         c = dataclasses.replace(cfg, profile=name)
-        return estimate_seconds(plan_images(c, p, trials or cfg.trials or p.trials, data), rates) / 60
+        return estimate_seconds(plan_images(c, p, trials or cfg.trials, data), rates) / 60
     est = {name: minutes(name) for name in order}
     trials = cfg.trials
     if device.type == "cuda":
@@ -122,7 +132,7 @@ def choose_profile(cfg: SweepConfig, device: torch.device) -> tuple[str, int | N
                             f"fixed per trial: {others})")
 
 
-def print_plan(cfg: SweepConfig, profile: Profile, trials: int, device: torch.device, data: Any) -> None:
+def print_plan(cfg: SweepConfig, profile: Profile, trials: int | None, device: torch.device, data: Any) -> None:
     base_r = load_recipe(profile.baseline_for(_timm(cfg.model)))
     joint, ft = load_recipe(profile.joint_recipe), load_recipe(profile.finetune_recipe)
     imgs = plan_images(cfg, profile, trials, data)
@@ -142,8 +152,15 @@ def print_plan(cfg: SweepConfig, profile: Profile, trials: int, device: torch.de
            f"a seeded, class-balanced hold-out of the test side ({info.get('val_images', '?')} images; the imported weights "
            f"trained on every training image), {info.get('test_images', '?')} test images reported"
            if cfg.selection == "val-test" else "the test set (the papers' practice: every decision reads test accuracy)"))
-    print(f"  studies: {', '.join(cfg.study_name(m) for m in cfg.methods)}; {trials} trials each x {cfg.seeds} seed(s)"
+    counts = {m: profile.trials_for(m, trials) for m in cfg.methods}
+    each = (f"{trials if trials is not None else profile.trials} trials each" if len(set(counts.values())) == 1 else
+            "trials " + ", ".join(f"{m} {k}" for m, k in counts.items()))
+    print(f"  studies: {', '.join(cfg.study_name(m) for m in cfg.methods)}; {each} x {cfg.seeds} seed(s)"
           f"{', ' + str(cfg.workers) + ' workers' if cfg.workers > 1 else ''}")
+    fixed = {m: profile.methods[m].values for m in cfg.methods if profile.methods[m].values is not None}
+    for m, values in fixed.items():
+        print(f"  {m}: fixed {profile.methods[m].knob} values " + ", ".join(f"{v:g}" for v in values) +
+              (" x the break-even lambda" if profile.methods[m].break_even_range is not None else ""))
     weights = weights_source(cfg.model, cfg.pretrained, cfg.checkpoint)
     if weights is None:
         print(f"  baseline: {base_r.epochs} epochs ({base_r.name}) on {n[base_r.name]} images, once per seed, cached")
@@ -153,14 +170,19 @@ def print_plan(cfg: SweepConfig, profile: Profile, trials: int, device: torch.de
     if cfg.budget == "equal":
         print(f"  budget: equal, {equal:,} training images after the baseline for every method: DECORE's joint phase "
               f"{joint.epochs} x {n[joint.name]} ({joint.name}) + fine-tuning {ft.epochs} x {n[ft.name]} ({ft.name}); "
-              f"methods without a training phase fine-tune for all of it on {ft.name}'s schedule, stretched")
+              f"methods without a training phase and the control train the joint share on the joint phase's loader "
+              f"({joint.name}), then the same fine-tuning")
     else:
         own = {m: load_recipe(profile.paper_finetune.get(m, profile.finetune_recipe)).name for m in cfg.methods}
         print(f"  budget: paper budgets, unequal: DECORE joint {joint.epochs} ({joint.name}) + fine-tune {ft.epochs}; "
               + ", ".join(f"{m} fine-tunes with {r}" for m, r in own.items() if not methods.get_method(m).trains))
-    print("  matching: " + (f"{', '.join(partners)} at every DECORE trial's FLOPs (within 1%, DECORE's scope)"
+    print("  matching: " + (f"{', '.join(partners)} at every DECORE trial's FLOPs (within 1%, at or below it when possible; "
+                             "DECORE's scope, slimming at its own)"
                              if partners else "off") +
           f"; no-pruning control: {'one per seed, same budget' if cfg.control else 'off'}; "
+          + (f"{', '.join(cfg.scratch)} of " + ("each seed's DECORE trial nearest "
+             f"{100 * cfg.scratch_at:g}% of the FLOPs removed; " if cfg.scratch_at is not None else "every DECORE trial; ")
+             if cfg.scratch else "") +
           f"scope {cfg.scope or 'each method its default'}; round_to {cfg.round_to}")
     if math.isfinite(total):
         print(f"  estimate: about {total / 60:.0f} min if nothing is cached yet ({imgs['baseline']:,.0f} baseline "
@@ -313,6 +335,7 @@ def sweep_config(args: argparse.Namespace):
                       None if args.match == "none" else args.match, round_to, args.wandb, compile=args.compile,
                       alignment=alignment, deploy_form=args.deploy_form,
                       budget=args.budget, selection=args.selection, **_controls(args.control),
+                      scratch_at=getattr(args, "scratch_at", None),
                       pretrained=args.pretrained, checkpoint=args.checkpoint)
     return cfg
 

@@ -21,6 +21,9 @@ class MethodSpace:
     range: tuple[float, float] | None = None             # absolute range
     break_even_range: tuple[float, float] | None = None  # as fractions of the break-even lambda
     options: dict[str, Any] = field(default_factory=dict)
+    values: tuple[float, ...] | None = None  # fixed knob values, each run once per seed (break-even fractions for
+                                             # a break_even_range method) instead of values Optuna suggests
+    trials: int | None = None                # this method's own trials (0: matched partners only); None: the profile's
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,21 @@ class Profile:
         weights themselves are part of the experiment's identity), so it is left out: earlier hashes stay."""
         d = dataclasses.asdict(self)
         d.pop("start_from_weights")
+        for space in d["methods"].values():  # unset, they leave the hashes of earlier experiments as they were
+            for key in ("values", "trials"):
+                if space[key] is None:
+                    space.pop(key)
         return d
+
+    def trials_for(self, method: str, trials: int | None = None) -> int:
+        """A method's own trials: `trials` (the command line's) when given, else its fixed values' count, else its
+        own count, else the profile's."""
+        space = self.methods[method]
+        if trials is not None:
+            return trials
+        if space.values is not None:
+            return len(space.values)
+        return self.trials if space.trials is None else space.trials
 
 
 def list_profiles() -> list[str]:
@@ -62,5 +79,6 @@ def load_profile(name: str) -> Profile:
     for method, spec in data.pop("methods").items():
         spaces[method] = MethodSpace(spec["knob"], tuple(spec["range"]) if "range" in spec else None,
                                      tuple(spec["break_even_range"]) if "break_even_range" in spec else None,
-                                     dict(spec.get("options", {})))
+                                     dict(spec.get("options", {})),
+                                     tuple(spec["values"]) if "values" in spec else None, spec.get("trials"))
     return Profile(name=name, methods=spaces, **data)

@@ -3,7 +3,7 @@
 One single-objective Optuna study per method maximises top-1. The budget is an Optuna constraint
 (`Trial.set_constraint`, which TPESampler reads): a trial over budget stays in the study as infeasible and steers the
 sampler, but is not fine-tuned (its cost is known as soon as its channels are chosen). Hopeless trials
-stop early: test top-1 is reported after every fine-tune epoch to a median (or Hyperband) pruner.
+stop early: validation top-1 is reported after every fine-tune epoch to a median (or Hyperband) pruner.
 
 - DECORE searches lambda on a log range around the baseline's break-even lambda, reaching 5x lower than the sweep's; with
   `decore_per_stage` also one lambda factor per stage (named option `lambda_per_stage`, beyond the paper).
@@ -54,9 +54,6 @@ MAX_RATIO = 0.99      # L1/random: the most any group is pruned (a group keeps a
 BISECT_STEPS = 14
 DOWN_FACTOR = 5.0     # DECORE in a search: lambda from break_even_range[0] / DOWN_FACTOR (more compression)
 PRUNERS = ("median", "hyperband", "none")
-
-
-# ---------------------------------------------------------------- budgets
 
 
 # ---------------------------------------------------------------- the search
@@ -293,5 +290,3 @@ def save_winner(setup: Setup, method: str, study: optuna.Study) -> dict[str, Any
               "trials": len(study.trials), **trial_counts(study), "folder": str(folder), "row": row}
     write_json(folder / "winner.json", winner)
     return winner
-
-

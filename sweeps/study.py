@@ -54,9 +54,6 @@ from .storage import fail_stale, is_active, open_storage, recover_dead_trials
 log = logging.getLogger(__name__)
 
 
-# ---------------------------------------------------------------- one trial of a study
-
-
 # ---------------------------------------------------------------- the sweep
 
 def run_sweep(cfg: SweepConfig) -> Path:
@@ -71,7 +68,7 @@ class Setup:
     """What every stage of a sweep needs after its start: the profile, trials per method, data, and the knob
     ranges' anchors (FLOPs floors of flops_target methods, DECORE's break-even lambda)."""
     profile: Profile
-    trials: int
+    trials: int | None  # the command line's, for every method; None: each method's own (Profile.trials_for)
     data: Any
     floors: dict[str, float | None]
     break_even: float | None
@@ -81,7 +78,7 @@ def start_sweep(cfg: SweepConfig, plan: bool = True) -> Setup:
     """Check the input, print the plan, write experiment.json, and train (or read from the cache) each seed's
     baseline; a cluster's workers start with plan=False after a first job trained the baselines."""
     profile = validate(cfg)
-    trials = cfg.trials if cfg.trials is not None else profile.trials
+    trials = cfg.trials
     device = resolve_device(cfg.device)
     data = None if cfg.dataset.startswith("imagefolder:") else load_dataset(cfg.dataset, selection=cfg.selection)
     floors = {m: smallest_flops_fraction(cfg.model, m, cfg.scope, data, cfg.round_to) if data is not None else None
@@ -103,12 +100,14 @@ def start_sweep(cfg: SweepConfig, plan: bool = True) -> Setup:
 
 
 def run_studies(cfg: SweepConfig, setup: Setup) -> None:
-    """Each method's study topped up to `setup.trials` complete trials (by cfg.workers processes here)."""
+    """Each method's study topped up to its complete trials (by cfg.workers processes here); a method with fixed knob
+    values gets them enqueued, one trial each."""
     storage = open_storage(cfg.storage_url)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    trials = setup.trials
-    bar = tqdm(total=trials * len(cfg.methods), desc="sweep", unit="trial", disable=None)
+    counts = {m: setup.profile.trials_for(m, setup.trials) for m in cfg.methods}
+    bar = tqdm(total=sum(counts.values()), desc="sweep", unit="trial", disable=None)
     for method in cfg.methods:
+        trials = counts[method]
         study = optuna.create_study(study_name=cfg.study_name(method), storage=storage, load_if_exists=True,
                                     directions=["maximize", "minimize"])
         study.sampler = _sampler(cfg, len(study.trials), salt=_process_salt(cfg))
@@ -121,6 +120,8 @@ def run_studies(cfg: SweepConfig, setup: Setup) -> None:
         if remaining:
             objective = Objective(cfg, setup.profile, method, setup.break_even, setup.data, wanted=trials,
                                   flops_floor=setup.floors.get(method))
+            for params in objective.fixed_values():
+                study.enqueue_trial(params, skip_if_exists=True)
             _optimize(cfg, study, objective, remaining, bar)
     bar.close()
 
@@ -307,12 +308,14 @@ def run_matches(cfg: SweepConfig, profile: Profile, data: Any) -> None:
 
 def run_scratch_controls(cfg: SweepConfig, profile: Profile, data: Any) -> None:
     """The sweep's scratch controls (Scratch-B: the baseline's images x FLOPs_base / FLOPs_pruned; Scratch-E: the
-    baseline's images) of every finished DECORE trial: its pruned architecture re-initialised and trained from
+    baseline's images) of every finished DECORE trial (with --scratch-at, of each seed's nearest that point): its pruned architecture re-initialised and trained from
     scratch (bench.trial.scratch); rows of method `scratch-b` / `scratch-e` name the trial in match_of."""
     from bench.trial.scratch import run_scratch
 
     df = ResultsTable(cfg.folder).read()
     done = df[(df["method"] == "decore") & (df["status"] == "complete") & (df["row_type"] == "trial")]
+    if cfg.scratch_at is not None:
+        done = nearest_per_seed(done, cfg.scratch_at)
     device = resolve_device(cfg.device)
     for _, row in done.iterrows():
         tc = Objective(cfg, profile, "decore", None, data).config(json.loads(row["knobs"]), int(row["seed"]))
@@ -329,13 +332,14 @@ def run_scratch_controls(cfg: SweepConfig, profile: Profile, data: Any) -> None:
                            f"(the pruned trial: {float(row['top1_pct']):.2f}%)  {result['rule']}")
 
 
+def nearest_per_seed(rows: Any, removed: float) -> Any:
+    """Each seed's row whose FLOPs removed is nearest `removed` (a fraction; the first of a tie)."""
+    gap = (rows["flops_reduction_pct"].astype(float) / 100 - removed).abs()
+    return rows.loc[gap.groupby(rows["seed"]).idxmin().values]
+
+
 def run_control(cfg: SweepConfig, profile: Profile, data: Any) -> None:
     """The no-pruning control, once per seed: the baseline trained on for the same budget as every method."""
     for seed in range(cfg.seeds):
         tc = Objective(cfg, profile, "control", None, data).config({}, seed, scope="all")
         run_and_record(cfg, tc, data, f"{cfg.experiment}-control", None)
-
-
-# ---------------------------------------------------------------- the plan printed before training
-
-

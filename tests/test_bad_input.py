@@ -213,6 +213,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]  # nothing listens once it is closed
 
 
+@pytest.mark.slow
 def test_wandb_unreachable_and_no_credential_written(tmp_path, monkeypatch, capsys, caplog):
     """A sweep with W&B online but its server down, a W&B key and a storage URL with a password: it falls
     back to offline and finishes (exit 0), and neither secret appears in any file, log or message."""

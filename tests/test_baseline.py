@@ -19,6 +19,7 @@ def _get(synthetic, **kw):
     return get_baseline("resnet20", "synthetic", load_recipe("test-micro"), data=synthetic, **kw)
 
 
+@pytest.mark.slow
 def test_baseline_is_cached_and_verified(synthetic, tmp_path):
     first = _get(synthetic)
     assert not first.cached and (first.path / "model.pt").is_file()
@@ -70,6 +71,7 @@ def test_cli_bad_input_is_one_line(args, message, tmp_path):
     assert not (tmp_path / "baselines").exists()
 
 
+@pytest.mark.slow
 def test_cli_baseline_twice(tmp_path):
     env = {"RESULTS_DIR": str(tmp_path)}
     args = ["baseline", "--model", "resnet20", "--dataset", "synthetic", "--recipe", "test-micro", "--device", "cpu"]

@@ -35,6 +35,7 @@ def _ctx(name, data):
                            train_loader=train, recipe=recipe, fit=fit, plan_cost=plan_cost)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["decore", "l1", "random"])
 @pytest.mark.parametrize("name", ["cifar_densenet40", "cifar_googlenet"])
 def test_methods_prune_concat_models(name, method, tiny):

@@ -4,6 +4,7 @@ The kills come from bench.core.faults (BENCH_CRASH_AT=<point>: the process SIGKI
 one lands inside its phase every time; the test profile's phases last well under a second, too short to hit
 reliably by watching a child's output.
 """
+import pytest
 import json
 import os
 import signal
@@ -41,6 +42,7 @@ def _trial_rows(folder: Path) -> pd.DataFrame:
     return df[df["row_type"] == "trial"]
 
 
+@pytest.mark.slow
 def test_sigkill_in_every_phase_then_rerun(tmp_path):
     folder = tmp_path / CFG.experiment
     _sweep(tmp_path, "baseline")  # killed after the baseline's epoch, before its cache entry is written
@@ -79,6 +81,7 @@ def test_sigkill_in_every_phase_then_rerun(tmp_path):
     assert not [p for p in tmp_path.rglob("*.tmp*") if not p.name.endswith(".lock")]
 
 
+@pytest.mark.slow
 def test_a_diverging_trial_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path, monkeypatch):
     recipe = json.loads((ROOT / "bench" / "engine" / "recipes" / "test-micro.json").read_text())
     (tmp_path / "explode.json").write_text(json.dumps({**recipe, "lr": 1e12, "name": "explode"}))

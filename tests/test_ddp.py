@@ -83,6 +83,7 @@ def _checks(out: Path) -> list[dict]:
     return [torch.load(out / f"checks{k}.pt", weights_only=True) for k in range(2)]
 
 
+@pytest.mark.slow
 def test_averaged_agent_gradient_equals_the_full_batch_gradient(launch):
     """The agent loss is a mean over samples: the mean over ranks of per-rank means over B = the mean over 2B."""
     weights, actions, correct = ddp_worker.samples()

@@ -25,6 +25,7 @@ def _trial_folder(tmp_path, name, size):
     return save_pruned(tmp_path / "trial", plan, pruned), pruned
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, size", CASES)
 def test_export_round_trips(tmp_path, name, size):
     folder, pruned = _trial_folder(tmp_path, name, size)
@@ -52,6 +53,7 @@ def test_safetensors_holds_no_pickle(tmp_path):
     assert not (folder / "model.onnx").exists()
 
 
+@pytest.mark.slow
 def test_onnx_mismatch_fails_in_one_line(tmp_path, monkeypatch):
     folder, _ = _trial_folder(tmp_path, "cifar_resnet20", 32)
     monkeypatch.setattr(export, "run_onnx", lambda path, x, session=None: np.zeros((len(x), 10), np.float32))

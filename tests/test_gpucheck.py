@@ -1,9 +1,11 @@
 """`make gpu-check` in its reduced CPU form (tiny sizes, synthetic data, gloo): every check runs and passes."""
+import pytest
 import torch
 
 from bench.checks import gpucheck
 
 
+@pytest.mark.slow
 def test_gpu_check_cpu_form_runs_every_check(tmp_path):
     md, ok = gpucheck.run(torch.device("cpu"), tmp_path / "perf", reduced=True, log=lambda s: None)
     text = md.read_text()

@@ -182,6 +182,7 @@ def _micro_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return "imagenet-micro"
 
 
+@pytest.mark.slow
 def test_resnet50_sweep_from_a_checkpoint(folder, tmp_path, monkeypatch, capsys):
     profile = _micro_profile(tmp_path, monkeypatch)
     ckpt = tmp_path / "resnet50-3classes.pt"

@@ -75,6 +75,7 @@ def test_knobs_are_declared_as_data():
     assert (ratio.low, ratio.high, ratio.log) == (0.0, 1.0, False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(methods.METHODS))
 def test_method_contract(name, trained, synthetic):
     """Every registered method: a valid plan, a smaller model that runs."""
@@ -155,6 +156,7 @@ def test_lambda_per_stage_scales_each_groups_penalty(synthetic):
         methods.get_method("decore").check_knobs({"lambda": 1, "lambda_per_stage": "1,-1,2"})
 
 
+@pytest.mark.slow
 def test_decore_compression_does_not_grow_with_lambda(trained, synthetic):
     """On the synthetic set: tiny lambda drops a lot, a huge lambda with errors present drops nothing."""
     decore = methods.get_method("decore")

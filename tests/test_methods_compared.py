@@ -91,6 +91,7 @@ def test_hrank_returns_the_rank_of_constructed_feature_maps():
     assert plan.keep["a"] == [1, 2, 3]                  # int(4 * 0.75) = 3 kept: the rank-1 channel goes
 
 
+@pytest.mark.slow
 def test_hrank_reads_the_maps_the_next_layers_read(trained):
     """Internal channel: the block's second conv reads it; a residual stream: every block after the add."""
     model = copy.deepcopy(trained)
@@ -192,6 +193,7 @@ def test_taylor_is_the_squared_gate_gradient_by_hand():
 
 # ---------------------------------------------------------------- every compared method, end to end
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", COMPARED)
 def test_flops_target_at_the_other_scope(name, trained, synthetic):
     method = methods.get_method(name)

@@ -7,6 +7,7 @@ from bench.checks import perf, perf_report, timing
 from bench.cli import main
 
 
+@pytest.mark.slow
 def test_perf_writes_tables_with_every_measurement(tmp_path):
     cfg = timing.PerfConfig(models=("resnet20",), batch_size=8, steps=1, rounds=2, max_rounds=3, flops_targets=(0.5,),
                           round_to=(8,), ref_workers=0, eval_images=64, latency_repeats=2, latency_batch=4,
@@ -142,6 +143,7 @@ def test_every_abbreviation_of_the_committed_perf_tables_is_defined():
     assert "IQR i (interquartile range" in perf_report.ABBREVIATIONS
 
 
+@pytest.mark.slow
 def test_compiled_gated_and_plain_steps_are_timed_with_compile_time_apart(tmp_path):
     """--compile: the gated DECORE step and the plain one compiled (inductor) beside the eager ones; their ratio
     is a row of its own, and the compilation (the first calls) is reported in seconds, not in any step time."""

@@ -105,6 +105,7 @@ def _other_host_prefix() -> list[str]:
     return probe[:-1] if ok else []
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.xdist_group("servers")
 def test_three_workers_one_killed_every_trial_once(postgres, tmp_path):

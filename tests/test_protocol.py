@@ -144,12 +144,13 @@ def _decisions(folder, cfg):
             list(trials["val_top1_pct"].round(6)), list(trials["top1_pct"].round(6)))
 
 
+@pytest.mark.slow
 def test_no_decision_reads_the_test_set(tmp_path, monkeypatch):
     """Corrupt the test labels: objectives, Pareto flags and the trials chosen stay as they were; only the
     reported test top-1 changes."""
     import bench.engine.data as data_mod
 
-    cfg_kw = dict(profile="test", device="cpu", methods=("l1", "random"), trials=2, control=False)
+    cfg_kw = dict(profile="test", device="cpu", methods=("l1", "random"), trials=1, control=False)
     monkeypatch.setenv("RESULTS_DIR", str(tmp_path / "clean"))
     clean_cfg = SweepConfig("resnet20", "synthetic", **cfg_kw)
     clean = _decisions(run_sweep(clean_cfg), clean_cfg)
@@ -168,6 +169,7 @@ def test_no_decision_reads_the_test_set(tmp_path, monkeypatch):
     assert bad[4] != clean[4]        # the reported test top-1 did change
 
 
+@pytest.mark.slow
 def test_scratch_controls_have_the_architecture_and_liu_et_al_budgets(tmp_path):
     """Scratch-B and Scratch-E of a real trial: the pruned architecture, fresh weights, and Liu et al.'s budgets
     (E: the baseline's training images; B: those x FLOPs_base / FLOPs_pruned), counted by the engine."""
@@ -211,6 +213,7 @@ def _recipe(path, name: str, per_class: int, schedule: str, lr: float) -> str:
     return str(path / f"{name}.json")
 
 
+@pytest.mark.slow
 def test_equal_budget_means_equal_data(tmp_path):
     """Smoke's shape (the joint phase on twice the fine-tuning subset) in miniature: DECORE, methods without a
     training phase (one that reads batches for its scores, one that does not) and the no-pruning control train

@@ -289,6 +289,7 @@ def test_pareto_figure_draws_series_fronts_on_validation_and_published_points(ta
     assert fig._suptitle is None and fig.get_figwidth() == 7.0  # the protocol goes to the README and caption
 
 
+@pytest.mark.slow
 def test_published_points_vanish_on_data_that_is_not_official(table, reference, tmp_path):
     fig = report.pareto_figure(table, None, official=False)
     assert not any("published" in t.get_text() for t in fig.legends[0].get_texts())

@@ -22,6 +22,7 @@ def _trials(folder: Path) -> pd.DataFrame:
     return df[(df["row_type"] == "trial") & (df["status"] == "complete")]
 
 
+@pytest.mark.slow
 def test_kept_channels_rebuild_each_trials_widths_exactly():
     # the rebuilt network has the row's FLOPs and params: the widths, hence the latency, are the trial's
     trials = _trials(EXPERIMENT)
@@ -40,6 +41,7 @@ def test_a_changed_architecture_or_unknown_dataset_is_refused():
         rebuilt({**row, "dataset": "imagenette"})
 
 
+@pytest.mark.slow
 def test_retime_times_the_rows_alone_and_changes_nothing_else(tmp_path):
     folder = tmp_path / EXPERIMENT.name
     shutil.copytree(EXPERIMENT, folder)
@@ -78,6 +80,7 @@ def test_retime_times_the_rows_alone_and_changes_nothing_else(tmp_path):
     assert speedup_form(after) == ("eager PyTorch", "channels_last")  # rows from before the column: eager
 
 
+@pytest.mark.slow
 def test_speedup_columns_in_the_onnxruntime_form(monkeypatch):
     """The measuring pass times an onnxruntime session of each model like a module (bench.deploy.forms.in_form)."""
     import torch

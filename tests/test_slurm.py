@@ -208,6 +208,7 @@ def _running_trial(storage: optuna.storages.BaseStorage):
         study_id, states=(optuna.trial.TrialState.RUNNING,)) if t.params and "slurm_job" in t.user_attrs), None)
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 @pytest.mark.xdist_group("servers")  # one worker runs the tests that start servers, one after the other
 def test_three_slurm_workers_one_cancelled_every_trial_once(slurm, tmp_path):
@@ -261,6 +262,7 @@ def test_three_slurm_workers_one_cancelled_every_trial_once(slurm, tmp_path):
 
 # ---------------------------------------------------------------- the launcher's checks, no cluster needed
 
+@pytest.mark.slow
 def test_a_time_limit_shorter_than_one_trial_is_refused_before_anything_is_submitted(tmp_path):
     env = {**os.environ, "RESULTS_DIR": str(tmp_path), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
            "SLURM_CONF": str(tmp_path / "no-cluster.conf")}  # sbatch would fail: the refusal must come first

@@ -25,13 +25,14 @@ def _cfg(**kw):
     return SweepConfig("resnet20", "synthetic", profile="test", device="cpu", **kw)
 
 
-def test_sweep_two_trials_per_method_then_resume(capsys, monkeypatch):
-    folder = run_sweep(_cfg(trials=2, match=None))
+@pytest.mark.slow
+def test_sweep_trials_per_method_then_resume_and_top_up(capsys, monkeypatch):
+    folder = run_sweep(_cfg(trials=1, match=None))
     df = ResultsTable(folder).read()
     assert list(df.columns) == list(COLUMNS)
     assert (df["row_type"] == "baseline").sum() == 1
     trials = df[df["row_type"] == "trial"]
-    assert trials.groupby("method").size().to_dict() == {"decore": 2, "l1": 2, "random": 2, "control": 1}
+    assert trials.groupby("method").size().to_dict() == {"decore": 1, "l1": 1, "random": 1, "control": 1}
     assert (trials["status"] == "complete").all() and trials["config_hash"].is_unique
     assert trials["pareto"].any() and trials["flops"].le(trials["base_flops"]).all()
     assert set(trials.loc[trials["method"] == "decore", "knob_name"]) == {"lambda"}
@@ -48,23 +49,25 @@ def test_sweep_two_trials_per_method_then_resume(capsys, monkeypatch):
     before = (folder / "runs.csv").read_text()
     with monkeypatch.context() as m:  # everything finished: no trial runs, nothing changes
         m.setattr("sweeps.objective.run_trial", lambda *a, **k: pytest.fail("a finished sweep ran a trial again"))
-        run_sweep(_cfg(trials=2, match=None))
+        run_sweep(_cfg(trials=1, match=None))
     assert (folder / "runs.csv").read_text() == before
 
-    run_sweep(_cfg(trials=3, methods=("l1",), match=None))  # topping up runs only the missing trial
+    run_sweep(_cfg(trials=2, methods=("l1",), match=None))  # topping up runs only the missing trial
     df = ResultsTable(folder).read()
-    assert (df["method"] == "l1").sum() == 3 and (df["method"] == "decore").sum() == 2
+    assert (df["method"] == "l1").sum() == 2 and (df["method"] == "decore").sum() == 1
+    assert df.loc[df["method"] == "l1", "knob_value"].nunique() == 2  # the study's second suggestion, not the first again
 
 
+@pytest.mark.slow
 def test_workers_on_a_journal_file(tmp_path):
     journal = tmp_path / "studies.log"
-    cfg = _cfg(trials=3, methods=("random",), workers=2, storage=f"journal:{journal}", control=False)
+    cfg = _cfg(trials=2, methods=("random",), workers=2, storage=f"journal:{journal}", control=False)
     folder = run_sweep(cfg)
     df = ResultsTable(folder).read()
-    assert (df["method"] == "random").sum() == 3 and df["config_hash"].is_unique
+    assert (df["method"] == "random").sum() == 2 and df["config_hash"].is_unique
     study = optuna.load_study(study_name=cfg.study_name("random"),
                               storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal))))
-    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 3
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 2
     assert len({t.user_attrs["pid"] for t in study.trials}) == 2  # two processes did the work
 
 
@@ -83,10 +86,11 @@ def test_bad_sweep_input(kw, message, tmp_path):
     assert not (Path(os.environ["RESULTS_DIR"]) / "baselines").exists()
 
 
+@pytest.mark.slow
 def test_sigkill_mid_trial_loses_and_duplicates_nothing(tmp_path):
     env = {**os.environ, "RESULTS_DIR": str(tmp_path)}
     args = [sys.executable, "-m", "bench", "sweep", "--model", "resnet20", "--dataset", "synthetic", "--profile", "test",
-            "--methods", "l1", "--trials", "3", "--device", "cpu", "--control", "none", "--match", "none"]
+            "--methods", "l1", "--trials", "2", "--device", "cpu", "--control", "none", "--match", "none"]
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     csv = tmp_path / SweepConfig("resnet20", "synthetic", profile="test").experiment / "runs.csv"
     deadline = time.time() + 240
@@ -107,22 +111,33 @@ def test_sigkill_mid_trial_loses_and_duplicates_nothing(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     df = pd.read_csv(csv)
     trials = df[df["row_type"] == "trial"]
-    assert len(trials) == 3 and trials["config_hash"].is_unique, (len(trials), r.stdout[-3000:])
+    assert len(trials) == 2 and trials["config_hash"].is_unique, (len(trials), r.stdout[-3000:])
     assert done <= set(trials["config_hash"])  # nothing finished was lost
 
 
-def test_matched_partners_by_default_at_decores_scope():
-    # fast agents and a low lambda, so that the one DECORE trial removes channels and gets partners
+@pytest.mark.slow
+def test_matched_partners_by_default_at_decores_scope(tmp_path):
+    # fast agents and a low lambda, so that the one DECORE trial removes channels and gets partners; l1 and random
+    # run no trial of their own (a profile's per-method trials 0): only the partners
+    import json as _json
     from sweeps.objective import Objective
+    profile = _json.loads((ROOT / "sweeps" / "profiles" / "test.json").read_text())
+    profile["trials"] = 1
+    for m in ("l1", "random"):
+        profile["methods"][m]["trials"] = 0
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "test.json").write_text(_json.dumps(profile))
     with pytest.MonkeyPatch.context() as m:
+        m.setattr("sweeps.profile.PROFILE_DIR", tmp_path / "profiles")
         m.setattr(Objective, "knob", lambda self, trial: {**({"lambda": 0.02, "agent_init": 0.5, "agent_lr": 0.2}
                                                               if self.method == "decore" else {"flops_target": 0.7})})
-        folder = run_sweep(_cfg(trials=1, control=False))
+        folder = run_sweep(_cfg(control=False))
     df = ResultsTable(folder).read()
     decore = df[(df["method"] == "decore") & (df["row_type"] == "trial")].iloc[0]
     assert float(decore["flops"]) < float(decore["base_flops"])
     matched = df[df["study"].str.endswith("-match", na=False)]
     assert sorted(matched["method"]) == ["l1", "random"]
+    assert df.loc[df["method"].isin(["l1", "random"]), "study"].str.endswith("-match").all()  # no trial of their own
     assert set(matched["match_of"]) == {decore["config_hash"]} and set(matched["scope"]) == {decore["scope"]}
     target = float(decore["flops"]) / float(decore["base_flops"])
     assert (matched["flops"] / matched["base_flops"]).between(target * 0.99 - 1e-9, target * 1.01 + 1e-9).all()
@@ -179,3 +194,43 @@ def test_profile_auto_on_a_cpu_takes_fewer_trials_when_no_profile_fits(monkeypat
     assert (profile, trials) == ("smoke", 3) and "the cheapest" in line  # an explicit trial count is obeyed
     monkeypatch.setattr(plan, "AUTO_CPU_MINUTES", one / 2)  # not even one trial fits: one, and it says so
     assert plan.choose_profile(cfg, torch.device("cpu"))[1] == 1
+
+
+@pytest.mark.slow
+def test_fixed_knob_values_and_partner_only_methods(monkeypatch, synthetic):
+    """A profile's fixed values run once each (break-even fractions scaled), a method with trials 0 runs none of its
+    own, the plan counts both, and --scratch-at picks each seed's DECORE trial nearest the point."""
+    import dataclasses as dc
+
+    from sweeps import objective, plan, study
+    from sweeps.profile import MethodSpace, load_profile
+
+    base = load_profile("test")
+    spaces = {**base.methods, "decore": dc.replace(base.methods["decore"], values=(0.1, 0.3)),
+              "l1": dc.replace(base.methods["l1"], trials=0)}
+    profile = dc.replace(base, methods=spaces)
+    assert profile.trials_for("decore") == 2 and profile.trials_for("l1") == 0 and profile.trials_for("random") == 2
+    assert profile.trials_for("l1", 3) == 3  # the command line's count is obeyed
+    assert base.identity() == load_profile("test").identity() and "values" not in str(base.identity())
+    ran = []
+
+    def fake(cfg, tc, data, study_name, number, **kw):
+        ran.append((tc.method, tc.knobs.get("lambda"), tc.seed))
+        return {"status": "complete", "val_top1_pct": 50.0, "flops": 1.0}
+    monkeypatch.setattr(objective, "run_and_record", fake)
+    cfg = _cfg(methods=("decore", "l1"), seeds=2, control=False)
+    study.run_studies(cfg, study.Setup(profile, None, synthetic, {}, break_even=4.0))
+    assert sorted(ran) == [("decore", 0.4, 0), ("decore", 0.4, 1), ("decore", 1.2, 0), ("decore", 1.2, 1)]
+    study.run_studies(cfg, study.Setup(profile, None, synthetic, {}, break_even=4.0))  # resumed: nothing runs again
+    assert len(ran) == 4
+
+    imgs = plan.plan_images(cfg, profile, None, synthetic)
+    assert imgs["n_trials"] == 2 * (2 + 0 + 2)  # per seed: two DECORE trials, no l1 trial of its own, two partners
+    scratch = plan.plan_images(dc.replace(cfg, scratch=("scratch-b",), scratch_at=0.5), profile, None, synthetic)
+    assert scratch["n_trials"] == imgs["n_trials"] + 2 and scratch["trials"] > imgs["trials"]
+
+    rows = pd.DataFrame({"seed": [0, 0, 0, 1, 1], "flops_reduction_pct": [20.0, 36.0, 52.0, 44.0, 61.0]})
+    assert study.nearest_per_seed(rows, 0.5)["flops_reduction_pct"].tolist() == [52.0, 44.0]
+    with pytest.raises(UserError, match="--scratch-at 1.5"):
+        config_module = __import__("sweeps.config", fromlist=["validate"])
+        config_module._check_weights(dc.replace(cfg, scratch=("scratch-b",), scratch_at=1.5), profile)

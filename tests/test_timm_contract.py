@@ -72,6 +72,7 @@ def _check_removal(name, plan, masks, x):
     assert count_flops(pruned, (3, SIZE, SIZE)) < flops
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_groups_found(name):
     _, groups, _ = _setup(name)
@@ -79,6 +80,7 @@ def test_groups_found(name):
     assert all(g.gate_points for g in groups)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["l1", "random", "decore"])
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_method_plans_remove_what_they_say(name, method):
@@ -99,6 +101,7 @@ def test_method_plans_remove_what_they_say(name, method):
     _check_removal(name, plan, masks, torch.randn(2, 3, SIZE, SIZE))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_internal_scope(name):
     model, _, _ = _setup(name)

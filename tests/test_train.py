@@ -36,6 +36,7 @@ def test_topk_correct_by_hand():
     assert topk_correct(logits, y, (1, 2)).tolist() == [1, 2]  # top-5 on 3 classes clamps to 3
 
 
+@pytest.mark.slow
 def test_training_learns_the_synthetic_set(synthetic):
     device = torch.device("cpu")
     recipe = Recipe("t", epochs=3, batch_size=50, lr=0.05, weight_decay=5e-4, nesterov=True)
@@ -55,6 +56,7 @@ def _tiny_net():
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
 
 
+@pytest.mark.slow
 def test_compiled_gated_model_keeps_its_gates_after_an_ungated_one_of_its_class():
     """Real inductor on CPU. Dynamo skips hook guards by default: without `compiled`'s guard, a gated model
     compiled after an ungated one of the same class reused the ungated graph and ran without its gates."""

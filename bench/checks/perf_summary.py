@@ -13,8 +13,7 @@ import pandas as pd
 
 from bench.core.io import atomic_write
 from bench.checks.perf_report import alignment_advice, compare, onnx_layout_note, read_perf
-
-FORMS = ("eager", "folded", "onnxruntime")
+from bench.deploy.forms import FORMS
 
 
 def picks(df: pd.DataFrame, batch: int = 64) -> dict[str, tuple[int, float]]:

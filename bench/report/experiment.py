@@ -29,12 +29,6 @@ from bench.report.rows import _reference_baseline, _title, _versions, aggregate,
 from bench.report.tables import paper_table
 
 
-# ---------------------------------------------------------------- reference
-
-
-# ---------------------------------------------------------------- rows and labels
-
-
 # ---------------------------------------------------------------- Pareto plot (fronts: runs.csv's `pareto` flags)
 
 
@@ -128,9 +122,6 @@ def pareto_plot(df: pd.DataFrame, reference: pd.DataFrame | None, out_stem: Path
     fig = pareto_figure(df, reference, official)
     out_stem = Path(out_stem)
     return [_save(fig, out_stem.with_name(f"{out_stem.name}.{fmt}"), fmt) for fmt in ("png", "svg", "pdf")]
-
-
-# ---------------------------------------------------------------- paper table
 
 
 # ---------------------------------------------------------------- layer-wise plot

@@ -193,8 +193,3 @@ def write_paper_figure(df: pd.DataFrame, reference: pd.DataFrame | None, folder:
     for ext, text in caption.items():
         out[f"caption.{ext}"] = atomic_write(Path(folder) / f"caption.{ext}", lambda tmp, t=text: Path(tmp).write_text(t))
     return out
-
-
-# ---------------------------------------------------------------- channel groups, as every layer figure names them
-
-

@@ -243,7 +243,8 @@ def run_trial(cfg: TrialConfig, device: torch.device, *, data: ArrayDataset | No
     """Run (or fetch, when already finished) one trial; returns its result (see `_row`).
 
     `log_row(phase, row)` receives every epoch's statistics ("method" or "finetune") as they come; with
-    `finetune_test` the fine-tune rows carry test top-1 (a budgeted search prunes hopeless trials on it).
+    `finetune_test` the fine-tune rows carry the selection split's top-1 (a budgeted search prunes hopeless trials
+    on it; the test set decides nothing).
     `admit(plan, pruned)` sees the pruned model before fine-tuning and may raise to stop the trial there
     (a budgeted search does not fine-tune a model over its budget).
     `compile` trains the method's phase and the fine-tuning through torch.compile (an execution detail,
