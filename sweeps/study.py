@@ -38,7 +38,6 @@ from bench.engine.baseline import get_baseline
 from bench.engine.data import load_dataset, open_loaders
 from bench.engine.recipe import load_recipe
 from bench.engine.train import resolve_device
-from bench.report.experiment import report_experiment
 from bench.trial.results import ResultsTable
 from bench.trial.run import BREAK_EVEN_IMAGES, smallest_flops_fraction, train_accuracy
 from methods.decore import break_even_from_counts
@@ -188,6 +187,8 @@ def prepare_baseline(cfg: SweepConfig, profile: Profile, device: torch.device, d
 
 def write_report(cfg: SweepConfig) -> None:
     """Plots and tables from the results table, mirrored into one W&B summary run; never fails the sweep."""
+    from bench.report.experiment import report_experiment  # matplotlib and scipy load when a report is written
+
     try:
         written = report_experiment(cfg.folder)
     except UserError as e:

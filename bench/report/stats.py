@@ -12,7 +12,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from scipy import stats as _scipy_stats
 
 LEVEL = 0.95
 MIN_SEEDS = 3  # no better/worse statement from fewer
@@ -56,7 +55,9 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, fl
         return math.nan, math.nan
     mean = sum(values) / n
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = float(_scipy_stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    from scipy import stats as scipy_stats  # loaded on first use: scipy's import costs about a second
+
+    half = float(scipy_stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
     return mean - half, mean + half
 
 
