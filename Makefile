@@ -57,7 +57,7 @@ help:
 	@echo "  make timm-matrix              every timm CNN family: groups + a random 50% trial on synthetic data -> RESULTS_DIR/timm-matrix/ (CPU, ~15 min)"
 	@echo "  make docs                     the documentation site (mkdocs, strict) -> site/"
 	@echo "  make test                     the test suite on every core (CPU only; builds docs/ strictly too)"
-	@echo "  make test-fast                the tests not marked slow, for the edit-test loop (not yet sized: few tests carry the slow mark)"
+	@echo "  make test-fast                the tests not marked slow, for the edit-test loop (about 1.5 min here; make test runs all)"
 	@echo "  make coverage                 the suite with line coverage of bench/, sweeps/, methods/, models/"
 	@echo "  make env                      build .venv only;  make clean-env  remove it;  make help  this list"
 	@echo "variables (current value):"
@@ -86,7 +86,7 @@ TEST_ARGS ?=
 test: env
 	$(PY) -m pytest -n auto --dist loadgroup tests $(TEST_ARGS)
 
-# the edit-test loop: every test not marked slow (the slow mark is not yet on every long test: not sized yet)
+# the edit-test loop: every test not marked slow (each test over about 5 s here carries the mark; make test runs them all)
 test-fast: env
 	$(PY) -m pytest -n auto --dist loadgroup -m "not slow" tests $(TEST_ARGS)
 

@@ -41,3 +41,20 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def synthetic():
     from bench.engine.data import make_synthetic
     return make_synthetic()
+
+
+@pytest.fixture(scope="session")
+def trained(synthetic):
+    """resnet20 trained for 3 epochs on the synthetic set (accurate, not perfect); once per test process, so tests
+    that change a model take a copy (tests/test_methods.py `_ctx`)."""
+    import models
+    from bench.engine.data import DeviceLoader
+    from bench.engine.recipe import Recipe
+    from bench.engine.train import fit, prepare_model
+
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    model = prepare_model(models.create("resnet20"), cpu)
+    train = DeviceLoader(synthetic.train, synthetic.mean, synthetic.std, 50, train=True)
+    fit(model, train, None, Recipe("t", epochs=3, batch_size=50, lr=0.05, nesterov=True), cpu)
+    return model.eval()

@@ -194,6 +194,7 @@ def test_read_only_results_folder(monkeypatch, capsys):
     assert not target.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv, expected", [
     (["baseline", "--model", "resnt56", "--dataset", "synthetic"], "did you mean resnet56"),
     (BASE + ["--checkpoint", "{F}/trunc.pt"], "truncated"),

@@ -57,6 +57,7 @@ def _cli(*args, env=None):
                           env={**os.environ, **(env or {})}, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["baseline", "--model", "resnt20", "--dataset", "synthetic"], "unknown model 'resnt20': did you mean"),
     (["baseline", "--model", "resnet20", "--dataset", "cifar1O"], "unknown dataset 'cifar1O'"),

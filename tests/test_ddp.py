@@ -100,6 +100,7 @@ def test_averaged_agent_gradient_equals_the_full_batch_gradient(launch):
     assert not all(torch.allclose(h, f, rtol=1e-5, atol=1e-7) for h, f in zip(half, full))
 
 
+@pytest.mark.slow
 def test_sharded_evaluation_equals_evaluating_everything(launch):
     split, mean, std = ddp_worker.eval_split()
     want = evaluate(ddp_worker.small_net(), DeviceLoader(split, mean, std, 40, channels_last=False), CPU)
@@ -108,12 +109,14 @@ def test_sharded_evaluation_equals_evaluating_everything(launch):
         assert r["metrics"]["loss"] == pytest.approx(want["loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_rank_dependent_plan_is_refused(launch):
     for r in _checks(launch[0]):
         assert "differs between rank 0 and rank(s) [1]" in r["refused"]
         assert r["all_true"] == [True, False]
 
 
+@pytest.mark.slow
 def test_torchrun_decore_trial(launch):
     """Both ranks train the same network and agents and select the same plan; rank 0 alone writes one result."""
     out, stdout = launch

@@ -36,6 +36,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
+@pytest.mark.slow
 def test_site_builds_strictly_with_generated_pages(site: Path) -> None:
     from bench.trial.results import COLUMNS
 

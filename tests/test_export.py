@@ -87,6 +87,7 @@ def test_folded_model_equals_unfolded_in_eval_mode(name):
         torch.testing.assert_close(folded(x), pruned(x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_save_pruned_exports_on_request(tmp_path):
     """What the budgeted search's winners get: save_pruned(..., export=True)."""
     model = _randomize(models.create("cifar_resnet20", num_classes=10))

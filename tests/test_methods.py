@@ -9,22 +9,12 @@ import models
 from bench.engine.data import DeviceLoader
 from bench.engine.measure import count_flops, count_params
 from bench.engine.recipe import Recipe
-from bench.engine.train import fit, prepare_model
+from bench.engine.train import fit
 from methods.base import Knob, KnobError, Method, register
 from methods.core import channel_groups, prune_model
 from methods.decore import agent_loss, break_even_lambda
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def trained(synthetic):
-    """resnet20 trained for 3 epochs on the synthetic set (accurate, not perfect)."""
-    torch.manual_seed(0)
-    model = prepare_model(models.create("resnet20"), CPU)
-    train = DeviceLoader(synthetic.train, synthetic.mean, synthetic.std, 50, train=True)
-    fit(model, train, None, Recipe("t", epochs=3, batch_size=50, lr=0.05, nesterov=True), CPU)
-    return model.eval()
 
 
 def _ctx(model, synthetic, scope="all", seed=0, epochs=2):

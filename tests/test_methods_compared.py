@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
-from test_methods import _ctx, _flops_fraction, trained  # noqa: F401  (shared fixture and context)
+from test_methods import _ctx, _flops_fraction  # the shared context (`trained` is conftest's)
 
 import methods
 from methods.core import Gates, channel_groups, prune_model

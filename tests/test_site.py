@@ -370,6 +370,7 @@ def committed_pages() -> list[Path]:
     return [COMMITTED / "index.html", COMMITTED / "compare.html", *(e / "index.html" for e in find_experiments(COMMITTED))]
 
 
+@pytest.mark.slow
 def test_every_link_of_every_committed_page_leads_to_a_file(browser) -> None:
     from urllib.parse import unquote, urlparse
 

@@ -203,7 +203,7 @@ def test_fixed_knob_values_and_partner_only_methods(monkeypatch, synthetic):
     import dataclasses as dc
 
     from sweeps import objective, plan, study
-    from sweeps.profile import MethodSpace, load_profile
+    from sweeps.profile import load_profile
 
     base = load_profile("test")
     spaces = {**base.methods, "decore": dc.replace(base.methods["decore"], values=(0.1, 0.3)),
