@@ -108,6 +108,12 @@ def validate(cfg: SweepConfig) -> Profile:
                         ("WORKERS", cfg.workers)):
         if value < 1:
             raise UserError(f"{name}={value} must be at least 1")
+    partners = cfg.match == "decore" and "decore" in cfg.methods
+    idle = [m for m in cfg.methods if profile.trials_for(m, cfg.trials) == 0 and not partners]
+    if idle:
+        raise UserError(f"{', '.join(idle)} run only as DECORE's matched partners in profile {cfg.profile!r} (trials 0), "
+                        "and this sweep has no DECORE trial to match: add decore to --methods and keep --match decore, "
+                        "or give --trials")
     if cfg.match not in (None, "decore"):
         raise UserError(f"--match {cfg.match!r} is not supported: use --match decore (the default) or --match none")
     if cfg.budget not in ("equal", "paper"):

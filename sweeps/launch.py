@@ -266,10 +266,12 @@ def _job_config(cfg: Any) -> tuple[Any, str | None]:
     return dataclasses.replace(cfg, storage=journal, wandb=wandb, workers=1), journal
 
 
-def _trials(cfg: Any) -> int:
+def _trials(cfg: Any) -> dict[str, int]:
+    """Each method's own trials (a profile may give a method its own count, 0 for a partner-only method)."""
     from .profile import load_profile
 
-    return cfg.trials if cfg.trials is not None else load_profile(cfg.profile).trials
+    profile = load_profile(cfg.profile)
+    return {m: profile.trials_for(m, cfg.trials) for m in cfg.methods}
 
 
 def _submit(executor: Any, what: str, submit: Callable[[], Any]) -> str:

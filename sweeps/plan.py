@@ -153,7 +153,7 @@ def print_plan(cfg: SweepConfig, profile: Profile, trials: int | None, device: t
            f"trained on every training image), {info.get('test_images', '?')} test images reported"
            if cfg.selection == "val-test" else "the test set (the papers' practice: every decision reads test accuracy)"))
     counts = {m: profile.trials_for(m, trials) for m in cfg.methods}
-    each = (f"{trials if trials is not None else profile.trials} trials each" if len(set(counts.values())) == 1 else
+    each = (f"{next(iter(counts.values()))} trials each" if len(set(counts.values())) == 1 else
             "trials " + ", ".join(f"{m} {k}" for m, k in counts.items()))
     print(f"  studies: {', '.join(cfg.study_name(m) for m in cfg.methods)}; {each} x {cfg.seeds} seed(s)"
           f"{', ' + str(cfg.workers) + ' workers' if cfg.workers > 1 else ''}")

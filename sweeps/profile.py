@@ -77,8 +77,22 @@ def load_profile(name: str) -> Profile:
     data = json.loads(path.read_text())
     spaces = {}
     for method, spec in data.pop("methods").items():
+        _check_space(name, method, spec)
         spaces[method] = MethodSpace(spec["knob"], tuple(spec["range"]) if "range" in spec else None,
                                      tuple(spec["break_even_range"]) if "break_even_range" in spec else None,
                                      dict(spec.get("options", {})),
                                      tuple(spec["values"]) if "values" in spec else None, spec.get("trials"))
     return Profile(name=name, methods=spaces, **data)
+
+
+def _check_space(profile: str, method: str, spec: dict[str, Any]) -> None:
+    """A method's fixed values and own trial count, checked when the profile is read."""
+    values, trials = spec.get("values"), spec.get("trials")
+    where = f"profile {profile!r}, method {method!r}"
+    if values is not None and (not isinstance(values, list) or not values
+                               or not all(isinstance(v, (int, float)) and v > 0 for v in values)):
+        raise UserError(f"{where}: \"values\" {values!r} must be a non-empty list of positive numbers, e.g. [0.1, 0.2]")
+    if trials is not None and (not isinstance(trials, int) or isinstance(trials, bool) or trials < 0):
+        raise UserError(f"{where}: \"trials\" {trials!r} must be a whole number of at least 0 (0: matched partner only)")
+    if values is not None and trials is not None:
+        raise UserError(f"{where}: give \"values\" (one trial each) or \"trials\", not both")

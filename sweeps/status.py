@@ -47,12 +47,12 @@ def status_text(folder: Path) -> str:
     launch = _read_launch(folder)
     url = _storage_url(folder, launch)
     counts = study_counts(folder, url)
-    wanted = launch.get("trials")
     lines = [f"{folder.name}: storage {scrub(url)}"]
     for method in launch.get("methods") or sorted(counts):
         c = counts.get(method, {s: 0 for s in STATES})
+        wanted = wanted_of(launch, method)
         lines.append(f"  {method:8s} {c['complete']} complete, {c['running']} running, {c['failed']} failed, "
-                     f"{c['waiting']} waiting" + (f" (of {wanted} wanted)" if wanted else "") +
+                     f"{c['waiting']} waiting" + (f" (of {wanted} wanted)" if wanted is not None else "") +
                      (f"; running: trial {', '.join(c['jobs'])}" if c.get("jobs") else ""))
     jobs = launch.get("jobs") or {}
     table = squeue(jobs)
@@ -139,11 +139,16 @@ def squeue(jobs: dict[str, str]) -> list[str]:
     return [" ".join(line.split()) for line in r.stdout.splitlines() if line.strip()] if r.returncode == 0 else []
 
 
-def remaining_text(counts: dict[str, dict[str, Any]], launch: dict[str, Any], table: list[str], reported: bool) -> str:
+def wanted_of(launch: dict[str, Any], method: str) -> int | None:
+    """A method's own trials wanted, from launch.json: one count for every method (older files) or one per method."""
     wanted = launch.get("trials")
-    if not wanted:
+    return wanted.get(method) if isinstance(wanted, dict) else wanted
+
+
+def remaining_text(counts: dict[str, dict[str, Any]], launch: dict[str, Any], table: list[str], reported: bool) -> str:
+    if not launch.get("trials"):
         return "remaining: unknown (no launch.json: the trials wanted are the sweep command's)"
-    left = sum(max(wanted - counts.get(m, {}).get("complete", 0), 0) for m in launch["methods"])
+    left = sum(max((wanted_of(launch, m) or 0) - counts.get(m, {}).get("complete", 0), 0) for m in launch["methods"])
     if not left:
         return "remaining: nothing, the report is written" if reported else \
             "remaining: no trial of the studies; the finish job (partners, controls, report)"

@@ -171,10 +171,7 @@ def prepare_baseline(cfg: SweepConfig, profile: Profile, device: torch.device, d
     ResultsTable(cfg.folder).upsert(baseline_row(base, cfg.folder.name, profile.name, seed, cfg.protocol()))
     if not any(profile.methods[m].break_even_range is not None for m in cfg.methods):
         return base, None
-    joint = load_recipe(profile.joint_recipe)
-    loader = open_loaders(cfg.dataset, joint.batch_size, device, seed=seed, subset_per_class=joint.subset_per_class,
-                          data=data, selection=cfg.selection, model=_timm(cfg.model)).train
-    correct, seen = train_accuracy(base.model, loader, device, BREAK_EVEN_IMAGES)
+    correct, seen = _break_even_counts(cfg, profile, device, data, seed, base)
     try:
         break_even, rule = break_even_from_counts(correct, seen)
     except methods.KnobError as e:
@@ -183,6 +180,30 @@ def prepare_baseline(cfg: SweepConfig, profile: Profile, device: torch.device, d
           f"training accuracy as the agents see it {100 * correct / seen:.2f}% ({correct}/{seen} images, train mode, "
           f"augmented) -> DECORE break-even lambda {break_even:.3g}" + ("" if rule == "measured" else f" (rule: {rule})"))
     return base, break_even
+
+
+BREAK_EVEN_FILE = "break_even.json"
+
+
+def _break_even_counts(cfg: SweepConfig, profile: Profile, device: torch.device, data: Any, seed: int,
+                       base: Any) -> tuple[int, int]:
+    """The baseline's training accuracy as the agents see it, measured once per experiment, seed and baseline and
+    recorded in the folder: every later process (a resumed sweep, a cluster's workers) reads the same counts, so a
+    profile's fixed lambdas (fractions of the break-even lambda) are the same numbers in every process."""
+    from bench.core.io import read_json, write_json
+
+    path = cfg.folder / BREAK_EVEN_FILE
+    recorded = read_json(path) if path.is_file() else {}
+    entry = recorded.get(str(seed))
+    if entry and entry.get("baseline") == base.spec.key:
+        return int(entry["correct"]), int(entry["seen"])
+    joint = load_recipe(profile.joint_recipe)
+    loader = open_loaders(cfg.dataset, joint.batch_size, device, seed=seed, subset_per_class=joint.subset_per_class,
+                          data=data, selection=cfg.selection, model=_timm(cfg.model)).train
+    correct, seen = train_accuracy(base.model, loader, device, BREAK_EVEN_IMAGES)
+    recorded = read_json(path) if path.is_file() else {}
+    write_json(path, {**recorded, str(seed): {"baseline": base.spec.key, "correct": correct, "seen": seen}})
+    return correct, seen
 
 
 def write_report(cfg: SweepConfig) -> None:
@@ -309,20 +330,26 @@ def run_matches(cfg: SweepConfig, profile: Profile, data: Any) -> None:
 
 def run_scratch_controls(cfg: SweepConfig, profile: Profile, data: Any) -> None:
     """The sweep's scratch controls (Scratch-B: the baseline's images x FLOPs_base / FLOPs_pruned; Scratch-E: the
-    baseline's images) of every finished DECORE trial (with --scratch-at, of each seed's nearest that point): its pruned architecture re-initialised and trained from
-    scratch (bench.trial.scratch); rows of method `scratch-b` / `scratch-e` name the trial in match_of."""
+    baseline's images) of every finished DECORE trial of this configuration (with --scratch-at, of each seed's nearest
+    that point): its pruned architecture re-initialised and trained from scratch (bench.trial.scratch); rows of
+    method `scratch-b` / `scratch-e` name the trial in match_of."""
     from bench.trial.scratch import run_scratch
 
     df = ResultsTable(cfg.folder).read()
     done = df[(df["method"] == "decore") & (df["status"] == "complete") & (df["row_type"] == "trial")]
-    if cfg.scratch_at is not None:
-        done = nearest_per_seed(done, cfg.scratch_at)
-    device = resolve_device(cfg.device)
-    for _, row in done.iterrows():
+    configs = {}
+    for i, row in done.iterrows():
         tc = Objective(cfg, profile, "decore", None, data).config(json.loads(row["knobs"]), int(row["seed"]))
         if tc.key != row["config_hash"]:
             tqdm.write(f"scratch control: trial {row['config_hash']} is not of this sweep's configuration; skipped")
             continue
+        configs[i] = tc
+    done = done.loc[list(configs)]
+    if cfg.scratch_at is not None:
+        done = nearest_per_seed(done, cfg.scratch_at)
+    device = resolve_device(cfg.device)
+    for i, row in done.iterrows():
+        tc = configs[i]
         for rule in cfg.scratch:
             result = run_scratch(tc, device, data, rule)
             table = ResultsTable(cfg.folder)
@@ -334,7 +361,9 @@ def run_scratch_controls(cfg: SweepConfig, profile: Profile, data: Any) -> None:
 
 
 def nearest_per_seed(rows: Any, removed: float) -> Any:
-    """Each seed's row whose FLOPs removed is nearest `removed` (a fraction; the first of a tie)."""
+    """Each seed's row whose FLOPs removed is nearest `removed` (a fraction; the first of a tie; rows without a
+    FLOPs count are not candidates)."""
+    rows = rows[rows["flops_reduction_pct"].notna()]
     gap = (rows["flops_reduction_pct"].astype(float) / 100 - removed).abs()
     return rows.loc[gap.groupby(rows["seed"]).idxmin().values]
 

@@ -234,3 +234,37 @@ def test_fixed_knob_values_and_partner_only_methods(monkeypatch, synthetic):
     with pytest.raises(UserError, match="--scratch-at 1.5"):
         config_module = __import__("sweeps.config", fromlist=["validate"])
         config_module._check_weights(dc.replace(cfg, scratch=("scratch-b",), scratch_at=1.5), profile)
+
+
+def test_profile_fields_checked_and_partner_only_methods_need_decore(tmp_path, monkeypatch):
+    import json as _json
+
+    from sweeps import status, study
+    from sweeps.config import validate
+    from sweeps.profile import load_profile
+
+    profile = _json.loads((ROOT / "sweeps" / "profiles" / "test.json").read_text())
+    for bad, message in (({"values": []}, "must be a non-empty list"), ({"trials": -1}, "at least 0"),
+                         ({"values": [0.1], "trials": 1}, "not both")):
+        broken = {**profile, "methods": {**profile["methods"], "decore": {**profile["methods"]["decore"], **bad}}}
+        (tmp_path / "broken.json").write_text(_json.dumps(broken))
+        monkeypatch.setattr("sweeps.profile.PROFILE_DIR", tmp_path)
+        with pytest.raises(UserError, match=message):
+            load_profile("broken")
+    monkeypatch.undo()
+    with pytest.raises(UserError, match="run only as DECORE's matched partners"):
+        validate(SweepConfig("resnet20", "synthetic", profile="cpu-agents", methods=("l1",), device="cpu"))
+    # launch.json's wanted trials per method (older files: one count for every method)
+    assert status.wanted_of({"trials": {"decore": 3, "l1": 0}}, "l1") == 0 and status.wanted_of({"trials": 2}, "l1") == 2
+    assert status.remaining_text({"decore": {"complete": 3}}, {"trials": {"decore": 3, "l1": 0}, "methods": ["decore", "l1"]},
+                                 [], True) == "remaining: nothing, the report is written"
+
+    # the break-even counts are measured once per experiment and seed, then read back by every later process
+    cfg = _cfg(methods=("decore",))
+    cfg.folder.mkdir(parents=True)
+    base = type("B", (), {"spec": type("S", (), {"key": "base-key"})(), "model": None})()
+    monkeypatch.setattr(study, "train_accuracy", lambda *a, **k: (90, 100))
+    data = study.load_dataset("synthetic", selection="val")
+    assert study._break_even_counts(cfg, load_profile("test"), torch.device("cpu"), data, 0, base) == (90, 100)
+    monkeypatch.setattr(study, "train_accuracy", lambda *a, **k: pytest.fail("measured again"))
+    assert study._break_even_counts(cfg, load_profile("test"), torch.device("cpu"), data, 0, base) == (90, 100)

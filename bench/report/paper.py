@@ -67,7 +67,7 @@ def _paper_images(user: str, dataset: str) -> dict[str, float]:
 
     cfg = SweepConfig(model=user, dataset=dataset, profile="paper")
     profile = load_profile("paper")
-    return plan_images(cfg, profile, profile.trials, _SplitSizes())
+    return plan_images(cfg, profile, None, _SplitSizes())
 
 
 def _estimate(dataset: str, user: str = "") -> str:
