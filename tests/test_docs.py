@@ -159,6 +159,49 @@ QUOTES: list[tuple[tuple[str, ...], Callable[[], str]]] = [
 ]
 
 
+PILOT = RESULTS / "agents-pilot"
+
+
+def pilot_table(folder: Path = PILOT) -> str:
+    """results/agents-pilot/README.md's table, from the trials' result.json and history.json."""
+    import statistics
+
+    rows = []
+    for d in sorted(folder.glob("decore-*")):
+        r, h = json.loads((d / "result.json").read_text()), json.loads((d / "history.json").read_text())
+        med = [statistics.median(row["keep_prob"].values()) for row in h["method"]]
+        rows.append((float(json.loads(r["knobs"])["lambda"]), med, r["flops_reduction_pct"], r["val_top1_pct"],
+                     r["top1_pct"], h["method"][-1]["agent_step"]))
+    lines = ["| lambda | agent steps | median keep-probability after epoch 1 / 2 / 3 | FLOPs removed | validation / test "
+             "top-1 after fine-tuning |", "| --- | --- | --- | --- | --- |"]
+    for lam, med, flops, val, test, steps in sorted(rows, reverse=True):
+        lines.append(f"| {lam:g} | {steps} | {' / '.join(f'{m:.3f}' for m in med)} | {flops:.1f}% | {val:.2f}% / {test:.2f}% |")
+    return "\n".join(lines)
+
+
+def _pilot_recipe_quote() -> str:
+    """The joint recipe's description quotes the pilot: what 3 epochs removed at lambda 0.9 and 0.45, and that the
+    groups' keep-probabilities were all still above 0.99 after the first two epochs at those lambdas."""
+    out = {}
+    for d in sorted(PILOT.glob("decore-*")):
+        r, h = json.loads((d / "result.json").read_text()), json.loads((d / "history.json").read_text())
+        out[float(json.loads(r["knobs"])["lambda"])] = (r["flops_reduction_pct"], min(h["method"][1]["keep_prob"].values()))
+    assert out[0.9][1] > 0.99 and out[0.45][1] > 0.99
+    return f"3 epochs removed {out[0.9][0]:.1f}% of the FLOPs at lambda 0.9 and {out[0.45][0]:.1f}% at 0.45"
+
+
+def _agents_values() -> str:
+    v = json.loads((ROOT / "sweeps" / "profiles" / "cpu-agents.json").read_text())["methods"]["decore"]["values"]
+    return f"({v[0]:g}, {v[1]:g} and {v[2]:g} of the break-even lambda)"
+
+
+QUOTES += [
+    (("results/agents-pilot/README.md",), pilot_table),
+    (("bench/engine/recipes/cpu-agents-joint.json",), _pilot_recipe_quote),
+    (("results/agents-pilot/README.md",), _agents_values),
+]
+
+
 def _perf_pick() -> str:
     """The main README's advice on alignment, from the committed perf run (results/perf/perf.csv)."""
     from bench.checks.perf_report import read_perf
