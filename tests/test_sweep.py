@@ -248,10 +248,10 @@ def test_profile_fields_checked_and_partner_only_methods_need_decore(tmp_path, m
                          ({"values": [0.1], "trials": 1}, "not both")):
         broken = {**profile, "methods": {**profile["methods"], "decore": {**profile["methods"]["decore"], **bad}}}
         (tmp_path / "broken.json").write_text(_json.dumps(broken))
-        monkeypatch.setattr("sweeps.profile.PROFILE_DIR", tmp_path)
-        with pytest.raises(UserError, match=message):
-            load_profile("broken")
-    monkeypatch.undo()
+        with monkeypatch.context() as m:  # (undo() would also undo conftest's RESULTS_DIR)
+            m.setattr("sweeps.profile.PROFILE_DIR", tmp_path)
+            with pytest.raises(UserError, match=message):
+                load_profile("broken")
     with pytest.raises(UserError, match="run only as DECORE's matched partners"):
         validate(SweepConfig("resnet20", "synthetic", profile="cpu-agents", methods=("l1",), device="cpu"))
     # launch.json's wanted trials per method (older files: one count for every method)
@@ -261,6 +261,7 @@ def test_profile_fields_checked_and_partner_only_methods_need_decore(tmp_path, m
 
     # the break-even counts are measured once per experiment and seed, then read back by every later process
     cfg = _cfg(methods=("decore",))
+    assert str(cfg.folder).startswith(os.environ["RESULTS_DIR"])  # the test's own folder, never the repository's
     cfg.folder.mkdir(parents=True)
     base = type("B", (), {"spec": type("S", (), {"key": "base-key"})(), "model": None})()
     monkeypatch.setattr(study, "train_accuracy", lambda *a, **k: (90, 100))
