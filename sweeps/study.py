@@ -292,9 +292,21 @@ def _optimize(cfg: SweepConfig, study: optuna.Study, objective: Objective, remai
         raise UserError(f"{len(failed)} sweep worker(s) exited with codes {failed}: see their messages above")
 
 
+def share_cores(workers: int) -> int:
+    """Give this process's torch its share of the cores when `workers` processes train side by side (unless the user
+    set OMP_NUM_THREADS): two workers of two threads each on two cores spin against each other and train about 3x
+    slower together than two workers of one thread (measured: 183 vs 543 img/s, ResNet-20, batch 64). Returns the
+    thread count."""
+    if workers > 1 and not os.environ.get("OMP_NUM_THREADS"):
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(max(1, cores // workers))
+    return torch.get_num_threads()
+
+
 def _worker(cfg: SweepConfig, method: str, break_even: float | None, n_trials: int, wanted: int | None,
             index: int, flops_floor: float | None = None) -> None:
-    """A worker process: joins the study and runs its share of trials."""
+    """A worker process: joins the study and runs its share of trials, on its share of the CPU cores."""
+    share_cores(cfg.workers)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     profile = load_profile(cfg.profile)
     data = None if cfg.dataset.startswith("imagefolder:") else load_dataset(cfg.dataset, selection=cfg.selection)

@@ -269,3 +269,21 @@ def test_profile_fields_checked_and_partner_only_methods_need_decore(tmp_path, m
     assert study._break_even_counts(cfg, load_profile("test"), torch.device("cpu"), data, 0, base) == (90, 100)
     monkeypatch.setattr(study, "train_accuracy", lambda *a, **k: pytest.fail("measured again"))
     assert study._break_even_counts(cfg, load_profile("test"), torch.device("cpu"), data, 0, base) == (90, 100)
+
+
+def test_sweep_workers_share_the_cores(monkeypatch):
+    from sweeps.study import share_cores
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        torch.set_num_threads(4)
+        assert share_cores(1) == 4  # one worker keeps every core
+        assert share_cores(2) == 2
+        assert share_cores(8) == 1  # never below one thread
+        torch.set_num_threads(4)
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's setting wins
+        assert share_cores(2) == 4
+    finally:
+        torch.set_num_threads(before)
