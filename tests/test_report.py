@@ -455,3 +455,25 @@ def test_labels_name_non_paper_options_and_engine_versions():
     assert report_rows.series_label(pd.Series(row), {"l1": 1, report_rows.ENGINE: 2}).endswith("engine e1e1e1")
     older = pd.Series({**row, "engine_version": None})
     assert report_rows.series_label(older, {"l1": 1, report_rows.ENGINE: 2}).endswith("engine older (unrecorded)")
+
+
+def test_matched_summary_pairs_partners_and_the_control_by_seed():
+    """The README's one-table comparison: per DECORE configuration, partner (and control) minus DECORE, by hand."""
+    rows, decore = [], (91.0, 92.0, 91.5)
+    for seed, (d, l1, ctl) in enumerate(zip(decore, (90.0, 90.5, 91.0), (93.0, 93.5, 94.0))):
+        dec = _trial(seed, "decore", "lambda", 2.0, seed, d, 500_000, 62_742_853 + 1_254_857 * seed)
+        part = {**_trial(10 + seed, "l1", "flops_target", 0.49, seed, l1, 500_000, 62_000_000),
+                "match_of": dec["config_hash"], "scope": "all"}
+        control = {**_trial(20 + seed, "control", "ratio", 0.0, seed, ctl, BASE["params"], BASE["flops"]),
+                   "knob_name": None, "knob_value": None, "knobs": "{}", "scope": "all"}
+        rows += [dec, part, control]
+    table = _md_rows(tables.matched_summary(normalise(rows)))
+    assert table[0][3:] == ["L1 minus DECORE", "No pruning (control) minus DECORE"]
+    (row,) = table[1:]
+    assert row[0] == "DECORE-2" and row[1] == "49.0% (48.0-50.0)" and row[2] == "91.50 ± 0.50 (n=3)"
+    # L1 - DECORE per seed: -1.0, -1.5, -0.5: mean -1.0, sd 0.5, t(0.975, 2 dof) = 4.303: half-width 1.24, covers 0
+    assert row[3] == "-1.00 [-2.24, +0.24] n.s."
+    # control - DECORE per seed: 2.0, 1.5, 2.5: the same spread, off zero: a verdict, so no mark
+    assert row[4] == "+2.00 [+0.76, +3.24]"
+    two = [r for r in rows if r["seed"] < 2]
+    assert _md_rows(tables.matched_summary(normalise(two)))[1][3] == "-1.25 [-4.43, +1.93] (no verdict)"

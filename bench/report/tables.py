@@ -107,6 +107,50 @@ def _matched_rows(df: pd.DataFrame) -> list[list[str]]:
     return rows
 
 
+SUMMARY_TEXT = ("**In one table.** Other minus DECORE, test top-1 points, paired by seed: mean [95% t interval, "
+                "n - 1 degrees of freedom]; n.s.: the interval covers 0; no verdict below 3 seeds:")
+
+
+def matched_summary(df: pd.DataFrame) -> str:
+    """The matched-FLOPs comparison as one Markdown table for a README: a row per DECORE configuration (its FLOPs
+    removed and test top-1, mean +- std over seeds, n), a column per partner method and one for the no-pruning
+    control, each cell the paired difference, other minus DECORE in test top-1 points, mean [95% t interval] over
+    the seeds both ran; "n.s." where the interval covers 0, "no verdict" below 3 seeds (bench.report.stats)."""
+    sets = matched_sets(df)
+    trials = complete_trials(df)
+    control = trials[trials["method"] == "control"].drop_duplicates("seed").set_index("seed")
+    names: dict[str, str] = {}
+    for m in sets:
+        for method, pairs in m["pairs"].items():
+            names.setdefault(method, trial_label(pairs[0][1]).split(" (")[0])
+    columns = [*names, *(["control"] if len(control) else [])]
+    headers = ["DECORE configuration", "FLOPs removed", "DECORE test top-1 (%)",
+               *[f"{names.get(c, 'No pruning (control)')} minus DECORE" for c in columns]]
+
+    def cell(diff: Any) -> str:
+        verdict = diff.verdict("", "")
+        return diff.interval_text() + ("" if not verdict else " n.s." if verdict == "not significant" else " (no verdict)")
+
+    rows = []
+    for m in sets:
+        d = m["decore"]
+        own = trials[trials["config_hash"].isin(d["hashes"])].drop_duplicates("seed").set_index("seed")
+        removed = 100 * (1 - own["flops"].astype(float) / own["base_flops"].astype(float))
+        spread = f" ({removed.min():.1f}-{removed.max():.1f})" if len(removed) > 1 else ""
+        cells = [d["label"].split(" · ")[0], f"{removed.mean():.1f}%{spread}",
+                 f"{_pm(d['top1_pct'], d['top1_std'])} (n={int(d['n'])})"]
+        for c in columns:
+            if c == "control":
+                seeds = [s for s in own.index if s in control.index]
+                a, b = [float(control.loc[s, "top1_pct"]) for s in seeds], [float(own.loc[s, "top1_pct"]) for s in seeds]
+            else:
+                pairs = m["pairs"].get(c, [])
+                a, b = [float(p["top1_pct"]) for _, p in pairs], [float(o["top1_pct"]) for o, _ in pairs]
+            cells.append(cell(paired(a, b)) if a else "")
+        rows.append((removed.mean(), cells))
+    return "\n".join(_md_table(headers, [c for _, c in sorted(rows, key=lambda r: r[0])]))
+
+
 def _reference_name(row: pd.Series) -> str:
     name = style(str(row["method"]))[0]
     variant = row["variant"] if isinstance(row["variant"], str) else ""
@@ -183,7 +227,7 @@ def speedup_form(df: pd.DataFrame) -> tuple[str, str]:
 
 
 def _markdown(measured: list[dict], published: list[dict], sources: list[str], caption: str,
-              matched: list[list[str]], when: str, form: tuple[str, str] = FORM_TEXT["eager"]) -> str:
+              matched: list[list[str]], when: str, form: tuple[str, str] = FORM_TEXT["eager"], summary: str = "") -> str:
     lines = [f"*{caption}*", ""]
     lines += _md_table(HEADERS, [r["cells"] for r in measured])
     foot = ("◆: on its series' Pareto front (validation top-1 against FLOPs, on seed means). Mean ± std over n seeds. "
@@ -198,6 +242,8 @@ def _markdown(measured: list[dict], published: list[dict], sources: list[str], c
         lines += ["", "**Matched FLOPs.** Each DECORE configuration beside the other methods run at its FLOPs "
                   "(within 1%, the same scope, the same budget), seed by seed:", ""]
         lines += _md_table(MATCHED_HEADERS, matched)
+    if summary:
+        lines += ["", SUMMARY_TEXT, "", summary]
     if published:
         lines += ["", "**Published (their schedules, not comparable to the rows above unless the protocol is):**", ""]
         lines += _md_table(PUBLISHED_HEADERS, [[f"{r['cells'][0]} [{r['source']}]", *r["cells"][1:]] for r in published])
@@ -242,5 +288,6 @@ def paper_table(df: pd.DataFrame, reference: pd.DataFrame | None, official: bool
     published, sources = _reference_rows(reference)
     caption = f"{_title(df)}. Protocol: {protocol_text(df, official)}."
     matched = _matched_rows(df)
-    return (_markdown(measured, published, sources, caption, matched, speedup_when(df), speedup_form(df)),
+    summary = matched_summary(df) if matched else ""
+    return (_markdown(measured, published, sources, caption, matched, speedup_when(df), speedup_form(df), summary),
             _latex(measured, published, sources, caption, matched))
