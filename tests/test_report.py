@@ -477,3 +477,6 @@ def test_matched_summary_pairs_partners_and_the_control_by_seed():
     assert row[4] == "+2.00 [+0.76, +3.24]"
     two = [r for r in rows if r["seed"] < 2]
     assert _md_rows(tables.matched_summary(normalise(two)))[1][3] == "-1.25 [-4.43, +1.93] (no verdict)"
+    three = normalise(rows)
+    assert tables.matched_tally(three) == "Of 1 matched comparison (3 seeds each): 0 partner better, 0 DECORE better, 1 not significant."
+    assert tables.matched_tally(normalise(two)) == "No matched comparison has 3 seeds. 1 with fewer than 3 seeds gives no verdict."

@@ -151,6 +151,30 @@ def matched_summary(df: pd.DataFrame) -> str:
     return "\n".join(_md_table(headers, [c for _, c in sorted(rows, key=lambda r: r[0])]))
 
 
+def matched_tally(df: pd.DataFrame) -> str:
+    """One sentence counting the verdicts of matched_summary's pruning partners (scratch controls and the no-pruning
+    control left out: they answer other questions), e.g. "Of 12 matched comparisons (3 seeds each): 9 partner
+    better, 0 DECORE better, 3 not significant." Comparisons with fewer than 3 seeds are counted apart."""
+    counts = {"partner better": 0, "DECORE better": 0, "not significant": 0}
+    seeds, few = set(), 0
+    for m in matched_sets(df):
+        for method, pairs in m["pairs"].items():
+            if method.startswith("scratch"):
+                continue
+            diff = paired([float(p["top1_pct"]) for _, p in pairs], [float(o["top1_pct"]) for o, _ in pairs])
+            verdict = diff.verdict("partner better", "DECORE better")
+            if verdict in counts:
+                counts[verdict] += 1
+                seeds.add(diff.n)
+            else:
+                few += 1
+    total = sum(counts.values())
+    each = f"{min(seeds)}" if len(seeds) == 1 else f"{min(seeds)}-{max(seeds)}" if seeds else "0"
+    text = (f"Of {total} matched comparison{'s' * (total != 1)} ({each} seeds each): " + ", ".join(f"{v} {k}" for k, v in counts.items())
+            + ".") if total else "No matched comparison has 3 seeds."
+    return text + (f" {few} with fewer than 3 seeds give{'s' * (few == 1)} no verdict." if few else "")
+
+
 def _reference_name(row: pd.Series) -> str:
     name = style(str(row["method"]))[0]
     variant = row["variant"] if isinstance(row["variant"], str) else ""
