@@ -312,6 +312,6 @@ def paper_table(df: pd.DataFrame, reference: pd.DataFrame | None, official: bool
     published, sources = _reference_rows(reference)
     caption = f"{_title(df)}. Protocol: {protocol_text(df, official)}."
     matched = _matched_rows(df)
-    summary = matched_summary(df) if matched else ""
+    summary = f"{matched_summary(df)}\n\n{matched_tally(df)}" if matched else ""
     return (_markdown(measured, published, sources, caption, matched, speedup_when(df), speedup_form(df), summary),
             _latex(measured, published, sources, caption, matched))
