@@ -39,20 +39,22 @@ class Objective:
     data: Any = field(default=None, repr=False)
     wanted: int | None = None           # the study's complete trials wanted: a trial beyond them is pruned
     low_divisor: float = 1.0            # break-even ranges reach this many times lower (budgeted search)
+    fixed: bool = True                  # the profile's fixed values hold (a sweep); False: the range is searched
     flops_floor: float | None = None    # the smallest FLOPs fraction the method reaches at its scope
 
     def knob_range(self) -> tuple[float, float]:
         space = self.profile.methods[self.method]
         declared = {k.name: k for k in methods.get_method(self.method).knobs}[space.knob]
+        values = space.values if self.fixed else None
         if space.break_even_range is not None:
             if self.break_even is None:
                 raise UserError(f"{self.method}'s range is a fraction of the break-even lambda, which was not measured")
-            if space.values is not None:  # fixed values: the range that holds them (enqueued, see fixed_values)
-                return tuple(float(f"{f * self.break_even:.3g}") for f in (min(space.values), max(space.values)))
+            if values is not None:  # fixed values: the range that holds them (enqueued, see fixed_values)
+                return tuple(float(f"{f * self.break_even:.3g}") for f in (min(values), max(values)))
             low, high = (f * self.break_even for f in space.break_even_range)
             return low / self.low_divisor, high
-        if space.values is not None:
-            return min(space.values), max(space.values)
+        if values is not None:
+            return min(values), max(values)
         low, high = space.range or (declared.low, declared.high)
         if space.knob == "flops_target" and self.flops_floor is not None and low < self.flops_floor * 1.02:
             low = min(self.flops_floor * 1.02, high)  # below the floor a target cannot be met at this scope

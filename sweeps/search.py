@@ -9,6 +9,8 @@ stop early: validation top-1 is reported after every fine-tune epoch to a median
   `decore_per_stage` also one lambda factor per stage (named option `lambda_per_stage`, beyond the paper).
 - L1 and random take the scale of pruning that meets the budget (bisection on the real pruned model)
   and search what is left: a uniform ratio, or per-stage shares of it.
+- A profile's fixed knob values and per-method trial counts are the sweep's (they design a comparison): a search
+  runs the profile's `trials` (or `--trials`) for every method, each knob over its range.
 
 A winner is saved as plan + weights (`bench.deploy.pruned.load_pruned(folder)` rebuilds it), marked in the
 results table's `budget_winner` column and described in `<experiment>/search/<budget>/README.md`.
@@ -249,7 +251,7 @@ def _objective(setup: Setup, method: str, break_even: float | None) -> SearchObj
         planner = methods.Context(model, groups, setup.base.spec.model, {"num_classes": setup.base.meta["num_classes"]},
                                   setup.input_size, torch.device("cpu"), 0)
     return SearchObjective(setup, method, Objective(setup.cfg.sweep, setup.profile, method, break_even, setup.data,
-                                                     low_divisor=DOWN_FACTOR),
+                                                     low_divisor=DOWN_FACTOR, fixed=False),
                            stages, planner)
 
 

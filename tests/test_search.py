@@ -32,6 +32,23 @@ class PruneTrialOne(optuna.pruners.BasePruner):
         return trial.number == 1
 
 
+def test_a_search_searches_the_range_a_sweep_fixes():
+    """cpu-agents fixes DECORE's lambdas for its sweep; a search of that profile still searches the break-even range,
+    reaching DOWN_FACTOR lower, as for any profile."""
+    from sweeps.objective import Objective
+    from sweeps.profile import load_profile
+    from sweeps.search import DOWN_FACTOR
+
+    profile = load_profile("cpu-agents")
+    values, (low, high) = profile.methods["decore"].values, profile.methods["decore"].break_even_range
+    cfg = _cfg().sweep
+    sweep = Objective(cfg, profile, "decore", 4.0)
+    search = Objective(cfg, profile, "decore", 4.0, low_divisor=DOWN_FACTOR, fixed=False)
+    assert sweep.knob_range() == (float(f"{min(values) * 4:.3g}"), float(f"{max(values) * 4:.3g}"))
+    assert search.knob_range() == pytest.approx((low * 4 / DOWN_FACTOR, high * 4))
+    assert search.knob_range()[0] < sweep.knob_range()[0]
+
+
 @pytest.mark.parametrize("text, kind, value, fraction", [
     ("flops:0.5", "flops", 0.5, True), ("params:0.4", "params", 0.4, True), ("flops:60M", "flops", 60e6, False),
     ("params:0.4M", "params", 0.4e6, False), ("FLOPS:2.5g", "flops", 2.5e9, False), ("flops:123456", "flops", 123456, False),
