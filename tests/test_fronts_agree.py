@@ -103,6 +103,17 @@ def test_paper_figure_sizes_fonts_and_colours() -> None:
     assert len({c for _, c, _ in style.METHOD_STYLE.values()}) == len(style.METHOD_STYLE)
 
 
+def test_every_row_kind_has_its_own_style() -> None:
+    """The scratch controls and the no-pruning control are drawn under the names the tables give them, each in its
+    own grey, not as an unknown method's grey pentagon under its raw name."""
+    from bench.report.rows import trial_label
+    from bench.trial.scratch import RULES
+
+    for method, name in {**RULES, "control": "No pruning (control)"}.items():
+        assert method in style.METHOD_STYLE and style.method_style(method)[0] == name
+        assert trial_label(pd.Series({"method": method, "knobs": "{}", "scope": "all"})).startswith(name)
+
+
 def test_t_interval_matches_tables() -> None:
     assert figures.t_quantile(0.975, 4) == pytest.approx(2.776, abs=1e-3)
     assert figures.t_quantile(0.975, 1) == pytest.approx(12.706, abs=1e-2)

@@ -35,7 +35,8 @@ METHOD_STYLE: dict[str, tuple[str, str, str]] = {
     "fpgm": ("FPGM", OKABE_ITO["orange"], "v"),
     "slim": ("Slimming", OKABE_ITO["sky blue"], "P"),
     "taylor": ("Taylor", OKABE_ITO["yellow"], "X"),
-    "scratch": ("Scratch-B", "#666666", "h"),
+    "scratch-b": ("Scratch-B", "#666666", "h"),
+    "scratch-e": ("Scratch-E", "#444444", "H"),
     "control": ("No pruning (control)", "#999999", "d"),
     "gal": ("GAL", "#555555", "<"),
     "nisp": ("NISP", "#777777", ">"),
@@ -49,7 +50,7 @@ OTHER_STYLE = ("", "#888888", "p")
 # matplotlib marker -> plotly symbol, so the site draws each method with the static plots' marker
 PLOTLY_SYMBOL = {"o": "circle", "s": "square", "^": "triangle-up", "D": "diamond", "v": "triangle-down",
                  "P": "cross", "X": "x", "h": "hexagon", "d": "diamond-tall", "<": "triangle-left",
-                 ">": "triangle-right", "*": "star", "p": "pentagon"}
+                 ">": "triangle-right", "*": "star", "p": "pentagon", "H": "hexagon2"}
 
 
 # scope -> matplotlib fillstyle (published points: "none")
