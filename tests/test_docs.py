@@ -123,20 +123,42 @@ def _matrix_run() -> str:
     return f"(`{command.group(1)}`, {wall.group(1)} on"
 
 
+def _matched(experiment: str, tally: bool = False) -> str:
+    """The matched-FLOPs table (or its tally sentence) that the README's hero quotes, from the experiment's runs.csv."""
+    from bench.report.tables import matched_summary, matched_tally
+
+    return (matched_tally if tally else matched_summary)(_runs(experiment))
+
+
 def _gated(perf: str) -> str:
     df = pd.read_csv(RESULTS / perf)
     rows = df[df["measure"] == "gated / plain"]
     return ", ".join(f"{v:.2f} ({i:.2f})" for v, i in zip(rows["value"], rows["iqr"]))
 
 
+def _parts(experiment: str) -> pd.Series:
+    """Each run's part of an experiment: the baseline, or the trial's method (decore, l1, control, scratch-b...)."""
+    df = _runs(experiment)
+    return df["method"].where(df["row_type"] != "baseline", "baseline")
+
+
+def _wall_table(experiment: str) -> str:
+    """Wall time per part, as the curated experiment's NOTES.md tabulates it (runs.csv's wall_seconds)."""
+    lines = ["| part | runs | summed | median run | shortest | longest |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, w in _runs(experiment).groupby(_parts(experiment), sort=False)["wall_seconds"]:
+        lines.append(f"| {name} | {len(w)} | {w.sum() / 60:.1f} min | {w.median():.0f} s | {w.min():.0f} s | {w.max():.0f} s |")
+    return "\n".join(lines)
+
+
 SMOKE20, SMOKE110 = "resnet20-cifar10-smoke-94a65d09", "resnet110-cifar10-smoke-94a65d09"
 CPU20, MICRO = "resnet20-cifar10-cpu-bea263c0", "densenet40-cifar10-micro-cce59d0d"
+CURATED = "resnet20-cifar10-cpu-agents-274b1676"  # issue 28's curated experiment: 3 seeds, the paper's agents
 TABLES = ("README.md", "docs/profiles.md")
 TOOK = r"It took (\d+ min \d+ s)"  # the wall time measured with `time`, as a NOTES.md writes it
 
 # (the files that quote it, the text they must hold, computed from the results file it comes from)
 QUOTES: list[tuple[tuple[str, ...], Callable[[], str]]] = [
-    *[(TABLES, lambda e=e: _timing(e)) for e in (SMOKE20, SMOKE110, CPU20, MICRO)],
+    *[(TABLES, lambda e=e: _timing(e)) for e in (SMOKE20, SMOKE110, CPU20, MICRO, CURATED)],
     (("README.md",), lambda: f"a 4-epoch baseline at {_baseline(SMOKE110)} test top-1"),
     (TABLES, lambda: f"took {_noted(SMOKE110, TOOK)} in all"),
     ((f"results/{SMOKE110}/NOTES.md",), lambda: f"is {_minutes(SMOKE110)}: the baseline"),
@@ -148,6 +170,11 @@ QUOTES: list[tuple[tuple[str, ...], Callable[[], str]]] = [
                                              f"{_trials(CPU20)} trials {_minutes(CPU20, 'trial')})"),
     ((f"results/{CPU20}/NOTES.md",), lambda: f"baseline at {_baseline(CPU20, 'val_top1_pct')} validation / "
                                              f"{_baseline(CPU20)} test top-1"),
+    (("README.md",), lambda: _matched(CURATED)),
+    (("README.md",), lambda: _matched(CURATED, tally=True)),
+    ((f"results/{CURATED}/NOTES.md",), lambda: _wall_table(CURATED)),
+    ((f"results/{CURATED}/NOTES.md",), lambda: _matched(CURATED)),
+    ((f"results/{CURATED}/NOTES.md",), lambda: _matched(CURATED, tally=True)),
     ((f"results/{MICRO}/NOTES.md",), lambda: f"is {_minutes(MICRO)}."),
     ((f"results/{MICRO}/NOTES.md",), lambda: f"baseline at {_baseline(MICRO)} test top-1"),
     (("docs/models.md",), _matrix),

@@ -166,6 +166,16 @@ def test_rows_already_averaged_over_seeds_keep_their_n_and_std() -> None:
     assert first[HOVER_FIELDS.index("seeds")] == f"n=3: top-1 {pts['top1'].iloc[0]:.2f} ± 0.50"
 
 
+def test_the_budget_fact_keeps_the_scratch_controls_apart() -> None:
+    """Every method's images after the baseline, then the scratch controls' budgets (Liu et al.'s, from scratch)."""
+    from bench.report.site.pages import experiment_facts
+
+    rows = [{"row_type": "trial", "method": m, "budget": "equal", "budget_images": n, "selection": "val", "seed": 0}
+            for m, n in (("decore", 1000), ("l1", 1000), ("scratch-b", 5200), ("scratch-b", 4800))]
+    facts = experiment_facts(Path("."), pd.DataFrame(rows))
+    assert facts["budget"] == "equal (1,000 images; scratch controls 4,800-5,200 from scratch)"
+
+
 # ------------------------------------------------------------------ in headless Chromium
 
 def _skip(reason: str) -> None:

@@ -216,8 +216,14 @@ def experiment_facts(folder: Path, df: pd.DataFrame) -> dict[str, str]:
     split = ", ".join({"val": "validation", "test": "test"}.get(v, v) for v in selection) or "test (unrecorded)"
     seeds = sorted({int(v) for v in pd.to_numeric(col(trials, "seed"), errors="coerce").dropna()})
     rules = sorted({str(v) for v in trials["budget"].dropna()}) if "budget" in trials.columns else []  # the rule
-    images = sorted({int(v) for v in pd.to_numeric(col(trials, "budget_images"), errors="coerce").dropna()})
-    budget = (", ".join(rules) or "unrecorded") + (f" ({', '.join(f'{i:,}' for i in images)} images)" if images else "")
+    scratch = col(trials, "method").astype(str).str.startswith("scratch")  # Liu et al.'s budgets, from scratch
+
+    def counts(rows: pd.DataFrame) -> list[int]:
+        return sorted({int(v) for v in pd.to_numeric(col(rows, "budget_images"), errors="coerce").dropna()})
+    images, fresh = counts(trials[~scratch]), counts(trials[scratch])
+    fresh_text = f"; scratch controls {fresh[0]:,}{f'-{fresh[-1]:,}' if len(fresh) > 1 else ''} from scratch" if fresh else ""
+    budget = (", ".join(rules) or "unrecorded") + (f" ({', '.join(f'{i:,}' for i in images)} images{fresh_text})"
+                                                   if images or fresh else "")
     official = official_data(folder)
     engine_col = next((c for c in ("engine_version", "git_commit") if c in df.columns and df[c].notna().any()), None)
     engine = ", ".join(sorted({str(v)[:10] for v in df[engine_col].dropna()})) if engine_col else "unrecorded"
