@@ -67,7 +67,7 @@ def _num(v: float) -> str:
     return f"{float(v):g}"
 
 
-CONTROL_NAMES = {"scratch-b": "Scratch-B", "scratch-e": "Scratch-E", "scratch": "Scratch (baseline + trial images)"}
+CONTROL_NAMES = {"scratch": "Scratch (baseline + trial images)"}  # older rows; scratch-b/-e are named in METHOD_STYLE
 
 
 def _name(method: str) -> str:
