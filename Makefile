@@ -92,7 +92,7 @@ test-fast: env
 
 # which lines the suite runs: bench/, sweeps/, methods/, models/ -> the terminal and RESULTS_DIR/coverage.txt
 coverage: env
-	$(PY) -m pytest -n auto --dist loadgroup --cov=bench --cov=sweeps --cov=methods --cov=models --cov-report=term tests $(TEST_ARGS) | tee $(RESULTS_DIR)/coverage.txt
+	$(PY) -m pytest -n auto --dist loadgroup --cov=bench --cov=sweeps --cov=methods --cov=models --cov-report=term tests $(TEST_ARGS) | tee $(RESULTS_DIR)/coverage.txt; exit $${PIPESTATUS[0]}
 
 baseline: env
 	$(PY) -m bench baseline --model $(MODEL) --dataset $(DATASET) --recipe $(RECIPE) --seed $(SEED) --device $(DEVICE)

@@ -108,6 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _status_parser() -> argparse.ArgumentParser:
+    """The parser of `status` alone: it reads a study and squeue, so it loads neither torch nor the methods and
+    answers in about a second (a cluster user polls it; build_parser imports every method for its help)."""
+    from sweeps.status import add_status_parser
+
+    parser = argparse.ArgumentParser(prog="python -m bench", description="decore-bench: DECORE and baseline pruners, measured fairly.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_status_parser(sub, COMMANDS)
+    _finish_help(parser, sub)
+    return parser
+
+
 def _trial_parsers(sub: argparse._SubParsersAction) -> None:
     """`baseline` and `run`: the unpruned model, and one trial on it."""
     p = sub.add_parser("baseline", help="train (or import) the unpruned model once and cache it")
@@ -168,6 +181,9 @@ def _sweep_parsers(sub: argparse._SubParsersAction) -> None:
                         "pruning), scratch-b and scratch-e (Liu et al. 2019's controls of every DECORE trial: its "
                         "architecture re-initialised and trained from scratch for the baseline's images x FLOPs_base / "
                         "FLOPs_pruned (B) or the baseline's images (E)), none")
+    p.add_argument("--no-report", action="store_true",
+                   help="leave the report (plots, tables, README) to `python -m bench report`, e.g. for a script that "
+                        "runs many sweeps (env BENCH_SWEEP_REPORT=0 where no flag is given)")
     p.add_argument("--scratch-at", type=float, default=None, metavar="FRACTION",
                    help="scratch controls only of each seed's DECORE trial nearest this fraction of the FLOPs removed, "
                         "e.g. 0.5 (default: of every DECORE trial)")
@@ -266,7 +282,8 @@ def _check_results_dir() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = (_status_parser() if argv[:1] == ["status"] else build_parser()).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command in WRITES_RESULTS:

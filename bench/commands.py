@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.core.errors import UserError
-from sweeps.plan import _round_to, sweep_config
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -55,6 +54,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 @command
 def cmd_sweep(args: argparse.Namespace) -> int:
     # the CLI is the one place that reaches up into sweeps/ (the engine itself never imports it)
+    from sweeps.plan import sweep_config
     from sweeps.study import run_sweep
 
     from bench.engine import dist
@@ -150,6 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.trial.run import TrialConfig, run_trial, trial_folder
     from bench.deploy.speed import measure_speedup
     from bench.engine.train import resolve_device
+    from sweeps.plan import _round_to
 
     cfg = TrialConfig(model=args.model, dataset=args.dataset, method=args.method, knobs=_parse_knobs(args.knob),
                       scope=args.scope, seed=args.seed, baseline_recipe=args.baseline_recipe,

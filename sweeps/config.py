@@ -1,9 +1,10 @@
 """What a sweep is: `SweepConfig` (everything that changes a number, hashed into the experiment's name), its
-validation against the profile, and the storage URL as messages print it (`scrub`)."""
+and its validation against the profile."""
 from __future__ import annotations
 
 
 import functools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,9 @@ class SweepConfig:
     alignment: dict[str, Any] | None = field(default=None, compare=False, hash=False)
     deploy_form: str = "eager"          # the form the measuring pass times speed-ups in (and --round-to auto aligns
                                         # for): eager, folded, onnxruntime; latency columns only, not in the identity
+    # write the experiment's report at the end (plots, tables, README); False (--no-report, or BENCH_SWEEP_REPORT=0
+    # where no flag is given) leaves it to `python -m bench report`: output only, not in the identity
+    report: bool = field(default_factory=lambda: os.environ.get("BENCH_SWEEP_REPORT", "1") != "0", compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "selection", imported_selection(self.selection, self.pretrained, self.checkpoint))
@@ -144,16 +148,6 @@ def _check_weights(cfg: SweepConfig, profile: Profile) -> None:
 
 
 MATCH_METHODS_EXCLUDED = ("decore", "control")
-
-
-def scrub(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    if "://" in url and "@" in url.split("://", 1)[1]:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}" if ":" in creds else url
-    return url
 
 
 def _timm(model: str) -> str:

@@ -201,9 +201,9 @@ def launch(cfg: Any, params: dict[str, Any]) -> dict[str, str]:
         import submitit
     except ImportError:
         raise UserError("submitit is not installed: pip install submitit (or make env)") from None
-    from bench.core.io import write_json
+    from bench.core.io import scrub_url as scrub, write_json
 
-    from .config import scrub, validate
+    from .config import validate
     from .storage import open_storage
 
     validate(cfg)

@@ -16,13 +16,14 @@ from tqdm.auto import tqdm
 import methods
 from bench.core.errors import UserError
 from bench.core.faults import crash_point
+from bench.core.io import scrub_url as scrub
 from bench.engine.recipe import load_recipe
 from bench.engine.tracking import Tracker
 from bench.engine.train import Diverged, resolve_device
 from bench.trial.results import ResultsTable
 from bench.trial.run import TrialConfig, run_trial, trial_folder
 
-from .config import SweepConfig, scrub
+from .config import SweepConfig
 from .plan import _timm
 from .profile import Profile
 from .rows import failed_row, table_row

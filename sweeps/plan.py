@@ -15,6 +15,7 @@ import torch
 
 import methods
 from bench.core.errors import UserError
+from bench.core.io import scrub_url as scrub
 from bench.engine.baseline import weights_source
 from bench.engine.data import load_dataset, open_loaders
 from bench.engine.imagefolder import image_folder_split_info, image_folder_train_images
@@ -22,7 +23,7 @@ from bench.engine.recipe import load_recipe
 from bench.engine.train import prepare_model
 from bench.trial.run import BREAK_EVEN_IMAGES
 
-from .config import MATCH_METHODS_EXCLUDED, SweepConfig, _timm, scrub
+from .config import MATCH_METHODS_EXCLUDED, SweepConfig, _timm
 from .profile import Profile, load_profile
 
 
@@ -336,7 +337,8 @@ def sweep_config(args: argparse.Namespace):
                       alignment=alignment, deploy_form=args.deploy_form,
                       budget=args.budget, selection=args.selection, **_controls(args.control),
                       scratch_at=getattr(args, "scratch_at", None),
-                      pretrained=args.pretrained, checkpoint=args.checkpoint)
+                      pretrained=args.pretrained, checkpoint=args.checkpoint,
+                      **({"report": False} if getattr(args, "no_report", False) else {}))
     return cfg
 
 

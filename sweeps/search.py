@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 import methods
 from bench.core.errors import UserError
-from bench.core.io import write_json
+from bench.core.io import scrub_url as scrub, write_json
 from bench.deploy.pruned import load_pruned, save_pruned
 from bench.engine.data import load_dataset
 from bench.engine.measure import count_flops, count_params
@@ -43,7 +43,7 @@ from methods.core import KeepPlan, channel_groups, prune_model
 from methods.scored import stage_of
 
 from .profile import Profile
-from .config import scrub, validate
+from .config import validate
 from .objective import Objective, Stopped, run_and_record
 from .storage import mark_owner, open_storage, recover_dead_trials
 from .study import prepare_baseline

@@ -42,7 +42,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def status_text(folder: Path) -> str:
     """The status of one experiment folder, as printed."""
-    from .config import scrub
+    from bench.core.io import scrub_url as scrub
 
     launch = _read_launch(folder)
     url = _storage_url(folder, launch)

@@ -25,7 +25,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
 from bench.core.errors import UserError
-from sweeps.config import scrub
+from bench.core.io import scrub_url as scrub
 
 HEARTBEAT_S, GRACE_S = 30, 120  # defaults of SWEEP_HEARTBEAT_S, SWEEP_GRACE_S
 

@@ -134,7 +134,10 @@ def finish_sweep(cfg: SweepConfig, profile: Profile, data: Any) -> None:
     if cfg.scratch:
         run_scratch_controls(cfg, profile, data)
     measure_speedups(cfg)
-    write_report(cfg)
+    if cfg.report:
+        write_report(cfg)
+    else:
+        tqdm.write(f"report: not written (--no-report); python -m bench report {cfg.folder} writes it")
 
 
 def measure_speedups(cfg: SweepConfig) -> None:

@@ -28,12 +28,22 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["OMP_NUM_THREADS"] = str(share)  # the processes a test starts (CLI runs, torchrun, SLURM jobs)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests marked slow first, each group in its file order: pytest-xdist hands tests out in this order, so the
+    long ones start early and the short ones fill the end, instead of one worker finishing a long test alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test writes results under its own tmp folder; torch is seeded and on few threads."""
     monkeypatch.setenv("RESULTS_DIR", str(tmp_path / "results"))
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("BENCH_LATENCY_ROUNDS", "3,5")  # the measuring pass, short: speed is benchmarked, not tested
+    # a sweep leaves its report (plots, tables, README) to `bench report`: the tests that read a sweep's report
+    # (tests/test_imagenet.py, tests/test_slurm.py, tests/test_sweep.py's report test) ask for it; the report
+    # itself is tested from stored rows (tests/test_report.py)
+    monkeypatch.setenv("BENCH_SWEEP_REPORT", "0")
     torch.manual_seed(0)
 
 

@@ -248,7 +248,7 @@ def test_wandb_unreachable_and_no_credential_written(tmp_path, monkeypatch, caps
 
 
 def test_scrub_hides_passwords():
-    from sweeps.config import scrub as scrub_url
+    from bench.core.io import scrub_url
 
     for u in ("postgresql://u:pw@h:5432/db", "postgresql://u:p@ss@h/db", "mysql+pymysql://u:pw@h/db"):
         assert "pw" not in scrub(u).split("@")[0].split(":", 2)[-1] and "***" in scrub(u)

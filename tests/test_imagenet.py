@@ -184,6 +184,7 @@ def _micro_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.mark.slow
 def test_resnet50_sweep_from_a_checkpoint(folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BENCH_SWEEP_REPORT", "1")  # its report is checked below
     profile = _micro_profile(tmp_path, monkeypatch)
     ckpt = tmp_path / "resnet50-3classes.pt"
     torch.save(models.create("resnet50_64px", num_classes=3).state_dict(), ckpt)

@@ -215,7 +215,7 @@ def test_three_slurm_workers_one_cancelled_every_trial_once(slurm, tmp_path):
     # each trial pauses 6 s in its fine-tuning, so the scancel lands inside one whatever the machine's speed
     env = {**slurm, "RESULTS_DIR": str(tmp_path), "PYTHONPATH": str(ROOT), "SWEEP_HEARTBEAT_S": "1",
            "SWEEP_GRACE_S": "5", "OMP_NUM_THREADS": "1", "BENCH_PAUSE_AT": "finetune:6",
-           "BENCH_LATENCY_ROUNDS": "3,5"}
+           "BENCH_LATENCY_ROUNDS": "3,5", "BENCH_SWEEP_REPORT": "1"}  # the finish job writes the report
     env.pop("BENCH_STORAGE", None)
     folder = tmp_path / CFG.experiment
     t0 = time.time()
@@ -343,3 +343,22 @@ def test_bench_status_counts_each_methods_study_by_its_real_name(tmp_path):
     (folder / "launch.json").write_text(json.dumps({"methods": ["random"], "trials": 3, "storage": f"journal:{folder / 'optuna.journal'}"}))
     text = status_text(folder)
     assert "random   1 complete, 1 running, 1 failed, 0 waiting (of 3 wanted)" in text, text
+
+    # the command line's `status` loads neither torch nor the methods (a cluster user polls it), says the same
+    probe = ("import sys; from bench.cli import main; main(['status', sys.argv[1]]); "
+             "print('loaded:', sorted(m for m in ('torch', 'methods', 'timm', 'sweeps.config') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", probe, str(folder)], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert text in r.stdout and "loaded: []" in r.stdout, r.stdout
+
+
+def test_status_has_the_same_help_alone_as_in_the_full_parser(capsys):
+    from bench import cli
+
+    helps = []
+    for parser in (cli.build_parser(), cli._status_parser()):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["status", "--help"])
+        helps.append(capsys.readouterr().out)
+    assert helps[0] == helps[1] and "experiment folders" in helps[0]

@@ -27,7 +27,8 @@ def _cfg(**kw):
 
 @pytest.mark.slow
 def test_sweep_trials_per_method_then_resume_and_top_up(capsys, monkeypatch):
-    folder = run_sweep(_cfg(trials=1, match=None))
+    folder = run_sweep(_cfg(trials=1, match=None, report=True))
+    assert (folder / "README.md").is_file() and (folder / "pareto.png").is_file()
     df = ResultsTable(folder).read()
     assert list(df.columns) == list(COLUMNS)
     assert (df["row_type"] == "baseline").sum() == 1
@@ -38,7 +39,7 @@ def test_sweep_trials_per_method_then_resume_and_top_up(capsys, monkeypatch):
     assert set(trials.loc[trials["method"] == "decore", "knob_name"]) == {"lambda"}
     assert pd.read_parquet(folder / "runs.parquet").shape == df.shape
     out = capsys.readouterr().out
-    assert "plan:" in out and "estimate" in out
+    assert "plan:" in out and "estimate" in out and f"report: {folder / 'README.md'}" in out
     assert re.search(r"measured here, which took \d+ s before this line and is not in the estimate", out)
     for line in ("selection split: validation hold-out", "budget: equal", "no-pruning control", "break-even lambda"):
         assert line in out
@@ -52,10 +53,26 @@ def test_sweep_trials_per_method_then_resume_and_top_up(capsys, monkeypatch):
         run_sweep(_cfg(trials=1, match=None))
     assert (folder / "runs.csv").read_text() == before
 
-    run_sweep(_cfg(trials=2, methods=("l1",), match=None))  # topping up runs only the missing trial
+    readme = (folder / "README.md").read_text()
+    run_sweep(_cfg(trials=2, methods=("l1",), match=None, report=False))  # topping up runs only the missing trial
+    assert "report: not written (--no-report)" in capsys.readouterr().out
+    assert (folder / "README.md").read_text() == readme  # left as it was, for `bench report`
     df = ResultsTable(folder).read()
     assert (df["method"] == "l1").sum() == 2 and (df["method"] == "decore").sum() == 1
     assert df.loc[df["method"] == "l1", "knob_value"].nunique() == 2  # the study's second suggestion, not the first again
+
+
+def test_no_report_flag_and_its_environment_default(monkeypatch):
+    from bench.cli import build_parser
+    from sweeps.plan import sweep_config
+
+    argv = ["sweep", "--model", "resnet20", "--dataset", "synthetic", "--profile", "test", "--device", "cpu"]
+    monkeypatch.setenv("BENCH_SWEEP_REPORT", "1")
+    assert sweep_config(build_parser().parse_args(argv)).report  # the default: the sweep writes its report
+    assert not sweep_config(build_parser().parse_args(argv + ["--no-report"])).report
+    monkeypatch.setenv("BENCH_SWEEP_REPORT", "0")
+    assert not sweep_config(build_parser().parse_args(argv)).report
+    assert _cfg().experiment == _cfg(report=True).experiment  # output only: not in the experiment's identity
 
 
 @pytest.mark.slow

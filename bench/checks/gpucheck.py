@@ -274,13 +274,15 @@ def check_sweep(cfg: CheckConfig, state: dict[str, Any]) -> tuple[str, list[str]
     cmd = [sys.executable, "-m", "bench", "sweep", "--model", "resnet20", "--dataset", "synthetic", "--profile", "test",
            "--methods", cfg.sweep_methods, "--trials", str(cfg.sweep_trials), "--device", cfg.device.type, "--wandb", "off"]
     _run(cmd, env, cfg.subprocess_timeout)
-    runs = pd.read_csv(next(results.glob("*/runs.csv")))
+    csv = next(results.glob("*/runs.csv"))
+    runs = pd.read_csv(csv)
     trials = runs[runs.row_type == "trial"]
     done = (trials.status == "complete").sum()
     cols = ["method", "knob_name", "knob_value", "top1_pct", "flops_reduction_pct", "status"]
     if done < len(cfg.sweep_methods.split(",")) * cfg.sweep_trials:
         raise RuntimeError(f"the sweep completed {done} trials of {len(cfg.sweep_methods.split(',')) * cfg.sweep_trials}")
-    return f"{done} trials complete ({cfg.sweep_methods}, {cfg.sweep_trials} each), runs.csv and report written", \
+    report = "report written" if (csv.parent / "README.md").is_file() else "report left to bench report (BENCH_SWEEP_REPORT=0)"
+    return f"{done} trials complete ({cfg.sweep_methods}, {cfg.sweep_trials} each), runs.csv written, {report}", \
         [_md(trials[cols])]
 
 

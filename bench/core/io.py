@@ -9,11 +9,12 @@ import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from bench.core.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def config_hash(obj: Any, length: int = 12) -> str:
@@ -93,11 +94,15 @@ def read_json(path: str | Path) -> Any:
 
 
 def save_state_dict(path: str | Path, state: dict[str, Any]) -> Path:
+    import torch  # here, not above: `bench status` and the other light commands never load torch
+
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a checkpoint with `weights_only=True`; accepts a bare state_dict or common wrappers."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {str(path)!r} does not exist: check the path")
@@ -139,6 +144,16 @@ def _load_failure(e: Exception) -> str:
     # anything else (bytes that are neither a zip archive nor a pickle fail in many ways): the same answer
     first = re.sub(r"\x1b\[[0-9;]*m", "", text.strip().splitlines()[0])[:80]
     return f"not a torch checkpoint: {type(e).__name__}: {first}"
+
+
+def scrub_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    if "://" in url and "@" in url.split("://", 1)[1]:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+    return url
 
 
 def results_dir() -> Path:
