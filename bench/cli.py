@@ -88,11 +88,15 @@ def _finish_help(parser: argparse.ArgumentParser, sub: argparse._SubParsersActio
         p.epilog = ("examples:\n" + "\n".join(lines) + "\n\n" if lines else "") + ENVIRONMENT
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _top_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """`python -m bench` and its -v, before any subcommand is added."""
     parser = argparse.ArgumentParser(prog="python -m bench", description="decore-bench: DECORE and baseline pruners, measured fairly.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    return parser, parser.add_subparsers(dest="command", required=True)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser, sub = _top_parser()
     _trial_parsers(sub)
     _sweep_parsers(sub)
     _inspect_parsers(sub)
@@ -113,9 +117,7 @@ def _status_parser() -> argparse.ArgumentParser:
     answers in about a second (a cluster user polls it; build_parser imports every method for its help)."""
     from sweeps.status import add_status_parser
 
-    parser = argparse.ArgumentParser(prog="python -m bench", description="decore-bench: DECORE and baseline pruners, measured fairly.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser, sub = _top_parser()
     add_status_parser(sub, COMMANDS)
     _finish_help(parser, sub)
     return parser

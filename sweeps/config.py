@@ -1,5 +1,5 @@
-"""What a sweep is: `SweepConfig` (everything that changes a number, hashed into the experiment's name), its
-and its validation against the profile."""
+"""What a sweep is: `SweepConfig` (everything that changes a number, hashed into the experiment's name) and its
+validation against the profile."""
 from __future__ import annotations
 
 

@@ -136,16 +136,13 @@ def _gated(perf: str) -> str:
     return ", ".join(f"{v:.2f} ({i:.2f})" for v, i in zip(rows["value"], rows["iqr"]))
 
 
-def _parts(experiment: str) -> pd.Series:
-    """Each run's part of an experiment: the baseline, or the trial's method (decore, l1, control, scratch-b...)."""
-    df = _runs(experiment)
-    return df["method"].where(df["row_type"] != "baseline", "baseline")
-
-
 def _wall_table(experiment: str) -> str:
-    """Wall time per part, as the curated experiment's NOTES.md tabulates it (runs.csv's wall_seconds)."""
+    """Wall time per part, as the curated experiment's NOTES.md tabulates it (runs.csv's wall_seconds); a part is the
+    baseline or the trial's method (decore, l1, control, scratch-b...)."""
+    df = _runs(experiment)
+    parts = df["method"].where(df["row_type"] != "baseline", "baseline")
     lines = ["| part | runs | summed | median run | shortest | longest |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for name, w in _runs(experiment).groupby(_parts(experiment), sort=False)["wall_seconds"]:
+    for name, w in df.groupby(parts, sort=False)["wall_seconds"]:
         lines.append(f"| {name} | {len(w)} | {w.sum() / 60:.1f} min | {w.median():.0f} s | {w.min():.0f} s | {w.max():.0f} s |")
     return "\n".join(lines)
 
