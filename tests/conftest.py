@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -48,23 +49,53 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session")
+def _baseline_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("baseline-store")
+
+
+@pytest.fixture
+def reuse_baselines(_baseline_store: Path) -> None:
+    """The baselines this test process trained in earlier tests of this fixture, copied into this test's
+    RESULTS_DIR/baselines as cache entries (each still verified by its sha256 when read); the ones this test
+    trains are kept for the next. For the tests that run sweeps and trials on the test profile, all of which
+    start from the same resnet20 baseline; the baseline's own training and caching are tested in
+    tests/test_baseline.py and tests/test_crash.py, with their own folders."""
+    cache = Path(os.environ["RESULTS_DIR"]) / "baselines"
+    for entry in _baseline_store.iterdir():
+        shutil.copytree(entry, cache / entry.name)
+    yield
+    for meta in cache.glob("*/meta.json"):
+        if not (_baseline_store / meta.parent.name).exists():
+            shutil.copytree(meta.parent, _baseline_store / meta.parent.name)
+
+
+@pytest.fixture(scope="session")
 def synthetic():
     from bench.engine.data import make_synthetic
     return make_synthetic()
 
 
 @pytest.fixture(scope="session")
-def trained(synthetic):
-    """resnet20 trained for 3 epochs on the synthetic set (accurate, not perfect); once per test process, so tests
-    that change a model take a copy (tests/test_methods.py `_ctx`)."""
+def training_run(synthetic):
+    """resnet20 trained for 3 epochs on the synthetic set (accurate, not perfect), once per test process: the model,
+    its test top-1 before training and fit's history (validated on the test split each epoch)."""
     import models
     from bench.engine.data import DeviceLoader
     from bench.engine.recipe import Recipe
-    from bench.engine.train import fit, prepare_model
+    from bench.engine.train import evaluate, fit, prepare_model
 
     cpu = torch.device("cpu")
     torch.manual_seed(0)
-    model = prepare_model(models.create("resnet20"), cpu)
-    train = DeviceLoader(synthetic.train, synthetic.mean, synthetic.std, 50, train=True)
-    fit(model, train, None, Recipe("t", epochs=3, batch_size=50, lr=0.05, nesterov=True), cpu)
-    return model.eval()
+    model = prepare_model(models.create("resnet20", num_classes=10), cpu)
+    train = DeviceLoader(synthetic.train, synthetic.mean, synthetic.std, 50, train=True, seed=0)
+    test = DeviceLoader(synthetic.test, synthetic.mean, synthetic.std, 100)
+    before = evaluate(model, test, cpu)["top1"]
+    history = fit(model, train, test, Recipe("t", epochs=3, batch_size=50, lr=0.05, weight_decay=5e-4, nesterov=True),
+                  cpu)
+    return model.eval(), before, history
+
+
+@pytest.fixture(scope="session")
+def trained(training_run):
+    """The model of `training_run`; tests that change a model take a copy (tests/test_methods.py `_ctx`)."""
+    return training_run[0]

@@ -215,6 +215,7 @@ def _closed_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("reuse_baselines")
 def test_wandb_unreachable_and_no_credential_written(tmp_path, monkeypatch, capsys, caplog):
     """A sweep with W&B online but its server down, a W&B key and a storage URL with a password: it falls
     back to offline and finishes (exit 0), and neither secret appears in any file, log or message."""

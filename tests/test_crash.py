@@ -82,6 +82,7 @@ def test_sigkill_in_every_phase_then_rerun(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("reuse_baselines")
 def test_a_diverging_trial_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path, monkeypatch):
     recipe = json.loads((ROOT / "bench" / "engine" / "recipes" / "test-micro.json").read_text())
     (tmp_path / "explode.json").write_text(json.dumps({**recipe, "lr": 1e12, "name": "explode"}))

@@ -294,6 +294,7 @@ def _sweep(model: str, methods: tuple[str, ...]) -> pd.DataFrame:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("reuse_baselines")
 def test_adding_a_method_guide_runs(profiles_with: Callable[[str], None]) -> None:
     import methods
 
@@ -362,7 +363,7 @@ def test_make_help_lists_every_target_and_variable() -> None:
 def test_run_prints_phases_and_epochs_off_a_terminal(tmp_path: Path) -> None:
     p = subprocess.run([sys.executable, "-m", "bench", "run", "--model", "resnet20", "--dataset", "synthetic",
                         "--method", "l1", "--knob", "ratio=0.5", "--device", "cpu", "--baseline-recipe", "test-micro",
-                        "--joint-recipe", "test-micro", "--finetune-recipe", "test-micro"], cwd=ROOT,
+                        "--joint-recipe", "test-trial", "--finetune-recipe", "test-trial"], cwd=ROOT,
                        env={**_env(), "RESULTS_DIR": str(tmp_path / "results"), "BENCH_LATENCY_ROUNDS": "3,5"},
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr

@@ -249,6 +249,7 @@ def _trial(method: str, knobs: dict):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("reuse_baselines")
 def test_engine_counts_slims_sparsity_epochs():
     """The engine's training counter (joint_epochs, as DECORE's) includes slim's sparsity phase."""
     row = _trial("slim", {"ratio": 0.3})
@@ -262,6 +263,7 @@ def test_engine_counts_slims_sparsity_epochs():
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("reuse_baselines")
 def test_engine_gives_hrank_its_training_batches():
     row = _trial("hrank", {"ratio": 0.3, "batches": 1})
     assert row["joint_epochs"] == 0 and row["info"]["images_scored"] == 32

@@ -143,13 +143,43 @@ def test_every_abbreviation_of_the_committed_perf_tables_is_defined():
     assert "IQR i (interquartile range" in perf_report.ABBREVIATIONS
 
 
+TINY = "perf_test_tiny"
+
+
+class _TinyNet(torch.nn.Module):
+    """Two conv-BN-ReLU layers and a classifier: inductor compiles its training step in seconds, resnet20's in a
+    minute of this machine's CPU (what the compiled rows' test checks does not depend on the network's depth)."""
+
+    def __init__(self, num_classes: int = 10, **kwargs):
+        super().__init__()
+        nn = torch.nn
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                                      nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+def _register_tiny() -> None:
+    import timm
+    from timm.models import register_model
+
+    if not timm.is_model(TINY):
+        def perf_test_tiny(pretrained=False, **kwargs):
+            return _TinyNet(**kwargs)
+        register_model(perf_test_tiny)
+
+
 @pytest.mark.slow
 def test_compiled_gated_and_plain_steps_are_timed_with_compile_time_apart(tmp_path):
     """--compile: the gated DECORE step and the plain one compiled (inductor) beside the eager ones; their ratio
     is a row of its own, and the compilation (the first calls) is reported in seconds, not in any step time."""
-    cfg = timing.PerfConfig(models=("resnet20",), batch_size=4, steps=1, rounds=1, max_rounds=1, flops_targets=(0.5,),
-                          round_to=(), ref_workers=0, eval_images=16, latency_repeats=1, latency_batch=2,
-                          device=torch.device("cpu"), processes=1, deploy=False, compile=True)
+    _register_tiny()
+    cfg = timing.PerfConfig(models=(TINY,), compile_models=(TINY,), batch_size=4, steps=1, rounds=1, max_rounds=1,
+                          flops_targets=(0.5,), round_to=(), ref_workers=0, eval_images=16, latency_repeats=1,
+                          latency_batch=2, device=torch.device("cpu"), processes=1, deploy=False, compile=True)
     csv, md = perf.run(cfg, tmp_path / "perf", "pytest")
     df = pd.read_csv(csv)
     assert {"harness_compiled", "decore_gated_compiled"} <= set(df.variant)

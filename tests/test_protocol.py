@@ -170,6 +170,7 @@ def test_no_decision_reads_the_test_set(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("reuse_baselines")
 def test_scratch_controls_have_the_architecture_and_liu_et_al_budgets(tmp_path):
     """Scratch-B and Scratch-E of a real trial: the pruned architecture, fresh weights, and Liu et al.'s budgets
     (E: the baseline's training images; B: those x FLOPs_base / FLOPs_pruned), counted by the engine."""
@@ -214,6 +215,7 @@ def _recipe(path, name: str, per_class: int, schedule: str, lr: float) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("reuse_baselines")
 def test_equal_budget_means_equal_data(tmp_path):
     """Smoke's shape (the joint phase on twice the fine-tuning subset) in miniature: DECORE, methods without a
     training phase (one that reads batches for its scores, one that does not) and the no-pruning control train

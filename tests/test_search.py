@@ -73,6 +73,7 @@ def test_bad_budgets_are_one_line_errors(text, message, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("reuse_baselines")
 def test_winner_meets_the_budget_and_pruned_trials_are_pruned(tmp_path, monkeypatch):
     # two fine-tune epochs: the pruner judges after epoch 1 (after the last epoch nothing is left to save)
     root = Path(__file__).resolve().parents[1]
@@ -102,6 +103,7 @@ def test_winner_meets_the_budget_and_pruned_trials_are_pruned(tmp_path, monkeypa
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("reuse_baselines")
 def test_unreachable_budget_names_the_smallest_model_and_records_infeasible_trials():
     cfg = _cfg(methods=("decore", "l1"), trials=1, budget="flops:0.01")
     with pytest.raises(UserError, match=r"was not met by any trial of decore, l1: the smallest model reached has "

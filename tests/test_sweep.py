@@ -26,6 +26,7 @@ def _cfg(**kw):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("reuse_baselines")
 def test_sweep_trials_per_method_then_resume_and_top_up(capsys, monkeypatch):
     folder = run_sweep(_cfg(trials=1, match=None, report=True))
     assert (folder / "README.md").is_file() and (folder / "pareto.png").is_file()
@@ -76,6 +77,7 @@ def test_no_report_flag_and_its_environment_default(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("reuse_baselines")
 def test_workers_on_a_journal_file(tmp_path):
     journal = tmp_path / "studies.log"
     cfg = _cfg(trials=2, methods=("random",), workers=2, storage=f"journal:{journal}", control=False)
@@ -133,6 +135,7 @@ def test_sigkill_mid_trial_loses_and_duplicates_nothing(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("reuse_baselines")
 def test_matched_partners_by_default_at_decores_scope(tmp_path):
     # fast agents and a low lambda, so that the one DECORE trial removes channels and gets partners; l1 and random
     # run no trial of their own (a profile's per-method trials 0): only the partners

@@ -3,11 +3,10 @@ import copy
 import pytest
 import torch
 
-import models
 from bench.engine.data import DeviceLoader
 from bench.engine.recipe import Recipe, load_recipe
 from bench.core.errors import UserError
-from bench.engine.train import evaluate, fit, lr_factor, prepare_model, topk_correct
+from bench.engine.train import fit, lr_factor, prepare_model, topk_correct
 
 
 def test_lr_schedules():
@@ -37,14 +36,9 @@ def test_topk_correct_by_hand():
 
 
 @pytest.mark.slow
-def test_training_learns_the_synthetic_set(synthetic):
-    device = torch.device("cpu")
-    recipe = Recipe("t", epochs=3, batch_size=50, lr=0.05, weight_decay=5e-4, nesterov=True)
-    train = DeviceLoader(synthetic.train, synthetic.mean, synthetic.std, 50, train=True, seed=0)
-    test = DeviceLoader(synthetic.test, synthetic.mean, synthetic.std, 100)
-    model = prepare_model(models.create("resnet20", num_classes=10), device)
-    before = evaluate(model, test, device)["top1"]
-    history = fit(model, train, test, recipe, device)
+def test_training_learns_the_synthetic_set(training_run):
+    """The session's training run (tests/conftest.py): resnet20, 3 epochs of fit, validated on the test split."""
+    _, before, history = training_run
     assert len(history) == 3 and history[0]["lr"] == pytest.approx(0.05)
     assert history[-1]["val_top1"] > 60 > before + 20
     assert history[-1]["train_loss"] < history[0]["train_loss"]

@@ -203,7 +203,7 @@ def _run(cmd: list[str], env: dict[str, str], timeout: int) -> subprocess.Comple
 
 TRIAL_ARGS = ["--model", "resnet20", "--dataset", "synthetic", "--method", "decore", "--knob", "lambda=0.01",
               "--knob", "agent_init=0.5", "--knob", "agent_lr=0.1", "--baseline-recipe", "test-micro",
-              "--joint-recipe", "test-micro", "--finetune-recipe", "test-micro", "--label", "gpucheck"]
+              "--joint-recipe", "test-trial", "--finetune-recipe", "test-trial", "--label", "gpucheck"]
 
 
 def check_torchrun(cfg: CheckConfig, state: dict[str, Any]) -> tuple[str, list[str]]:
