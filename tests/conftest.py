@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,7 @@ def _baseline_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def reuse_baselines(_baseline_store: Path) -> None:
+def reuse_baselines(_baseline_store: Path) -> Iterator[None]:
     """The baselines this test process trained in earlier tests of this fixture, copied into this test's
     RESULTS_DIR/baselines as cache entries (each still verified by its sha256 when read); the ones this test
     trains are kept for the next. For the tests that run sweeps and trials on the test profile, all of which
