@@ -9,7 +9,7 @@ Storage: the PostgreSQL (or any) URL in BENCH_STORAGE/--storage, passed to the j
 (never written to disk), else Optuna's journal file in the experiment folder on the shared filesystem (no
 server; sweeps.storage.HeartbeatJournalStorage). Every job is a submitit Checkpointable: on the scheduler's
 signal (SIGUSR2 before the time limit or at preemption, SIGTERM from `scancel` or a preemption) the running
-trial is failed and enqueued again at once (a live worker takes it up), and the time limit's signal requeues the
+trial is enqueued again, then failed (a live worker takes it up), and the time limit's signal requeues the
 job, which resumes from the studies and the results table instead of starting over. W&B runs are offline on the
 nodes; `wandb sync <experiment>/wandb/offline-run-*` uploads them from the login node.
 """
@@ -30,7 +30,7 @@ try:
 except ImportError:  # the launcher says so when used; importing this module (for the CLI's parser) must not fail
     Checkpointable = object
 
-from bench.core.errors import UserError
+from bench.core.errors import Interrupted, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 JOURNAL = "optuna.journal"
@@ -93,8 +93,9 @@ def check_time_limit(cfg: Any, minutes: int, where: str) -> float | None:
     return seconds
 
 
-class Preempted(Exception):
-    """Raised in the main thread by a scheduler's signal, so Optuna records the running trial as failed."""
+class Preempted(Interrupted):
+    """Raised in the main thread by a scheduler's signal: the objective queues its trial again, then Optuna records
+    it failed."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"stopped by {signal.Signals(signum).name}")
@@ -110,15 +111,15 @@ class SweepJob(Checkpointable):
         previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, PREEMPT_SIGNAL)}
 
         def stop(signum: int, frame: Any) -> None:
+            for s in previous:  # once: a second signal (srun forwards scancel's) must not interrupt the hand-back
+                signal.signal(s, signal.SIG_IGN)
             raise Preempted(signum)
         for s in previous:
             signal.signal(s, stop)
         try:
             STAGES[stage](cfg, check_minutes)
         except Preempted as e:
-            for s in previous:
-                signal.signal(s, signal.SIG_IGN)  # a second signal must not interrupt the hand-back
-            _hand_back(cfg)
+            _hand_back(cfg)  # what the objective did not queue again (a signal outside a trial's run)
             print(f"{stage}: {e}; its running trial (if any) is enqueued again", flush=True)
             if e.signum == PREEMPT_SIGNAL and callable(previous[PREEMPT_SIGNAL]):
                 previous[PREEMPT_SIGNAL](e.signum, None)  # submitit: checkpoint this call, requeue, exit

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 import methods
-from bench.core.errors import UserError
+from bench.core.errors import Interrupted, UserError
 from bench.core.faults import crash_point
 from bench.core.io import scrub_url as scrub
 from bench.engine.recipe import load_recipe
@@ -27,7 +27,7 @@ from .config import SweepConfig
 from .plan import _timm
 from .profile import Profile
 from .rows import failed_row, table_row
-from .storage import is_active, mark_owner
+from .storage import is_active, mark_owner, requeue
 
 
 
@@ -89,14 +89,19 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         mark_owner(trial)
-        if self.wanted is not None and _claimed_before(trial.study, trial.number) >= self.wanted:
+        retry_of = trial.user_attrs.get("retry_of")  # a trial queued again: its original is not claimed, nor a twin
+        if self.wanted is not None and _claimed_before(trial.study, trial.number, retry_of) >= self.wanted:
             raise optuna.TrialPruned("the study already has its trials (another worker started one at the same time)")
         knobs = self.knob(trial)
-        twin = _same_knob(trial, knobs)
+        twin = _same_knob(trial, knobs, retry_of)
         if twin is not None:  # rounding made it a config the study has: running it again would count it twice
             raise optuna.TrialPruned(f"the same knobs as trial {twin}")
-        results = [run_and_record(self.cfg, self.config(knobs, seed), self.data, self.cfg.study_name(self.method),
-                                  trial.number) for seed in range(self.cfg.seeds)]
+        try:
+            results = [run_and_record(self.cfg, self.config(knobs, seed), self.data, self.cfg.study_name(self.method),
+                                      trial.number) for seed in range(self.cfg.seeds)]
+        except Interrupted:  # a scheduler's signal: queued again first, then Optuna records this trial failed
+            requeue(trial.study, trial._trial_id)
+            raise
         ok = [r for r in results if r["status"] == "complete"]
         if not ok:
             trial.set_user_attr("reason", results[0].get("reason"))
@@ -209,16 +214,18 @@ def _complete(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
 
 
-def _same_knob(trial: optuna.Trial, knobs: dict[str, Any]) -> int | None:
-    """The number of another complete, or running, trial whose rounded knob equals this one's."""
+def _same_knob(trial: optuna.Trial, knobs: dict[str, Any], retry_of: int | None = None) -> int | None:
+    """The number of another complete, or running, trial whose rounded knob equals this one's (not the trial this one
+    runs again: its interrupted worker queued this retry while it still ran, `requeue`)."""
     for t in trial.study.get_trials(deepcopy=False, states=_STATES[:2]):
-        if t.number != trial.number and {k: float(f"{v:.3g}") for k, v in t.params.items()} == {
+        if t.number not in (trial.number, retry_of) and {k: float(f"{v:.3g}") for k, v in t.params.items()} == {
                 k: v for k, v in knobs.items() if k in t.params} and (t.state == _STATES[0] or is_active(trial.study, t)):
             return t.number
     return None
 
 
-def _claimed_before(study: optuna.Study, number: int) -> int:
-    """Trials numbered before `number` that are complete, queued or running (and will finish or be retried)."""
-    return sum(1 for t in study.get_trials(deepcopy=False, states=_STATES) if t.number < number
+def _claimed_before(study: optuna.Study, number: int, retry_of: int | None = None) -> int:
+    """Trials numbered before `number` that are complete, queued or running (and will finish or be retried), except
+    the one that trial `number` runs again."""
+    return sum(1 for t in study.get_trials(deepcopy=False, states=_STATES) if t.number < number and t.number != retry_of
                and (t.state != optuna.trial.TrialState.RUNNING or is_active(study, t)))

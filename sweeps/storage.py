@@ -149,9 +149,20 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
     return recovered
 
 
+def requeue(study: optuna.Study, trial_id: int) -> None:
+    """The running trial `trial_id` of this interrupted worker queued again while it still runs: from then on
+    every worker counts it as running or waiting, never as neither (a worker that saw neither would start a
+    fresh trial in its place, and the retry would then be surplus). Its retry is not the original's twin
+    (`retry_of`: see sweeps.objective)."""
+    _retry(study, study._storage.get_trial(trial_id))
+
+
 def _retry(study: optuna.Study, failed: optuna.trial.FrozenTrial) -> None:
     """`failed` queued again: a WAITING trial with its parameters (the next worker's trial takes them) and the
-    user attribute retry_of, nothing of the dead worker's attributes."""
+    user attribute retry_of, nothing of the dead worker's attributes; nothing when it is queued already (its
+    interrupted worker queued it, `requeue`, then died before its trial was marked failed)."""
+    if any(t.user_attrs.get("retry_of") == failed.number for t in study.get_trials(deepcopy=False)):
+        return
     study.add_trial(optuna.create_trial(state=TrialState.WAITING, params=failed.params,
                                         distributions=failed.distributions, user_attrs={"retry_of": failed.number}))
 

@@ -1,7 +1,7 @@
 """A launched sweep on a real SLURM: three workers as a job array through submitit and sbatch, one `scancel`ed.
 
 The module's fixture installs Debian's slurm-wlm and munge when they are missing (`apt-get install -y`), then
-starts `munged` (its own key and socket), `slurmctld` and `slurmd` for one node on localhost with 2 CPUs, from a
+starts `munged` (its own key and socket), `slurmctld` and `slurmd` for one node on localhost with 3 CPUs, from a
 slurm.conf in a temporary folder (SLURM_CONF; linuxproc process tracking, no task plugin, no cgroups, no
 accounting), on free ports, as root (slurmd runs jobs as their user). It skips only when that cannot be done
 here, and fails instead where REQUIRE_SLURM=1 (CI, see .ci/run). The daemons are stopped at the end.
@@ -75,7 +75,8 @@ def _slurm_conf(home: Path, host: str) -> str:
         "AccountingStorageType=accounting_storage/none", "JobCompType=jobcomp/none", "MpiDefault=none",
         "SchedulerType=sched/backfill", "SelectType=select/cons_tres", "SelectTypeParameters=CR_CPU",
         "SlurmdParameters=config_overrides", "ReturnToService=2", "KillWait=5", "MinJobAge=600",
-        f"NodeName={host} NodeAddr=127.0.0.1 CPUs=2 State=UNKNOWN",
+        # 3 CPUs declared on this 2-core machine (config_overrides): the three workers run at once, as on a cluster
+        f"NodeName={host} NodeAddr=127.0.0.1 CPUs=3 State=UNKNOWN",
         f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP", ""])
 
 
@@ -134,7 +135,7 @@ def _kill_jobs(home: Path) -> None:
 
 @pytest.fixture(scope="module")
 def slurm():
-    """The environment (SLURM_CONF) of a one-node SLURM cluster on localhost, 2 CPUs."""
+    """The environment (SLURM_CONF) of a one-node SLURM cluster on localhost, 3 CPUs."""
     if os.geteuid() != 0:
         _skip("a local slurmd needs root here (it runs jobs as their submitting user)")
     if not _install():
@@ -212,9 +213,10 @@ def _running_trial(storage: optuna.storages.BaseStorage):
 @pytest.mark.slurm
 @pytest.mark.xdist_group("servers")  # one worker runs the tests that start servers, one after the other
 def test_three_slurm_workers_one_cancelled_every_trial_once(slurm, tmp_path):
-    # each trial pauses 6 s in its fine-tuning, so the scancel lands inside one whatever the machine's speed
+    # each trial pauses 3 s in its fine-tuning, so the scancel lands inside one whatever the machine's speed (from
+    # its knob to its end a trial is queued again if interrupted, sweeps.storage.requeue)
     env = {**slurm, "RESULTS_DIR": str(tmp_path), "PYTHONPATH": str(ROOT), "SWEEP_HEARTBEAT_S": "1",
-           "SWEEP_GRACE_S": "5", "OMP_NUM_THREADS": "1", "BENCH_PAUSE_AT": "finetune:6",
+           "SWEEP_GRACE_S": "5", "OMP_NUM_THREADS": "1", "BENCH_PAUSE_AT": "finetune:3",
            "BENCH_LATENCY_ROUNDS": "3,5", "BENCH_SWEEP_REPORT": "1"}  # the finish job writes the report
     env.pop("BENCH_STORAGE", None)
     folder = tmp_path / CFG.experiment
@@ -320,6 +322,33 @@ def test_a_silent_trial_in_a_journal_goes_stale_and_runs_again_once(tmp_path, mo
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
     assert study.trials[2].params == study.trials[1].params
+
+
+def test_an_interrupted_trial_is_queued_again_before_it_fails_and_run_once(tmp_path):
+    """A scancelled worker queues its trial again while the trial still runs (sweeps.storage.requeue), so no other
+    worker ever sees it neither running nor queued (one that did would start a fresh trial in its place, and the
+    retry would then be pruned as surplus); the retry is not pruned as the original's twin, nor claimed by it."""
+    from sweeps.objective import _claimed_before, _same_knob
+    from sweeps.storage import _retry, hand_back, mark_owner, open_storage, requeue
+
+    study = optuna.create_study(storage=open_storage(f"journal:{tmp_path / 'optuna.journal'}"), study_name="s")
+    x = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    study.tell(study.ask(x), 1.0)
+    victim = study.ask(x)
+    mark_owner(victim)  # running in this live process: active
+    requeue(study, victim._trial_id)
+    retry = study.trials[-1]
+    assert retry.state == optuna.trial.TrialState.WAITING and retry.user_attrs == {"retry_of": victim.number}
+    assert retry.params == victim.params
+    assert _claimed_before(study, retry.number, victim.number) == 1 and _claimed_before(study, retry.number) == 2
+    taken = study.ask()  # the next worker's trial takes the queued parameters
+    assert taken.number == retry.number and taken.params == victim.params
+    knobs = {"x": float(f"{victim.params['x']:.3g}")}
+    assert _same_knob(taken, knobs, victim.number) is None and _same_knob(taken, knobs) == victim.number
+    study.tell(victim, state=optuna.trial.TrialState.FAIL)  # then Optuna records the interrupted trial failed
+    assert hand_back(study) == []  # the worker's own hand-back finds it queued already
+    _retry(study, study.trials[victim.number])  # as a dead worker's recovery or the heartbeat would: once only
+    assert [t.user_attrs.get("retry_of") for t in study.trials].count(victim.number) == 1
 
 
 def test_bench_status_counts_each_methods_study_by_its_real_name(tmp_path):
