@@ -57,7 +57,7 @@ help:
 	@echo "  make timm-matrix              every timm CNN family: groups + a random 50% trial on synthetic data -> RESULTS_DIR/timm-matrix/ (CPU, ~15 min)"
 	@echo "  make docs                     the documentation site (mkdocs, strict) -> site/"
 	@echo "  make test                     the test suite on every core (CPU only; builds docs/ strictly too)"
-	@echo "  make test-fast                the tests not marked slow, for the edit-test loop (about 1.5 min here; make test runs all)"
+	@echo "  make test-fast                the tests not marked slow, for the edit-test loop (under 2 min here; make test runs all)"
 	@echo "  make coverage                 the suite with line coverage of bench/, sweeps/, methods/, models/"
 	@echo "  make env                      build .venv only;  make clean-env  remove it;  make help  this list"
 	@echo "variables (current value):"

@@ -49,25 +49,41 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
 
 
+def _shared(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder every test process of this run shares: under pytest-xdist, beside the workers' own base folders
+    (the run's folder); in a plain run, this process's base folder."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    (root / name).mkdir(exist_ok=True)
+    return root / name
+
+
 @pytest.fixture(scope="session")
 def _baseline_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("baseline-store")
+    return _shared(tmp_path_factory, "baseline-store")
 
 
 @pytest.fixture
 def reuse_baselines(_baseline_store: Path) -> Iterator[None]:
-    """The baselines this test process trained in earlier tests of this fixture, copied into this test's
-    RESULTS_DIR/baselines as cache entries (each still verified by its sha256 when read); the ones this test
-    trains are kept for the next. For the tests that run sweeps and trials on the test profile, all of which
-    start from the same resnet20 baseline; the baseline's own training and caching are tested in
-    tests/test_baseline.py and tests/test_crash.py, with their own folders."""
+    """The baselines that earlier tests of this fixture trained (in any test process of this run), copied into this
+    test's RESULTS_DIR/baselines as cache entries (each still verified by its sha256 when read); the ones this test
+    trains are kept for the next (copied whole, then renamed into the store: a half-copied entry is never seen).
+    For the tests that run sweeps and trials on the test profile, all of which start from the same resnet20
+    baseline; the baseline's own training and caching are tested in tests/test_baseline.py and
+    tests/test_crash.py, with their own folders."""
     cache = Path(os.environ["RESULTS_DIR"]) / "baselines"
     for entry in _baseline_store.iterdir():
-        shutil.copytree(entry, cache / entry.name)
+        if not entry.name.startswith("."):
+            shutil.copytree(entry, cache / entry.name)
     yield
     for meta in cache.glob("*/meta.json"):
         if not (_baseline_store / meta.parent.name).exists():
-            shutil.copytree(meta.parent, _baseline_store / meta.parent.name)
+            part = _baseline_store / f".{meta.parent.name}.{os.getpid()}"
+            shutil.copytree(meta.parent, part)
+            try:
+                part.rename(_baseline_store / meta.parent.name)
+            except OSError:  # another test process stored it meanwhile
+                shutil.rmtree(part)
 
 
 @pytest.fixture(scope="session")
@@ -77,9 +93,12 @@ def synthetic():
 
 
 @pytest.fixture(scope="session")
-def training_run(synthetic):
-    """resnet20 trained for 3 epochs on the synthetic set (accurate, not perfect), once per test process: the model,
-    its test top-1 before training and fit's history (validated on the test split each epoch)."""
+def training_run(synthetic, tmp_path_factory: pytest.TempPathFactory):
+    """resnet20 trained for 3 epochs on the synthetic set (accurate, not perfect), once per run: the model, its test
+    top-1 before training and fit's history (validated on the test split each epoch). The first test process to
+    need it trains it and saves it; the others load it (under a lock: never half-written)."""
+    from filelock import FileLock
+
     import models
     from bench.engine.data import DeviceLoader
     from bench.engine.recipe import Recipe
@@ -88,11 +107,19 @@ def training_run(synthetic):
     cpu = torch.device("cpu")
     torch.manual_seed(0)
     model = prepare_model(models.create("resnet20", num_classes=10), cpu)
-    train = DeviceLoader(synthetic.train, synthetic.mean, synthetic.std, 50, train=True, seed=0)
-    test = DeviceLoader(synthetic.test, synthetic.mean, synthetic.std, 100)
-    before = evaluate(model, test, cpu)["top1"]
-    history = fit(model, train, test, Recipe("t", epochs=3, batch_size=50, lr=0.05, weight_decay=5e-4, nesterov=True),
-                  cpu)
+    shared = _shared(tmp_path_factory, "training-run")
+    with FileLock(shared / "lock"):
+        if (shared / "run.pt").is_file():
+            saved = torch.load(shared / "run.pt", weights_only=True)
+            model.load_state_dict(saved["state"])
+            return model.eval(), saved["before"], saved["history"]
+        train = DeviceLoader(synthetic.train, synthetic.mean, synthetic.std, 50, train=True, seed=0)
+        test = DeviceLoader(synthetic.test, synthetic.mean, synthetic.std, 100)
+        before = evaluate(model, test, cpu)["top1"]
+        history = fit(model, train, test, Recipe("t", epochs=3, batch_size=50, lr=0.05, weight_decay=5e-4,
+                                                 nesterov=True), cpu)
+        torch.save({"state": model.state_dict(), "before": before, "history": history}, shared / "run.pt.part")
+        (shared / "run.pt.part").rename(shared / "run.pt")
     return model.eval(), before, history
 
 

@@ -1,18 +1,13 @@
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 import models
+from bench.cli import main
 from bench.engine.baseline import get_baseline
 from bench.core.errors import UserError
 from bench.core.io import sha256_file
 from bench.engine.recipe import load_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _get(synthetic, **kw):
@@ -52,11 +47,6 @@ def test_user_checkpoint(synthetic, tmp_path):
         _get(synthetic, checkpoint=tmp_path / "trunc.pt")
 
 
-def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=300)
-
-
 @pytest.mark.parametrize("args, message", [
     (["baseline", "--model", "resnt20", "--dataset", "synthetic"], "unknown model 'resnt20': did you mean"),
     (["baseline", "--model", "resnet20", "--dataset", "cifar1O"], "unknown dataset 'cifar1O'"),
@@ -66,8 +56,6 @@ def _cli(*args, env=None):
 ])
 def test_cli_bad_input_is_one_line(args, message, tmp_path, monkeypatch, capsys):
     """The CLI's own entry point in this process (tests/test_bad_input.py runs the same refusals in a real one)."""
-    from bench.cli import main
-
     monkeypatch.setenv("RESULTS_DIR", str(tmp_path))
     try:
         code = main(args)
@@ -80,10 +68,11 @@ def test_cli_bad_input_is_one_line(args, message, tmp_path, monkeypatch, capsys)
 
 
 @pytest.mark.slow
-def test_cli_baseline_twice(tmp_path):
-    env = {"RESULTS_DIR": str(tmp_path)}
+def test_cli_baseline_twice(capsys):
+    """The command line's baseline, in this process (the CLI in a real process: tests/test_bad_input.py)."""
     args = ["baseline", "--model", "resnet20", "--dataset", "synthetic", "--recipe", "test-micro", "--device", "cpu"]
-    first = _cli(*args, env=env)
-    assert first.returncode == 0, first.stderr
-    second = _cli(*args, env=env)
-    assert "(cached" in second.stdout and first.stdout.split(":")[1] == second.stdout.split(":")[1]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert main(args) == 0
+    second = capsys.readouterr().out
+    assert "(cached" in second and first.split(":")[1] == second.split(":")[1]

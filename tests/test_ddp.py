@@ -67,6 +67,10 @@ ARGS = ["run", "--model", "resnet20", "--dataset", "synthetic", "--method", "dec
         "--baseline-recipe", "test-micro", "--joint-recipe", "test-micro", "--finetune-recipe", "test-micro"]
 
 
+# the tests of the one launch run on one pytest-xdist worker: a module fixture is built once per worker process
+ONE_LAUNCH = pytest.mark.xdist_group("ddp-launch")
+
+
 @pytest.fixture(scope="module")
 def launch(tmp_path_factory):
     """`torchrun --nproc_per_node=2 tests/ddp_worker.py`: the collective checks, then a DECORE trial."""
@@ -84,6 +88,7 @@ def _checks(out: Path) -> list[dict]:
 
 
 @pytest.mark.slow
+@ONE_LAUNCH
 def test_averaged_agent_gradient_equals_the_full_batch_gradient(launch):
     """The agent loss is a mean over samples: the mean over ranks of per-rank means over B = the mean over 2B."""
     weights, actions, correct = ddp_worker.samples()
@@ -101,6 +106,7 @@ def test_averaged_agent_gradient_equals_the_full_batch_gradient(launch):
 
 
 @pytest.mark.slow
+@ONE_LAUNCH
 def test_sharded_evaluation_equals_evaluating_everything(launch):
     split, mean, std = ddp_worker.eval_split()
     want = evaluate(ddp_worker.small_net(), DeviceLoader(split, mean, std, 40, channels_last=False), CPU)
@@ -110,6 +116,7 @@ def test_sharded_evaluation_equals_evaluating_everything(launch):
 
 
 @pytest.mark.slow
+@ONE_LAUNCH
 def test_rank_dependent_plan_is_refused(launch):
     for r in _checks(launch[0]):
         assert "differs between rank 0 and rank(s) [1]" in r["refused"]
@@ -117,6 +124,7 @@ def test_rank_dependent_plan_is_refused(launch):
 
 
 @pytest.mark.slow
+@ONE_LAUNCH
 def test_torchrun_decore_trial(launch):
     """Both ranks train the same network and agents and select the same plan; rank 0 alone writes one result."""
     out, stdout = launch

@@ -360,6 +360,7 @@ def test_make_help_lists_every_target_and_variable() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("reuse_baselines")  # its RESULTS_DIR is the test's: the shared baseline is read from the cache
 def test_run_prints_phases_and_epochs_off_a_terminal(tmp_path: Path) -> None:
     p = subprocess.run([sys.executable, "-m", "bench", "run", "--model", "resnet20", "--dataset", "synthetic",
                         "--method", "l1", "--knob", "ratio=0.5", "--device", "cpu", "--baseline-recipe", "test-micro",

@@ -1,13 +1,11 @@
 """`bench retime`: stored trials timed again alone, from their kept channels (issue 29, numbers that agree)."""
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from bench.cli import main
 from bench.core.errors import UserError
 from bench.engine.measure import count_flops, count_params
 from bench.report.tables import speedup_form, speedup_when
@@ -42,7 +40,7 @@ def test_a_changed_architecture_or_unknown_dataset_is_refused():
 
 
 @pytest.mark.slow
-def test_retime_times_the_rows_alone_and_changes_nothing_else(tmp_path):
+def test_retime_times_the_rows_alone_and_changes_nothing_else(tmp_path, capsys):
     folder = tmp_path / EXPERIMENT.name
     shutil.copytree(EXPERIMENT, folder)
     before = pd.read_csv(folder / "runs.csv")
@@ -53,11 +51,9 @@ def test_retime_times_the_rows_alone_and_changes_nothing_else(tmp_path):
     (folder / "runs.parquet").unlink()
     assert "timed inside their trials" in speedup_when(pd.read_csv(folder / "runs.csv"))
 
-    env = {"BENCH_LATENCY_ROUNDS": "3,5", "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-m", "bench", "retime", str(folder)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=600, env={**os.environ, **env})
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "2 trial(s) timed alone" in r.stdout
+    # the command line's retime in this process (the CLI in a real process: tests/test_bad_input.py)
+    assert main(["retime", str(folder)]) == 0
+    assert "2 trial(s) timed alone" in capsys.readouterr().out
     after = pd.read_csv(folder / "runs.csv")
     trials = after[after["row_type"] == "trial"]
     assert (trials["speedup_pass"] == "alone").all() and trials["speedup_b1"].between(0.2, 20).all()
@@ -67,13 +63,11 @@ def test_retime_times_the_rows_alone_and_changes_nothing_else(tmp_path):
     pd.testing.assert_frame_equal(old[same], after[same], check_dtype=False)
     assert speedup_when(after).startswith("timed alone")
     # a second call finds nothing left to time
-    r = subprocess.run([sys.executable, "-m", "bench", "retime", str(folder)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=600, env={**os.environ, **env})
-    assert "0 trial(s) timed alone" in r.stdout
+    assert main(["retime", str(folder)]) == 0
+    assert "0 trial(s) timed alone" in capsys.readouterr().out
     # in another deploy form: every row is timed again, in that form, and the table's footnote says which
-    r = subprocess.run([sys.executable, "-m", "bench", "retime", str(folder), "--deploy-form", "folded"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=600, env={**os.environ, **env})
-    assert r.returncode == 0 and "2 trial(s) timed alone (folded)" in r.stdout, r.stderr[-2000:]
+    assert main(["retime", str(folder), "--deploy-form", "folded"]) == 0
+    assert "2 trial(s) timed alone (folded)" in capsys.readouterr().out
     folded = pd.read_csv(folder / "runs.csv")
     assert (folded.loc[folded["row_type"] == "trial", "speedup_form"] == "folded").all()
     assert speedup_form(folded) == ("PyTorch with BatchNorm folded", "channels_last")

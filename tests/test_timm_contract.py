@@ -48,6 +48,12 @@ FAMILIES = {
 }
 
 
+def _families() -> list:
+    """FAMILIES as parameters, each family's tests in one pytest-xdist group: `_setup` builds a family's model and
+    groups once per worker process, so its tests share one worker."""
+    return [pytest.param(n, marks=pytest.mark.xdist_group(f"timm-{n}")) for n in FAMILIES]
+
+
 @functools.lru_cache(maxsize=None)
 def _setup(name):
     torch.manual_seed(0)
@@ -73,7 +79,7 @@ def _check_removal(name, plan, masks, x):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", _families())
 def test_groups_found(name):
     _, groups, _ = _setup(name)
     assert len(groups) > 0 and len(groups.excluded) == FAMILIES[name][1], groups.excluded
@@ -82,7 +88,7 @@ def test_groups_found(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["l1", "random", "decore"])
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", _families())
 def test_method_plans_remove_what_they_say(name, method):
     model, groups, _ = _setup(name)
     ctx = methods.Context(model, groups, name, {"num_classes": 10, **FAMILIES[name][0]}, (3, SIZE, SIZE),
@@ -102,7 +108,7 @@ def test_method_plans_remove_what_they_say(name, method):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", _families())
 def test_internal_scope(name):
     model, _, _ = _setup(name)
     if FAMILIES[name][2]:
@@ -123,6 +129,7 @@ def test_nothing_to_prune_is_refused_before_training(synthetic, tmp_path):
     assert not any((tmp_path / "results").rglob("*.pt"))
 
 
+@pytest.mark.xdist_group("timm-ghostnet_100")
 def test_ghostnet_cheap_branch_channels_are_tied():
     """GhostNet's x2 = depthwise(x1) is concatenated with x1: stream channels j and j + C/2 are one unit."""
     _, groups, _ = _setup("ghostnet_100")
@@ -142,6 +149,7 @@ def test_coupling_ties_only_a_regular_pattern():
     assert tie == 1 and "coupled unevenly" in why and "[0, 5]" in why
 
 
+@pytest.mark.xdist_group("timm-resnest14d")
 def test_split_attention_groups_the_removal_check_excludes_are_named():
     """ResNeSt: the groups of SplitAttn's fc2 pass tracing, but removing them breaks its radix reshape; the
     removal check excludes exactly those four, naming the construct, and leaves the rest prunable."""
