@@ -98,7 +98,9 @@ class SweepConfig:
 
 def _fingerprint(dataset: str) -> str:
     """The data's fingerprint in the identity. The synthetic set is made from fixed seeds, so its fingerprint (the
-    set made again, 0.1 s) is taken once per process; CIFAR's file hashes are memoised by size and mtime already."""
+    set made again, 0.1 s) is taken once per process; CIFAR's file hashes are memoised by size and mtime already.
+    (The memo belongs in bench.engine.data.data_fingerprint, which TrialConfig calls too; that is an engine file,
+    whose every change changes every trial key: move it there with the next engine change.)"""
     return _synthetic_fingerprint() if dataset == "synthetic" else data_fingerprint(dataset)
 
 

@@ -48,10 +48,15 @@ FAMILIES = {
 }
 
 
+def _family(name: str) -> pytest.MarkDecorator:
+    """A family's tests in one pytest-xdist group: `_setup` builds a family's model and groups once per worker
+    process, so its tests share one worker."""
+    return pytest.mark.xdist_group(f"timm-{name}")
+
+
 def _families() -> list:
-    """FAMILIES as parameters, each family's tests in one pytest-xdist group: `_setup` builds a family's model and
-    groups once per worker process, so its tests share one worker."""
-    return [pytest.param(n, marks=pytest.mark.xdist_group(f"timm-{n}")) for n in FAMILIES]
+    """FAMILIES as parameters, each in its family's group."""
+    return [pytest.param(n, marks=_family(n)) for n in FAMILIES]
 
 
 @functools.lru_cache(maxsize=None)
@@ -129,7 +134,7 @@ def test_nothing_to_prune_is_refused_before_training(synthetic, tmp_path):
     assert not any((tmp_path / "results").rglob("*.pt"))
 
 
-@pytest.mark.xdist_group("timm-ghostnet_100")
+@_family("ghostnet_100")
 def test_ghostnet_cheap_branch_channels_are_tied():
     """GhostNet's x2 = depthwise(x1) is concatenated with x1: stream channels j and j + C/2 are one unit."""
     _, groups, _ = _setup("ghostnet_100")
@@ -149,7 +154,7 @@ def test_coupling_ties_only_a_regular_pattern():
     assert tie == 1 and "coupled unevenly" in why and "[0, 5]" in why
 
 
-@pytest.mark.xdist_group("timm-resnest14d")
+@_family("resnest14d")
 def test_split_attention_groups_the_removal_check_excludes_are_named():
     """ResNeSt: the groups of SplitAttn's fc2 pass tracing, but removing them breaks its radix reshape; the
     removal check excludes exactly those four, naming the construct, and leaves the rest prunable."""
